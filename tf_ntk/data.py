@@ -1,0 +1,272 @@
+"""Image classification data on `tf.data`: float32 NHWC images in [0, 1] and int32 labels.
+
+Data sets:
+  * ``digits``: the 8x8 handwritten digits bundled with scikit-learn (1797 images, 10 classes),
+    fully offline; the default everywhere. A fixed, seeded, stratified train/test split.
+  * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: through tensorflow-datasets. They are
+    loaded only when asked for and never downloaded unless ``download=True``; an unprepared data
+    set fails at once with `DatasetNotPreparedError`, which says how to prepare it.
+
+Every loader accepts ``image_size`` (resize to a square side, bilinear) and ``channels`` (1 or 3;
+grey images are tiled to 3 channels) so that, for instance, CIFAR-shaped models run on digits.
+"""
+
+import dataclasses
+import functools
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+DIGITS_TEST_FRACTION = 0.2
+# The digits split is fixed for the project, independent of any experiment's seed.
+DIGITS_SPLIT_SEED = 0
+
+SPLITS = ("train", "test")
+
+
+class DatasetNotPreparedError(RuntimeError):
+    """A tensorflow-datasets data set is not on disk and downloading was not asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a data set, after any resizing.
+
+    Attributes:
+      name: registry name.
+      num_classes: number of labels; labels are ints in [0, num_classes).
+      image_shape: (H, W, C) of one image as the loaders yield it.
+      num_examples: {"train": n, "test": n}.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    num_examples: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    num_classes: int
+    image_shape: tuple
+    num_examples: dict
+    tfds_name: Optional[str] = None
+
+
+_SOURCES = {
+    "digits": _Source(10, (8, 8, 1), {"train": 1437, "test": 360}),
+    "mnist": _Source(10, (28, 28, 1), {"train": 60000, "test": 10000}, "mnist"),
+    "fashion_mnist": _Source(10, (28, 28, 1), {"train": 60000, "test": 10000}, "fashion_mnist"),
+    "cifar10": _Source(10, (32, 32, 3), {"train": 50000, "test": 10000}, "cifar10"),
+    "cifar100": _Source(100, (32, 32, 3), {"train": 50000, "test": 10000}, "cifar100"),
+}
+
+
+def names():
+    """The known data set names, sorted."""
+    return sorted(_SOURCES)
+
+
+def _source(name):
+    if name not in _SOURCES:
+        raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(names())}")
+    return _SOURCES[name]
+
+
+def _check_split(split):
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+
+
+def _output_shape(image_shape, image_size, channels):
+    h, w, c = image_shape
+    if image_size is not None:
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        h = w = int(image_size)
+    if channels is not None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        if channels < c:
+            raise ValueError(f"cannot reduce {c} channels to {channels}")
+        c = channels
+    return (h, w, c)
+
+
+def info(name, *, image_size=None, channels=None):
+    """`DatasetInfo` of data set `name` as the loaders yield it with these options."""
+    src = _source(name)
+    return DatasetInfo(
+        name=name,
+        num_classes=src.num_classes,
+        image_shape=_output_shape(src.image_shape, image_size, channels),
+        num_examples=dict(src.num_examples),
+    )
+
+
+def _transform(images, image_size, channels):
+    """(N, H, W, C) or (H, W, C) float32 in [0, 1] -> resized / channel-tiled, still in [0, 1]."""
+    if image_size is not None and tuple(images.shape[-3:-1]) != (image_size, image_size):
+        images = tf.image.resize(images, (image_size, image_size), method="bilinear")
+        images = tf.clip_by_value(images, 0.0, 1.0)
+    if channels is not None and images.shape[-1] != channels:
+        images = tf.repeat(images, channels // images.shape[-1], axis=-1)
+    return images
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_arrays():
+    # Imported lazily: scikit-learn is only needed for this data set.
+    from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+
+    bunch = sk_datasets.load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0)[..., None]  # pixels are 0..16
+    labels = bunch.target.astype(np.int32)
+    train_idx, test_idx = model_selection.train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    return {
+        "train": (images[train_idx], labels[train_idx]),
+        "test": (images[test_idx], labels[test_idx]),
+    }
+
+
+def _not_prepared_message(tfds_name, data_dir):
+    where = data_dir or "~/tensorflow_datasets"
+    dd = f" --data_dir={data_dir}" if data_dir else ""
+    return (
+        f"data set {tfds_name!r} is not prepared in {where}. Prepare it once on a machine with network "
+        f"access: `tfds build {tfds_name}{dd}` (or pass download=True / --download), then copy the "
+        f"directory here or point data_dir at it (a gs:// bucket on Cloud TPU)."
+    )
+
+
+def _tfds_load(tfds_name, split, data_dir, download, **kwargs):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    try:
+        return tfds.load(
+            tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True, **kwargs
+        )
+    except AssertionError as e:
+        # tfds raises AssertionError("... could not find data in ...") when the data is not prepared.
+        if "could not find data" in str(e):
+            raise DatasetNotPreparedError(_not_prepared_message(tfds_name, data_dir)) from None
+        raise
+
+
+def _to_float(image, label):
+    return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
+
+
+def load_arrays(name="digits", split="train", *, data_dir=None, image_size=None, channels=None,
+                download=False):
+    """The whole split as numpy arrays.
+
+    Returns:
+      (images, labels): images float32 (N, H, W, C) in [0, 1]; labels int32 (N,).
+    """
+    src = _source(name)
+    _check_split(split)
+    _output_shape(src.image_shape, image_size, channels)
+    if src.tfds_name is None:
+        images, labels = _digits_arrays()[split]
+    else:
+        ds = _tfds_load(src.tfds_name, split, data_dir, download, batch_size=-1)
+        images, labels = _to_float(*ds)
+    images = _transform(tf.convert_to_tensor(images), image_size, channels)
+    return np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int32)
+
+
+def batch(dataset, *, batch_size, shuffle=False, seed=0, epoch=0, drop_remainder=False,
+          shuffle_buffer=None):
+    """Shuffles (seeded by ``(seed, epoch)``) and batches a dataset of (image, label) pairs.
+
+    The order for a given ``(seed, epoch)`` is always the same, so a resumed run sees the same batches
+    as one never interrupted. Under tf.distribute pass the *global* batch size and, for TPUs,
+    ``drop_remainder=True`` (static shapes).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shuffle:
+        buffer = shuffle_buffer or int(dataset.cardinality().numpy())
+        if buffer < 1:
+            buffer = 10_000
+        dataset = dataset.shuffle(buffer, seed=int(seed) * 1_000_003 + int(epoch),
+                                  reshuffle_each_iteration=False)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def load(name="digits", split="train", *, batch_size=128, shuffle=False, seed=0, epoch=0,
+         drop_remainder=False, data_dir=None, image_size=None, channels=None, download=False):
+    """A batched `tf.data.Dataset` of (images (B, H, W, C) float32 in [0, 1], labels (B,) int32).
+
+    Args:
+      name: one of `names()`; ``digits`` (offline) by default.
+      split: ``"train"`` or ``"test"``.
+      batch_size: global batch size.
+      shuffle, seed, epoch: shuffle with a seed that depends on (seed, epoch) only.
+      drop_remainder: drop the last partial batch (static shapes for TPUs).
+      data_dir: tensorflow-datasets directory (a gs:// bucket on Cloud TPU); ignored for digits.
+      image_size, channels: resize to image_size x image_size, tile grey images to 3 channels.
+      download: allow tensorflow-datasets to download and prepare the data.
+
+    Raises:
+      DatasetNotPreparedError: a TFDS data set is not prepared and download is False.
+    """
+    src = _source(name)
+    _check_split(split)
+    _output_shape(src.image_shape, image_size, channels)
+    if src.tfds_name is None:
+        images, labels = load_arrays(name, split, image_size=image_size, channels=channels)
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    else:
+        # Cache the decoded uint8 examples (150 MB for CIFAR-10), then convert on the fly.
+        ds = _tfds_load(src.tfds_name, split, data_dir, download).cache()
+        transform = functools.partial(_transform, image_size=image_size, channels=channels)
+        ds = ds.map(lambda x, y: (transform(_to_float(x, y)[0]), tf.cast(y, tf.int32)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batch(ds, batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                 drop_remainder=drop_remainder,
+                 shuffle_buffer=min(src.num_examples[split], 50_000) if shuffle else None)
+
+
+def class_balanced_indices(labels, per_class, *, seed=0, num_classes=None):
+    """Indices of ``per_class`` examples of every class, ordered class by class.
+
+    Within a class the examples are drawn without replacement with ``seed`` and kept in the order drawn.
+
+    Args:
+      labels: int array (N,).
+      per_class: examples per class (the kernel analysis uses 50).
+      seed: sampling seed.
+      num_classes: classes to take (default: max label + 1); every one must have ``per_class`` examples.
+
+    Returns:
+      int64 array (num_classes * per_class,).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} examples, fewer than per_class={per_class}")
+        out.append(rng.choice(idx, size=per_class, replace=False))
+    return np.concatenate(out).astype(np.int64)
+
+
+def class_balanced_sample(images, labels, per_class, *, seed=0, num_classes=None):
+    """``(images[idx], labels[idx])`` for ``idx = class_balanced_indices(labels, per_class, ...)``."""
+    idx = class_balanced_indices(labels, per_class, seed=seed, num_classes=num_classes)
+    return images[idx], np.asarray(labels)[idx]

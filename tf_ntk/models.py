@@ -1,0 +1,156 @@
+"""Keras 3 classifiers that output logits, built by name from a registry.
+
+    model = tf_ntk.models.get("resnet18", num_classes=10, input_shape=(32, 32, 3), width=16)
+
+Models:
+  * ``resnet18``: the CIFAR ResNet-18 of the protocol: 3x3 stride-1 stem, no max-pool, BasicBlocks
+    2-2-2-2 with width*(1, 2, 4, 8) channels (width=64: 64-128-256-512, 11.17 M parameters),
+    projection shortcuts with BN, global average pool, dense head initialised to zeros, BN momentum
+    0.9 (Keras' running-average convention) and epsilon 1e-5.
+  * ``mlp``: flatten, two hidden ReLU layers of ``width`` units (the authors' narrow 256 and wide
+    2048), dense head. No BN.
+  * ``cnn``: a small conv net with BatchNormalization, for fast tests and CPU studies.
+
+Every model takes images (B, H, W, C) float32 in [0, 1] and returns logits (B, num_classes).
+"""
+
+import inspect
+import math
+
+import keras
+from keras import layers
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+_REGISTRY = {}
+
+
+def register(name):
+    """Decorator: adds ``builder(num_classes, input_shape, **options) -> keras.Model`` to the registry."""
+
+    def wrap(builder):
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def names():
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def options(name):
+    """{option: default} that model ``name`` accepts."""
+    _check_name(name)
+    sig = inspect.signature(_REGISTRY[name])
+    return {
+        k: p.default for k, p in sig.parameters.items() if p.kind == inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _check_name(name):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+
+
+def get(name, num_classes, input_shape, **kwargs):
+    """Builds model ``name`` for ``num_classes`` logits on inputs of shape ``input_shape`` (H, W, C).
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones), unknown option, or bad shapes.
+    """
+    _check_name(name)
+    unknown = sorted(set(kwargs) - set(options(name)))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(sorted(options(name))) or 'none'}"
+        )
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape}")
+    return _REGISTRY[name](int(num_classes), input_shape, **kwargs)
+
+
+def _head(x, num_classes, zero_head):
+    init = "zeros" if zero_head else "glorot_uniform"
+    return layers.Dense(num_classes, kernel_initializer=init, bias_initializer="zeros", name="logits")(x)
+
+
+def _bn(name, momentum, epsilon):
+    return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
+
+
+@register("mlp")
+def mlp(num_classes, input_shape, *, width=256, depth=2, zero_head=False):
+    """flatten -> ``depth`` x (Dense(width) -> ReLU) -> Dense(num_classes)."""
+    if width < 1 or depth < 0:
+        raise ValueError(f"mlp needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
+    inputs = keras.Input(input_shape, name="images")
+    x = layers.Flatten(name="flatten")(inputs)
+    for i in range(depth):
+        x = layers.Dense(width, activation="relu", name=f"dense{i + 1}")(x)
+    return keras.Model(inputs, _head(x, num_classes, zero_head), name=f"mlp_w{width}")
+
+
+@register("cnn")
+def cnn(num_classes, input_shape, *, width=16, zero_head=False, bn_momentum=BN_MOMENTUM,
+        bn_epsilon=BN_EPSILON):
+    """Three 3x3 conv -> BN -> ReLU stages (width, 2*width stride 2, 4*width stride 2), GAP, dense."""
+    if width < 1:
+        raise ValueError(f"cnn needs width >= 1, got {width}")
+    inputs = keras.Input(input_shape, name="images")
+    x = inputs
+    for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2)]):
+        x = layers.Conv2D(width * mult, 3, strides=stride, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", name=f"conv{i + 1}")(x)
+        x = _bn(f"bn{i + 1}", bn_momentum, bn_epsilon)(x)
+        x = layers.ReLU(name=f"relu{i + 1}")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _head(x, num_classes, zero_head), name=f"cnn_w{width}")
+
+
+def _basic_block(x, filters, stride, name, momentum, epsilon):
+    """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus identity or 1x1-conv+BN shortcut, ReLU."""
+    conv = lambda f, k, s, n: layers.Conv2D(  # noqa: E731
+        f, k, strides=s, padding="same", use_bias=False, kernel_initializer="he_normal", name=n)
+    out = conv(filters, 3, stride, f"{name}_conv1")(x)
+    out = _bn(f"{name}_bn1", momentum, epsilon)(out)
+    out = layers.ReLU(name=f"{name}_relu1")(out)
+    out = conv(filters, 3, 1, f"{name}_conv2")(out)
+    out = _bn(f"{name}_bn2", momentum, epsilon)(out)
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = conv(filters, 1, stride, f"{name}_shortcut_conv")(x)
+        shortcut = _bn(f"{name}_shortcut_bn", momentum, epsilon)(shortcut)
+    out = layers.Add(name=f"{name}_add")([out, shortcut])
+    return layers.ReLU(name=f"{name}_relu2")(out)
+
+
+@register("resnet18")
+def resnet18(num_classes, input_shape, *, width=64, zero_head=True, bn_momentum=BN_MOMENTUM,
+             bn_epsilon=BN_EPSILON):
+    """CIFAR ResNet-18; ``width`` is the stem's channel count (64 in the protocol)."""
+    if width < 1:
+        raise ValueError(f"resnet18 needs width >= 1, got {width}")
+    inputs = keras.Input(input_shape, name="images")
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                      name="stem_conv")(inputs)
+    x = _bn("stem_bn", bn_momentum, bn_epsilon)(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, mult in enumerate((1, 2, 4, 8)):
+        for block in range(2):
+            stride = 2 if (stage > 0 and block == 0) else 1
+            x = _basic_block(x, width * mult, stride, f"stage{stage + 1}_block{block + 1}",
+                             bn_momentum, bn_epsilon)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _head(x, num_classes, zero_head), name=f"resnet18_w{width}")
+
+
+def num_params(model):
+    """Number of trainable scalars."""
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
