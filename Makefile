@@ -18,7 +18,7 @@ $(STAMP): setup.py constraints.txt
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m binaries.train --dataset=digits --model=cnn --epochs=5
+	$(PY) -m binaries.train --dataset=digits --model=cnn --epochs=5 --eps=0.2
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

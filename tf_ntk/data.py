@@ -177,8 +177,10 @@ def load_arrays(name="digits", split="train", *, data_dir=None, image_size=None,
     if src.tfds_name is None:
         images, labels = _digits_arrays()[split]
     else:
-        ds = _tfds_load(src.tfds_name, split, data_dir, download, batch_size=-1)
-        images, labels = _to_float(*ds)
+        ds = _tfds_load(src.tfds_name, split, data_dir, download).batch(4096)
+        chunks = [(x, y) for x, y in ds.as_numpy_iterator()]
+        images = np.concatenate([x for x, _ in chunks]).astype(np.float32) / 255.0
+        labels = np.concatenate([y for _, y in chunks])
     images = _transform(tf.convert_to_tensor(images), image_size, channels)
     return np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int32)
 
