@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
+# Two workers: most of the suite's time is single-threaded graph tracing.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: run test bench install clean
 

@@ -15,11 +15,13 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",
     # tensorflow-datasets imports it without declaring it.
     "importlib_resources==7.1.0",
+    # Free host memory for the kernel engine's default memory budget.
+    "psutil==7.2.2",
 ]
 
 EXTRAS_REQUIRE = {
     "gpu": ["tensorflow[and-cuda]==2.21.0"],
-    "test": ["pytest==9.2.0"],
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
 }
 
 setuptools.setup(

@@ -15,6 +15,7 @@ REQUIREMENTS = {
     "cleverhans": "cleverhans",
     "keras": "keras",
     "numpy": "numpy",
+    "psutil": "psutil",
     "pytest": "pytest",
     "sklearn": "scikit-learn",
     "tensorboard": "tensorboard",

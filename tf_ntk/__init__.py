@@ -4,6 +4,7 @@ Architecture, in dependency order:
   data        tf.data pipelines (digits offline by default; TFDS data sets on request)
   models      Keras classifiers by name (resnet18, mlp, cnn)
   functional  the functional view f(θ, x) of a model, BN in inference mode
+  ntk         the empirical NTK (implementations in ntk_jacobian, ntk_structured; costs in ntk_cost)
   attacks     PGD on top of cleverhans
   training    SGD train steps (clean or PGD-adversarial)
   evaluation  benign and robust accuracy
@@ -14,13 +15,17 @@ from tf_ntk import data
 from tf_ntk import evaluation
 from tf_ntk import functional
 from tf_ntk import models
+from tf_ntk import ntk
 from tf_ntk import training
 from tf_ntk.functional import FunctionalModel
+from tf_ntk.ntk import empirical_ntk
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FunctionalModel",
+    "empirical_ntk",
+    "ntk",
     "attacks",
     "data",
     "evaluation",

@@ -67,7 +67,12 @@ def _clone_with_dtype(model, dtype):
         config["dtype"] = dtype
         return layer.__class__.from_config(config)
 
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    if len(model.inputs) != 1:
+        clone = keras.models.clone_model(model, clone_function=clone_layer)
+    else:
+        # A new input in ``dtype``, or Functional.call would round the inputs to the old one.
+        inputs = keras.Input(model.inputs[0].shape[1:], dtype=dtype)
+        clone = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_layer)
     if len(clone.trainable_variables) != len(model.trainable_variables) or len(
         clone.non_trainable_variables
     ) != len(model.non_trainable_variables):
@@ -88,6 +93,7 @@ class FunctionalModel:
       dtype: the compute dtype (a tf.DType).
       num_outputs: O, the number of logits.
       input_shape: the per-example input shape, e.g. (H, W, C).
+      network: the Keras model that computes (``model`` or its copy in ``dtype``).
     """
 
     def __init__(self, model, dtype=None):
@@ -103,7 +109,9 @@ class FunctionalModel:
         self.input_shape = tuple(model.input_shape[1:])
         own = tf.as_dtype(model.compute_dtype)
         self.dtype = own if dtype is None else tf.as_dtype(dtype)
-        self._net = model if self.dtype == own else _clone_with_dtype(model, self.dtype.name)
+        # The network that computes: the model itself, or its structural copy in another dtype.
+        # Its variables are in one-to-one order with the model's.
+        self.network = model if self.dtype == own else _clone_with_dtype(model, self.dtype.name)
 
     @property
     def params(self):
@@ -142,9 +150,16 @@ class FunctionalModel:
         input); they and ``x`` are cast to the compute dtype.
         """
         params = [self._cast(p) for p in params]
-        logits, _ = self._net.stateless_call(params, self.non_trainable(), self._cast(x),
-                                             training=False)
+        logits, _ = self.network.stateless_call(params, self.non_trainable(), self._cast(x),
+                                                training=False)
         return logits
+
+    def state_mapping(self, params):
+        """[(variable of ``self.network``, value)] for ``keras.StatelessScope``: ``params`` for the
+        trainable weights, the model's current non-trainable state for the rest."""
+        params = [self._cast(p) for p in params]
+        return list(zip(self.network.trainable_variables, params)) + list(
+            zip(self.network.non_trainable_variables, self.non_trainable()))
 
 
 def functional_view(model):

@@ -1,0 +1,230 @@
+"""The empirical neural tangent kernel k(x, x') = ∇θf(x)·∇θf(x') of a Keras model.
+
+    K = tf_ntk.empirical_ntk(model, x1)                        # (N1, N1) trace kernel
+    K = tf_ntk.empirical_ntk(model, x1, x2, kind="full")       # (N1, N2, O, O)
+    K = tf_ntk.empirical_ntk(model, x1, logit=3, params=spawn) # (N1, N1), logit 3 at the spawn weights
+
+The gradient is with respect to the model's trainable weights θ (``model.trainable_variables``, or
+``params`` in that order); BatchNormalization runs in inference mode with the model's running
+statistics. The model is never modified. Three implementations give the same numbers (see
+`empirical_ntk`); ``"auto"`` picks the cheapest for the model, N and O within the memory budget.
+"""
+
+import weakref
+
+import numpy as np
+import psutil
+import tensorflow as tf
+
+from tf_ntk import functional
+from tf_ntk import ntk_cost
+from tf_ntk import ntk_jacobian
+from tf_ntk import ntk_structured
+
+KINDS = ("full", "diagonal", "trace")
+IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
+# Default memory budget: this fraction of the memory available when the call starts.
+DEFAULT_BUDGET_FRACTION = 0.25
+
+_BLOCK_FNS = {
+    "jacobian": ntk_jacobian.jacobian_block,
+    "structured": ntk_structured.structured_block,
+}
+
+# Compiled block functions per model (eager calls), so repeated kernels do not retrace.
+_COMPILED = weakref.WeakKeyDictionary()
+_STATS = weakref.WeakKeyDictionary()
+
+
+def default_memory_budget():
+    """DEFAULT_BUDGET_FRACTION of the host memory available now, in bytes."""
+    return int(DEFAULT_BUDGET_FRACTION * psutil.virtual_memory().available)
+
+
+def _stats(model):
+    if model not in _STATS:
+        _STATS[model] = ntk_cost.model_stats(model)
+    return _STATS[model]
+
+
+def _validate(model, x1, x2, kind, logit, implementation, dtype, memory_budget_bytes):
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown implementation {implementation!r}; known: {', '.join(IMPLEMENTATIONS)}")
+    if dtype is not None and tf.as_dtype(dtype) not in (tf.float32, tf.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if memory_budget_bytes is not None and memory_budget_bytes <= 0:
+        raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
+    f = functional.FunctionalModel(model, dtype=dtype)
+    f.check_inputs(x1)
+    if x2 is not None:
+        f.check_inputs(x2)
+    if logit is not None:
+        if kind != "trace":
+            raise ValueError("logit=c gives the (N1, N2) kernel of logit c; do not also set kind")
+        if isinstance(logit, bool) or not isinstance(logit, (int, np.integer)) or not (
+            0 <= logit < f.num_outputs
+        ):
+            raise ValueError(f"logit must be an int in [0, {f.num_outputs}), got {logit!r}")
+    return f
+
+
+def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, block_size):
+    """The `ntk_cost.Plan` to run: the given implementation, or the cheapest that fits."""
+    stats = _stats(f.model)
+    itemsize = f.dtype.size
+    names = ("jacobian", "ntvp", "structured") if implementation == "auto" else (implementation,)
+    plans, errors = [], []
+    for name in names:
+        try:
+            p = ntk_cost.plan(stats, name, n1, n2, num_logits, diagonal, symmetric, itemsize, budget,
+                              block_size)
+        except MemoryError as e:
+            errors.append(str(e))
+            continue
+        if p is None:
+            if implementation != "auto":
+                # Let the structured walker explain why it cannot handle this model.
+                ntk_structured.weighted_layers(f.network)
+                raise ntk_structured.UnsupportedModelError(
+                    "implementation='structured' cannot handle this model")
+            continue
+        plans.append(p)
+    if not plans:
+        raise MemoryError("; ".join(errors) or "no implementation can compute this kernel")
+    return min(plans, key=lambda p: p.macs)
+
+
+def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
+         memory_budget_bytes=None, dtype=None, block_size=None):
+    """The `ntk_cost.Plan` that `empirical_ntk` would follow for N1 x N2 inputs (no computation)."""
+    f = functional.FunctionalModel(model, dtype=dtype)
+    num_logits, diagonal = (1, True) if logit is not None else (
+        f.num_outputs, kind != "full")
+    return _choose(f, implementation, n1, n1 if n2 is None else n2, num_logits, diagonal, n2 is None,
+                   memory_budget_bytes or default_memory_budget(), block_size)
+
+
+def _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block, compiled):
+    if implementation == "ntvp":
+        raw = lambda p, a, b: ntk_jacobian.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
+    else:
+        fn = _BLOCK_FNS[implementation]
+        raw = lambda p, a, b: fn(f, p, a, b, logits, diagonal)  # noqa: E731
+    if symmetric_block:
+        inner = raw
+        raw = lambda p, a, b: inner(p, a, None)  # noqa: E731
+    if not compiled:
+        return raw
+    cache = _COMPILED.setdefault(f.model, {})
+    key = (f.dtype.name, implementation, tuple(logits), diagonal, chunk, symmetric_block)
+    if key not in cache:
+        # No autograph: the block functions have no tensor-dependent Python control flow, and
+        # converting Keras internals recursively makes tracing several times slower.
+        cache[key] = tf.function(raw, autograph=False)
+    return cache[key]
+
+
+def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
+                  implementation="auto", memory_budget_bytes=None, dtype=None, progress=None,
+                  block_size=None):
+    """The empirical NTK of ``model`` between inputs ``x1`` and ``x2``.
+
+    Args:
+      model: a built Keras model with logits output (N, O); BatchNormalization in inference mode.
+      x1: inputs (N1, *input_shape).
+      x2: inputs (N2, *input_shape), or None for the symmetric kernel of x1 with itself (only the
+        blocks on and above the diagonal are computed; the rest is mirrored).
+      params: weights at which to take the kernel (e.g. a spawn checkpoint), one tensor per
+        ``model.trainable_variables`` entry in that order; default: the model's current weights.
+      kind: ``"full"`` -> (N1, N2, O, O); ``"diagonal"`` -> (N1, N2, O), the per-logit kernels;
+        ``"trace"`` -> (N1, N2), the mean over logits of the per-logit kernels (neural-tangents'
+        convention).
+      logit: an int c: the (N1, N2) kernel of logit c alone (at the cost of one logit).
+      implementation: ``"jacobian"`` (per-example Jacobians, then contraction), ``"ntvp"``
+        (NTK-vector products; never holds the Jacobian), ``"structured"`` (per-layer rules for Dense,
+        Conv2D and BatchNormalization; per-example Jacobians for other layers' own weights), or
+        ``"auto"`` (the cheapest estimate that fits the memory budget).
+      memory_budget_bytes: peak working-set target; the inputs are split into blocks so that one
+        block fits. Default: 25% of the host memory available.
+      dtype: ``"float32"`` or ``"float64"`` (a float64 copy of the network computes the kernel);
+        default: the model's compute dtype.
+      progress: ``callback(done_blocks, total_blocks)`` after each block (eager calls only).
+      block_size: force this many examples per block instead of the budget's choice.
+
+    Returns:
+      A tf.Tensor in ``dtype`` of the shape given by ``kind`` / ``logit``.
+
+    Works eagerly (block functions are compiled once per model and shape), inside ``tf.function``
+    and under ``jit_compile=True`` (the block loop is unrolled at trace time).
+
+    Raises:
+      ValueError: unknown kind/implementation, logit out of range, inputs that do not fit the model,
+        ``params`` that do not match the model's weights.
+      MemoryError: not even one example fits the memory budget.
+    """
+    f = _validate(model, x1, x2, kind, logit, implementation, dtype, memory_budget_bytes)
+    params = f.params if params is None else functional.check_params(model, params)
+    params = [tf.cast(tf.convert_to_tensor(p), f.dtype) for p in params]
+    x1 = tf.cast(tf.convert_to_tensor(x1), f.dtype)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else tf.cast(tf.convert_to_tensor(x2), f.dtype)
+    n1, n2 = int(x1.shape[0]), int(x2.shape[0])
+    if logit is not None:
+        logits, diagonal = [int(logit)], True
+    else:
+        logits, diagonal = list(range(f.num_outputs)), kind != "full"
+    budget = memory_budget_bytes or default_memory_budget()
+    chosen = _choose(f, implementation, n1, n2, len(logits), diagonal, symmetric, budget,
+                     block_size)
+    eager = tf.executing_eagerly()
+    b = chosen.block_size
+    b1, b2 = min(b, n1), min(b, n2)
+    starts1 = list(range(0, n1, b))
+    starts2 = list(range(0, n2, b))
+    pairs = [(i, j) for i in starts1 for j in starts2 if not symmetric or j >= i]
+    tail = (len(logits),) if diagonal else (len(logits), len(logits))
+
+    def mirror(block):
+        return tf.transpose(block, [1, 0, 2] if diagonal else [1, 0, 3, 2])
+
+    def padded(x, start, size):
+        # Eagerly, a short last block is padded to the block size so that one compiled function
+        # serves every block; the padding rows are cut from the result.
+        part = x[start:start + size]
+        if eager and part.shape[0] < size:
+            part = tf.pad(part, [[0, size - part.shape[0]]] + [[0, 0]] * (len(part.shape) - 1))
+        return part
+
+    def compute(i, j):
+        sym_block = symmetric and i == j
+        fn = _block_fn(f, chosen.implementation, logits, diagonal, chosen.chunk, sym_block, eager)
+        block = fn(params, padded(x1, i, b1), padded(x2, j, b2))
+        block = block[:min(b1, n1 - i), :min(b2, n2 - j)]
+        # A diagonal block is symmetric up to rounding; make it exactly so.
+        return 0.5 * (block + mirror(block)) if sym_block else block
+
+    if eager:
+        out = np.empty((n1, n2) + tail, f.dtype.as_numpy_dtype)
+        for done, (i, j) in enumerate(pairs, 1):
+            block = compute(i, j)
+            out[i:i + b1, j:j + b2] = block.numpy()
+            if symmetric and i != j:
+                out[j:j + b2, i:i + b1] = mirror(block).numpy()
+            if progress is not None:
+                progress(done, len(pairs))
+        kernel = tf.constant(out)
+    else:
+        blocks = {(i, j): compute(i, j) for i, j in pairs}
+        rows = []
+        for i in starts1:
+            row = [blocks[(i, j)] if (i, j) in blocks else mirror(blocks[(j, i)]) for j in starts2]
+            rows.append(tf.concat(row, axis=1))
+        kernel = tf.concat(rows, axis=0)
+    if logit is not None:
+        return kernel[..., 0]
+    if kind == "trace":
+        return tf.reduce_mean(kernel, axis=-1)
+    return kernel

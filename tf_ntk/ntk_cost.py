@@ -1,0 +1,210 @@
+"""Cost and memory estimates of the kernel implementations, for block sizes and ``implementation="auto"``.
+
+All counts are per kernel block of b1 x b2 examples with L logits: multiply-adds ("flops" below count
+2 per multiply-add) and bytes of the largest simultaneously live tensors. They are estimates from the
+model's layer shapes, good to a small factor, which is what choosing a block size and a method needs.
+"""
+
+import dataclasses
+import math
+
+import keras
+
+from tf_ntk import ntk_structured
+
+# Relative speed of the work that is not one large matmul: per-example gradients vectorized with
+# pfor (TF falls back to a loop for some ops, Conv2DBackpropFilter among them) and forward-mode passes.
+# Calibrated on CPU with bench/ntk.py.
+VECTORIZED_GRAD_EFFICIENCY = 0.25
+CONV_VECTORIZED_GRAD_EFFICIENCY = 0.05
+BATCHED_PASS_EFFICIENCY = 0.5
+# Fixed cost of one block (dispatch, tracing amortised), in multiply-add equivalents.
+BLOCK_OVERHEAD = 2e6
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    """Per-example shapes of one layer with trainable weights."""
+
+    rule: str
+    input_size: int
+    output_size: int
+    num_params: int
+    positions: int = 1  # conv: output positions S
+    patch_size: int = 1  # conv: kh·kw·Cin
+    channels: int = 1  # conv / BN: output channels
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStats:
+    """What the estimates need to know about a model, per example.
+
+    Attributes:
+      num_params: P.
+      forward_macs: multiply-adds of one forward pass.
+      activations: floats of all layer outputs of one forward pass.
+      has_conv: the model has convolutions (pfor is slow on their weight gradients).
+      layers: `LayerStats` of the weighted layers, or None when the graph cannot be walked.
+    """
+
+    num_params: int
+    forward_macs: float
+    activations: float
+    has_conv: bool
+    layers: tuple = None
+
+
+def _size(shape):
+    return math.prod(int(d) for d in shape if d is not None)
+
+
+def model_stats(model):
+    """`ModelStats` of a built Keras model."""
+    num_params = sum(_size(v.shape) for v in model.trainable_variables)
+    forward = activations = 0.0
+    has_conv = False
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+        try:
+            out = _size(layer.output.shape[1:])
+        except (AttributeError, ValueError):
+            continue
+        activations += out
+        if isinstance(layer, keras.layers.Conv2D):
+            has_conv = True
+            forward += out * _size(layer.kernel.shape[:-1])
+        elif isinstance(layer, keras.layers.Dense):
+            forward += out * int(layer.kernel.shape[0]) * max(1, _size(layer.input.shape[1:-1]))
+        else:
+            forward += out
+    forward = max(forward, num_params)
+    try:
+        layers = []
+        for layer, rule, in_shape, out_shape, n in ntk_structured.layer_shapes(model):
+            stats = dict(rule=rule, input_size=_size(in_shape), output_size=_size(out_shape),
+                         num_params=n, channels=int(out_shape[-1]))
+            if rule == ntk_structured.CONV:
+                stats.update(positions=_size(out_shape[:-1]),
+                             patch_size=_size(layer.kernel.shape[:-1]))
+            layers.append(LayerStats(**stats))
+        layers = tuple(layers)
+    except (ntk_structured.UnsupportedModelError, AttributeError, ValueError):
+        layers = None
+    return ModelStats(num_params, forward, activations, has_conv, layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCost:
+    """Estimated cost of one block: ``macs`` (matmul-equivalent multiply-adds, efficiency applied),
+    ``raw_macs`` (plain multiply-adds, for FLOP/s reports) and ``bytes`` (peak working set)."""
+
+    macs: float
+    raw_macs: float
+    bytes: float
+
+
+def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, itemsize, chunk=None):
+    """`BlockCost` of one (b1, b2) block. ``symmetric``: x2 is x1 (b2 == b1, work shared)."""
+    nb = b1 if symmetric else b1 + b2
+    pairs = num_logits if diagonal else num_logits**2
+    out = b1 * b2 * pairs
+    p, f, a = stats.num_params, stats.forward_macs, stats.activations
+    grad_eff = CONV_VECTORIZED_GRAD_EFFICIENCY if stats.has_conv else VECTORIZED_GRAD_EFFICIENCY
+    if implementation == "jacobian":
+        grads = nb * num_logits * 3 * f
+        contract = b1 * b2 * pairs * p
+        return BlockCost(grads / grad_eff + contract, grads + contract,
+                         itemsize * (nb * num_logits * (p + 2 * a) + out))
+    if implementation == "ntvp":
+        columns = b2 * num_logits
+        chunk = columns if chunk is None else chunk
+        work = columns * (3 * f / grad_eff + 3 * f * b1 / BATCHED_PASS_EFFICIENCY)
+        raw = columns * 3 * f * (1 + b1)
+        return BlockCost(work, raw, itemsize * (chunk * (p + 3 * a * (b1 + 1)) + 2 * out))
+    if implementation == "structured":
+        if stats.layers is None:
+            return None
+        passes = nb * f * (1 + 2 * num_logits)
+        macs = passes / BATCHED_PASS_EFFICIENCY
+        raw = passes
+        live = nb * a * (1 + 2 * num_logits)
+        extra = 0.0
+        for layer in stats.layers:
+            if layer.rule == ntk_structured.DENSE:
+                work = b1 * b2 * (layer.input_size + pairs * layer.output_size)
+                mem = 0.0
+            elif layer.rule == ntk_structured.CONV:
+                s, k, c = layer.positions, layer.patch_size, layer.channels
+                if ntk_structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, diagonal):
+                    work = b1 * b2 * s * s * (k + pairs * c)
+                    mem = b1 * b2 * s * s * (1 + num_logits) + nb * s * k
+                else:
+                    work = nb * num_logits * s * k * c + b1 * b2 * pairs * k * c
+                    mem = nb * (num_logits * k * c + s * k)
+            elif layer.rule == ntk_structured.BATCHNORM:
+                work = nb * num_logits * 2 * layer.output_size + b1 * b2 * pairs * 2 * layer.channels
+                mem = nb * num_logits * 2 * layer.channels
+            else:
+                grads = nb * num_logits * 3 * max(layer.num_params, layer.output_size)
+                work = grads / grad_eff + b1 * b2 * pairs * layer.num_params
+                mem = nb * num_logits * (layer.num_params + 2 * layer.output_size)
+            macs += work
+            raw += work
+            extra = max(extra, mem)
+        return BlockCost(macs, raw, itemsize * (live + extra + 2 * out))
+    raise ValueError(f"unknown implementation {implementation!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a kernel will be computed: implementation, block size, block count and totals."""
+
+    implementation: str
+    block_size: int
+    num_blocks: int
+    macs: float
+    raw_macs: float
+    peak_bytes: float
+    chunk: int = None
+
+
+def _blocks(n1, n2, b, symmetric):
+    k1, k2 = math.ceil(n1 / b), math.ceil(n2 / b)
+    return k1 * (k1 + 1) // 2 if symmetric else k1 * k2
+
+
+def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsize, budget_bytes,
+         block_size=None):
+    """The largest block (and, for ntvp, column chunk) whose working set fits ``budget_bytes``.
+
+    Returns None when the implementation cannot handle the model; raises MemoryError when not even
+    a block of one example fits.
+    """
+    n_max = max(n1, n2)
+
+    def cost(b, chunk=None):
+        return block_cost(stats, implementation, min(b, n1), min(b, n2), num_logits, diagonal,
+                          symmetric, itemsize, chunk)
+
+    if cost(1) is None:
+        return None
+    candidates = [block_size] if block_size else sorted(
+        {min(n_max, 2**k) for k in range(0, 16)} | {n_max}, reverse=True)
+    for b in candidates:
+        b = max(1, min(int(b), n_max))
+        chunk = None
+        if implementation == "ntvp":
+            columns = min(b, n2) * num_logits
+            chunk = columns
+            while chunk > 1 and cost(b, chunk).bytes > budget_bytes:
+                chunk = max(1, chunk // 2)
+        c = cost(b, chunk)
+        if c.bytes <= budget_bytes or block_size:
+            # Even blocks: the same work in fewer distinct shapes (fewer traces).
+            b = math.ceil(n_max / math.ceil(n_max / b))
+            c = cost(b, chunk)
+            nblocks = _blocks(n1, n2, b, symmetric)
+            return Plan(implementation, b, nblocks, c.macs * nblocks + BLOCK_OVERHEAD * nblocks,
+                        c.raw_macs * nblocks, c.bytes, chunk)
+    raise MemoryError(
+        f"implementation {implementation!r} needs about {cost(1, 1).bytes / 2**20:.0f} MiB for a "
+        f"single example, more than the memory budget of {budget_bytes / 2**20:.0f} MiB")

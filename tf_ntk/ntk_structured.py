@@ -1,0 +1,318 @@
+"""Kernel blocks from per-layer structured rules (neural-tangents' "structured derivatives").
+
+One forward pass through the model's functional graph records, for every layer with trainable weights,
+its input a and the tensor z at its output (before the activation for Dense and Conv2D). One backward
+pass per logit (vectorized over logits) gives every example's cotangent δ = ∂f_c/∂z: with
+BatchNormalization in inference mode the examples are independent, so the gradient of Σ_i f_c(x_i)
+with respect to z holds each example's own cotangent. The kernel is then a sum over layers:
+
+  * Dense (2-D input): kernel W contributes (a_i·a_j)(δ_i^c·δ_j^d), the bias δ_i^c·δ_j^d; no
+    per-example weight gradient is ever formed.
+  * Conv2D: per-example kernel gradients as one einsum of input patches and output cotangents, or the
+    patch-Gram form Σ_{s,t}(p_is·p_jt)(δ_is^c·δ_jt^d), whichever is cheaper for the layer's shapes.
+  * BatchNormalization (channels last): scale from Σ_s x̂_is δ_is, offset from Σ_s δ_is.
+  * Any other layer with trainable weights: per-example gradients of its own weights only, as
+    vectorized vector-Jacobian products of that layer alone.
+
+Block shapes and conventions are those of `tf_ntk.ntk_jacobian`.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tf_ntk import ntk_jacobian
+
+DENSE, CONV, BATCHNORM, FALLBACK = "dense", "conv2d", "batchnorm", "fallback"
+
+
+class UnsupportedModelError(ValueError):
+    """The structured implementation cannot walk this model (use implementation="jacobian")."""
+
+
+def _graph(network):
+    """The Functional graph behind a Keras model (Sequential models build one)."""
+    if isinstance(network, keras.Sequential):
+        network = getattr(network, "_functional", None)
+    if network is None or not hasattr(network, "_run_through_graph") or not hasattr(
+        network, "_nodes_by_depth"
+    ):
+        raise UnsupportedModelError(
+            "implementation='structured' needs a functional or Sequential Keras model")
+    return network
+
+
+def _is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def layer_rule(layer):
+    """Which rule computes ``layer``'s contribution: DENSE, CONV, BATCHNORM or FALLBACK."""
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return FALLBACK
+    if type(layer) is keras.layers.Dense and len(layer.input.shape) == 2:
+        return DENSE
+    if (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last"
+            and layer.groups == 1 and layer.padding in ("same", "valid")):
+        return CONV
+    if (type(layer) is keras.layers.BatchNormalization and layer.axis in (-1, len(layer.input.shape) - 1)
+            and not getattr(layer, "renorm", False)):
+        return BATCHNORM
+    return FALLBACK
+
+
+def weighted_layers(network):
+    """[(layer, rule)] for every layer with trainable weights, in graph order.
+
+    Raises:
+      UnsupportedModelError: a layer with weights is called more than once (shared weights).
+    """
+    graph = _graph(network)
+    out, seen = [], set()
+    for depth in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+        for node in graph._nodes_by_depth[depth]:  # pylint: disable=protected-access
+            op = node.operation
+            if op is None or node.is_input or not getattr(op, "trainable_weights", None):
+                continue
+            if id(op) in seen:
+                raise UnsupportedModelError(
+                    f"layer {op.name!r} is called more than once (shared weights); use "
+                    "implementation='jacobian'")
+            seen.add(id(op))
+            out.append((op, layer_rule(op)))
+    return out
+
+
+def _param_index(network):
+    return {id(v): k for k, v in enumerate(network.trainable_variables)}
+
+
+class _Recorder:
+    """Runs the graph, recording each weighted layer's input and its output tensor z (pre-activation)."""
+
+    def __init__(self, rules):
+        self.rules = {id(layer): rule for layer, rule in rules}
+        self.inputs = {}
+        self.taps = {}
+
+    def wrap(self, op):
+        rule = self.rules.get(id(op))
+
+        def call(*args, **kwargs):
+            if "training" in getattr(op, "_call_context_args", {}):
+                kwargs["training"] = False
+            if rule is None:
+                return op(*args, **kwargs)
+            extra = {k for k, v in kwargs.items() if v is not None and k != "training"}
+            if len(args) != 1 or not tf.is_tensor(args[0]) or extra:
+                raise UnsupportedModelError(
+                    f"layer {op.name!r} takes several inputs; use implementation='jacobian'")
+            a = args[0]
+            self.inputs[id(op)] = a
+            if rule in (DENSE, CONV) and not _is_linear(op.activation):
+                pre = _linear_part(op, a)
+                self.taps[id(op)] = pre
+                return op.activation(pre)
+            out = op(a, **kwargs)
+            self.taps[id(op)] = out
+            return out
+
+        return call
+
+
+def _linear_part(layer, a):
+    """Dense / Conv2D output before the activation (the layer's own ops)."""
+    if isinstance(layer, keras.layers.Dense):
+        z = tf.matmul(a, layer.kernel)
+    else:
+        z = layer.convolution_op(a, layer.kernel)
+    if layer.use_bias:
+        z = z + layer.bias
+    return z
+
+
+def record(f, params, x, logits, rules):
+    """Forward pass with taps and the per-logit cotangents.
+
+    Returns:
+      (inputs, deltas): dicts keyed by id(layer): the layer input (B, ...) and the cotangents at its
+      tap (L, B, ...) for the logits ``logits``.
+    """
+    graph = _graph(f.network)
+    rec = _Recorder(rules)
+    logits_t = tf.constant(list(logits), tf.int32)
+    x = tf.cast(x, f.dtype)
+    with tf.GradientTape(persistent=len(logits) > 1) as tape:
+        # Eager tapes record only what depends on a watched tensor: watch the inputs.
+        tape.watch(x)
+        with keras.StatelessScope(state_mapping=f.state_mapping(params)):
+            out = graph._run_through_graph(x, operation_fn=rec.wrap)  # pylint: disable=protected-access
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        total = tf.reduce_sum(tf.gather(out, logits_t, axis=1), axis=0)  # (L,)
+    keys = list(rec.taps)
+    taps = [rec.taps[k] for k in keys]
+    if len(logits) == 1:
+        grads = tape.gradient(total, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = [g[None] for g in grads]
+    else:
+        grads = tape.jacobian(total, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                              experimental_use_pfor=True)
+        del tape
+    return rec.inputs, dict(zip(keys, grads))
+
+
+def _gram(u1, u2, diagonal):
+    """Inner products of per-logit features: u1 (L, B1, n), u2 (L, B2, n) -> (B1, B2, L[, L])."""
+    if diagonal:
+        return tf.transpose(tf.matmul(u1, u2, transpose_b=True), [1, 2, 0])
+    num_logits, b1 = tf.shape(u1)[0], tf.shape(u1)[1]
+    b2 = tf.shape(u2)[1]
+    flat = tf.matmul(tf.reshape(tf.transpose(u1, [1, 0, 2]), [b1 * num_logits, -1]),
+                     tf.reshape(tf.transpose(u2, [1, 0, 2]), [b2 * num_logits, -1]), transpose_b=True)
+    return tf.transpose(tf.reshape(flat, [b1, num_logits, b2, num_logits]), [0, 2, 1, 3])
+
+
+def _expand(gram, diagonal):
+    return gram[:, :, None] if diagonal else gram[:, :, None, None]
+
+
+def _dense(layer, a1, d1, a2, d2, diagonal):
+    dgram = _gram(d1, d2, diagonal)
+    agram = tf.matmul(a1, a2, transpose_b=True)
+    if layer.use_bias:
+        agram = agram + 1.0
+    return _expand(agram, diagonal) * dgram
+
+
+def _patches(layer, a):
+    """(B, S, kh·kw·Cin) input patches in the kernel's (kh, kw, Cin) order, S = output positions."""
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    p = tf.image.extract_patches(a, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
+                                 rates=[1, dh, dw, 1], padding=layer.padding.upper())
+    return tf.reshape(p, [tf.shape(a)[0], -1, kh * kw * a.shape[-1]])
+
+
+def conv_uses_patch_gram(num_positions, patch_size, channels, num_logits, b1, b2, diagonal):
+    """True when the patch-Gram form is cheaper (in multiply-adds) than per-example gradients."""
+    pairs = num_logits if diagonal else num_logits**2
+    per_example = (b1 + b2) * num_logits * num_positions * patch_size * channels + (
+        b1 * b2 * pairs * patch_size * channels)
+    patch_gram = b1 * b2 * num_positions**2 * (patch_size + pairs * channels)
+    return patch_gram < per_example
+
+
+def _conv(layer, a1, d1, a2, d2, diagonal):
+    p1 = _patches(layer, a1)
+    p2 = p1 if a2 is None else _patches(layer, a2)
+    num_logits = d1.shape[0]
+    cout = d1.shape[-1]
+    d1 = tf.reshape(d1, [num_logits, tf.shape(d1)[1], -1, cout])  # (L, B, S, Cout)
+    d2 = tf.reshape(d2, [num_logits, tf.shape(d2)[1], -1, cout])
+    s, k = p1.shape[1], p1.shape[2]
+    out = 0.0
+    if layer.use_bias:
+        out = _gram(tf.reduce_sum(d1, 2), tf.reduce_sum(d2, 2), diagonal)
+    if conv_uses_patch_gram(s, k, cout, num_logits, p1.shape[0], p2.shape[0], diagonal):
+        pgram = tf.einsum("isk,jtk->ijst", p1, p2)
+        if diagonal:
+            terms = [tf.einsum("ijst,isn,jtn->ij", pgram, d1[c], d2[c]) for c in range(num_logits)]
+            return out + tf.stack(terms, axis=-1)
+        rows = [tf.einsum("ijst,isn,djtn->ijd", pgram, d1[c], d2) for c in range(num_logits)]
+        return out + tf.stack(rows, axis=2)
+    g1 = tf.einsum("bsk,lbsn->lbkn", p1, d1)
+    g2 = g1 if a2 is None else tf.einsum("bsk,lbsn->lbkn", p2, d2)
+    flat = lambda g: tf.reshape(g, [num_logits, tf.shape(g)[1], k * cout])  # noqa: E731
+    return out + _gram(flat(g1), flat(g2), diagonal)
+
+
+def _batchnorm(layer, values, a1, d1, a2, d2, diagonal):
+    mean = values[id(layer.moving_mean)]
+    inv = tf.math.rsqrt(values[id(layer.moving_variance)] + layer.epsilon)
+    num_logits = d1.shape[0]
+    channels = d1.shape[-1]
+
+    def features(a, d):
+        d = tf.reshape(d, [num_logits, tf.shape(d)[1], -1, channels])  # (L, B, S, C)
+        parts = []
+        if layer.scale:
+            xhat = tf.reshape((a - mean) * inv, [1, tf.shape(a)[0], -1, channels])
+            parts.append(tf.reduce_sum(xhat * d, 2))
+        if layer.center:
+            parts.append(tf.reduce_sum(d, 2))
+        return tf.concat(parts, axis=-1)  # (L, B, n)
+
+    u1 = features(a1, d1)
+    u2 = u1 if a2 is None else features(a2, d2)
+    return _gram(u1, u2, diagonal)
+
+
+def _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal):
+    """Per-example gradients of this layer's own weights (vectorized VJPs of the layer alone)."""
+    own = [index[id(v)] for v in layer.trainable_variables]
+    mapping = f.state_mapping(params)
+
+    def grads(a, d):
+        num_logits, batch = d.shape[0], tf.shape(d)[1]
+        weights = [mapping[k][1] for k in own]
+
+        def one(args):
+            ai, di = args
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                local = [(mapping[k][0], w) for k, w in zip(own, weights)]
+                with keras.StatelessScope(state_mapping=mapping + local):
+                    out = layer(ai[None], training=False)
+                y = tf.reduce_sum(out * di[None])
+            return tape.gradient(y, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        ai = tf.tile(a, [num_logits] + [1] * (len(a.shape) - 1))  # (L·B, ...) logit-major
+        di = tf.reshape(d, [-1] + d.shape[2:].as_list())
+        g = tf.vectorized_map(one, (ai, di))
+        return tf.concat([tf.reshape(t, [num_logits, batch, -1]) for t in g], axis=-1)
+
+    u1 = grads(a1, d1)
+    u2 = u1 if a2 is None else grads(a2, d2)
+    return _gram(u1, u2, diagonal)
+
+
+def structured_block(f, params, x1, x2, logits, diagonal):
+    """The kernel block as a sum of per-layer structured contributions."""
+    rules = weighted_layers(f.network)
+    index = _param_index(f.network)
+    values = {id(v): value for v, value in f.state_mapping(params)}
+    in1, del1 = record(f, params, x1, logits, rules)
+    in2, del2 = (in1, del1) if x2 is None else record(f, params, x2, logits, rules)
+    total = None
+    for layer, rule in rules:
+        key = id(layer)
+        a1, d1, d2 = in1[key], del1[key], del2[key]
+        a2 = None if x2 is None else in2[key]
+        if rule == DENSE:
+            term = _dense(layer, a1, d1, a1 if a2 is None else a2, d2, diagonal)
+        elif rule == CONV:
+            term = _conv(layer, a1, d1, a2, d2, diagonal)
+        elif rule == BATCHNORM:
+            term = _batchnorm(layer, values, a1, d1, a2, d2, diagonal)
+        else:
+            term = _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal)
+        total = term if total is None else total + term
+    if total is None:
+        raise UnsupportedModelError("the model has no trainable weights")
+    return total
+
+
+def layer_shapes(network):
+    """[(layer, rule, per-example input shape, per-example tap shape, number of weights)]."""
+    out = []
+    for layer, rule in weighted_layers(network):
+        n = sum(math.prod(v.shape) for v in layer.trainable_variables)
+        out.append((layer, rule, tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:]), n))
+    return out
+
+
+# Re-exported so the cost model and the engine find every block function in one place.
+contract = ntk_jacobian.contract
