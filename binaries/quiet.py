@@ -38,6 +38,9 @@ def silence(argv=None):
         os.dup2(devnull, 2)
         import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
         import keras  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+        # TensorFlow's Python warnings (e.g. pfor's "uses a while_loop") only on request too.
+        tensorflow.get_logger().setLevel("ERROR")
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)

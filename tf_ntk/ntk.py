@@ -206,7 +206,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
         # A diagonal block is symmetric up to rounding; make it exactly so.
         return 0.5 * (block + mirror(block)) if sym_block else block
 
-    if eager:
+    if eager and len(pairs) == 1:
+        kernel = compute(0, 0)
+        if progress is not None:
+            progress(1, 1)
+    elif eager:
         out = np.empty((n1, n2) + tail, f.dtype.as_numpy_dtype)
         for done, (i, j) in enumerate(pairs, 1):
             block = compute(i, j)

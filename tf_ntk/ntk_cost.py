@@ -12,12 +12,13 @@ import keras
 
 from tf_ntk import ntk_structured
 
-# Relative speed of the work that is not one large matmul: per-example gradients vectorized with
-# pfor (TF falls back to a loop for some ops, Conv2DBackpropFilter among them) and forward-mode passes.
-# Calibrated on CPU with bench/ntk.py.
+# Relative speed of the work that is not one large matmul, calibrated on CPU with bench/ntk.py:
+# per-example gradients vectorized with pfor, batched forward/backward passes, and forward-mode passes
+# vectorized over many tangents (pfor turns a convolution with a per-tangent filter into a loop).
 VECTORIZED_GRAD_EFFICIENCY = 0.25
-CONV_VECTORIZED_GRAD_EFFICIENCY = 0.05
 BATCHED_PASS_EFFICIENCY = 0.5
+VECTORIZED_JVP_EFFICIENCY = 0.5
+CONV_VECTORIZED_JVP_EFFICIENCY = 0.01
 # Fixed cost of one block (dispatch, tracing amortised), in multiply-add equivalents.
 BLOCK_OVERHEAD = 2e6
 
@@ -108,7 +109,8 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
     pairs = num_logits if diagonal else num_logits**2
     out = b1 * b2 * pairs
     p, f, a = stats.num_params, stats.forward_macs, stats.activations
-    grad_eff = CONV_VECTORIZED_GRAD_EFFICIENCY if stats.has_conv else VECTORIZED_GRAD_EFFICIENCY
+    grad_eff = VECTORIZED_GRAD_EFFICIENCY
+    jvp_eff = CONV_VECTORIZED_JVP_EFFICIENCY if stats.has_conv else VECTORIZED_JVP_EFFICIENCY
     if implementation == "jacobian":
         grads = nb * num_logits * 3 * f
         contract = b1 * b2 * pairs * p
@@ -117,7 +119,7 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
     if implementation == "ntvp":
         columns = b2 * num_logits
         chunk = columns if chunk is None else chunk
-        work = columns * (3 * f / grad_eff + 3 * f * b1 / BATCHED_PASS_EFFICIENCY)
+        work = columns * (3 * f / grad_eff + 3 * f * b1 / jvp_eff)
         raw = columns * 3 * f * (1 + b1)
         return BlockCost(work, raw, itemsize * (chunk * (p + 3 * a * (b1 + 1)) + 2 * out))
     if implementation == "structured":

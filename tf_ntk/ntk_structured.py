@@ -163,19 +163,28 @@ def record(f, params, x, logits, rules):
     return rec.inputs, dict(zip(keys, grads))
 
 
+# Layer contributions are summed in a working layout, transposed once at the end:
+# (L, B1, B2) for diagonal blocks and (B1, L, B2, L) for full ones.
+
+
 def _gram(u1, u2, diagonal):
-    """Inner products of per-logit features: u1 (L, B1, n), u2 (L, B2, n) -> (B1, B2, L[, L])."""
+    """Inner products of per-logit features u1 (L, B1, n), u2 (L, B2, n), in the working layout."""
     if diagonal:
-        return tf.transpose(tf.matmul(u1, u2, transpose_b=True), [1, 2, 0])
+        return tf.matmul(u1, u2, transpose_b=True)
     num_logits, b1 = tf.shape(u1)[0], tf.shape(u1)[1]
     b2 = tf.shape(u2)[1]
     flat = tf.matmul(tf.reshape(tf.transpose(u1, [1, 0, 2]), [b1 * num_logits, -1]),
                      tf.reshape(tf.transpose(u2, [1, 0, 2]), [b2 * num_logits, -1]), transpose_b=True)
-    return tf.transpose(tf.reshape(flat, [b1, num_logits, b2, num_logits]), [0, 2, 1, 3])
+    return tf.reshape(flat, [b1, num_logits, b2, num_logits])
 
 
 def _expand(gram, diagonal):
-    return gram[:, :, None] if diagonal else gram[:, :, None, None]
+    """A (B1, B2) example Gram matrix broadcast against the working layout."""
+    return gram[None] if diagonal else gram[:, None, :, None]
+
+
+def _from_working_layout(kernel, diagonal):
+    return tf.transpose(kernel, [1, 2, 0] if diagonal else [0, 2, 1, 3])
 
 
 def _dense(layer, a1, d1, a2, d2, diagonal):
@@ -220,9 +229,9 @@ def _conv(layer, a1, d1, a2, d2, diagonal):
         pgram = tf.einsum("isk,jtk->ijst", p1, p2)
         if diagonal:
             terms = [tf.einsum("ijst,isn,jtn->ij", pgram, d1[c], d2[c]) for c in range(num_logits)]
-            return out + tf.stack(terms, axis=-1)
+            return out + tf.stack(terms, axis=0)
         rows = [tf.einsum("ijst,isn,djtn->ijd", pgram, d1[c], d2) for c in range(num_logits)]
-        return out + tf.stack(rows, axis=2)
+        return out + tf.stack(rows, axis=1)
     g1 = tf.einsum("bsk,lbsn->lbkn", p1, d1)
     g2 = g1 if a2 is None else tf.einsum("bsk,lbsn->lbkn", p2, d2)
     flat = lambda g: tf.reshape(g, [num_logits, tf.shape(g)[1], k * cout])  # noqa: E731
@@ -302,7 +311,7 @@ def structured_block(f, params, x1, x2, logits, diagonal):
         total = term if total is None else total + term
     if total is None:
         raise UnsupportedModelError("the model has no trainable weights")
-    return total
+    return _from_working_layout(total, diagonal)
 
 
 def layer_shapes(network):
