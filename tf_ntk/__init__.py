@@ -5,6 +5,7 @@ Architecture, in dependency order:
   models      Keras classifiers by name (resnet18, mlp, cnn)
   functional  the functional view f(θ, x) of a model, BN in inference mode
   ntk         the empirical NTK (implementations in ntk_jacobian, ntk_structured; costs in ntk_cost)
+  dynamics    linearized and centered models around spawn weights
   attacks     PGD on top of cleverhans
   training    SGD train steps (clean or PGD-adversarial)
   evaluation  benign and robust accuracy
@@ -12,11 +13,13 @@ Architecture, in dependency order:
 
 from tf_ntk import attacks
 from tf_ntk import data
+from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import functional
 from tf_ntk import models
 from tf_ntk import ntk
 from tf_ntk import training
+from tf_ntk.dynamics import linearize
 from tf_ntk.functional import FunctionalModel
 from tf_ntk.ntk import empirical_ntk
 
@@ -28,8 +31,10 @@ __all__ = [
     "ntk",
     "attacks",
     "data",
+    "dynamics",
     "evaluation",
     "functional",
+    "linearize",
     "models",
     "training",
 ]

@@ -143,15 +143,20 @@ class FunctionalModel:
         """The model's current non-trainable state (BN running statistics), in the compute dtype."""
         return [self._cast(v.value) for v in self.model.non_trainable_variables]
 
-    def __call__(self, params, x):
+    def __call__(self, params, x, state=None, training=False):
         """Logits (N, O) at weights ``params`` on inputs ``x`` (N, *input_shape), in ``self.dtype``.
 
-        ``params`` must match the model's trainable weights (`check_params` validates untrusted
-        input); they and ``x`` are cast to the compute dtype.
+        Args:
+          params: one tensor per trainable weight (`check_params` validates untrusted input).
+          x: inputs; cast to the compute dtype like ``params``.
+          state: values for the non-trainable weights (BN running statistics), in
+            ``model.non_trainable_variables`` order; default: the model's current values.
+          training: False (BN in inference mode, the default everywhere in tf_ntk) or True (BN
+            normalises with batch statistics; the running statistics are still never written).
         """
         params = [self._cast(p) for p in params]
-        logits, _ = self.network.stateless_call(params, self.non_trainable(), self._cast(x),
-                                                training=False)
+        state = self.non_trainable() if state is None else [self._cast(s) for s in state]
+        logits, _ = self.network.stateless_call(params, state, self._cast(x), training=training)
         return logits
 
     def state_mapping(self, params):

@@ -1,0 +1,122 @@
+"""Linearized and centered models: the first-order Taylor expansion, checked against independent paths
+(per-example Jacobians of the spawn, finite differences) and its frozen kernel."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_ntk
+from tests import helpers
+from tf_ntk import functional
+from tf_ntk import models
+from tf_ntk import ntk_jacobian
+
+
+def _spawn():
+    keras.utils.set_random_seed(3)
+    model = models.get("cnn", 3, (6, 6, 1), width=3, zero_head=False)
+    helpers.randomize_bn_statistics(model, seed=1)
+    x = np.random.default_rng(2).uniform(size=(4, 6, 6, 1)).astype(np.float32)
+    return model, x
+
+
+def _shift(lin, scale=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    deltas = [rng.normal(0, scale, v.shape).astype(np.float32) for v in lin.theta]
+    for v, d in zip(lin.theta, deltas):
+        v.assign(v.numpy() + d)
+    return deltas
+
+
+def test_at_the_spawn_linearized_equals_the_model_and_centered_is_zero():
+    model, x = _spawn()
+    lin = tf_ntk.linearize(model)
+    cen = tf_ntk.linearize(model, centered=True)
+    np.testing.assert_array_equal(lin(x).numpy(), model(x, training=False).numpy())
+    np.testing.assert_array_equal(cen(x).numpy(), np.zeros((4, 3), np.float32))
+    assert len(lin.trainable_variables) == len(model.trainable_variables)
+
+
+def test_output_is_spawn_plus_jacobian_times_delta():
+    model, x = _spawn()
+    before = [v.numpy().copy() for v in model.variables]
+    lin = tf_ntk.linearize(model)
+    deltas = _shift(lin)
+    f = functional.FunctionalModel(model)
+    jac = ntk_jacobian.per_example_jacobians(f, f.params, tf.constant(x), range(3))
+    want = model(x, training=False).numpy() + sum(
+        np.einsum("iap,p->ia", j.numpy(), d.ravel()) for j, d in zip(jac, deltas))
+    np.testing.assert_allclose(lin(x).numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lin.kernel_term(x).numpy() + lin.spawn_output(x).numpy(), want,
+                               rtol=1e-4, atol=1e-5)
+    # The original model is untouched.
+    for a, b in zip(before, [v.numpy() for v in model.variables]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kernel_term_matches_central_finite_differences():
+    model, x = _spawn()
+    cen = tf_ntk.linearize(model, centered=True)
+    deltas = _shift(cen, scale=1.0, seed=4)
+    f64 = functional.FunctionalModel(model, dtype="float64")
+    spawn = [tf.cast(p, tf.float64) for p in f64.params]
+    h = 1e-4
+    plus = f64([s + h * d for s, d in zip(spawn, deltas)], x)
+    minus = f64([s - h * d for s, d in zip(spawn, deltas)], x)
+    fd = ((plus - minus) / (2 * h)).numpy()
+    assert helpers.relative_error(cen(x).numpy(), fd) < 1e-4
+
+
+def test_gradient_is_jacobian_transpose_times_the_output_gradient():
+    model, x = _spawn()
+    lin = tf_ntk.linearize(model)
+    _shift(lin)
+    weights = np.random.default_rng(5).normal(size=(4, 3)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(lin(x, training=True) * weights)
+    grads = tape.gradient(loss, lin.trainable_variables)
+    f = functional.FunctionalModel(model)
+    jac = ntk_jacobian.per_example_jacobians(f, f.params, tf.constant(x), range(3))
+    for g, j in zip(grads, jac):
+        np.testing.assert_allclose(g.numpy().ravel(), np.einsum("iap,ia->p", j.numpy(), weights),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_stays_the_spawn_kernel_after_training():
+    model, x = _spawn()
+    spawn_kernel = tf_ntk.empirical_ntk(model, x, implementation="jacobian")
+    lin = tf_ntk.linearize(model, centered=True)
+    lin.compile(optimizer=keras.optimizers.SGD(0.5),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    y = np.array([0, 1, 2, 0])
+    history = lin.fit(x, y, epochs=3, batch_size=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    moved = sum(float(np.abs(t.numpy() - s.numpy()).max()) for t, s in zip(lin.theta, lin.spawn_params))
+    assert moved > 1e-3
+    after = tf_ntk.empirical_ntk(lin, x, implementation="jacobian")
+    assert helpers.relative_error(after, spawn_kernel) < 1e-5
+
+
+def test_train_step_traces_once_under_xla():
+    model, x = _spawn()
+    lin = tf_ntk.linearize(model)
+    opt = keras.optimizers.SGD(0.1)
+    y = tf.constant([0, 1, 2, 0])
+
+    @tf.function(jit_compile=True)
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, lin(xb, training=True)))
+        opt.apply_gradients(zip(tape.gradient(loss, lin.trainable_variables), lin.trainable_variables))
+        return loss
+
+    losses = [float(step(tf.constant(x), y)) for _ in range(4)]
+    assert step.experimental_get_tracing_count() == 1
+    assert losses[-1] < losses[0]
+
+
+def test_bad_batchnorm_policy():
+    model, _ = _spawn()
+    with pytest.raises(ValueError, match="unknown batchnorm policy 'moving'"):
+        tf_ntk.linearize(model, batchnorm="moving")

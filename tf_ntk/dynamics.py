@@ -1,0 +1,137 @@
+"""Linearized and centered dynamics around spawn weights θ_s.
+
+    lin = tf_ntk.linearize(model)                  # f_lin(x) = f_{θ_s}(x) + J_{θ_s}(x)(θ − θ_s)
+    cen = tf_ntk.linearize(model, centered=True)   # f_cen(x) = J_{θ_s}(x)(θ − θ_s)
+
+The returned Keras model owns its weights: trainable θ (initialised to a copy of the model's current
+trainable weights θ_s) and frozen, non-trainable copies of θ_s and of the BN running statistics,
+so it checkpoints on its own and the original model is never read or written again. Its empirical
+NTK with respect to θ is the spawn kernel k_{θ_s}, whatever θ is.
+
+Gradients: the kernel term J(θ − θ_s) is a `tf.custom_gradient` whose forward pass is one
+forward-mode product (ForwardAccumulator over the spawn weights) and whose backward pass is one
+vector-Jacobian product at θ_s: dL/dθ = J_{θ_s}ᵀ dL/df. No tape is wrapped around the accumulator,
+so a train step traces once under ``jit_compile=True``.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_ntk import functional
+
+BATCHNORM_POLICIES = ("frozen", "batch")
+
+
+def _constant_initializer(value):
+    return lambda shape, dtype=None: tf.cast(tf.identity(value), dtype or value.dtype)
+
+
+class LinearizedModel(keras.Model):
+    """f_{θ_s}(x) + J_{θ_s}(x)(θ − θ_s) (or the kernel term alone when ``centered``).
+
+    Attributes:
+      centered: True for the centered dynamics (no spawn function).
+      batchnorm: ``"frozen"`` (BN in inference mode with the spawn's running statistics; the
+        protocol's default) or ``"batch"`` (BN normalises with batch statistics when training=True).
+      theta: the trainable weights θ, in the spawn model's ``trainable_variables`` order.
+      spawn_params: frozen θ_s. spawn_state: frozen BN running statistics (non-trainable state).
+    """
+
+    def __init__(self, model, *, centered=False, batchnorm="frozen", name=None):
+        if batchnorm not in BATCHNORM_POLICIES:
+            raise ValueError(
+                f"unknown batchnorm policy {batchnorm!r}; known: {', '.join(BATCHNORM_POLICIES)}")
+        super().__init__(name=name or f"{'centered' if centered else 'linearized'}_{model.name}")
+        self._f = functional.FunctionalModel(model)
+        self.centered = centered
+        self.batchnorm = batchnorm
+        self.spawn_params = [
+            self.add_weight(shape=v.shape, dtype=v.dtype, trainable=False,
+                            initializer=_constant_initializer(v.value), name=f"spawn_{i}")
+            for i, v in enumerate(model.trainable_variables)]
+        self.spawn_state = [
+            self.add_weight(shape=v.shape, dtype=v.dtype, trainable=False,
+                            initializer=_constant_initializer(v.value), name=f"spawn_state_{i}")
+            for i, v in enumerate(model.non_trainable_variables)]
+        self.theta = [
+            self.add_weight(shape=v.shape, dtype=v.dtype, trainable=True,
+                            initializer=_constant_initializer(v.value), name=f"theta_{i}")
+            for i, v in enumerate(model.trainable_variables)]
+        self._out_dim = self._f.num_outputs
+        self.built = True
+
+    @property
+    def functional_view(self):
+        """The `FunctionalModel` of the spawn network (use with ``self.spawn_values()``)."""
+        return self._f
+
+    def spawn_values(self):
+        """(θ_s, BN state) as tensors."""
+        return [v.value for v in self.spawn_params], [v.value for v in self.spawn_state]
+
+    def _f_at(self, params, x, training):
+        _, state = self.spawn_values()
+        bn_training = bool(training) and self.batchnorm == "batch"
+        return self._f(params, x, state=state, training=bn_training)
+
+    def spawn_output(self, x, training=False):
+        """f_{θ_s}(x): (N, O), the first term (constant in θ)."""
+        spawn, _ = self.spawn_values()
+        return self._f_at(spawn, x, training)
+
+    def kernel_term(self, x, training=False):
+        """J_{θ_s}(x)(θ − θ_s): (N, O), the second term; differentiable in θ."""
+        spawn, _ = self.spawn_values()
+        theta = [v.value for v in self.theta]
+        x = tf.convert_to_tensor(x)
+
+        @tf.custom_gradient
+        def term(*theta_values):
+            delta = [t - s for t, s in zip(theta_values, spawn)]
+            with tf.autodiff.ForwardAccumulator(spawn, delta) as acc:
+                y = self._f_at(spawn, x, training)
+            jvp = acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+            def grad(upstream):
+                with tf.GradientTape() as tape:
+                    tape.watch(spawn)
+                    y_s = self._f_at(spawn, x, training)
+                return tape.gradient(y_s, spawn, output_gradients=upstream,
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+            return jvp, grad
+
+        return term(*theta)
+
+    def call(self, x, training=False):
+        out = self.kernel_term(x, training=training)
+        if not self.centered:
+            out = out + tf.stop_gradient(self.spawn_output(x, training=training))
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self._out_dim)
+
+    @property
+    def input_shape(self):
+        """(None, *per-example input shape) of the spawn model."""
+        return (None,) + tuple(self._f.input_shape)
+
+    @property
+    def output_shape(self):
+        """(None, O)."""
+        return (None, self._out_dim)
+
+
+def linearize(model, *, centered=False, batchnorm="frozen"):
+    """The linearized (or centered) model around ``model``'s current weights, θ starting at θ_s.
+
+    Args:
+      model: a built Keras model with logits output (N, O): the spawn. Never modified.
+      centered: drop the spawn function: f_cen = J_{θ_s}(θ − θ_s), exactly 0 at the start.
+      batchnorm: ``"frozen"`` (default; inference-mode BN with the spawn statistics) or ``"batch"``.
+
+    Returns:
+      A `LinearizedModel`: a Keras model, trainable with `model.fit` or tf_ntk's own loop.
+    """
+    return LinearizedModel(model, centered=centered, batchnorm=batchnorm)
