@@ -64,16 +64,17 @@ def _reset_peak():
 
 
 def _measure(fn, repeats):
-    """(median seconds, peak MiB added above the resident set before the calls).
+    """(median seconds, peak MiB added above the resident set before the first call).
 
-    A configuration whose warm-up call (tracing included) takes over 10 s is timed once.
+    The peak covers the warm-up call too (TensorFlow's allocator keeps what it took then). A
+    configuration whose warm-up call (tracing included) takes over 10 s is timed once.
     """
+    can_reset = _reset_peak()
+    base = _vm_kib("VmRSS")
     start = time.perf_counter()
     fn()  # warm-up: traces and compiles
     if time.perf_counter() - start > 10:
         repeats = 1
-    can_reset = _reset_peak()
-    base = _vm_kib("VmRSS")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

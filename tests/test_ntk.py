@@ -12,6 +12,7 @@ import tf_ntk
 from tests import helpers
 from tf_ntk import functional
 from tf_ntk import models
+from tf_ntk import ntk_cost
 from tf_ntk import ntk_structured
 
 NUM_CLASSES = 3
@@ -208,3 +209,62 @@ def test_bad_input_is_a_clear_error():
         tf_ntk.empirical_ntk(model, x1, params=[np.zeros(3)])
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         tf_ntk.empirical_ntk(model, x1, dtype="int32")
+
+
+def _nested_with_ops(dtype):
+    """A functional model with a nested Sequential and plain Keras ops, built in ``dtype``."""
+    inputs = keras.Input((4,), dtype=dtype)
+    x = keras.layers.Dense(5, activation="tanh", dtype=dtype)(inputs)
+    x = keras.ops.tanh(x) * 2.0
+    inner = keras.Sequential([keras.Input((5,), dtype=dtype),
+                              keras.layers.Dense(4, activation="relu", dtype=dtype),
+                              keras.layers.Dense(4, dtype=dtype)])
+    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES, dtype=dtype)(inner(x)))
+
+
+def _own_gradients_kernel(model64, x1, x2):
+    """Oracle built from a model constructed in float64 (not through tf_ntk's float64 copy)."""
+    def jac(x):
+        rows = []
+        for xi in x:
+            per_logit = []
+            for c in range(NUM_CLASSES):
+                with tf.GradientTape() as tape:
+                    out = model64(xi[None], training=False)[0, c]
+                per_logit.append(np.concatenate(
+                    [g.numpy().ravel() for g in tape.gradient(out, model64.trainable_variables)]))
+            rows.append(per_logit)
+        return np.array(rows)
+
+    return np.einsum("iap,jbp->ijab", jac(x1), jac(x2))
+
+
+def test_float64_with_nested_models_plain_ops_and_float64_params():
+    keras.utils.set_random_seed(1)
+    model = _nested_with_ops("float32")
+    model64 = _nested_with_ops("float64")
+    rng = np.random.default_rng(0)
+    theta = [v.numpy().astype(np.float64) + rng.normal(0, 0.1, v.shape) for v in model.trainable_variables]
+    for v, t in zip(model64.trainable_variables, theta):
+        v.assign(t)
+    x1, x2 = rng.uniform(size=(4, 4)), rng.uniform(size=(3, 4))
+    want = _own_gradients_kernel(model64, x1, x2)
+    for implementation in IMPLEMENTATIONS:
+        got = tf_ntk.empirical_ntk(model, x1, x2, params=theta, kind="full", dtype="float64",
+                                   implementation=implementation)
+        assert helpers.relative_error(got.numpy(), want) < 1e-12, implementation
+    in_graph = tf.function(lambda a, b: tf_ntk.empirical_ntk(model, a, b, params=theta, kind="full",
+                                                             dtype="float64"))
+    assert helpers.relative_error(in_graph(x1, x2).numpy(), want) < 1e-12
+
+
+def test_planned_blocks_never_exceed_the_budget():
+    inputs = keras.Input((5, 5, 3))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(16, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    stats = ntk_cost.model_stats(model)
+    for n in range(2, 40, 3):
+        for b in (2, 5, 8, 13):
+            budget = int(ntk_cost.block_cost(stats, "structured", b, b, 10, True, True, 4).bytes)
+            plan = tf_ntk.ntk.plan(model, n, implementation="structured", memory_budget_bytes=budget)
+            assert plan.peak_bytes <= budget, (n, b, plan)

@@ -11,6 +11,8 @@ assigned, so the view is safe inside ``tf.GradientTape``, ``tf.function``, ``tf.
 ``jit_compile=True`` functions; gradients flow to the ``params`` tensors.
 """
 
+import weakref
+
 import keras
 import tensorflow as tf
 
@@ -63,8 +65,11 @@ def _clone_with_dtype(model, dtype):
     """A structural copy of ``model`` whose layers compute in ``dtype`` (its own weights unused)."""
 
     def clone_layer(layer):
+        if isinstance(layer, keras.Model):
+            return _clone_with_dtype(layer, dtype)  # clone_model does not enter nested models
         config = layer.get_config()
-        config["dtype"] = dtype
+        if "dtype" in config:  # layers; plain ops (keras.ops.tanh, ...) follow their inputs
+            config["dtype"] = dtype
         return layer.__class__.from_config(config)
 
     if len(model.inputs) != 1:
@@ -78,6 +83,18 @@ def _clone_with_dtype(model, dtype):
     ) != len(model.non_trainable_variables):
         raise ValueError(f"model {model.name!r} cannot be cloned to dtype {dtype}")
     return clone
+
+
+_CLONES = weakref.WeakKeyDictionary()
+
+
+def _cached_clone(model, dtype):
+    """`_clone_with_dtype`, built once per (model, dtype) and outside any tf.function trace."""
+    clones = _CLONES.setdefault(model, {})
+    if dtype not in clones:
+        with tf.init_scope():
+            clones[dtype] = _clone_with_dtype(model, dtype)
+    return clones[dtype]
 
 
 class FunctionalModel:
@@ -111,7 +128,7 @@ class FunctionalModel:
         self.dtype = own if dtype is None else tf.as_dtype(dtype)
         # The network that computes: the model itself, or its structural copy in another dtype.
         # Its variables are in one-to-one order with the model's.
-        self.network = model if self.dtype == own else _clone_with_dtype(model, self.dtype.name)
+        self.network = model if self.dtype == own else _cached_clone(model, self.dtype.name)
 
     @property
     def params(self):

@@ -166,7 +166,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
       MemoryError: not even one example fits the memory budget.
     """
     f = _validate(model, x1, x2, kind, logit, implementation, dtype, memory_budget_bytes)
-    params = f.params if params is None else functional.check_params(model, params)
+    params = f.params if params is None else functional.check_params(model, params, dtype=f.dtype)
     params = [tf.cast(tf.convert_to_tensor(p), f.dtype) for p in params]
     x1 = tf.cast(tf.convert_to_tensor(x1), f.dtype)
     symmetric = x2 is None

@@ -199,14 +199,19 @@ def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsiz
             chunk = columns
             while chunk > 1 and cost(b, chunk).bytes > budget_bytes:
                 chunk = max(1, chunk // 2)
-        c = cost(b, chunk)
-        if c.bytes <= budget_bytes or block_size:
-            # Even blocks: the same work in fewer distinct shapes (fewer traces).
-            b = math.ceil(n_max / math.ceil(n_max / b))
+        if block_size:
             c = cost(b, chunk)
-            nblocks = _blocks(n1, n2, b, symmetric)
-            return Plan(implementation, b, nblocks, c.macs * nblocks + BLOCK_OVERHEAD * nblocks,
-                        c.raw_macs * nblocks, c.bytes, chunk)
+        else:
+            # Prefer even blocks (less padding in the last one) when they fit too: the estimate is
+            # not monotone in the block size (the conv rule switches form).
+            even = math.ceil(n_max / math.ceil(n_max / b))
+            fits = [(v, cost(v, chunk)) for v in (even, b) if cost(v, chunk).bytes <= budget_bytes]
+            if not fits:
+                continue
+            b, c = fits[0]
+        nblocks = _blocks(n1, n2, b, symmetric)
+        return Plan(implementation, b, nblocks, c.macs * nblocks + BLOCK_OVERHEAD * nblocks,
+                    c.raw_macs * nblocks, c.bytes, chunk)
     raise MemoryError(
         f"implementation {implementation!r} needs about {cost(1, 1).bytes / 2**20:.0f} MiB for a "
         f"single example, more than the memory budget of {budget_bytes / 2**20:.0f} MiB")
