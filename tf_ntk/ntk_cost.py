@@ -15,9 +15,15 @@ from tf_ntk import ntk_structured
 # Relative speed of the work that is not one large matmul, calibrated on CPU with bench/ntk.py:
 # per-example gradients vectorized with pfor, batched forward/backward passes, and forward-mode passes
 # vectorized over many tangents (pfor turns a convolution with a per-tangent filter into a loop).
-VECTORIZED_GRAD_EFFICIENCY = 0.25
+VECTORIZED_GRAD_EFFICIENCY = 0.5
 BATCHED_PASS_EFFICIENCY = 0.5
 VECTORIZED_JVP_EFFICIENCY = 0.5
+# The conv rule's einsums (patches x cotangents, then their Gram) run well below matmul speed.
+CONV_RULE_EFFICIENCY = 0.5
+# Cost, in multiply-add equivalents, of every float of per-example gradients a method materialises
+# (allocation, pfor's copies, reading it back): measured ~5 ns per float on a 2-core CPU, which makes
+# the jacobian method memory-bound for large models (the 10.5 M-parameter MLP).
+GRADIENT_FLOAT_COST = 250
 CONV_VECTORIZED_JVP_EFFICIENCY = 0.01
 # Fixed cost of one block (dispatch, tracing amortised), in multiply-add equivalents.
 BLOCK_OVERHEAD = 2e6
@@ -114,12 +120,14 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
     if implementation == "jacobian":
         grads = nb * num_logits * 3 * f
         contract = b1 * b2 * pairs * p
-        return BlockCost(grads / grad_eff + contract, grads + contract,
-                         itemsize * (nb * num_logits * (p + 2 * a) + out))
+        traffic = nb * num_logits * p * GRADIENT_FLOAT_COST
+        # Per-example gradients are produced, then reshaped/concatenated: count them twice.
+        return BlockCost(grads / grad_eff + contract + traffic, grads + contract,
+                         itemsize * (nb * num_logits * (2 * p + 2 * a) + out))
     if implementation == "ntvp":
         columns = b2 * num_logits
         chunk = columns if chunk is None else chunk
-        work = columns * (3 * f / grad_eff + 3 * f * b1 / jvp_eff)
+        work = columns * (3 * f / grad_eff + 3 * f * b1 / jvp_eff + p * GRADIENT_FLOAT_COST)
         raw = columns * 3 * f * (1 + b1)
         return BlockCost(work, raw, itemsize * (chunk * (p + 3 * a * (b1 + 1)) + 2 * out))
     if implementation == "structured":
@@ -142,12 +150,15 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
                 else:
                     work = nb * num_logits * s * k * c + b1 * b2 * pairs * k * c
                     mem = nb * (num_logits * k * c + s * k)
+                    macs += nb * num_logits * k * c * GRADIENT_FLOAT_COST
+                macs += work * (1 / CONV_RULE_EFFICIENCY - 1)
             elif layer.rule == ntk_structured.BATCHNORM:
                 work = nb * num_logits * 2 * layer.output_size + b1 * b2 * pairs * 2 * layer.channels
                 mem = nb * num_logits * 2 * layer.channels
             else:
                 grads = nb * num_logits * 3 * max(layer.num_params, layer.output_size)
-                work = grads / grad_eff + b1 * b2 * pairs * layer.num_params
+                work = grads / grad_eff + b1 * b2 * pairs * layer.num_params + (
+                    nb * num_logits * layer.num_params * GRADIENT_FLOAT_COST)
                 mem = nb * num_logits * (layer.num_params + 2 * layer.output_size)
             macs += work
             raw += work
@@ -184,8 +195,11 @@ def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsiz
     n_max = max(n1, n2)
 
     def cost(b, chunk=None):
+        # With several blocks, the off-diagonal ones of a symmetric kernel have two sides to
+        # differentiate: plan for those.
+        one_block = b >= n_max
         return block_cost(stats, implementation, min(b, n1), min(b, n2), num_logits, diagonal,
-                          symmetric, itemsize, chunk)
+                          symmetric and one_block, itemsize, chunk)
 
     if cost(1) is None:
         return None
