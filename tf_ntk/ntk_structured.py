@@ -14,7 +14,7 @@ with respect to z holds each example's own cotangent. The kernel is then a sum o
   * Any other layer with trainable weights: per-example gradients of its own weights only, as
     vectorized vector-Jacobian products of that layer alone.
 
-Block shapes and conventions are those of `tf_ntk.ntk_jacobian`.
+Block shapes and conventions are those of `tf_ntk.ntk_jacobian` (the same (B1, B2, L[, L]) layout).
 """
 
 import math
@@ -22,7 +22,6 @@ import math
 import keras
 import tensorflow as tf
 
-from tf_ntk import ntk_jacobian
 
 DENSE, CONV, BATCHNORM, FALLBACK = "dense", "conv2d", "batchnorm", "fallback"
 
@@ -321,7 +320,3 @@ def layer_shapes(network):
         n = sum(math.prod(v.shape) for v in layer.trainable_variables)
         out.append((layer, rule, tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:]), n))
     return out
-
-
-# Re-exported so the cost model and the engine find every block function in one place.
-contract = ntk_jacobian.contract
