@@ -120,3 +120,39 @@ def test_bad_batchnorm_policy():
     model, _ = _spawn()
     with pytest.raises(ValueError, match="unknown batchnorm policy 'moving'"):
         tf_ntk.linearize(model, batchnorm="moving")
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_input_gradient_matches_finite_differences(centered):
+    """PGD attacks the model under its own dynamics, so dL/dx must flow through J(x)(θ − θ_s)."""
+    model, x = _spawn()
+    lin = tf_ntk.linearize(model, centered=centered)
+    deltas = _shift(lin, scale=0.5, seed=6)
+    weights = tf.constant(np.random.default_rng(7).normal(size=(4, 3)), tf.float32)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(lin(xt) * weights)
+    got = tape.gradient(loss, xt).numpy()
+    # Oracle: the same function in float64 through the spawn's functional view, central differences in x.
+    f64 = functional.FunctionalModel(model, dtype="float64")
+    spawn = [tf.cast(p, tf.float64) for p in f64.params]
+    w64 = tf.cast(weights, tf.float64)
+
+    def objective(xv):
+        h = 1e-5
+        plus = f64([s + h * d for s, d in zip(spawn, deltas)], xv)
+        minus = f64([s - h * d for s, d in zip(spawn, deltas)], xv)
+        out = (plus - minus) / (2 * h) + (0.0 if centered else f64(spawn, xv))
+        return float(tf.reduce_sum(out * w64))
+
+    x64 = x.astype(np.float64)
+    fd = np.zeros_like(x64)
+    eps = 1e-4
+    for idx in np.ndindex(x64.shape):
+        up, down = x64.copy(), x64.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        fd[idx] = (objective(up) - objective(down)) / (2 * eps)
+    assert np.abs(fd).max() > 1e-3  # the oracle is not trivially zero
+    assert helpers.relative_error(got, fd) < 1e-3

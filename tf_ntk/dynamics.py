@@ -11,7 +11,9 @@ NTK with respect to θ is the spawn kernel k_{θ_s}, whatever θ is.
 Gradients: the kernel term J(θ − θ_s) is a `tf.custom_gradient` whose forward pass is one
 forward-mode product (ForwardAccumulator over the spawn weights) and whose backward pass is one
 vector-Jacobian product at θ_s: dL/dθ = J_{θ_s}ᵀ dL/df. No tape is wrapped around the accumulator,
-so a train step traces once under ``jit_compile=True``.
+so a train step traces once under ``jit_compile=True``. The input gradient dL/dx (what PGD needs to
+attack the model under its own dynamics) is the forward-mode derivative along θ − θ_s of the
+spawn's input gradient; graphs that never ask for it prune it.
 """
 
 import keras
@@ -80,33 +82,43 @@ class LinearizedModel(keras.Model):
         return self._f_at(spawn, x, training)
 
     def kernel_term(self, x, training=False):
-        """J_{θ_s}(x)(θ − θ_s): (N, O), the second term; differentiable in θ."""
+        """J_{θ_s}(x)(θ − θ_s): (N, O), the second term; differentiable in θ and in x."""
         spawn, _ = self.spawn_values()
         theta = [v.value for v in self.theta]
         x = tf.convert_to_tensor(x)
 
         @tf.custom_gradient
-        def term(*theta_values):
+        def term(x, *theta_values):
             delta = [t - s for t, s in zip(theta_values, spawn)]
             with tf.autodiff.ForwardAccumulator(spawn, delta) as acc:
                 y = self._f_at(spawn, x, training)
             jvp = acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
             def grad(upstream):
+                # dL/dθ = J_{θ_s}(x)ᵀ u: one VJP at the spawn.
                 with tf.GradientTape() as tape:
                     tape.watch(spawn)
                     y_s = self._f_at(spawn, x, training)
-                return tape.gradient(y_s, spawn, output_gradients=upstream,
-                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                g_theta = tape.gradient(y_s, spawn, output_gradients=upstream,
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                # dL/dx = ∂/∂x (uᵀ J(x) Δθ): the directional derivative along Δθ of the input
+                # gradient uᵀ ∂f/∂x (forward over reverse). Pruned from graphs that do not use it.
+                with tf.autodiff.ForwardAccumulator(spawn, delta) as acc_x:
+                    with tf.GradientTape() as tape_x:
+                        tape_x.watch(x)
+                        y_x = self._f_at(spawn, x, training)
+                    g_in = tape_x.gradient(y_x, x, output_gradients=upstream)
+                g_x = acc_x.jvp(g_in, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return [g_x] + list(g_theta)
 
             return jvp, grad
 
-        return term(*theta)
+        return term(x, *theta)
 
     def call(self, x, training=False):
         out = self.kernel_term(x, training=training)
         if not self.centered:
-            out = out + tf.stop_gradient(self.spawn_output(x, training=training))
+            out = out + self.spawn_output(x, training=training)  # constant in θ (frozen weights)
         return out
 
     def compute_output_shape(self, input_shape):
