@@ -71,3 +71,75 @@ def test_margin_loss_closed_form():
 
 def test_protocol_step_size_default():
     assert attacks.check_config(eps=4 / 255, steps=20) == pytest.approx(2 * (4 / 255) / 20)
+
+
+def _small_cnn():
+    keras.utils.set_random_seed(0)
+    from tf_ntk import models
+    return models.get("cnn", 3, (6, 6, 1), width=3, zero_head=False)
+
+
+def test_without_random_start_equals_cleverhans_projected_gradient_descent():
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+    model = _small_cnn()
+    fn = lambda t: model(t, training=False)  # noqa: E731
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(5, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=5).astype(np.int32)
+    for norm, order, eps in (("linf", np.inf, 0.1), ("l2", 2, 0.5)):
+        ours = attacks.pgd(fn, x, y, eps=eps, steps=7, step_size=eps / 4, norm=norm, random_start=False)
+        ref = projected_gradient_descent(fn, x, eps, eps / 4, 7, order, clip_min=0.0, clip_max=1.0,
+                                         y=y, rand_init=False)
+        np.testing.assert_array_equal(ours.numpy(), ref.numpy())
+
+
+def test_seed_fixes_the_random_start_and_restarts_keep_the_best_loss():
+    model = _small_cnn()
+    fn = lambda t: model(t, training=False)  # noqa: E731
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(16, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=16).astype(np.int32)
+    kw = dict(eps=0.3, steps=2, step_size=0.02)
+    a = attacks.pgd(fn, x, y, seed=[7, 1], **kw).numpy()
+    np.testing.assert_array_equal(a, attacks.pgd(fn, x, y, seed=[7, 1], **kw).numpy())
+    assert np.abs(a - attacks.pgd(fn, x, y, seed=[7, 2], **kw).numpy()).max() > 1e-3
+    # restarts = 3 includes restart 0 (the seed's single-start attack): its per-example loss is
+    # never below that one's, and equals the max over the three single restarts.
+    single = [a] + [attacks.pgd(fn, x, y, seed=tf.random.experimental.stateless_fold_in(
+        tf.constant([7, 1], tf.int64), r), **kw) for r in (1, 2)]
+    best = attacks.pgd(fn, x, y, seed=[7, 1], restarts=3, **kw)
+    loss = lambda t: attacks.cross_entropy_loss(y, fn(t)).numpy()  # noqa: E731
+    assert np.all(loss(best) >= loss(a) - 1e-6)
+    np.testing.assert_allclose(loss(best), np.max([loss(s) for s in single], axis=0), rtol=1e-6)
+
+
+def test_l2_random_start_is_uniform_in_the_ball():
+    x = np.full((2000, 4, 1, 1), 0.5, np.float32)
+    start = attacks.sample_start(tf.constant(x), 0.2, "l2", tf.constant([1, 2], tf.int64)).numpy()
+    radius = np.linalg.norm((start - x).reshape(2000, -1), axis=1)
+    assert radius.max() <= 0.2 + 1e-6
+    # Uniform in a 4-ball: P(r <= t·eps) = t^4.
+    np.testing.assert_allclose(np.mean(radius <= 0.1), 0.5**4, atol=0.02)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_attack_on_linearized_models_under_xla_raises_the_loss(centered):
+    import tf_ntk
+    model = _small_cnn()
+    lin = tf_ntk.linearize(model, centered=centered)
+    rng = np.random.default_rng(5)
+    for v in lin.theta:
+        v.assign(v.numpy() + rng.normal(0, 0.3, v.shape).astype(np.float32))
+    fn = lambda t: lin(t, training=False)  # noqa: E731
+    x = tf.constant(rng.uniform(size=(8, 6, 6, 1)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 3, size=8).astype(np.int32))
+    config = attacks.PGDConfig(eps=0.1, steps=5)
+    attack = tf.function(lambda a, b, s: config.attack(fn, a, b, seed=s), jit_compile=True)
+    adv = attack(x, y, tf.constant([0, 1], tf.int64))
+    adv2 = attack(x, y, tf.constant([0, 2], tf.int64))
+    assert attack.experimental_get_tracing_count() == 1
+    np.testing.assert_array_equal(adv.numpy(), attack(x, y, tf.constant([0, 1], tf.int64)).numpy())
+    assert np.abs(adv.numpy() - adv2.numpy()).max() > 0
+    assert np.abs(adv.numpy() - x.numpy()).max() <= 0.1 + 1e-6
+    ce = lambda t: float(tf.reduce_mean(attacks.cross_entropy_loss(y, fn(t))))  # noqa: E731
+    assert ce(adv) > ce(x) + 1e-3  # the kernel term's input gradient reaches the attack
