@@ -6,6 +6,8 @@ r"""Trains a classifier and reports benign and robust accuracy.
 from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+import tempfile
+
 from absl import flags
 
 from binaries import common
@@ -36,23 +38,31 @@ def main(argv):
     opts = common_flags.data_options(FLAGS)
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
     test = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, **opts)
-    model = models.get(FLAGS.model, info.num_classes, info.image_shape,
+    spec = models.spec(FLAGS.model, info.num_classes, info.image_shape,
                        **common_flags.model_options(FLAGS))
+    model = models.build(spec)
     attack = attacks.PGDConfig(eps=FLAGS.eps, steps=FLAGS.attack_steps,
                                step_size=FLAGS.attack_step_size, norm=FLAGS.attack_norm)
-    step = training.make_train_step(model, training.sgd(FLAGS.lr, FLAGS.momentum),
-                                    attack=attack if FLAGS.adversarial else None,
-                                    jit_compile=FLAGS.jit_compile)
+    config = training.TrainConfig.phase1(
+        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr, momentum=FLAGS.momentum,
+        data_mode="adv" if FLAGS.adversarial else "clean", adv_mode="madry", attack=attack,
+        seed=FLAGS.seed, jit_compile=FLAGS.jit_compile, model=spec, save_epochs=(),
+        data={"dataset": FLAGS.dataset, **opts})
     print(f"{FLAGS.model} ({models.num_params(model):,} parameters) on {FLAGS.dataset} "
           f"{info.image_shape}, {'PGD-adversarial' if FLAGS.adversarial else 'clean'} training")
-    for epoch in range(FLAGS.epochs):
-        train = data.load(FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True,
-                          seed=FLAGS.seed, epoch=epoch, **opts)
-        loss, acc = training.train_epoch(step, train)
-        print(f"epoch {epoch + 1:3d}/{FLAGS.epochs}  loss {loss:.4f}  train accuracy {acc:.4f}")
+
+    class Progress(training.Callback):
+        def on_epoch_end(self, epoch, logs):
+            print(f"epoch {epoch:3d}/{FLAGS.epochs}  loss {logs['loss']:.4f}  "
+                  f"train accuracy {logs['accuracy']:.4f}")
+
+    with tempfile.TemporaryDirectory() as workdir:
+        training.train(model, lambda epoch: data.load(
+            FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True, seed=FLAGS.seed,
+            epoch=epoch, **opts), config, workdir, callbacks=[Progress()])
     model_fn = evaluation.inference_fn(model)
     benign = evaluation.accuracy(model_fn, test)
-    robust = evaluation.robust_accuracy(model_fn, test, attack)
+    robust = evaluation.robust_accuracy(model_fn, test, attack, seed=FLAGS.seed)
     print(f"benign accuracy {benign:.4f}")
     print(f"robust accuracy {robust:.4f}  ({FLAGS.attack_norm} PGD-{FLAGS.attack_steps}, "
           f"eps={FLAGS.eps:.4g})")

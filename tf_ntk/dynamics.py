@@ -60,6 +60,10 @@ class LinearizedModel(keras.Model):
                             initializer=_constant_initializer(v.value), name=f"theta_{i}")
             for i, v in enumerate(model.trainable_variables)]
         self._out_dim = self._f.num_outputs
+        # Keras 3 does not expose list-held weights to tf.train.Checkpoint; this trackable does.
+        self.weights_for_checkpoint = tf.train.Checkpoint(
+            theta=[v.value for v in self.theta], spawn_params=[v.value for v in self.spawn_params],
+            spawn_state=[v.value for v in self.spawn_state])
         self.built = True
 
     @property

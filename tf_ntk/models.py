@@ -76,6 +76,25 @@ def get(name, num_classes, input_shape, **kwargs):
     return _REGISTRY[name](int(num_classes), input_shape, **kwargs)
 
 
+def spec(name, num_classes, input_shape, **kwargs):
+    """A JSON-able description ``{"name", "num_classes", "input_shape", "options"}`` of a model.
+
+    Checkpoints record it so that `build` can rebuild the model they hold.
+    """
+    _check_name(name)
+    return {"name": name, "num_classes": int(num_classes),
+            "input_shape": [int(d) for d in input_shape], "options": dict(kwargs)}
+
+
+def build(model_spec):
+    """The model a `spec` describes (fresh weights)."""
+    try:
+        return get(model_spec["name"], model_spec["num_classes"], model_spec["input_shape"],
+                   **model_spec.get("options", {}))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"malformed model spec {model_spec!r}: {e}") from e
+
+
 def _head(x, num_classes, zero_head):
     init = "zeros" if zero_head else "glorot_uniform"
     return layers.Dense(num_classes, kernel_initializer=init, bias_initializer="zeros", name="logits")(x)

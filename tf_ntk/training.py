@@ -1,10 +1,41 @@
-"""Supervised training of a Keras classifier with SGD + momentum and softmax cross-entropy."""
+"""Phase-1 and phase-2 training with spawn checkpoints, resume and any tf.distribute strategy.
+
+    config = training.TrainConfig.phase1(epochs=20, data_mode="adv", model=spec)
+    with strategy.scope():
+        model = models.build(spec)
+    history = training.train(model, lambda epoch: dataset_for(epoch), config, workdir,
+                             strategy=strategy)
+
+Phase 2 loads a spawn checkpoint into a fresh model, wraps it with `tf_ntk.linearize` for the
+linearized or centered dynamics, and trains it the same way with `TrainConfig.phase2`.
+
+A run directory (``workdir``) holds:
+  ``spawn/epoch_<e>/``  spawn checkpoints (model only; `tf_ntk.checkpoints`), e = 0 … E and the
+                        protocol's fractional epochs, each with the run's configuration and epoch/step;
+  ``resume/``           model, optimizer and step after the last whole epoch, plus the history;
+  ``history.json``      per-epoch loss, accuracy, learning rate and data kind.
+A run that stops at any point restarts from ``resume/`` and, with the same seed, ends with the same
+weights as a run never interrupted: batches are shuffled by (seed, epoch) and each PGD random start
+is keyed by (seed, step).
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tf_ntk import attacks
+from tf_ntk import checkpoints
+
+DATA_MODES = ("clean", "adv", "flip")
+ADV_MODES = ("clean_then_adv", "madry")
+DYNAMICS = ("standard", "linearized", "centered")
+# The protocol's fractional spawn epochs (taken mid-epoch at the step that crosses the fraction).
+FRACTIONAL_SPAWN_EPOCHS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5)
 
 
 def set_seed(seed):
@@ -13,53 +44,381 @@ def set_seed(seed):
     tf.config.experimental.enable_op_determinism()
 
 
-def piecewise_constant_lr(base_lr, boundaries_epochs=(100, 150), factor=0.1, steps_per_epoch=1):
-    """The protocol's schedule: ``base_lr``, times ``factor`` at each boundary epoch (0.1 → 0.01 → 0.001)."""
-    boundaries = [int(b * steps_per_epoch) for b in boundaries_epochs]
-    values = [base_lr * factor**i for i in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded with every checkpoint).
+
+    Attributes:
+      epochs: whole epochs E.
+      batch_size: global batch size (recorded; the dataset function must batch accordingly).
+      lr: initial learning rate; ``lr_boundaries`` (epochs) multiply it by ``lr_factor`` each.
+      momentum: SGD momentum.
+      data_mode: ``clean``, ``adv`` (PGD examples), or ``flip`` (clean before ``flip_epoch``,
+        adversarial from it on).
+      adv_mode: ``clean_then_adv`` (the authors': a clean step, then a step on PGD examples
+        crafted against the updated weights) or ``madry`` (one step on the PGD batch).
+      attack: the training attack (protocol: L∞ 4/255, 20 steps, step 2ε/20, random start).
+      save_epochs: spawn checkpoint epochs (floats); None = 0…E and the protocol's fractions < E.
+      seed: run seed (shuffling and PGD starts).
+      dynamics, batchnorm, spawn: phase-2 description (``standard`` and None in phase 1).
+      jit_compile: compile the train and attack steps with XLA.
+      model: the `tf_ntk.models.spec` of the (spawn) network, so checkpoints can be rebuilt.
+      data: free-form description of the data (name, options), recorded only.
+    """
+
+    epochs: int = 101
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_boundaries: tuple = (100, 150)
+    lr_factor: float = 0.1
+    momentum: float = 0.9
+    data_mode: str = "clean"
+    flip_epoch: int = 50
+    adv_mode: str = "clean_then_adv"
+    attack: attacks.PGDConfig = attacks.PGDConfig(eps=4 / 255, steps=20)
+    save_epochs: tuple = None
+    seed: int = 0
+    dynamics: str = "standard"
+    batchnorm: str = "frozen"
+    spawn: str = None
+    jit_compile: bool = False
+    model: dict = None
+    data: dict = None
+
+    def __post_init__(self):
+        if int(self.epochs) < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr < 0 or self.momentum < 0 or self.lr_factor <= 0:
+            raise ValueError("lr and momentum must be >= 0 and lr_factor > 0")
+        for name, value, known in (("data_mode", self.data_mode, DATA_MODES),
+                                   ("adv_mode", self.adv_mode, ADV_MODES),
+                                   ("dynamics", self.dynamics, DYNAMICS)):
+            if value not in known:
+                raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+        if isinstance(self.attack, dict):
+            object.__setattr__(self, "attack", attacks.PGDConfig(**self.attack))
+        object.__setattr__(self, "lr_boundaries", tuple(float(b) for b in self.lr_boundaries))
+        if self.save_epochs is not None:
+            saves = tuple(sorted({float(e) for e in self.save_epochs}))
+            bad = [e for e in saves if not 0 <= e <= self.epochs]
+            if bad:
+                raise ValueError(f"save_epochs {bad} outside [0, epochs={self.epochs}]")
+            object.__setattr__(self, "save_epochs", saves)
+
+    @classmethod
+    def phase1(cls, **overrides):
+        """The protocol's phase 1: lr 0.1 → 0.01 at 100 → 0.001 at 150, 101 epochs."""
+        return cls(**overrides)
+
+    @classmethod
+    def phase2(cls, **overrides):
+        """The protocol's phase 2: constant lr 0.01, 100 epochs, fresh optimizer."""
+        return cls(**{"epochs": 100, "lr": 0.01, "lr_boundaries": (), **overrides})
+
+    def spawn_epochs(self):
+        """The spawn checkpoint epochs of this run, sorted."""
+        if self.save_epochs is not None:
+            return self.save_epochs
+        whole = [float(e) for e in range(self.epochs + 1)]
+        return tuple(sorted(set(whole) | {f for f in FRACTIONAL_SPAWN_EPOCHS if f < self.epochs}))
+
+    def adversarial_at(self, epoch):
+        """Whether epoch ``epoch`` (0-based) trains on PGD examples."""
+        return self.data_mode == "adv" or (self.data_mode == "flip" and epoch >= self.flip_epoch)
+
+    def lr_at(self, epoch):
+        """The learning rate during (0-based) epoch ``epoch``: lr · factor^(#boundaries ≤ epoch)."""
+        return self.lr * self.lr_factor ** sum(epoch >= b for b in self.lr_boundaries)
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["lr_boundaries"] = list(self.lr_boundaries)
+        if self.save_epochs is not None:
+            d["save_epochs"] = list(self.save_epochs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["attack"] = attacks.PGDConfig(**d["attack"])
+        d["lr_boundaries"] = tuple(d.get("lr_boundaries", ()))
+        if d.get("save_epochs") is not None:
+            d["save_epochs"] = tuple(d["save_epochs"])
+        return cls(**d)
 
 
-def sgd(learning_rate, momentum=0.9):
-    """SGD with (heavy-ball) momentum, the protocol's optimizer."""
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+def batches_before(epoch, steps_per_epoch):
+    """The global step after which the spawn checkpoint of (fractional) ``epoch`` is taken.
+
+    Whole epoch e: after its last batch (e·S). Fraction f of epoch e: at the first step that crosses
+    it, e·S + ceil(f·S) (at least one step into the epoch).
+    """
+    whole = math.floor(epoch)
+    frac = epoch - whole
+    if frac == 0:
+        return whole * steps_per_epoch
+    return whole * steps_per_epoch + max(1, math.ceil(frac * steps_per_epoch - 1e-9))
 
 
-def make_train_step(model, optimizer, *, attack=None, jit_compile=False):
-    """A compiled train step ``(x, y) -> (mean loss, accuracy)`` on one batch.
+class Callback:
+    """Hooks into `train`. Every method is optional; the defaults do nothing."""
+
+    def on_epoch_end(self, epoch, logs):
+        """After whole epoch ``epoch`` (1-based count of finished epochs); ``logs``: the history row."""
+
+    def on_batch_end(self, step, logs):
+        """After global step ``step`` (1-based); ``logs``: {"loss", "accuracy"} of the batch."""
+
+    def on_checkpoint(self, epoch, path):
+        """After the spawn checkpoint of ``epoch`` was written to ``path``."""
+
+    def on_kernel(self, epoch, kernel):
+        """The probe-set NTK (a tf.Tensor) of the model at ``epoch`` (see `KernelTracker`)."""
+
+
+class KernelTracker:
+    """Computes the NTK of the model on a fixed probe set during training.
 
     Args:
-      model: the Keras classifier (logits); trained in training mode (BN batch statistics).
-      optimizer: a Keras optimizer.
-      attack: None for clean training, or a `tf_ntk.attacks.PGDConfig`: the step then trains on
-        PGD examples crafted against the current weights with BN in inference mode (Madry).
-      jit_compile: compile with XLA.
+      probe: probe images (P, H, W, C), e.g. `tf_ntk.data.class_balanced_sample` (50 per class).
+      every: compute every ``every`` whole epochs (and at epoch 0); 0 = never on that schedule.
+      at_spawns: also compute at every spawn checkpoint (fractional epochs included).
+      kernel_fn: ``(model, probe) -> kernel``; default the trace kernel
+        ``tf_ntk.empirical_ntk(model, probe)``.
     """
-    variables = model.trainable_variables
-    model_fn = lambda x: model(x, training=False)  # noqa: E731  (one stable callable for the attack)
 
-    def step(x, y):
-        if attack is not None:
-            x = tf.stop_gradient(attack.attack(model_fn, x, y))
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(attacks.cross_entropy_loss(y, logits))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                              tf.cast(y, tf.int32)), tf.float32))
-        return loss, acc
+    def __init__(self, probe, *, every=1, at_spawns=False, kernel_fn=None):
+        from tf_ntk import ntk  # local: keeps training importable without the NTK engine's cost
 
-    return tf.function(step, jit_compile=jit_compile)
+        self.probe = tf.convert_to_tensor(probe, tf.float32)
+        self.every = int(every)
+        self.at_spawns = bool(at_spawns)
+        self.kernel_fn = kernel_fn or (lambda model, x: ntk.empirical_ntk(model, x))
+
+    def wants(self, epoch, is_spawn):
+        whole = float(epoch).is_integer()
+        on_schedule = self.every > 0 and whole and int(epoch) % self.every == 0
+        return on_schedule or (self.at_spawns and is_spawn)
+
+    def __call__(self, model):
+        return self.kernel_fn(model, self.probe)
 
 
-def train_epoch(step, dataset):
-    """Runs ``step`` over every batch; returns (mean loss, mean accuracy) weighted by batch size."""
-    losses, accs, sizes = [], [], []
-    for x, y in dataset:
-        loss, acc = step(x, y)
-        losses.append(float(loss))
-        accs.append(float(acc))
-        sizes.append(int(x.shape[0]))
-    if not sizes:
+def _per_example_loss(y, logits):
+    return attacks.cross_entropy_loss(y, logits)
+
+
+class TrainSteps:
+    """The compiled steps of one run.
+
+    Attributes:
+      grads: ``(x, y) -> (gradients, summed loss, correct count)`` on one replica's batch,
+        BN in training mode (XLA-compiled when ``config.jit_compile``).
+      attack: ``(x, y, seed) -> x_adv``, the training PGD against the current weights, BN in
+        inference mode (XLA-compiled when ``config.jit_compile``).
+      make(adversarial): the distributed step ``(batch, seed) -> (summed loss, correct)``.
+    """
+
+    def __init__(self, model, optimizer, config, strategy):
+        self.model = model
+        self.optimizer = optimizer
+        self.config = config
+        self.strategy = strategy
+        self.variables = model.trainable_variables
+        if not optimizer.built:  # create slots now, not in the first trace (which would retrace)
+            with strategy.scope():
+                optimizer.build(self.variables)
+        model_fn = lambda x: model(x, training=False)  # noqa: E731  one stable callable for PGD
+        attack = config.attack
+        jit = bool(config.jit_compile)
+        batch_size = int(config.batch_size)
+
+        def grads(x, y):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                per_example = _per_example_loss(y, logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch_size)
+            correct = tf.reduce_sum(tf.cast(tf.equal(
+                tf.argmax(logits, -1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float32))
+            return tape.gradient(loss, self.variables), tf.reduce_sum(per_example), correct
+
+        # XLA compiles the heavy parts (forward/backward, the PGD loop); the optimizer update runs
+        # in the enclosing function so every strategy can aggregate gradients across replicas.
+        self.grads = tf.function(grads, jit_compile=jit)
+        self.attack = tf.function(lambda x, y, seed: attack.attack(model_fn, x, y, seed=seed),
+                                  jit_compile=jit)
+
+    def _apply(self, x, y):
+        g, loss_sum, correct = self.grads(x, y)
+        self.optimizer.apply_gradients(zip(g, self.variables))
+        return loss_sum, correct
+
+    def replica_step(self, x, y, seed, adversarial):
+        if not adversarial:
+            return self._apply(x, y)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([seed[0], seed[1] * 64 + tf.cast(replica, tf.int64)])
+        if self.config.adv_mode == "clean_then_adv":
+            self._apply(x, y)
+        x_adv = tf.stop_gradient(self.attack(x, y, seed))
+        return self._apply(x_adv, y)
+
+    def make(self, adversarial):
+        strategy = self.strategy
+
+        @tf.function
+        def step(batch, seed):
+            x, y = batch
+            loss_sum, correct = strategy.run(
+                functools.partial(self.replica_step, adversarial=adversarial), args=(x, y, seed))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+        return step
+
+
+def _count_examples(batch):
+    return int(tf.shape(batch[1])[0])
+
+
+def _steps_per_epoch(dataset):
+    n = int(dataset.cardinality().numpy())
+    if n < 0:  # unknown or infinite: count once
+        n = sum(1 for _ in dataset)
+    if n < 1:
         raise ValueError("cannot train on an empty dataset")
-    return float(np.average(losses, weights=sizes)), float(np.average(accs, weights=sizes))
+    return n
+
+
+class RunConfigMismatchError(ValueError):
+    """The work directory holds a run with another configuration."""
+
+
+def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), kernel_tracker=None):
+    """Trains ``model`` per ``config``, writing spawn checkpoints and resume state in ``workdir``.
+
+    Args:
+      model: a built Keras model (logits), or a `tf_ntk.linearize` model for phase 2; created under
+        ``strategy.scope()``.
+      dataset_fn: ``epoch -> tf.data.Dataset`` of (images (B, H, W, C) in [0, 1], int labels (B,))
+        global batches; must give the same batches for the same epoch (e.g. `tf_ntk.data.load` with
+        ``shuffle=True, seed=config.seed, epoch=epoch``).
+      config: a `TrainConfig`.
+      workdir: the run directory. A run found there resumes from its last whole epoch; a finished
+        one is returned as is. A run with another configuration raises `RunConfigMismatchError`.
+      strategy: a `tf.distribute.Strategy` (default: the current one).
+      callbacks: `Callback` instances.
+      kernel_tracker: a `KernelTracker`; its kernels go to ``Callback.on_kernel``.
+
+    Returns:
+      The history: a list of per-epoch dicts {"epoch", "loss", "accuracy", "lr", "adversarial",
+      "seconds"}.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if config.dynamics != "standard" and not hasattr(model, "spawn_params"):
+        raise ValueError(f"dynamics {config.dynamics!r} needs a tf_ntk.linearize model")
+    with strategy.scope():
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        lr_var = tf.Variable(config.lr_at(0), dtype=tf.float32, trainable=False, name="lr")
+        optimizer = keras.optimizers.SGD(learning_rate=lambda: lr_var, momentum=config.momentum)
+    steps = TrainSteps(model, optimizer, config, strategy)  # builds the optimizer's slots
+    state = dict(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var)
+    meta_base = {"config": config.to_dict(), "model": config.model}
+    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+    history = []
+    if checkpoints.exists(resume_dir):
+        saved = checkpoints.read_meta(resume_dir)
+        if saved.get("config") != meta_base["config"]:
+            diff = sorted(k for k in set(saved.get("config", {})) | set(meta_base["config"])
+                          if saved.get("config", {}).get(k) != meta_base["config"].get(k))
+            raise RunConfigMismatchError(
+                f"{workdir} holds a run with another configuration (differs in: {', '.join(diff)})")
+        checkpoints.restore(resume_dir, **state)
+        history = saved.get("history", [])
+
+    step_fns = {}
+    start_epoch = int(epoch_var.numpy())
+    spawn_epochs = config.spawn_epochs()
+    steps_per_epoch = None
+
+    def save_spawn(epoch):
+        path = checkpoints.spawn_path(workdir, epoch)
+        if not checkpoints.exists(path):  # a replayed partial epoch re-creates identical ones
+            checkpoints.write(path, {**meta_base, "epoch": float(epoch), "step": int(step_var.numpy()),
+                                     "steps_per_epoch": steps_per_epoch}, model=model)
+        for cb in callbacks:
+            cb.on_checkpoint(float(epoch), path)
+        if kernel_tracker is not None and kernel_tracker.wants(epoch, True):
+            _emit_kernel(epoch)
+
+    def _emit_kernel(epoch):
+        kernel = kernel_tracker(model)
+        for cb in callbacks:
+            cb.on_kernel(float(epoch), kernel)
+
+    for epoch in range(start_epoch, config.epochs):
+        dataset = dataset_fn(epoch)
+        steps_per_epoch = steps_per_epoch or _steps_per_epoch(dataset)
+        if epoch == 0 and int(step_var.numpy()) == 0:
+            if 0.0 in spawn_epochs:
+                save_spawn(0.0)
+            elif kernel_tracker is not None and kernel_tracker.wants(0, False):
+                _emit_kernel(0.0)
+        adversarial = config.adversarial_at(epoch)
+        if adversarial not in step_fns:
+            step_fns[adversarial] = steps.make(adversarial)
+        step_fn = step_fns[adversarial]
+        lr_var.assign(config.lr_at(epoch))
+        mid_epoch = {batches_before(e, steps_per_epoch): e for e in spawn_epochs
+                     if epoch < e < epoch + 1}
+        started = time.time()
+        loss_sum = correct = count = 0.0
+        for b, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
+            seed = tf.constant([config.seed, int(step_var.numpy())], tf.int64)
+            l, c = step_fn(batch, seed)
+            step_var.assign_add(1)
+            n = _count_examples(_first_local(batch, strategy))
+            loss_sum, correct, count = loss_sum + float(l), correct + float(c), count + n
+            for cb in callbacks:
+                cb.on_batch_end(int(step_var.numpy()), {"loss": float(l) / n, "accuracy": float(c) / n})
+            at = epoch * steps_per_epoch + b + 1
+            for when, e in sorted(mid_epoch.items()):
+                if when == at:
+                    save_spawn(e)
+        epoch_var.assign(epoch + 1)
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
+               "lr": config.lr_at(epoch), "adversarial": bool(adversarial),
+               "seconds": time.time() - started}
+        history.append(row)
+        if float(epoch + 1) in spawn_epochs:
+            save_spawn(float(epoch + 1))
+        elif kernel_tracker is not None and kernel_tracker.wants(epoch + 1, False):
+            _emit_kernel(float(epoch + 1))
+        checkpoints.write(resume_dir, {**meta_base, "history": history,
+                                       "steps_per_epoch": steps_per_epoch}, **state)
+        checkpoints.write_json(os.path.join(workdir, "history.json"), history)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch + 1, row)
+    return history
+
+
+def _first_local(batch, strategy):
+    """The global batch size of a (possibly distributed) batch, as a batch of local values."""
+    x, y = batch
+    if isinstance(y, tf.distribute.DistributedValues):
+        y = tf.concat(strategy.experimental_local_results(y), axis=0)
+    return x, y
+
+
+def is_finished(workdir, config=None):
+    """Whether ``workdir`` holds a run that trained all its epochs (of ``config`` when given)."""
+    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+    if not checkpoints.exists(resume_dir):
+        return False
+    saved = checkpoints.read_meta(resume_dir)
+    epochs = (config.epochs if config is not None else saved["config"]["epochs"])
+    return len(saved.get("history", [])) >= epochs
+
