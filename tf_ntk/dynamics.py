@@ -87,43 +87,55 @@ class LinearizedModel(keras.Model):
 
     def kernel_term(self, x, training=False):
         """J_{θ_s}(x)(θ − θ_s): (N, O), the second term; differentiable in θ and in x."""
-        spawn, _ = self.spawn_values()
+        return self.output_terms(x, training=training)[1]
+
+    def output_terms(self, x, training=False):
+        """(f_{θ_s}(x), J_{θ_s}(x)(θ − θ_s)), each (N, O), from one forward-mode pass.
+
+        The spawn term is the primal of the forward-mode product, so the linearized output costs no
+        extra forward pass. Gradients: θ gets J_{θ_s}ᵀ u from the forward pass's own tape (no second
+        forward); x gets (∂f/∂x)ᵀ u_f + ∂/∂x (u_Jᵀ J(x) Δθ).
+        """
+        # Frozen weights enter as tensors (read once), so the tape below may watch them.
+        spawn = [tf.convert_to_tensor(v) for v in self.spawn_values()[0]]
         theta = [v.value for v in self.theta]
         x = tf.convert_to_tensor(x)
 
         @tf.custom_gradient
-        def term(x, *theta_values):
+        def terms(x, *theta_values):
             delta = [t - s for t, s in zip(theta_values, spawn)]
-            with tf.autodiff.ForwardAccumulator(spawn, delta) as acc:
-                y = self._f_at(spawn, x, training)
+            with tf.GradientTape() as tape:
+                tape.watch(spawn)
+                with tf.autodiff.ForwardAccumulator(spawn, delta) as acc:
+                    y = self._f_at(spawn, x, training)
             jvp = acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-            def grad(upstream):
-                # dL/dθ = J_{θ_s}(x)ᵀ u: one VJP at the spawn.
-                with tf.GradientTape() as tape:
-                    tape.watch(spawn)
-                    y_s = self._f_at(spawn, x, training)
-                g_theta = tape.gradient(y_s, spawn, output_gradients=upstream,
+            def grad(up_f, up_j):
+                up_f = tf.zeros_like(y) if up_f is None else up_f
+                up_j = tf.zeros_like(y) if up_j is None else up_j
+                # dL/dθ = J_{θ_s}(x)ᵀ u_J: the VJP of the recorded forward pass at the spawn.
+                g_theta = tape.gradient(y, spawn, output_gradients=up_j,
                                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                # dL/dx = ∂/∂x (uᵀ J(x) Δθ): the directional derivative along Δθ of the input
-                # gradient uᵀ ∂f/∂x (forward over reverse). Pruned from graphs that do not use it.
+                # dL/dx: the spawn term's input gradient plus the directional derivative along Δθ
+                # of the input gradient u_Jᵀ ∂f/∂x (forward over reverse). Graphs that never ask
+                # for dL/dx (train steps) prune this part.
                 with tf.autodiff.ForwardAccumulator(spawn, delta) as acc_x:
-                    with tf.GradientTape() as tape_x:
+                    with tf.GradientTape(persistent=True) as tape_x:
                         tape_x.watch(x)
                         y_x = self._f_at(spawn, x, training)
-                    g_in = tape_x.gradient(y_x, x, output_gradients=upstream)
-                g_x = acc_x.jvp(g_in, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                    g_j = tape_x.gradient(y_x, x, output_gradients=up_j)
+                g_f = tape_x.gradient(y_x, x, output_gradients=up_f)
+                del tape_x
+                g_x = g_f + acc_x.jvp(g_j, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 return [g_x] + list(g_theta)
 
-            return jvp, grad
+            return (tf.identity(y), jvp), grad
 
-        return term(x, *theta)
+        return terms(x, *theta)
 
     def call(self, x, training=False):
-        out = self.kernel_term(x, training=training)
-        if not self.centered:
-            out = out + self.spawn_output(x, training=training)  # constant in θ (frozen weights)
-        return out
+        spawn_term, kernel_term = self.output_terms(x, training=training)
+        return kernel_term if self.centered else spawn_term + kernel_term
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self._out_dim)
