@@ -17,6 +17,10 @@ A run directory (``workdir``) holds:
 A run that stops at any point restarts from ``resume/`` and, with the same seed, ends with the same
 weights as a run never interrupted: batches are shuffled by (seed, epoch) and each PGD random start
 is keyed by (seed, step).
+
+Under a multi-replica strategy each replica normalises BN with its own batch statistics (Keras'
+default) and draws its own PGD start (keyed by (seed, step, replica)); without BN and on clean data
+the result equals the single-device run up to float rounding.
 """
 
 import dataclasses
@@ -314,7 +318,8 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
 
     Returns:
       The history: a list of per-epoch dicts {"epoch", "loss", "accuracy", "lr", "adversarial",
-      "seconds"}.
+      "seconds"}; loss and accuracy are those of the batch each step last trained on (the PGD batch
+      in adversarial epochs), averaged over the epoch with BN in training mode.
     """
     strategy = strategy or tf.distribute.get_strategy()
     if config.dynamics != "standard" and not hasattr(model, "spawn_params"):
