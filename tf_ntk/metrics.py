@@ -1,0 +1,138 @@
+"""How a kernel moves: distances, alignments, spectra, kernel regression, parameter distance.
+
+Kernels are (N, N) arrays (a per-logit or trace kernel; any array is flattened for the Frobenius
+products). Everything is computed in float64 NumPy and returns Python floats or NumPy arrays.
+"""
+
+import numpy as np
+
+
+def _as64(k):
+    return np.asarray(k, dtype=np.float64)
+
+
+def _frobenius_cosine(a, b):
+    a, b = _as64(a).ravel(), _as64(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"kernels differ in size: {a.size} vs {b.size}")
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        raise ValueError("a kernel is identically zero; its direction is undefined")
+    return float(np.dot(a, b) / (na * nb))
+
+
+def kernel_distance(k1, k2):
+    """Kernel distance (Fort et al. 2020): S(K, K') = 1 − ⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F), in [0, 2].
+
+    0 for kernels that differ by a positive scale; 1 for kernels with orthogonal supports.
+    """
+    return 1.0 - _frobenius_cosine(k1, k2)
+
+
+def kernel_velocity(k_t, k_next, dt):
+    """Kernel velocity S(k_t, k_{t+dt}) / dt, with dt in epochs (> 0)."""
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    return kernel_distance(k_t, k_next) / float(dt)
+
+
+def one_hot(labels, num_classes=None):
+    """(N, C) float64 one-hot matrix of int labels (N,)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    return np.eye(num_classes)[labels]
+
+
+def target_alignment(k, labels, num_classes=None):
+    """Kernel-target alignment (Cristianini et al.): ⟨K, YYᵀ⟩_F / (‖K‖_F ‖YYᵀ‖_F), Y one-hot (N, C)."""
+    y = one_hot(labels, num_classes)
+    return _frobenius_cosine(k, y @ y.T)
+
+
+def _center(k):
+    k = _as64(k)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"expected a square (N, N) kernel, got shape {k.shape}")
+    return k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
+
+
+def cka(k1, k2):
+    """Centered kernel alignment (Cortes et al. 2012): the alignment of HK₁H and HK₂H, H = I − 11ᵀ/n."""
+    return _frobenius_cosine(_center(k1), _center(k2))
+
+
+def spectrum(k):
+    """Eigenvalues of the symmetric kernel (N, N), descending (float64, symmetrised first)."""
+    k = _as64(k)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"expected a square (N, N) kernel, got shape {k.shape}")
+    return np.linalg.eigvalsh(0.5 * (k + k.T))[::-1]
+
+
+def effective_rank(k=None, *, eigenvalues=None):
+    """exp of the entropy of the normalised spectrum p_i = λ_i / Σλ (Roy & Vetterli 2007).
+
+    n for the identity (or any multiple); 1 for a rank-one kernel. Negative round-off eigenvalues
+    are dropped.
+    """
+    lam = spectrum(k) if eigenvalues is None else np.asarray(eigenvalues, np.float64)
+    lam = lam[lam > 0]
+    if lam.size == 0:
+        raise ValueError("the kernel has no positive eigenvalue")
+    p = lam / lam.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def trace(k):
+    """Σ_i K_ii."""
+    return float(np.trace(_as64(k)))
+
+
+def kernel_regression(k_train, k_test_train, train_labels, *, ridge=0.0, num_classes=None):
+    """Kernel (ridge) regression on one-hot targets.
+
+    Args:
+      k_train: (N, N) train-train kernel.
+      k_test_train: (M, N) test-train kernel.
+      train_labels: (N,) int labels.
+      ridge: λ ≥ 0, added as λ·(tr K / N)·I so it is scale free; 0 uses a least-squares solve.
+
+    Returns:
+      (M, C) predictions K_test,train (K_train + λ' I)⁻¹ Y.
+    """
+    k_train, k_test_train = _as64(k_train), _as64(k_test_train)
+    n = k_train.shape[0]
+    if k_train.shape != (n, n) or k_test_train.ndim != 2 or k_test_train.shape[1] != n:
+        raise ValueError(f"kernel shapes do not fit: train {k_train.shape}, test-train {k_test_train.shape}")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    y = one_hot(train_labels, num_classes)
+    if ridge > 0:
+        alpha = np.linalg.solve(k_train + ridge * np.trace(k_train) / n * np.eye(n), y)
+    else:
+        alpha = np.linalg.lstsq(k_train, y, rcond=None)[0]
+    return k_test_train @ alpha
+
+
+def kernel_regression_accuracy(k_train, k_test_train, train_labels, test_labels, *, ridge=0.0,
+                               num_classes=None):
+    """Test accuracy of `kernel_regression`'s argmax predictions."""
+    pred = kernel_regression(k_train, k_test_train, train_labels, ridge=ridge, num_classes=num_classes)
+    return float(np.mean(np.argmax(pred, axis=1) == np.asarray(test_labels)))
+
+
+def parameter_distance(params, reference):
+    """‖θ − θ₀‖ / ‖θ₀‖ over all tensors of two equally shaped weight lists."""
+    params, reference = list(params), list(reference)
+    if len(params) != len(reference):
+        raise ValueError(f"weight lists differ in length: {len(params)} vs {len(reference)}")
+    diff = ref = 0.0
+    for p, r in zip(params, reference):
+        p, r = _as64(p), _as64(r)
+        if p.shape != r.shape:
+            raise ValueError(f"weight shapes differ: {p.shape} vs {r.shape}")
+        diff += float(np.sum((p - r) ** 2))
+        ref += float(np.sum(r**2))
+    if ref == 0:
+        raise ValueError("reference weights are all zero")
+    return float(np.sqrt(diff / ref))
