@@ -1,17 +1,27 @@
-"""Runs an absl main with one-line errors: bad input never ends in a traceback wall."""
+"""What every binary shares: one-line errors, run directories, resolved flags, progress, probes."""
 
+import contextlib
+import json
+import os
+import shutil
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import functional
 
 # Errors that mean "the user asked for something impossible": reported in one line, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError, data.DatasetNotPreparedError,
+# (CheckpointError and RunConfigMismatchError are ValueErrors.)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, data.DatasetNotPreparedError,
                functional.ParamsMismatchError)
+
+
+def program_name():
+    return sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
 
 
 def run(main):
@@ -21,10 +31,73 @@ def run(main):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)  # library INFO/WARNING chatter only on request
         try:
+            if len(argv) > 1:
+                raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
             return main(argv)
         except USER_ERRORS as e:
-            program = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
-            print(f"{program}: error: {e}", file=sys.stderr)
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"{program_name()}: error: {message}", file=sys.stderr)
             sys.exit(2)
 
     app.run(guarded)
+
+
+def resolved_flags(module_name):
+    """{flag: value} of the flags a binary module defines or adopts (its key flags)."""
+    module = sys.modules[module_name]
+    return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module)}
+
+
+@contextlib.contextmanager
+def run_directory(path, *, keep_if=None):
+    """Creates ``path`` (and parents) for a run; if the body fails, removes it again when this call
+    created it and ``keep_if(path)`` is not true (e.g. no resumable checkpoint was written yet), so a
+    bad invocation leaves no run directory behind."""
+    created = not os.path.exists(path)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created and not (keep_if is not None and keep_if(path)):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def write_flags(workdir, module_name, **extra):
+    """Writes the resolved flags (and ``extra`` resolved values) to ``workdir/flags.json``."""
+    resolved = {**resolved_flags(module_name), **extra}
+    checkpoints.write_json(os.path.join(workdir, "flags.json"), resolved)
+    return resolved
+
+
+def check_new_output(path, overwrite):
+    """Refuses to replace an existing output file unless ``overwrite``."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def probe_set(FLAGS, split=None, per_class=None):  # noqa: N803
+    """The class-balanced probe set (x (P, H, W, C), y (P,)) the kernel flags describe, class by class."""
+    from binaries import common_flags  # noqa: PLC0415
+
+    x, y = data.load_arrays(FLAGS.dataset, split or FLAGS.probe_split,
+                            **common_flags.data_options(FLAGS))
+    info = data.info(FLAGS.dataset)
+    return data.class_balanced_sample(x, y, per_class or FLAGS.per_class, seed=FLAGS.probe_seed,
+                                      num_classes=info.num_classes)
+
+
+def progress(total, unit="block"):
+    """A progress callback ``(done, total)`` drawing a Keras progress bar on stdout."""
+    import keras  # noqa: PLC0415
+
+    bar = keras.utils.Progbar(total, unit_name=unit)
+
+    def update(done, total_=None):
+        bar.update(done)
+
+    return update
+
+
+def print_json(obj):
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))

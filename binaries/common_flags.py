@@ -1,11 +1,18 @@
-"""Flags shared by the tf_ntk binaries, defined once. Method-specific flags stay in their binary."""
+"""Flags shared by the tf_ntk binaries, defined once. Method-specific flags stay in their binary.
+
+Every ``define_*`` is idempotent, so several binaries can be imported into one process (the tests
+do): a shared flag has one definition, one default and one help text for all binaries. Flags whose
+sensible default differs per binary default to None and are resolved by the binary.
+"""
 
 import fractions
 
 from absl import flags
 
 from tf_ntk import data
+from tf_ntk import distribute
 from tf_ntk import models
+from tf_ntk import ntk
 
 
 class FractionParser(flags.FloatParser):
@@ -21,11 +28,29 @@ class FractionParser(flags.FloatParser):
 
 
 def define_fraction(name, default, help_text, lower=None, upper=None):
+    if name in flags.FLAGS:
+        return
     flags.DEFINE(FractionParser(lower_bound=lower, upper_bound=upper), name, default, help_text,
                  serializer=flags.ArgumentSerializer())
 
 
+def _once(first_flag):
+    """Decorator: run a define_* function only if its first flag is not defined yet."""
+
+    def wrap(fn):
+        def define(*args, **kwargs):
+            if first_flag not in flags.FLAGS:
+                fn(*args, **kwargs)
+
+        define.__doc__ = fn.__doc__
+        return define
+
+    return wrap
+
+
+@_once("dataset")
 def define_data_flags():
+    """--dataset, --data_dir, --download, --image_size, --channels, --batch_size."""
     flags.DEFINE_enum("dataset", "digits", data.names(),
                       "Data set. digits ships with scikit-learn and works offline; the others come "
                       "from tensorflow-datasets and must be prepared (or --download).")
@@ -36,22 +61,68 @@ def define_data_flags():
     flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
 
 
+@_once("model")
 def define_model_flags():
+    """--model, --width."""
     flags.DEFINE_enum("model", "cnn", models.names(), "Model architecture.")
     flags.DEFINE_integer("width", None, "Model width (model default when unset).", lower_bound=1)
 
 
-def define_attack_flags(prefix="", eps=4 / 255, steps=20):
-    define_fraction(f"{prefix}eps", eps, "PGD radius in [0, 1] pixel units; accepts fractions (4/255).",
-                    lower=0.0, upper=1.0)
-    flags.DEFINE_integer(f"{prefix}attack_steps", steps, "PGD steps.", lower_bound=1)
-    define_fraction(f"{prefix}attack_step_size", None,
+@_once("eps")
+def define_attack_flags():
+    """--eps, --attack_steps, --attack_step_size, --attack_norm, --attack_loss, --restarts."""
+    define_fraction("eps", 4 / 255, "PGD radius in [0, 1] pixel units (L∞) or L2 units; accepts "
+                    "fractions (4/255).", lower=0.0, upper=1.0)
+    flags.DEFINE_integer("attack_steps", None, "PGD steps (default: 20 to train, 100 to evaluate).",
+                         lower_bound=1)
+    define_fraction("attack_step_size", None,
                     "PGD step size in pixel units (default 2*eps/attack_steps).", lower=0.0)
-    flags.DEFINE_enum(f"{prefix}attack_norm", "linf", ["linf", "l2"], "PGD norm.")
+    flags.DEFINE_enum("attack_norm", "linf", ["linf", "l2"], "PGD norm.")
+    flags.DEFINE_enum("attack_loss", "ce", ["ce", "margin"], "PGD loss: cross-entropy or CW margin.")
+    flags.DEFINE_integer("restarts", 1, "PGD random restarts (the highest loss per example wins).",
+                         lower_bound=1)
 
 
+@_once("seed")
 def define_seed_flag():
+    """--seed."""
     flags.DEFINE_integer("seed", 0, "Random seed (same seed, same numbers on CPU).")
+
+
+@_once("workdir")
+def define_run_flags():
+    """--workdir, --overwrite."""
+    flags.DEFINE_string("workdir", None, "Run directory: resolved flags, checkpoints, events, results.")
+    flags.DEFINE_bool("overwrite", False, "Replace a finished run in --workdir instead of refusing.")
+
+
+@_once("strategy")
+def define_strategy_flags():
+    """--strategy, --tpu, --jit_compile."""
+    flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
+                      "tf.distribute strategy: one device, local GPUs, workers from TF_CONFIG, TPU.")
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu ('local' on a TPU VM).")
+    flags.DEFINE_bool("jit_compile", False, "Compile the train and attack steps with XLA (TPUs; slower "
+                      "than TensorFlow's kernels for convolutions on CPUs).")
+
+
+@_once("checkpoint")
+def define_checkpoint_flag():
+    """--checkpoint."""
+    flags.DEFINE_string("checkpoint", None, "A checkpoint directory, e.g. RUN/spawn/epoch_10.")
+
+
+@_once("per_class")
+def define_kernel_flags():
+    """--per_class, --logit, --probe_split, --probe_seed, --implementation, --kernel_dtype."""
+    flags.DEFINE_integer("per_class", 50, "Probe examples per class (protocol: 50 → 500 on 10 classes).",
+                         lower_bound=1)
+    flags.DEFINE_integer("logit", None, "Kernel of this logit (class index); default: the trace kernel "
+                         "(mean over logits).", lower_bound=0)
+    flags.DEFINE_enum("probe_split", "train", list(data.SPLITS), "Split the probe set is drawn from.")
+    flags.DEFINE_integer("probe_seed", 0, "Seed of the class-balanced probe sample.")
+    flags.DEFINE_enum("implementation", "auto", list(ntk.IMPLEMENTATIONS), "NTK implementation.")
+    flags.DEFINE_enum("kernel_dtype", "float32", ["float32", "float64"], "Kernel precision.")
 
 
 def data_options(FLAGS):  # noqa: N803  (absl's FLAGS object)
@@ -63,3 +134,12 @@ def data_options(FLAGS):  # noqa: N803  (absl's FLAGS object)
 def model_options(FLAGS):  # noqa: N803
     """Keyword arguments for `tf_ntk.models.get` from the model flags."""
     return {} if FLAGS.width is None else {"width": FLAGS.width}
+
+
+def attack_config(FLAGS, default_steps):  # noqa: N803
+    """A `tf_ntk.attacks.PGDConfig` from the attack flags."""
+    from tf_ntk import attacks  # noqa: PLC0415
+
+    return attacks.PGDConfig(eps=FLAGS.eps, steps=FLAGS.attack_steps or default_steps,
+                             step_size=FLAGS.attack_step_size, norm=FLAGS.attack_norm,
+                             loss=FLAGS.attack_loss, restarts=FLAGS.restarts)

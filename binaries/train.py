@@ -1,71 +1,247 @@
-r"""Trains a classifier and reports benign and robust accuracy.
+r"""Trains a network: phase 1 from scratch, or phase 2 from a spawn checkpoint under any dynamics.
 
-    python -m binaries.train --dataset=digits --model=cnn --epochs=5
+    # phase 1, adversarial, spawn checkpoints in runs/adv/spawn/
+    python -m binaries.train --workdir=runs/adv --data_mode=adv --eps=0.2 --epochs=10
+    # phase 2: centered dynamics on clean data from the adversarial spawn at epoch 0.5
+    python -m binaries.train --workdir=runs/adv-cen --spawn=runs/adv/spawn/epoch_0.5 \
+        --dynamics=centered --data_mode=clean --epochs=10
+
+The run directory holds flags.json, TensorBoard events (loss, accuracy, learning rate, benign and
+robust test accuracy, online kernel metrics and heat maps against the epoch, in milli-epochs),
+spawn checkpoints, resume state, history.json and results.json. A run directory with an unfinished
+run resumes; a finished one is refused unless --overwrite.
 """
 
 from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
-import tempfile
+import os
+import shutil
 
 from absl import flags
+import numpy as np
+import tensorflow as tf
 
 from binaries import common
 from binaries import common_flags
-from tf_ntk import attacks
+from tf_ntk import checkpoints
 from tf_ntk import data
+from tf_ntk import distribute
 from tf_ntk import evaluation
+from tf_ntk import metrics
 from tf_ntk import models
+from tf_ntk import ntk
+from tf_ntk import summaries
 from tf_ntk import training
 
 common_flags.define_data_flags()
 common_flags.define_model_flags()
+common_flags.define_attack_flags()
 common_flags.define_seed_flag()
-common_flags.define_attack_flags(eps=0.1, steps=10)
-flags.DEFINE_integer("epochs", 5, "Training epochs.", lower_bound=0)
-flags.DEFINE_float("lr", 0.1, "Learning rate.", lower_bound=0.0)
+common_flags.define_run_flags()
+common_flags.define_strategy_flags()
+common_flags.define_kernel_flags()
+flags.DEFINE_string("spawn", None, "Phase 2: start from this spawn checkpoint (RUN/spawn/epoch_E).")
+flags.DEFINE_enum("dynamics", "standard", list(training.DYNAMICS),
+                  "Phase-2 dynamics: the network, its linearization, or the centered linearization.")
+flags.DEFINE_enum("batchnorm", "frozen", ["frozen", "batch"],
+                  "Phase-2 BN: frozen running statistics (inference mode) or batch statistics.")
+flags.DEFINE_enum("data_mode", "clean", list(training.DATA_MODES),
+                  "clean, adv (PGD examples) or flip (clean before --flip_epoch, adversarial after).")
+flags.DEFINE_enum("adv_mode", "clean_then_adv", list(training.ADV_MODES),
+                  "clean_then_adv (the authors': clean step, then PGD step) or madry (PGD step only).")
+flags.DEFINE_integer("flip_epoch", 50, "First adversarial epoch of --data_mode=flip.", lower_bound=0)
+flags.DEFINE_integer("epochs", None, "Epochs (default: 101 in phase 1, 100 in phase 2).", lower_bound=0)
+common_flags.define_fraction("lr", None, "Learning rate (default: 0.1 in phase 1, 0.01 in phase 2).",
+                             lower=0.0)
+flags.DEFINE_list("lr_boundaries", None, "Epochs at which the learning rate is multiplied by "
+                  "--lr_factor (default: 100,150 in phase 1, none in phase 2).")
+flags.DEFINE_float("lr_factor", 0.1, "Learning-rate decay factor at each boundary.", lower_bound=0.0)
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0)
-flags.DEFINE_bool("adversarial", False, "Train on PGD examples (Madry) instead of clean data.")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_list("save_epochs", None, "Spawn checkpoint epochs (fractions allowed); default: every "
+                  "whole epoch and 0.125,0.25,0.375,0.5,0.75,1.5,2.5; empty for none.")
+flags.DEFINE_integer("kernel_every", 0, "Compute the NTK on the probe set every K epochs and log its "
+                     "metrics and heat map (0: never).", lower_bound=0)
+flags.DEFINE_bool("kernel_at_spawns", False, "Also compute the kernel at every spawn checkpoint.")
+flags.DEFINE_integer("eval_every", 1, "Benign and robust test accuracy every K epochs (0: only at the "
+                     "end).", lower_bound=0)
+flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps of the test-time attack logged during "
+                     "training (binaries.evaluate runs the protocol's PGD-100).", lower_bound=1)
+flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    training.set_seed(FLAGS.seed)
+def _floats(values, name):
+    try:
+        return tuple(float(v) for v in values if str(v).strip() != "")
+    except ValueError as e:
+        raise ValueError(f"--{name} must be numbers separated by commas, got {','.join(values)}") from e
+
+
+def _resolve():
+    """The TrainConfig, model spec and phase-2 spawn the flags ask for (validated, nothing written)."""
+    phase2 = FLAGS.spawn is not None
+    if FLAGS.dynamics != "standard" and not phase2:
+        raise ValueError(f"--dynamics={FLAGS.dynamics} needs --spawn (phase 2 starts from a checkpoint)")
+    if not FLAGS.workdir:
+        raise ValueError("--workdir is required")
     opts = common_flags.data_options(FLAGS)
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
-    test = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, **opts)
     spec = models.spec(FLAGS.model, info.num_classes, info.image_shape,
                        **common_flags.model_options(FLAGS))
-    model = models.build(spec)
-    attack = attacks.PGDConfig(eps=FLAGS.eps, steps=FLAGS.attack_steps,
-                               step_size=FLAGS.attack_step_size, norm=FLAGS.attack_norm)
-    config = training.TrainConfig.phase1(
-        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr, momentum=FLAGS.momentum,
-        data_mode="adv" if FLAGS.adversarial else "clean", adv_mode="madry", attack=attack,
-        seed=FLAGS.seed, jit_compile=FLAGS.jit_compile, model=spec, save_epochs=(),
-        data={"dataset": FLAGS.dataset, **opts})
-    print(f"{FLAGS.model} ({models.num_params(model):,} parameters) on {FLAGS.dataset} "
-          f"{info.image_shape}, {'PGD-adversarial' if FLAGS.adversarial else 'clean'} training")
+    if phase2:
+        meta = checkpoints.read_meta(FLAGS.spawn)
+        if not (FLAGS["model"].present or FLAGS["width"].present):
+            spec = meta.get("model") or spec  # the spawn decides the architecture
+        if list(spec["input_shape"]) != list(info.image_shape):
+            raise ValueError(f"checkpoint {FLAGS.spawn} takes inputs {tuple(spec['input_shape'])}, "
+                             f"but --dataset={FLAGS.dataset} gives {info.image_shape}")
+    preset = training.TrainConfig.phase2 if phase2 else training.TrainConfig.phase1
+    overrides = {}
+    if FLAGS.epochs is not None:
+        overrides["epochs"] = FLAGS.epochs
+    if FLAGS.lr is not None:
+        overrides["lr"] = FLAGS.lr
+    if FLAGS.lr_boundaries is not None:
+        overrides["lr_boundaries"] = _floats(FLAGS.lr_boundaries, "lr_boundaries")
+    if FLAGS.save_epochs is not None:
+        overrides["save_epochs"] = _floats(FLAGS.save_epochs, "save_epochs")
+    config = preset(
+        batch_size=FLAGS.batch_size, lr_factor=FLAGS.lr_factor, momentum=FLAGS.momentum,
+        data_mode=FLAGS.data_mode, flip_epoch=FLAGS.flip_epoch, adv_mode=FLAGS.adv_mode,
+        attack=common_flags.attack_config(FLAGS, default_steps=20), seed=FLAGS.seed,
+        dynamics=FLAGS.dynamics, batchnorm=FLAGS.batchnorm,
+        spawn=os.path.abspath(FLAGS.spawn) if phase2 else None, jit_compile=FLAGS.jit_compile,
+        model=spec, data={"dataset": FLAGS.dataset, **opts}, **overrides)
+    return config, info, opts
 
-    class Progress(training.Callback):
-        def on_epoch_end(self, epoch, logs):
-            print(f"epoch {epoch:3d}/{FLAGS.epochs}  loss {logs['loss']:.4f}  "
-                  f"train accuracy {logs['accuracy']:.4f}")
 
-    with tempfile.TemporaryDirectory() as workdir:
-        training.train(model, lambda epoch: data.load(
-            FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True, seed=FLAGS.seed,
-            epoch=epoch, **opts), config, workdir, callbacks=[Progress()])
-    model_fn = evaluation.inference_fn(model)
-    benign = evaluation.accuracy(model_fn, test)
-    robust = evaluation.robust_accuracy(model_fn, test, attack, seed=FLAGS.seed)
-    print(f"benign accuracy {benign:.4f}")
-    print(f"robust accuracy {robust:.4f}  ({FLAGS.attack_norm} PGD-{FLAGS.attack_steps}, "
-          f"eps={FLAGS.eps:.4g})")
+class _Logger(training.Callback):
+    """Progress bar, TensorBoard scalars, periodic test accuracy and online kernel metrics."""
+
+    def __init__(self, writer, model, config, test, probe_labels):
+        self.writer = writer
+        self.model = model
+        self.config = config
+        self.test = test
+        self.probe_labels = probe_labels
+        self.bar = None
+        self.epoch_start = 0
+        self.kernels = []  # [(epoch, kernel)]
+        self.last_eval = None
+        eval_attack = dict(config.attack.to_dict(), steps=FLAGS.eval_attack_steps, step_size=None)
+        self.eval_attack = type(config.attack)(**eval_attack)
+
+    def on_epoch_begin(self, epoch, steps_per_epoch):
+        print(f"epoch {epoch + 1}/{self.config.epochs}"
+              f"{' (adversarial)' if self.config.adversarial_at(epoch) else ''}")
+        import keras  # noqa: PLC0415
+
+        self.bar = keras.utils.Progbar(steps_per_epoch)  # running means over the epoch
+        self.epoch_start = epoch * steps_per_epoch
+
+    def on_batch_end(self, step, logs):
+        self.bar.update(step - self.epoch_start, values=[("loss", logs["loss"]),
+                                                          ("accuracy", logs["accuracy"])])
+
+    def evaluate(self, epoch):
+        fn = evaluation.inference_fn(self.model)
+        benign = evaluation.accuracy(fn, self.test)
+        robust = evaluation.robust_accuracy(fn, self.test, self.eval_attack, seed=FLAGS.seed)
+        self.last_eval = {"epoch": epoch, "benign_accuracy": benign, "robust_accuracy": robust}
+        with self.writer.as_default(step=summaries.epoch_step(epoch)):
+            tf.summary.scalar("test/benign_accuracy", benign)
+            tf.summary.scalar("test/robust_accuracy", robust)
+        print(f"  test: benign {benign:.4f}  robust {robust:.4f} ({self.eval_attack.describe()})")
+        return self.last_eval
+
+    def on_epoch_end(self, epoch, logs):
+        with self.writer.as_default(step=summaries.epoch_step(epoch)):
+            tf.summary.scalar("train/loss", logs["loss"])
+            tf.summary.scalar("train/accuracy", logs["accuracy"])
+            tf.summary.scalar("train/lr", logs["lr"])
+        if FLAGS.eval_every and epoch % FLAGS.eval_every == 0:
+            self.evaluate(epoch)
+        self.writer.flush()
+
+    def on_kernel(self, epoch, kernel):
+        k = np.asarray(kernel)
+        init = self.kernels[0][1] if self.kernels else None
+        prev_epoch, prev = self.kernels[-1] if self.kernels else (None, None)
+        values = metrics.kernel_summary(k, labels=self.probe_labels, init=init, previous=prev,
+                                        dt=None if prev_epoch is None else epoch - prev_epoch)
+        self.kernels.append((epoch, k))
+        with self.writer.as_default(step=summaries.epoch_step(epoch)):
+            for name, value in values.items():
+                tf.summary.scalar(f"kernel/{name}", value)
+            summaries.write_kernel("kernel", k, epoch)
+        self.writer.flush()
+
+
+def _has_resume_state(path):
+    return checkpoints.exists(os.path.join(path, checkpoints.RESUME_DIR))
+
+
+def main(argv):
+    del argv
+    config, info, opts = _resolve()
+    training.set_seed(FLAGS.seed)
+    test = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, **opts)
+    train_data = lambda epoch: data.load(  # noqa: E731
+        FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True, seed=FLAGS.seed,
+        epoch=epoch, drop_remainder=FLAGS.strategy == "tpu", **opts)
+    probe = common.probe_set(FLAGS) if FLAGS.kernel_every or FLAGS.kernel_at_spawns else None
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    with strategy.scope():
+        if config.spawn:
+            model, _ = checkpoints.load_model(config.spawn, dynamics=config.dynamics,
+                                              batchnorm=config.batchnorm, expected_model=config.model)
+        else:
+            model = models.build(config.model)
+    workdir = FLAGS.workdir
+    if training.is_finished(workdir):
+        if not FLAGS.overwrite:
+            raise FileExistsError(f"{workdir} holds a finished run; pass --overwrite to replace it "
+                                  "or choose another --workdir")
+        shutil.rmtree(workdir)
+    resuming = _has_resume_state(workdir)
+    with common.run_directory(workdir, keep_if=_has_resume_state):
+        resolved = common.write_flags(workdir, __name__, resolved_config=config.to_dict())
+        writer = tf.summary.create_file_writer(workdir)
+        if not resuming:
+            with writer.as_default(step=0):
+                summaries.write_config(resolved)
+                summaries.write_hparams({**config.to_dict(), "eps": config.attack.eps,
+                                         "attack_steps": config.attack.steps,
+                                         "model_name": config.model["name"],
+                                         "width": config.model["options"].get("width", 0)})
+        phase = f"phase 2 ({config.dynamics} from {config.spawn})" if config.spawn else "phase 1"
+        print(f"{config.model['name']} ({models.num_params(model):,} parameters) on {FLAGS.dataset} "
+              f"{info.image_shape}, {phase}, {config.data_mode} data"
+              f"{'' if config.data_mode == 'clean' else ', ' + config.adv_mode + ', ' + config.attack.describe()}"
+              f"{'; resuming' if resuming else ''} → {workdir}")
+        logger = _Logger(writer, model, config, test, None if probe is None else probe[1])
+        tracker = None
+        if probe is not None:
+            tracker = training.KernelTracker(
+                probe[0], every=FLAGS.kernel_every, at_spawns=FLAGS.kernel_at_spawns,
+                kernel_fn=lambda m, x: ntk.empirical_ntk(m, x, logit=FLAGS.logit,
+                                                         implementation=FLAGS.implementation,
+                                                         dtype=FLAGS.kernel_dtype))
+        history = training.train(model, train_data, config, workdir, strategy=strategy,
+                                 callbacks=[logger], kernel_tracker=tracker)
+        final = logger.last_eval if (logger.last_eval and logger.last_eval["epoch"] == config.epochs) \
+            else logger.evaluate(config.epochs)
+        results = {**final, "final_train_loss": history[-1]["loss"] if history else None,
+                   "attack": logger.eval_attack.to_dict(), "dynamics": config.dynamics,
+                   "data_mode": config.data_mode, "adv_mode": config.adv_mode,
+                   "spawn": config.spawn, "flags": resolved}
+        checkpoints.write_json(os.path.join(workdir, "results.json"), results)
+        writer.flush()
+    print(f"benign accuracy {final['benign_accuracy']:.4f}")
+    print(f"robust accuracy {final['robust_accuracy']:.4f}  ({logger.eval_attack.describe()})")
+    print(f"results: {os.path.join(workdir, 'results.json')}   tensorboard --logdir {workdir}")
 
 
 if __name__ == "__main__":

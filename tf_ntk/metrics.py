@@ -136,3 +136,23 @@ def parameter_distance(params, reference):
     if ref == 0:
         raise ValueError("reference weights are all zero")
     return float(np.sqrt(diff / ref))
+
+
+def kernel_summary(kernel, *, labels=None, init=None, previous=None, dt=None, top=5):
+    """The scalar metrics of one kernel (N, N) as a dict, for logging.
+
+    Keys: ``trace``, ``effective_rank``, ``eigenvalue_0…top-1``; with ``labels``: ``target_alignment``;
+    with ``init`` (the kernel at epoch 0): ``distance_to_init``, ``cka_to_init``; with ``previous``
+    and ``dt`` (epochs since it): ``velocity``.
+    """
+    lam = spectrum(kernel)
+    out = {"trace": trace(kernel), "effective_rank": effective_rank(eigenvalues=lam)}
+    out.update({f"eigenvalue_{i}": float(v) for i, v in enumerate(lam[:top])})
+    if labels is not None:
+        out["target_alignment"] = target_alignment(kernel, labels)
+    if init is not None:
+        out["distance_to_init"] = kernel_distance(kernel, init)
+        out["cka_to_init"] = cka(kernel, init)
+    if previous is not None and dt:
+        out["velocity"] = kernel_velocity(previous, kernel, dt)
+    return out

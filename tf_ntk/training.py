@@ -169,6 +169,9 @@ def batches_before(epoch, steps_per_epoch):
 class Callback:
     """Hooks into `train`. Every method is optional; the defaults do nothing."""
 
+    def on_epoch_begin(self, epoch, steps_per_epoch):
+        """Before (0-based) epoch ``epoch`` of ``steps_per_epoch`` steps."""
+
     def on_epoch_end(self, epoch, logs):
         """After whole epoch ``epoch`` (1-based count of finished epochs); ``logs``: the history row."""
 
@@ -377,6 +380,8 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
             step_fns[adversarial] = steps.make(adversarial)
         step_fn = step_fns[adversarial]
         lr_var.assign(config.lr_at(epoch))
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, steps_per_epoch)
         mid_epoch = {batches_before(e, steps_per_epoch): e for e in spawn_epochs
                      if epoch < e < epoch + 1}
         started = time.time()

@@ -1,0 +1,101 @@
+r"""The empirical NTK of a checkpoint on a class-balanced probe set → kernel.npz and TensorBoard.
+
+    python -m binaries.compute_kernel --checkpoint=runs/adv/spawn/epoch_10 --per_class=50 --logit=3
+
+Writes to --workdir (default RUN/kernels/<checkpoint name>): kernel.npz (kernel (P, P), labels (P,),
+indices into the split, logit or -1 for the trace kernel, epoch), flags.json, and TensorBoard events
+with the kernel's heat map (examples ordered class by class), spectrum and scalar metrics.
+"""
+
+from binaries import quiet  # noqa: F401  (must precede TensorFlow)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import os
+import tempfile
+
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from binaries import common
+from binaries import common_flags
+from tf_ntk import checkpoints
+from tf_ntk import data
+from tf_ntk import metrics
+from tf_ntk import ntk
+from tf_ntk import summaries
+
+common_flags.define_data_flags()
+common_flags.define_model_flags()
+common_flags.define_seed_flag()
+common_flags.define_run_flags()
+common_flags.define_checkpoint_flag()
+common_flags.define_kernel_flags()
+flags.adopt_module_key_flags(common_flags)
+
+FLAGS = flags.FLAGS
+
+
+def save_kernel(path, **arrays):
+    """Writes arrays to ``path`` (.npz) atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def main(argv):
+    del argv
+    if not FLAGS.checkpoint:
+        raise ValueError("--checkpoint is required")
+    meta = checkpoints.read_meta(FLAGS.checkpoint)
+    num_classes = meta["model"]["num_classes"]
+    if FLAGS.logit is not None and FLAGS.logit >= num_classes:
+        raise ValueError(f"--logit={FLAGS.logit} out of range for {num_classes} classes")
+    ckpt = os.path.abspath(FLAGS.checkpoint)
+    workdir = FLAGS.workdir or os.path.join(os.path.dirname(os.path.dirname(ckpt)), "kernels",
+                                            os.path.basename(ckpt))
+    out = os.path.join(workdir, "kernel.npz")
+    common.check_new_output(out, FLAGS.overwrite)
+    x_all, y_all = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **common_flags.data_options(FLAGS))
+    if list(x_all.shape[1:]) != list(meta["model"]["input_shape"]):
+        raise ValueError(f"checkpoint {FLAGS.checkpoint} takes inputs {tuple(meta['model']['input_shape'])}, "
+                         f"but --dataset={FLAGS.dataset} gives {tuple(x_all.shape[1:])}")
+    idx = data.class_balanced_indices(y_all, FLAGS.per_class, seed=FLAGS.probe_seed,
+                                      num_classes=num_classes)
+    x, y = x_all[idx], y_all[idx]
+    model, _ = checkpoints.load_model(FLAGS.checkpoint)
+    plan = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
+    with common.run_directory(workdir):
+        resolved = common.write_flags(workdir, __name__)
+        what = "trace kernel" if FLAGS.logit is None else f"kernel of logit {FLAGS.logit}"
+        print(f"{what} of {FLAGS.checkpoint} on {len(x)} {FLAGS.probe_split} examples "
+              f"({FLAGS.per_class} per class), {plan.implementation}, {plan.num_blocks} block(s)")
+        kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
+                                   dtype=FLAGS.kernel_dtype,
+                                   progress=common.progress(plan.num_blocks)).numpy()
+        save_kernel(out, kernel=kernel, labels=y, indices=idx,
+                    logit=np.int64(-1 if FLAGS.logit is None else FLAGS.logit),
+                    epoch=np.float64(meta.get("epoch", np.nan)))
+        values = metrics.kernel_summary(kernel, labels=y)
+        epoch = meta.get("epoch") or 0
+        writer = tf.summary.create_file_writer(workdir)
+        with writer.as_default(step=summaries.epoch_step(epoch)):
+            summaries.write_kernel("kernel", kernel, epoch)
+            for name, value in values.items():
+                tf.summary.scalar(f"kernel/{name}", value)
+            summaries.write_config(resolved)
+        writer.flush()
+    print(", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    print(f"kernel: {out}   tensorboard --logdir {workdir}")
+
+
+if __name__ == "__main__":
+    common.run(main)
