@@ -24,8 +24,22 @@ def program_name():
     return sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
 
 
+def _fail(message):
+    print(f"{program_name()}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl flag parsing with one-line errors (absl's own parser prints usage and exits 1)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).strip().splitlines()[0])
+
+
 def run(main):
-    """`absl.app.run(main)`, turning user errors into ``<program>: error: <message>`` and exit 2."""
+    """`absl.app.run(main)`, turning flag and user errors into ``<program>: error: <message>`` on
+    stderr and exit status 2."""
 
     def guarded(argv):
         if not flags.FLAGS["verbosity"].present:
@@ -35,11 +49,9 @@ def run(main):
                 raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
             return main(argv)
         except USER_ERRORS as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"{program_name()}: error: {message}", file=sys.stderr)
-            sys.exit(2)
+            _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)
 
 
 def resolved_flags(module_name):
@@ -85,6 +97,35 @@ def probe_set(FLAGS, split=None, per_class=None):  # noqa: N803
     info = data.info(FLAGS.dataset)
     return data.class_balanced_sample(x, y, per_class or FLAGS.per_class, seed=FLAGS.probe_seed,
                                       num_classes=info.num_classes)
+
+
+def default_workdir(checkpoint, kind):
+    """RUN/<kind>/<checkpoint name> for a checkpoint RUN/spawn/<checkpoint name>."""
+    ckpt = os.path.abspath(checkpoint)
+    return os.path.join(os.path.dirname(os.path.dirname(ckpt)), kind, os.path.basename(ckpt))
+
+
+def check_input_shape(source, model_spec, image_shape, dataset):
+    """A clear error when ``dataset``'s images do not fit the model ``source`` holds."""
+    if list(model_spec["input_shape"]) != list(image_shape):
+        raise ValueError(f"{source} takes inputs {tuple(model_spec['input_shape'])}, but "
+                         f"--dataset={dataset} gives {tuple(image_shape)}")
+
+
+def check_logit(logit, num_classes):
+    if logit is not None and logit >= num_classes:
+        raise ValueError(f"--logit={logit} out of range for {num_classes} classes")
+
+
+def checkpoint_probe(FLAGS, meta):  # noqa: N803
+    """The probe set (x, y, indices) the kernel flags describe, checked against a checkpoint's model."""
+    from binaries import common_flags  # noqa: PLC0415
+
+    x_all, y_all = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **common_flags.data_options(FLAGS))
+    check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], x_all.shape[1:], FLAGS.dataset)
+    idx = data.class_balanced_indices(y_all, FLAGS.per_class, seed=FLAGS.probe_seed,
+                                      num_classes=meta["model"]["num_classes"])
+    return x_all[idx], y_all[idx], idx
 
 
 def progress(total, unit="block"):

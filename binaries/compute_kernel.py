@@ -11,7 +11,6 @@ from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
-import tempfile
 
 from absl import flags
 import numpy as np
@@ -20,7 +19,6 @@ import tensorflow as tf
 from binaries import common
 from binaries import common_flags
 from tf_ntk import checkpoints
-from tf_ntk import data
 from tf_ntk import metrics
 from tf_ntk import ntk
 from tf_ntk import summaries
@@ -36,41 +34,17 @@ flags.adopt_module_key_flags(common_flags)
 FLAGS = flags.FLAGS
 
 
-def save_kernel(path, **arrays):
-    """Writes arrays to ``path`` (.npz) atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def main(argv):
     del argv
     if not FLAGS.checkpoint:
         raise ValueError("--checkpoint is required")
     meta = checkpoints.read_meta(FLAGS.checkpoint)
     num_classes = meta["model"]["num_classes"]
-    if FLAGS.logit is not None and FLAGS.logit >= num_classes:
-        raise ValueError(f"--logit={FLAGS.logit} out of range for {num_classes} classes")
-    ckpt = os.path.abspath(FLAGS.checkpoint)
-    workdir = FLAGS.workdir or os.path.join(os.path.dirname(os.path.dirname(ckpt)), "kernels",
-                                            os.path.basename(ckpt))
+    common.check_logit(FLAGS.logit, num_classes)
+    workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "kernels")
     out = os.path.join(workdir, "kernel.npz")
     common.check_new_output(out, FLAGS.overwrite)
-    x_all, y_all = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **common_flags.data_options(FLAGS))
-    if list(x_all.shape[1:]) != list(meta["model"]["input_shape"]):
-        raise ValueError(f"checkpoint {FLAGS.checkpoint} takes inputs {tuple(meta['model']['input_shape'])}, "
-                         f"but --dataset={FLAGS.dataset} gives {tuple(x_all.shape[1:])}")
-    idx = data.class_balanced_indices(y_all, FLAGS.per_class, seed=FLAGS.probe_seed,
-                                      num_classes=num_classes)
-    x, y = x_all[idx], y_all[idx]
+    x, y, idx = common.checkpoint_probe(FLAGS, meta)
     model, _ = checkpoints.load_model(FLAGS.checkpoint)
     plan = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     with common.run_directory(workdir):
@@ -81,7 +55,7 @@ def main(argv):
         kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
                                    dtype=FLAGS.kernel_dtype,
                                    progress=common.progress(plan.num_blocks)).numpy()
-        save_kernel(out, kernel=kernel, labels=y, indices=idx,
+        checkpoints.write_npz(out, kernel=kernel, labels=y, indices=idx,
                     logit=np.int64(-1 if FLAGS.logit is None else FLAGS.logit),
                     epoch=np.float64(meta.get("epoch", np.nan)))
         values = metrics.kernel_summary(kernel, labels=y)

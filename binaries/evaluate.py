@@ -48,11 +48,6 @@ flags.adopt_module_key_flags(common_flags)
 FLAGS = flags.FLAGS
 
 
-def _default_workdir(checkpoint):
-    ckpt = os.path.abspath(checkpoint)
-    return os.path.join(os.path.dirname(os.path.dirname(ckpt)), "eval", os.path.basename(ckpt))
-
-
 def main(argv):
     del argv
     if not FLAGS.checkpoint:
@@ -70,9 +65,8 @@ def main(argv):
         FLAGS.dataset = recorded["dataset"]  # evaluate on the data the checkpoint was trained on
         opts.update({k: recorded.get(k) for k in ("image_size", "channels") if k in recorded})
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
-    if list(meta["model"]["input_shape"]) != list(info.image_shape):
-        raise ValueError(f"checkpoint {FLAGS.checkpoint} takes inputs {tuple(meta['model']['input_shape'])}, "
-                         f"but --dataset={FLAGS.dataset} gives {info.image_shape}")
+    common.check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], info.image_shape,
+                             FLAGS.dataset)
     dataset = data.load(FLAGS.dataset, FLAGS.split, batch_size=FLAGS.batch_size, **opts)
     if FLAGS.max_examples:
         dataset = dataset.unbatch().take(FLAGS.max_examples).batch(FLAGS.batch_size)
@@ -81,7 +75,7 @@ def main(argv):
     dynamics = "standard" if dynamics is None else ("centered" if dynamics else "linearized")
     if FLAGS.output_terms and dynamics == "standard":
         raise ValueError("--output_terms needs a linearized or centered model (--eval_dynamics)")
-    workdir = FLAGS.workdir or _default_workdir(FLAGS.checkpoint)
+    workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "eval")
     results_path = os.path.join(workdir, "evaluation.json")
     common.check_new_output(results_path, FLAGS.overwrite)
     fn = evaluation.inference_fn(model)

@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from binaries import common
 from binaries import common_flags
-from binaries import compute_kernel
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import metrics
@@ -82,7 +81,7 @@ def _kernel(model, x, cache_path, probe_key):
     p = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
                                dtype=FLAGS.kernel_dtype, progress=common.progress(p.num_blocks)).numpy()
-    compute_kernel.save_kernel(cache_path, kernel=kernel, probe_key=np.array(probe_key))
+    checkpoints.write_npz(cache_path, kernel=kernel, probe_key=np.array(probe_key))
     return kernel
 
 
@@ -121,12 +120,9 @@ def main(argv):
         if not FLAGS[key].present and recorded.get(key) is not None:
             opts[key] = recorded[key]
     num_classes = spec["num_classes"]
-    if FLAGS.logit is not None and FLAGS.logit >= num_classes:
-        raise ValueError(f"--logit={FLAGS.logit} out of range for {num_classes} classes")
+    common.check_logit(FLAGS.logit, num_classes)
     x_tr, y_tr = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **opts)
-    if list(x_tr.shape[1:]) != list(spec["input_shape"]):
-        raise ValueError(f"the runs take inputs {tuple(spec['input_shape'])}, but --dataset="
-                         f"{FLAGS.dataset} gives {tuple(x_tr.shape[1:])}")
+    common.check_input_shape(f"run {runs[0]}", spec, x_tr.shape[1:], FLAGS.dataset)
     x_p, y_p = data.class_balanced_sample(x_tr, y_tr, FLAGS.per_class, seed=FLAGS.probe_seed,
                                           num_classes=num_classes)
     if FLAGS.test_per_class:

@@ -94,9 +94,7 @@ def _resolve():
         meta = checkpoints.read_meta(FLAGS.spawn)
         if not (FLAGS["model"].present or FLAGS["width"].present):
             spec = meta.get("model") or spec  # the spawn decides the architecture
-        if list(spec["input_shape"]) != list(info.image_shape):
-            raise ValueError(f"checkpoint {FLAGS.spawn} takes inputs {tuple(spec['input_shape'])}, "
-                             f"but --dataset={FLAGS.dataset} gives {info.image_shape}")
+        common.check_input_shape(f"checkpoint {FLAGS.spawn}", spec, info.image_shape, FLAGS.dataset)
     preset = training.TrainConfig.phase2 if phase2 else training.TrainConfig.phase1
     overrides = {}
     if FLAGS.epochs is not None:
@@ -167,7 +165,7 @@ class _Logger(training.Callback):
 
     def on_kernel(self, epoch, kernel):
         k = np.asarray(kernel)
-        init = self.kernels[0][1] if self.kernels else None
+        init = self.kernels[0][1] if self.kernels else k  # the first kernel is its own reference
         prev_epoch, prev = self.kernels[-1] if self.kernels else (None, None)
         values = metrics.kernel_summary(k, labels=self.probe_labels, init=init, previous=prev,
                                         dt=None if prev_epoch is None else epoch - prev_epoch)

@@ -143,3 +143,23 @@ def test_attack_on_linearized_models_under_xla_raises_the_loss(centered):
     assert np.abs(adv.numpy() - x.numpy()).max() <= 0.1 + 1e-6
     ce = lambda t: float(tf.reduce_mean(attacks.cross_entropy_loss(y, fn(t))))  # noqa: E731
     assert ce(adv) > ce(x) + 1e-3  # the kernel term's input gradient reaches the attack
+
+
+def test_restarts_keep_the_input_shape_for_any_rank():
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(16, 3)).astype(np.float32)
+    fn = lambda t: tf.matmul(t, w)  # noqa: E731  inputs (N, 16)
+    x = rng.uniform(size=(5, 16)).astype(np.float32)
+    y = rng.integers(0, 3, size=5).astype(np.int32)
+    adv = attacks.pgd(fn, x, y, eps=0.1, steps=2, restarts=2, seed=0)
+    assert adv.shape == (5, 16)
+    assert np.abs(adv.numpy() - x).max() <= 0.1 + 1e-6
+
+
+def test_a_sharded_random_start_is_the_global_start_at_its_rows():
+    x = tf.constant(np.random.default_rng(7).uniform(size=(10, 3, 3, 1)).astype(np.float32))
+    key = tf.constant([3, 4], tf.int64)
+    for norm in ("linf", "l2"):
+        whole = attacks.sample_start(x, 0.1, norm, key).numpy()
+        part = attacks.sample_start(x[4:7], 0.1, norm, key, batch_slice=(4, 10)).numpy()
+        np.testing.assert_allclose(part, whole[4:7], rtol=1e-6, atol=1e-7)

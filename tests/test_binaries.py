@@ -1,19 +1,36 @@
-"""Binaries end to end on digits with tiny settings: in-process through absl flag parsing, plus one
-subprocess that checks the terminal stays free of TensorFlow's C++ noise and errors are one line."""
+"""Binaries end to end on digits with tiny settings, in-process through absl flag parsing; event
+files read back; flag and input errors asserted by message and exit code; TensorBoard serves the logs.
+One subprocess checks the terminal stays free of TensorFlow's C++ noise."""
 
+import csv
+import glob
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 from absl import flags
+import numpy as np
 import pytest
+import tensorflow as tf
 
+from binaries import common
+from binaries import compute_kernel
+from binaries import evaluate
+from binaries import kernel_dynamics
 from binaries import train
+from binaries import visualize_features
+from tf_ntk import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
 
 
-def _run_in_process(module, argv):
+def _run(module, argv):
+    """Parses ``argv`` with absl (in this process) and calls the binary's main."""
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["prog"] + argv)
     try:
@@ -22,33 +39,233 @@ def _run_in_process(module, argv):
         flags.FLAGS.unparse_flags()
 
 
-def test_train_prints_benign_and_robust_accuracy(capsys):
-    _run_in_process(train, ["--epochs=1", "--width=4", "--eps=0.2", "--attack_steps=2",
-                            "--adversarial", "--batch_size=256"])
-    out = capsys.readouterr().out
-    assert "epoch   1/1" in out
-    benign = float(out.split("benign accuracy ")[1].split()[0])
-    robust = float(out.split("robust accuracy ")[1].split()[0])
-    assert 0.0 <= robust <= benign <= 1.0 and benign > 0.2
+def _run_app(module, argv, capsys):
+    """Runs the binary like the command line does (absl app, one-line errors); returns (code, err)."""
+    flags.FLAGS.unparse_flags()
+    saved = sys.argv
+    sys.argv = [module.__name__.rsplit(".", 1)[-1]] + argv
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            common.run(module.main)
+    finally:
+        sys.argv = saved
+        flags.FLAGS.unparse_flags()
+    return exit_info.value.code, capsys.readouterr().err
 
 
-def test_eps_flag_accepts_fractions_and_rejects_out_of_range():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["prog", "--eps=4/255"])
-    assert flags.FLAGS.eps == pytest.approx(4 / 255)
-    flags.FLAGS.unparse_flags()
-    with pytest.raises(flags.IllegalFlagValueError, match="range"):
-        flags.FLAGS(["prog", "--eps=1.5"])
-    flags.FLAGS.unparse_flags()
+def _events(directory):
+    """{tag: {step: value or None, ...}} and {tag: plugin} from every event file under ``directory``."""
+    values, plugins = {}, {}
+    for path in glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                plugin = v.metadata.plugin_data.plugin_name or plugins.get(v.tag)
+                plugins[v.tag] = plugin
+                value = None
+                if plugin == "scalars":
+                    value = float(tf.make_ndarray(v.tensor))
+                values.setdefault(v.tag, {})[event.step] = value
+    return values, plugins
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Phase-1 standard and adversarial runs (2 epochs, spawns at 0, 0.5, 1, 2, online kernels)."""
+    root = tmp_path_factory.mktemp("runs")
+    common_args = TINY + ["--epochs=2", "--save_epochs=0,0.5,1,2", "--kernel_every=1",
+                          "--kernel_at_spawns", "--per_class=2"]
+    _run(train, [f"--workdir={root}/std"] + common_args)
+    _run(train, [f"--workdir={root}/adv", "--data_mode=adv", "--adv_mode=madry"] + common_args)
+    return root
+
+
+def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
+    std = os.path.join(runs, "std")
+    assert sorted(os.listdir(os.path.join(std, "spawn"))) == [
+        "epoch_0", "epoch_0.5", "epoch_1", "epoch_2"]
+    results = json.load(open(os.path.join(std, "results.json")))
+    assert 0.0 <= results["robust_accuracy"] <= results["benign_accuracy"] <= 1.0
+    resolved = json.load(open(os.path.join(std, "flags.json")))
+    assert resolved["epochs"] == 2 and resolved["resolved_config"]["lr"] == 0.1
+    values, plugins = _events(std)
+    assert set(values["train/loss"]) == {1000, 2000}
+    assert set(values["test/robust_accuracy"]) == {1000, 2000}
+    # Kernel metrics at epoch 0, the fractional spawn 0.5 and whole epochs (milli-epoch steps).
+    assert set(values["kernel/distance_to_init"]) == {0, 500, 1000, 2000}
+    assert values["kernel/distance_to_init"][0] == pytest.approx(0.0, abs=1e-6)
+    assert values["kernel/distance_to_init"][2000] > 0
+    assert plugins["kernel/heat_map"] == "images"
+    assert plugins["kernel/spectrum_log10"] == "histograms"
+    assert plugins["config"] == "text"
+    assert any(p == "hparams" for p in plugins.values())
+    # A finished run is refused without --overwrite, with one line and exit status 2.
+    code, err = _run_app(train, [f"--workdir={std}"] + TINY + ["--epochs=2"], capsys)
+    assert code == 2 and err.strip() == (
+        f"train: error: {std} holds a finished run; pass --overwrite to replace it or choose "
+        "another --workdir")
+
+
+def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
+    adv, std = os.path.join(runs, "adv"), os.path.join(runs, "std")
+    cen = os.path.join(runs, "adv-centered")
+    _run(train, [f"--workdir={cen}", f"--spawn={adv}/spawn/epoch_0.5", "--dynamics=centered",
+                 "--epochs=1", "--save_epochs=0,1"] + TINY)
+    meta = json.load(open(os.path.join(cen, "spawn", "epoch_1", "meta.json")))
+    assert meta["config"]["dynamics"] == "centered" and meta["config"]["lr"] == 0.01
+    assert meta["config"]["spawn"].endswith("adv/spawn/epoch_0.5")
+    # evaluate: protocol-style attack (shortened), sanity report, saved set, transfer.
+    adv_set = os.path.join(runs, "std_adv.npz")
+    _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=3",
+                    f"--save_adversarial={adv_set}", "--max_examples=64"])
+    std_eval = json.load(open(os.path.join(std, "eval", "epoch_2", "evaluation.json")))
+    assert std_eval["robust_accuracy"] <= std_eval["benign_accuracy"]
+    _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=3",
+                    f"--transfer_from={adv_set}", "--max_examples=64", f"--workdir={runs}/self_transfer"])
+    self_transfer = json.load(open(os.path.join(runs, "self_transfer", "evaluation.json")))
+    # Replaying a set against the model that made it reproduces its robust accuracy.
+    assert self_transfer["transfer_accuracy"] == pytest.approx(std_eval["robust_accuracy"])
+    _run(evaluate, [f"--checkpoint={cen}/spawn/epoch_1", "--eps=0.2", "--attack_steps=3",
+                    "--max_examples=64", "--output_terms", "--sanity_checks"])
+    cen_eval = json.load(open(os.path.join(cen, "eval", "epoch_1", "evaluation.json")))
+    assert cen_eval["dynamics"] == "centered" and "checks" in cen_eval["sanity_checks"]
+    terms = np.load(os.path.join(cen, "eval", "epoch_1", "output_terms.npz"))
+    assert terms["kernel_clean"].shape == terms["spawn_adv"].shape == (64, 10)
+    values, _ = _events(os.path.join(cen, "eval", "epoch_1"))
+    assert "eval/robust_accuracy" in values
+
+
+def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):
+    std, adv = os.path.join(runs, "std"), os.path.join(runs, "adv")
+    _run(compute_kernel, [f"--checkpoint={std}/spawn/epoch_1", "--per_class=2", "--logit=3"])
+    saved = np.load(os.path.join(std, "kernels", "epoch_1", "kernel.npz"))
+    assert saved["kernel"].shape == (20, 20) and int(saved["logit"]) == 3
+    np.testing.assert_array_equal(saved["labels"], np.repeat(np.arange(10), 2))
+    values, plugins = _events(os.path.join(std, "kernels", "epoch_1"))
+    assert plugins["kernel/heat_map"] == "images" and 1000 in values["kernel/trace"]
+
+    out = os.path.join(runs, "dynamics")
+    argv = [f"--run={std}", f"--compare_run={adv}", "--per_class=2", "--test_per_class=1",
+            f"--workdir={out}"]
+    _run(kernel_dynamics, argv)
+    values, plugins = _events(os.path.join(out, "tb", "std"))
+    assert set(values["kernel/distance_to_init"]) == {0, 500, 1000, 2000}
+    assert values["kernel/distance_to_final"][2000] == pytest.approx(0.0, abs=1e-6)
+    assert set(values["kernel/velocity"]) == {500, 1000, 2000}
+    for tag in ("target_alignment", "cka_to_init", "effective_rank", "kernel_regression_accuracy",
+                "parameter_distance", "eigenvalue_0"):
+        assert f"kernel/{tag}" in values
+    assert plugins["kernel/spectrum_log10"] == "histograms"
+    comparison, _ = _events(os.path.join(out, "tb", "comparison"))
+    assert set(comparison["comparison/distance"]) == {0, 500, 1000, 2000}
+    # Both runs start from the same seed: identical initial kernels.
+    assert comparison["comparison/distance"][0] == pytest.approx(0.0, abs=1e-6)
+    rows = list(csv.DictReader(open(os.path.join(out, "kernel_dynamics.csv"))))
+    assert [(r["run"], float(r["epoch"])) for r in rows] == [
+        (run, e) for run in ("std", "adv") for e in (0, 0.5, 1, 2)]
+    # The cached kernels make a rerun skip the computation and reproduce the CSV.
+    cached = os.path.join(out, "kernels", "std", "epoch_1.npz")
+    stamp = os.path.getmtime(cached)
+    _run(kernel_dynamics, argv)
+    assert os.path.getmtime(cached) == stamp
+    assert list(csv.DictReader(open(os.path.join(out, "kernel_dynamics.csv")))) == rows
+
+
+def test_visualize_features_writes_images(runs):
+    std = os.path.join(runs, "std")
+    _run(visualize_features, [f"--checkpoint={std}/spawn/epoch_2", "--per_class=2", "--num_eigen=1",
+                              "--feature_steps=5", "--logit=1"])
+    out = os.path.join(std, "features", "epoch_2")
+    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["eig0+.png", "eig0-.png", "w.png"]
+    saved = np.load(os.path.join(out, "eigen_images.npz"))
+    assert saved["images"].shape == (3, 8, 8, 1)
+    assert saved["images"].min() >= 0 and saved["images"].max() <= 1
+    _, plugins = _events(out)
+    assert plugins["eigen_images/logit_1"] == "images"
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    (train, ["--eps=1.5"], "flag --eps=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
+    (train, ["--eps=4/0"], "flag --eps=4/0: '4/0' is not a number or a fraction like 4/255"),
+    (train, ["--epochs=1", "--dynamics=centered"],
+     "--dynamics=centered needs --spawn (phase 2 starts from a checkpoint)"),
+    (train, ["--epochs=1", "--spawn={tmp}/nowhere"], "no checkpoint at {tmp}/nowhere"),
+    (train, ["--epochs=1", "--save_epochs=0,x"], "--save_epochs must be numbers separated by commas, got 0,x"),
+    (evaluate, ["--checkpoint={tmp}"], "{tmp} is not a tf_ntk checkpoint (no meta.json or ckpt.index)"),
+    (compute_kernel, [], "--checkpoint is required"),
+    (kernel_dynamics, ["--run={tmp}"], "no spawn checkpoints in {tmp} (expected {tmp}/spawn/epoch_*)"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_run_directory(module, argv, message, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    argv = [a.format(tmp=tmp_path) for a in argv] + [f"--workdir={workdir}"]
+    code, err = _run_app(module, argv, capsys)
+    name = module.__name__.rsplit(".", 1)[-1]
+    assert code == 2
+    assert err.strip() == f"{name}: error: {message.format(tmp=tmp_path)}"
+    assert not workdir.exists()
+
+
+def test_checkpoint_of_another_model_is_refused(runs, tmp_path, capsys):
+    workdir = tmp_path / "p2"
+    code, err = _run_app(train, [f"--workdir={workdir}", f"--spawn={runs}/std/spawn/epoch_1",
+                                 "--model=mlp", "--epochs=1"], capsys)
+    assert code == 2 and "holds cnn(width=4)" in err and "not mlp()" in err
+    assert not workdir.exists()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "meta.json").write_text("{not json")
+    (tmp_path / "corrupt" / "ckpt.index").write_text("")
+    code, err = _run_app(evaluate, [f"--checkpoint={tmp_path}/corrupt"], capsys)
+    assert code == 2 and err.startswith(f"evaluate: error: corrupt checkpoint record {tmp_path}/corrupt")
+
+
+def test_summaries_step_is_milli_epochs():
+    assert [summaries.epoch_step(e) for e in (0, 0.125, 1, 2.5)] == [0, 125, 1000, 2500]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_serves_the_scalars_images_and_histograms(runs):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", f"--logdir={runs}", "--host=127.0.0.1",
+         f"--port={port}", "--load_fast=false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def get(route):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as r:
+                return json.loads(r.read())
+
+        deadline = time.time() + 90
+        tags = {}
+        while time.time() < deadline:
+            try:
+                tags = {p: get(f"/data/plugin/{p}/tags") for p in ("scalars", "images", "histograms")}
+                if "std" in tags["scalars"] and "kernel/heat_map" in tags["images"].get("std", {}):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert "train/loss" in tags["scalars"]["std"]
+        assert "kernel/distance_to_init" in tags["scalars"]["std"]
+        assert "kernel/heat_map" in tags["images"]["std"]
+        assert "kernel/spectrum_log10" in tags["histograms"]["std"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_subprocess_is_quiet_and_bad_input_is_one_line(tmp_path):
     env = dict(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "binaries.train", "--dataset=cifar10", f"--data_dir={tmp_path}"],
+        [sys.executable, "-m", "binaries.train", "--dataset=cifar10", f"--data_dir={tmp_path}",
+         f"--workdir={tmp_path}/run"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert proc.stderr.startswith("train: error: data set 'cifar10' is not prepared")
     assert "tfds build cifar10" in proc.stderr
+    assert not (tmp_path / "run").exists()

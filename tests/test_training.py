@@ -260,3 +260,71 @@ def test_kernel_tracker_hands_the_probe_kernel_of_each_checkpoint(tmp_path):
         assert kernels[epoch].shape == (10, 10)
         assert helpers.relative_error(kernels[epoch], want) < 1e-5
     assert helpers.relative_error(kernels[0.5], kernels[1.0]) > 1e-3  # the kernel moved
+
+
+def test_short_epochs_keep_every_fractional_spawn(tmp_path):
+    # batch 512 → 3 steps per epoch: 0.125 and 0.25 both land on step 1, 0.375 and 0.5 on step 2.
+    _run(tmp_path, model="mlp", width=8, epochs=1, batch_size=512, save_epochs=None)
+    spawns = checkpoints.list_spawns(tmp_path)
+    assert [e for e, _ in spawns] == [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1]
+    assert [checkpoints.read_meta(p)["step"] for _, p in spawns] == [0, 1, 1, 2, 2, 3, 3]
+
+
+def test_mirrored_adversarial_training_matches_one_device(tmp_path):
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    kw = dict(model="mlp", width=32, epochs=1, data_mode="adv", adv_mode="clean_then_adv",
+              attack=attacks.PGDConfig(eps=0.1, steps=3))
+    single, h1 = _run(tmp_path / "one", **kw)
+    mirrored, h2 = _run(tmp_path / "two", strategy=strategy, **kw)
+    for a, b in zip(_weights(single), _weights(mirrored)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h1[0]["loss"], h2[0]["loss"], rtol=1e-5)
+
+
+def test_loss_is_the_mean_over_the_actual_batch():
+    training.set_seed(0)
+    spec = models.spec("mlp", 10, (8, 8, 1), width=8)
+    net = models.build(spec)
+    x, y = data.load_arrays("digits", "train")
+    x, y = x[:29], y[:29]
+    before = [v.numpy() for v in net.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(attacks.cross_entropy_loss(y, net(x, training=True)))
+    want = [b - 0.5 * g.numpy() for b, g in zip(before, tape.gradient(loss, net.trainable_variables))]
+    config = training.TrainConfig(batch_size=128, momentum=0.0, model=spec)
+    steps = training.TrainSteps(net, keras.optimizers.SGD(0.5), config, tf.distribute.get_strategy())
+    steps.make(adversarial=False)((tf.constant(x), tf.constant(y)), tf.constant([0, 0], tf.int64))
+    for got, w in zip(net.trainable_variables, want):
+        np.testing.assert_allclose(got.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_workdir_never_mixes_two_runs_and_dynamics_must_match(tmp_path):
+    with pytest.raises(KeyboardInterrupt):  # killed in epoch 0, before any resume checkpoint
+        _run(tmp_path, model="mlp", width=8, epochs=1, save_epochs=(0.25,), seed=1,
+             callbacks=[_Interrupt(at_step=7)])
+    assert [e for e, _ in checkpoints.list_spawns(tmp_path)] == [0.25]
+    with pytest.raises(training.RunConfigMismatchError, match="differs in: seed"):
+        _run(tmp_path, model="mlp", width=8, epochs=1, save_epochs=(0.25,), seed=2)
+    spec = models.spec("mlp", 10, (8, 8, 1), width=8)
+    lin = tf_ntk.linearize(models.build(spec), centered=True)
+    for dynamics, message in (("linearized", "the model is centered"),
+                              ("standard", "is a tf_ntk.linearize model")):
+        with pytest.raises(ValueError, match=message):
+            training.train(lin, _digits(), training.TrainConfig.phase2(dynamics=dynamics, model=spec),
+                           str(tmp_path / dynamics))
+    with pytest.raises(ValueError, match="needs a tf_ntk.linearize model"):
+        training.train(models.build(spec), _digits(),
+                       training.TrainConfig.phase2(dynamics="centered", model=spec), str(tmp_path / "c"))
+
+
+def test_checkpoint_writes_are_atomic_and_recover_from_a_crash_between_renames(tmp_path):
+    net = models.get("mlp", 10, (8, 8, 1), width=4)
+    path = str(tmp_path / "resume")
+    checkpoints.write(path, {"n": 1}, model=net)
+    checkpoints.write(path, {"n": 2}, model=net)  # replaces
+    assert checkpoints.read_meta(path) == {"n": 2}
+    assert sorted(os.listdir(tmp_path)) == ["resume"]  # no temporary or old copies left
+    # A writer killed between its two renames leaves only the hidden old copy: readers restore it.
+    os.replace(path, str(tmp_path / ".old-resume-abc"))
+    assert checkpoints.exists(path) and checkpoints.read_meta(path) == {"n": 2}
+    checkpoints.restore(path, model=models.get("mlp", 10, (8, 8, 1), width=4))

@@ -73,29 +73,40 @@ def _seed_key(seed):
     return seed
 
 
-def sample_start(x, eps, norm, seed):
+def sample_start(x, eps, norm, seed, batch_slice=None):
     """A uniform random point of the ε-ball around ``x`` (N, ...), clipped to [0, 1].
 
     L∞: independent uniform offsets in [−ε, ε]. L2: uniform in the ball (Gaussian direction,
     radius ε·u^(1/d) for d pixels per example). ``seed``: a (2,) int key for stateless sampling.
+    ``batch_slice``: (offset, global size) when ``x`` is rows offset… of a larger batch (one replica's
+    shard): the start is those rows of the global batch's start, so a sharded attack starts where
+    the unsharded one does.
     """
     seed = tf.cast(seed, tf.int64)
+    n = tf.shape(x)[0]
+    offset, total = (0, n) if batch_slice is None else batch_slice
+    shape = tf.concat([[total], tf.shape(x)[1:]], 0)
+    rank = x.shape.rank
+
+    def rows(t):
+        return t[offset:offset + n]
+
     if norm == "linf":
-        eta = tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps, dtype=x.dtype)
+        eta = rows(tf.random.stateless_uniform(shape, seed, -eps, eps, dtype=x.dtype))
     else:
-        direction = tf.random.stateless_normal(tf.shape(x), seed, dtype=x.dtype)
-        axes = list(range(1, x.shape.rank))
-        direction /= tf.maximum(tf.norm(tf.reshape(direction, [tf.shape(x)[0], -1]), axis=1), 1e-12)[
-            (...,) + (None,) * len(axes)]
+        direction = rows(tf.random.stateless_normal(shape, seed, dtype=x.dtype))
+        direction /= tf.reshape(tf.maximum(tf.norm(tf.reshape(direction, [n, -1]), axis=1), 1e-12),
+                                [-1] + [1] * (rank - 1))
         d = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
-        u = tf.random.stateless_uniform(tf.shape(x)[:1], tf.random.experimental.stateless_fold_in(seed, 1),
-                                        dtype=x.dtype)
-        eta = direction * (eps * u ** (1.0 / d))[(...,) + (None,) * len(axes)]
+        u = rows(tf.random.stateless_uniform(shape[:1], tf.random.experimental.stateless_fold_in(seed, 1),
+                                             dtype=x.dtype))
+        eta = direction * tf.reshape(eps * u ** (1.0 / d), [-1] + [1] * (rank - 1))
+    eta.set_shape(x.shape)
     return tf.clip_by_value(x + clip_eta(eta, NORMS[norm], eps), 0.0, 1.0)
 
 
 def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start=True, loss="ce",
-        restarts=1, seed=None):
+        restarts=1, seed=None, batch_slice=None):
     """PGD adversarial examples.
 
     Args:
@@ -113,16 +124,19 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
       restarts: independent random starts; per example the one with the highest loss is kept.
       seed: None (start drawn from TensorFlow's global generator), an int, or a (2,) int tensor
         such as ``[run_seed, step]``; the same seed gives the same adversarial examples.
+      batch_slice: (offset, global size) when ``x`` is one replica's shard of a global batch: the
+        random start is that shard's rows of the global batch's start (see `sample_start`).
 
     Returns:
-      Adversarial images (N, H, W, C) float32, inside the ε-ball around ``x`` and [0, 1].
+      Adversarial images (N, H, W, C) float32, inside the ε-ball around ``x`` and [0, 1] (up to
+      float32 rounding of x + η: |x_adv − x| ≤ ε + one ulp).
     """
     step_size = check_config(eps=eps, steps=steps, step_size=step_size, norm=norm, loss=loss,
                              restarts=restarts)
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.cast(tf.convert_to_tensor(y), tf.int32)
-    if eps == 0:
-        return x
+    # No shortcut at eps = 0: the whole loop runs and returns x exactly (x + 0), so the sanity check
+    # "robust = benign at eps = 0" exercises the attack (NaN gradients would show up there).
     loss_fn = _LOSS_FNS[loss]
     order = NORMS[norm]
     # cleverhans asserts eps_iter <= eps; a larger step is equivalent to a step of eps after projection.
@@ -139,7 +153,8 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
             start = x
         else:  # restart 0 is the single-start attack of the same seed
             start = sample_start(x, eps, norm,
-                                 key if r == 0 else tf.random.experimental.stateless_fold_in(key, r))
+                                 key if r == 0 else tf.random.experimental.stateless_fold_in(key, r),
+                                 batch_slice)
         return tf.while_loop(lambda i, _: i < int(steps), step, (tf.constant(0), start))[1]
 
     best = one_restart(0)
@@ -150,7 +165,8 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
         cand = one_restart(r)
         cand_loss = loss_fn(y, model_fn(cand))
         better = cand_loss > best_loss
-        best = tf.where(better[:, None, None, None], cand, best)
+        mask = tf.reshape(better, [-1] + [1] * (x.shape.rank - 1))
+        best = tf.where(mask, cand, best)
         best_loss = tf.where(better, cand_loss, best_loss)
     return best
 
@@ -174,10 +190,11 @@ class PGDConfig:
         check_config(eps=self.eps, steps=self.steps, step_size=self.step_size,
                      norm=self.norm, loss=self.loss, restarts=self.restarts)
 
-    def attack(self, model_fn, x, y, seed=None):
-        """Adversarial versions of ``x`` against ``model_fn`` (see `pgd` for ``seed``)."""
+    def attack(self, model_fn, x, y, seed=None, batch_slice=None):
+        """Adversarial versions of ``x`` against ``model_fn`` (see `pgd` for the arguments)."""
         return pgd(model_fn, x, y, eps=self.eps, steps=self.steps, step_size=self.step_size,
-                   norm=self.norm, loss=self.loss, restarts=self.restarts, seed=seed)
+                   norm=self.norm, loss=self.loss, restarts=self.restarts, seed=seed,
+                   batch_slice=batch_slice)
 
     def describe(self):
         """A short label such as ``"linf PGD-100 eps=0.01569 step=0.0003137 ce x1"``."""

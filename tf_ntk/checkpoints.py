@@ -9,6 +9,7 @@ half-written checkpoint. Spawn checkpoints of a run live in ``<workdir>/spawn/ep
 the (possibly fractional) epoch, ``epoch_0`` being the initialisation.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -50,39 +51,87 @@ def write_json(path, obj):
         raise
 
 
+def write_npz(path, compressed=False, **arrays):
+    """Writes NumPy ``arrays`` to ``path`` (.npz) atomically (temporary file + rename)."""
+    import numpy as np  # noqa: PLC0415
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_json(path):
+    """The JSON object in ``path``; `CheckpointError` when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt run record {path}: {e}") from e
+
+
 def write(directory, meta, **objects):
     """Writes ``tf.train.Checkpoint(**objects)`` and ``meta`` (a JSON-able dict) to ``directory``.
 
-    Atomic: the directory appears complete or not at all; an existing one is replaced.
+    Atomic: the directory appears complete or not at all. An existing one is first renamed to a
+    hidden ``.old-`` sibling, then the new one renamed into place; a crash between the two renames
+    leaves the old checkpoint, which every reader restores (`_recover`).
     """
     directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
+    parent, base = os.path.split(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(directory)}-")
+    _recover(directory)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{base}-")
     try:
         tf.train.Checkpoint(**objects).write(os.path.join(tmp, _PREFIX))
         with open(os.path.join(tmp, _META), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.exists(directory):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
-            os.replace(directory, os.path.join(old, "x"))
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if os.path.exists(directory):
+        old = tempfile.mkdtemp(dir=parent, prefix=f".old-{base}-")
+        os.rmdir(old)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+    for stale in glob.glob(os.path.join(parent, f".tmp-{base}-*")):  # left by killed writers
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _complete(directory):
+    return os.path.isfile(os.path.join(directory, _META)) and os.path.isfile(
+        os.path.join(directory, _PREFIX + ".index"))
+
+
+def _recover(directory):
+    """Puts back the previous checkpoint if a writer died between its two renames."""
+    if os.path.exists(directory):
+        return
+    parent, base = os.path.split(os.path.abspath(directory))
+    olds = [p for p in glob.glob(os.path.join(parent, f".old-{base}-*")) if _complete(p)]
+    if olds:
+        os.replace(max(olds, key=os.path.getmtime), directory)
 
 
 def exists(directory):
-    return os.path.isfile(os.path.join(directory, _META)) and bool(
-        tf.io.gfile.glob(os.path.join(directory, _PREFIX + ".index")))
+    _recover(directory)
+    return _complete(directory)
 
 
 def read_meta(directory):
     """The ``meta.json`` record of a checkpoint directory; `CheckpointError` if missing or corrupt."""
     path = os.path.join(directory, _META)
+    _recover(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint at {directory}")
     if not exists(directory):

@@ -8,10 +8,11 @@ trainable weights θ_s) and frozen, non-trainable copies of θ_s and of the BN r
 so it checkpoints on its own and the original model is never read or written again. Its empirical
 NTK with respect to θ is the spawn kernel k_{θ_s}, whatever θ is.
 
-Gradients: the kernel term J(θ − θ_s) is a `tf.custom_gradient` whose forward pass is one
-forward-mode product (ForwardAccumulator over the spawn weights) and whose backward pass is one
-vector-Jacobian product at θ_s: dL/dθ = J_{θ_s}ᵀ dL/df. No tape is wrapped around the accumulator,
-so a train step traces once under ``jit_compile=True``. The input gradient dL/dx (what PGD needs to
+Gradients: both output terms come from one `tf.custom_gradient` whose forward pass is one
+forward-mode product (ForwardAccumulator over the spawn weights, recorded by a tape inside the
+custom gradient) and whose backward pass is that tape's vector-Jacobian product at θ_s:
+dL/dθ = J_{θ_s}ᵀ dL/df. The train step's own tape never wraps the accumulator, so a train step
+traces and compiles once under ``jit_compile=True`` (checked in the XLA logs). The input gradient dL/dx (what PGD needs to
 attack the model under its own dynamics) is the forward-mode derivative along θ − θ_s of the
 spawn's input gradient; graphs that never ask for it prune it.
 """

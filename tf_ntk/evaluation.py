@@ -11,12 +11,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from tf_ntk import attacks
+from tf_ntk import checkpoints
 
 # The protocol's evaluation attacks.
 PROTOCOL_LINF = attacks.PGDConfig(eps=4 / 255, steps=100)  # step 2ε/100, one random start
@@ -97,19 +97,10 @@ def save_adversarial(path, x, x_adv, y, config, **record):
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ValueError(f"adversarial sets are .npz files, got {path!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     meta = json.dumps({"attack": config.to_dict(), **record}, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, x=np.asarray(x, np.float32), x_adv=np.asarray(x_adv, np.float32),
-                                y=np.asarray(y, np.int32), meta=np.array(meta))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    checkpoints.write_npz(path, compressed=True, x=np.asarray(x, np.float32),
+                          x_adv=np.asarray(x_adv, np.float32), y=np.asarray(y, np.int32),
+                          meta=np.array(meta))
 
 
 def load_adversarial(path):

@@ -13,18 +13,20 @@ A run directory (``workdir``) holds:
   ``spawn/epoch_<e>/``  spawn checkpoints (model only; `tf_ntk.checkpoints`), e = 0 … E and the
                         protocol's fractional epochs, each with the run's configuration and epoch/step;
   ``resume/``           model, optimizer and step after the last whole epoch, plus the history;
-  ``history.json``      per-epoch loss, accuracy, learning rate and data kind.
+  ``history.json``      per-epoch loss, accuracy, learning rate and data kind;
+  ``run.json``          the configuration, written first: another configuration is refused.
 A run that stops at any point restarts from ``resume/`` and, with the same seed, ends with the same
 weights as a run never interrupted: batches are shuffled by (seed, epoch) and each PGD random start
 is keyed by (seed, step).
 
-Under a multi-replica strategy each replica normalises BN with its own batch statistics (Keras'
-default) and draws its own PGD start (keyed by (seed, step, replica)); without BN and on clean data
-the result equals the single-device run up to float rounding.
+Under a multi-replica strategy the loss is the mean over the global batch and each replica's PGD
+start is its rows of the global batch's start, so without BN the run equals the single-device run
+up to float rounding; BN normalises with each replica's own batch statistics (Keras' default).
 """
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -240,37 +242,42 @@ class TrainSteps:
         model_fn = lambda x: model(x, training=False)  # noqa: E731  one stable callable for PGD
         attack = config.attack
         jit = bool(config.jit_compile)
-        batch_size = int(config.batch_size)
 
-        def grads(x, y):
+        def grads(x, y, global_size):
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 per_example = _per_example_loss(y, logits)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch_size)
+                loss = tf.reduce_sum(per_example) / tf.cast(global_size, per_example.dtype)
             correct = tf.reduce_sum(tf.cast(tf.equal(
                 tf.argmax(logits, -1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float32))
             return tape.gradient(loss, self.variables), tf.reduce_sum(per_example), correct
 
         # XLA compiles the heavy parts (forward/backward, the PGD loop); the optimizer update runs
         # in the enclosing function so every strategy can aggregate gradients across replicas.
-        self.grads = tf.function(grads, jit_compile=jit)
-        self.attack = tf.function(lambda x, y, seed: attack.attack(model_fn, x, y, seed=seed),
-                                  jit_compile=jit)
+        self.grads = tf.function(grads, jit_compile=jit, reduce_retracing=True)
+        self.attack = tf.function(
+            lambda x, y, seed, offset, total: attack.attack(model_fn, x, y, seed=seed,
+                                                            batch_slice=(offset, total)),
+            jit_compile=jit, reduce_retracing=True)
 
-    def _apply(self, x, y):
-        g, loss_sum, correct = self.grads(x, y)
+    def _apply(self, x, y, global_size):
+        g, loss_sum, correct = self.grads(x, y, global_size)
         self.optimizer.apply_gradients(zip(g, self.variables))
         return loss_sum, correct
 
     def replica_step(self, x, y, seed, adversarial):
+        ctx = tf.distribute.get_replica_context()
+        # This replica's rows of the global batch: the loss is a mean over the global batch and
+        # each PGD start is the global batch's start at these rows, whatever the replica count.
+        sizes = ctx.all_gather(tf.shape(y)[:1], axis=0)
+        total = tf.reduce_sum(sizes)
+        offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
         if not adversarial:
-            return self._apply(x, y)
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.stack([seed[0], seed[1] * 64 + tf.cast(replica, tf.int64)])
+            return self._apply(x, y, total)
         if self.config.adv_mode == "clean_then_adv":
-            self._apply(x, y)
-        x_adv = tf.stop_gradient(self.attack(x, y, seed))
-        return self._apply(x_adv, y)
+            self._apply(x, y, total)
+        x_adv = tf.stop_gradient(self.attack(x, y, seed, offset, total))
+        return self._apply(x_adv, y, total)
 
     def make(self, adversarial):
         strategy = self.strategy
@@ -303,6 +310,36 @@ class RunConfigMismatchError(ValueError):
     """The work directory holds a run with another configuration."""
 
 
+RUN_RECORD = "run.json"
+
+
+def _normalized(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons with saved records."""
+    return json.loads(json.dumps(obj))
+
+
+def _check_same_run(workdir, saved, config):
+    if saved != config:
+        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise RunConfigMismatchError(
+            f"{workdir} holds a run with another configuration (differs in: {', '.join(diff)})")
+
+
+def _check_dynamics(model, config):
+    """The model must be what ``config.dynamics`` says, since checkpoints are rebuilt from it."""
+    linearized = hasattr(model, "spawn_params")
+    if config.dynamics == "standard":
+        if linearized:
+            raise ValueError("config.dynamics is 'standard' but the model is a tf_ntk.linearize model")
+        return
+    if not linearized:
+        raise ValueError(f"dynamics {config.dynamics!r} needs a tf_ntk.linearize model")
+    if model.centered != (config.dynamics == "centered") or model.batchnorm != config.batchnorm:
+        kind = "centered" if model.centered else "linearized"
+        raise ValueError(f"the model is {kind} with batchnorm={model.batchnorm!r}, but the config says "
+                         f"dynamics={config.dynamics!r}, batchnorm={config.batchnorm!r}")
+
+
 def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), kernel_tracker=None):
     """Trains ``model`` per ``config``, writing spawn checkpoints and resume state in ``workdir``.
 
@@ -325,8 +362,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
       in adversarial epochs), averaged over the epoch with BN in training mode.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    if config.dynamics != "standard" and not hasattr(model, "spawn_params"):
-        raise ValueError(f"dynamics {config.dynamics!r} needs a tf_ntk.linearize model")
+    _check_dynamics(model, config)
     with strategy.scope():
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -334,16 +370,20 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
         optimizer = keras.optimizers.SGD(learning_rate=lambda: lr_var, momentum=config.momentum)
     steps = TrainSteps(model, optimizer, config, strategy)  # builds the optimizer's slots
     state = dict(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var)
-    meta_base = {"config": config.to_dict(), "model": config.model}
+    meta_base = {"config": _normalized(config.to_dict()), "model": config.model}
     resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+    run_record = os.path.join(workdir, RUN_RECORD)
     history = []
+    # The run's configuration is recorded before anything else is written, and checked on every
+    # start, so a work directory never mixes checkpoints of two runs.
+    if os.path.exists(run_record):
+        _check_same_run(workdir, checkpoints.read_json(run_record).get("config", {}),
+                        meta_base["config"])
+    else:
+        checkpoints.write_json(run_record, meta_base)
     if checkpoints.exists(resume_dir):
         saved = checkpoints.read_meta(resume_dir)
-        if saved.get("config") != meta_base["config"]:
-            diff = sorted(k for k in set(saved.get("config", {})) | set(meta_base["config"])
-                          if saved.get("config", {}).get(k) != meta_base["config"].get(k))
-            raise RunConfigMismatchError(
-                f"{workdir} holds a run with another configuration (differs in: {', '.join(diff)})")
+        _check_same_run(workdir, saved.get("config", {}), meta_base["config"])
         checkpoints.restore(resume_dir, **state)
         history = saved.get("history", [])
 
@@ -382,8 +422,10 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
         lr_var.assign(config.lr_at(epoch))
         for cb in callbacks:
             cb.on_epoch_begin(epoch, steps_per_epoch)
-        mid_epoch = {batches_before(e, steps_per_epoch): e for e in spawn_epochs
-                     if epoch < e < epoch + 1}
+        mid_epoch = {}  # step -> fractional epochs taken there (several when an epoch is short)
+        for e in spawn_epochs:
+            if epoch < e < epoch + 1:
+                mid_epoch.setdefault(batches_before(e, steps_per_epoch), []).append(e)
         started = time.time()
         loss_sum = correct = count = 0.0
         for b, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
@@ -394,10 +436,8 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
             loss_sum, correct, count = loss_sum + float(l), correct + float(c), count + n
             for cb in callbacks:
                 cb.on_batch_end(int(step_var.numpy()), {"loss": float(l) / n, "accuracy": float(c) / n})
-            at = epoch * steps_per_epoch + b + 1
-            for when, e in sorted(mid_epoch.items()):
-                if when == at:
-                    save_spawn(e)
+            for e in mid_epoch.get(epoch * steps_per_epoch + b + 1, ()):
+                save_spawn(e)
         epoch_var.assign(epoch + 1)
         row = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
                "lr": config.lr_at(epoch), "adversarial": bool(adversarial),
