@@ -18,8 +18,20 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip check
 	@touch $(STAMP)
 
+# `make run`: a short form of the README walkthrough on the bundled digits, offline (~3 min on 2 cores).
+RUN_DIR ?= runs/quickstart
+DIGITS := --dataset=digits --model=cnn --eps=0.2 --eval_every=0 --overwrite
+
 run: $(STAMP)
-	$(PY) -m binaries.train --dataset=digits --model=cnn --epochs=5 --eps=0.2
+	$(PY) -m binaries.train --workdir=$(RUN_DIR)/standard --epochs=4 --kernel_every=1 --per_class=10 $(DIGITS)
+	$(PY) -m binaries.train --workdir=$(RUN_DIR)/adversarial --data_mode=adv --attack_steps=10 --epochs=4 --kernel_every=1 --per_class=10 $(DIGITS)
+	$(PY) -m binaries.train --workdir=$(RUN_DIR)/centered-from-adversarial --spawn=$(RUN_DIR)/adversarial/spawn/epoch_1 --dynamics=centered --epochs=3 --save_epochs=0,3 $(DIGITS)
+	$(PY) -m binaries.train --workdir=$(RUN_DIR)/centered-from-standard --spawn=$(RUN_DIR)/standard/spawn/epoch_1 --dynamics=centered --epochs=3 --save_epochs=0,3 $(DIGITS)
+	$(PY) -m binaries.kernel_dynamics --run=$(RUN_DIR)/standard --compare_run=$(RUN_DIR)/adversarial --per_class=10 --workdir=$(RUN_DIR)/kernel_dynamics
+	@echo
+	$(PY) -m binaries.results --root=$(RUN_DIR)
+	@echo
+	@echo "TensorBoard:  $(VENV)/bin/tensorboard --logdir $(RUN_DIR)   (then open http://localhost:6006)"
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

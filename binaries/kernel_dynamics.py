@@ -6,7 +6,7 @@ kernel metrics against the epoch to TensorBoard and a CSV.
 For every spawn checkpoint (fractional epochs included) the kernel is computed on the same
 class-balanced probe sets (train: --per_class per class; test: --test_per_class per class, for
 kernel regression), cached in WORKDIR/kernels/<run>/epoch_<e>.npz (a rerun only computes what is
-missing), and these are logged (TensorBoard step = milli-epochs):
+missing or was retrained), and these are logged (TensorBoard step = milli-epochs):
   kernel/distance_to_init, distance_to_final, velocity, target_alignment, cka_to_init,
   effective_rank, trace, eigenvalue_0..4, kernel_regression_accuracy, parameter_distance;
   a heat map (examples class by class) and a spectrum histogram;
@@ -19,6 +19,7 @@ from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import csv
+import hashlib
 import io
 import os
 
@@ -83,6 +84,16 @@ def _kernel(model, x, cache_path, probe_key):
                                dtype=FLAGS.kernel_dtype, progress=common.progress(p.num_blocks)).numpy()
     checkpoints.write_npz(cache_path, kernel=kernel, probe_key=np.array(probe_key))
     return kernel
+
+
+def _fingerprint(checkpoint):
+    """A digest of a checkpoint's record and index (which holds every tensor's checksum): a cached
+    kernel is reused only for the very checkpoint it was computed from."""
+    digest = hashlib.sha256()
+    for name in ("meta.json", "ckpt.index"):
+        with open(os.path.join(checkpoint, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def _write_csv(path, rows):
@@ -155,7 +166,7 @@ def main(argv):
                 params = [v.numpy() for v in model.trainable_variables]
                 params0 = params if params0 is None else params0
                 cache = os.path.join(workdir, "kernels", label, f"{checkpoints.spawn_name(epoch)}.npz")
-                k_all = _kernel(model, x_all, cache, probe_key)
+                k_all = _kernel(model, x_all, cache, f"{probe_key}|{_fingerprint(path)}")
                 run_kernels.append((epoch, k_all, params))
             init_k = run_kernels[0][1][:n, :n]
             final_k = run_kernels[-1][1][:n, :n]

@@ -21,6 +21,7 @@ from binaries import common
 from binaries import compute_kernel
 from binaries import evaluate
 from binaries import kernel_dynamics
+from binaries import results
 from binaries import train
 from binaries import visualize_features
 from tf_ntk import summaries
@@ -215,6 +216,17 @@ def test_checkpoint_of_another_model_is_refused(runs, tmp_path, capsys):
     (tmp_path / "corrupt" / "ckpt.index").write_text("")
     code, err = _run_app(evaluate, [f"--checkpoint={tmp_path}/corrupt"], capsys)
     assert code == 2 and err.startswith(f"evaluate: error: corrupt checkpoint record {tmp_path}/corrupt")
+
+
+def test_results_table_lists_every_run(runs, capsys):
+    _run(results, [f"--root={runs}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "phase", "dynamics", "data", "from", "benign", "robust", "attack"]
+    by_run = {line.split()[0]: line.split() for line in lines[2:]}
+    std = json.load(open(os.path.join(runs, "std", "results.json")))
+    assert by_run["std"][1:4] == ["1", "standard", "clean"]
+    assert float(by_run["std"][4]) == pytest.approx(std["benign_accuracy"], abs=5e-4)
+    assert by_run["adv"][3:5] == ["adv", "(madry)"]
 
 
 def test_summaries_step_is_milli_epochs():
