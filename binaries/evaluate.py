@@ -86,7 +86,10 @@ def main(argv):
         results = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
                    "dynamics": dynamics, "attack": config.to_dict(), "flags": resolved}
         results["benign_accuracy"] = evaluation.accuracy(fn, dataset)
-        x, x_adv, y = evaluation.adversarial_examples(fn, dataset, config, seed=FLAGS.seed)
+        batches = int(dataset.cardinality().numpy())
+        x, x_adv, y = evaluation.adversarial_examples(
+            fn, dataset, config, seed=FLAGS.seed,
+            progress=common.progress(batches if batches > 0 else None, unit="batch"))
         results["robust_accuracy"] = evaluation.accuracy(
             fn, tf.data.Dataset.from_tensor_slices((x_adv, y)).batch(FLAGS.batch_size))
         if FLAGS.save_adversarial:

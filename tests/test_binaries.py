@@ -186,6 +186,8 @@ def test_visualize_features_writes_images(runs):
 
 @pytest.mark.parametrize("module,argv,message", [
     (train, ["--eps=1.5"], "flag --eps=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
+    (train, ["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    (evaluate, ["--attack_norm=l1"], "flag --attack_norm=l1: value should be one of <linf|l2>"),
     (train, ["--eps=4/0"], "flag --eps=4/0: '4/0' is not a number or a fraction like 4/255"),
     (train, ["--epochs=1", "--dynamics=centered"],
      "--dynamics=centered needs --spawn (phase 2 starts from a checkpoint)"),

@@ -54,8 +54,9 @@ def _attack_fn(model_fn, config, jit_compile=False):
                        jit_compile=jit_compile, reduce_retracing=True)
 
 
-def adversarial_examples(model_fn, dataset, config=PROTOCOL_LINF, *, seed=0, jit_compile=False):
-    """PGD examples for a whole dataset.
+def adversarial_examples(model_fn, dataset, config=PROTOCOL_LINF, *, seed=0, jit_compile=False,
+                         progress=None):
+    """PGD examples for a whole dataset; ``progress(batches_done)`` after each batch.
 
     Returns:
       (x (N, H, W, C), x_adv (N, H, W, C), y (N,)) NumPy arrays; x_adv is crafted with the true
@@ -67,6 +68,8 @@ def adversarial_examples(model_fn, dataset, config=PROTOCOL_LINF, *, seed=0, jit
         advs.append(attack(x, y, tf.constant([seed, b], tf.int64)).numpy())
         xs.append(np.asarray(x))
         ys.append(np.asarray(y))
+        if progress is not None:
+            progress(b + 1)
     _check_nonempty(len(ys), "adversarial examples")
     return np.concatenate(xs), np.concatenate(advs), np.concatenate(ys)
 
