@@ -71,6 +71,9 @@ def _validate(model, x1, x2, kind, logit, implementation, dtype, memory_budget_b
     return f
 
 
+AUTO_TIE = 0.05
+
+
 def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, block_size):
     """The `ntk_cost.Plan` to run: the given implementation, or the cheapest that fits."""
     stats = _stats(f.model)
@@ -94,7 +97,10 @@ def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, 
         plans.append(p)
     if not plans:
         raise MemoryError("; ".join(errors) or "no implementation can compute this kernel")
-    return min(plans, key=lambda p: p.macs)
+    # Estimates within AUTO_TIE of the cheapest are a tie the cost model cannot resolve (measured
+    # times of such pairs differ by noise): the smaller working set wins, it moves less memory.
+    cheapest = min(p.macs for p in plans)
+    return min((p for p in plans if p.macs <= (1 + AUTO_TIE) * cheapest), key=lambda p: p.peak_bytes)
 
 
 def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
