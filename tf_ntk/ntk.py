@@ -121,7 +121,13 @@ def _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block, compi
         raw = lambda p, a, b: fn(f, p, a, b, logits, diagonal)  # noqa: E731
     if symmetric_block:
         inner = raw
-        raw = lambda p, a, b: inner(p, a, None)  # noqa: E731
+        axes = [1, 0, 2] if diagonal else [1, 0, 3, 2]
+
+        def raw(p, a, b):
+            # A diagonal block is symmetric up to rounding; make it exactly so (compiled with it).
+            del b
+            block = inner(p, a, None)
+            return 0.5 * (block + tf.transpose(block, axes))
     if not compiled:
         return raw
     cache = _COMPILED.setdefault(f.model, {})
@@ -208,9 +214,10 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
         sym_block = symmetric and i == j
         fn = _block_fn(f, chosen.implementation, logits, diagonal, chosen.chunk, sym_block, eager)
         block = fn(params, padded(x1, i, b1), padded(x2, j, b2))
-        block = block[:min(b1, n1 - i), :min(b2, n2 - j)]
-        # A diagonal block is symmetric up to rounding; make it exactly so.
-        return 0.5 * (block + mirror(block)) if sym_block else block
+        rows, cols = min(b1, n1 - i), min(b2, n2 - j)
+        if block.shape[0] != rows or block.shape[1] != cols:
+            block = block[:rows, :cols]
+        return block
 
     if eager and len(pairs) == 1:
         kernel = compute(0, 0)
