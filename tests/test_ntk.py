@@ -268,3 +268,19 @@ def test_planned_blocks_never_exceed_the_budget():
             budget = int(ntk_cost.block_cost(stats, "structured", b, b, 10, True, True, 4).bytes)
             plan = tf_ntk.ntk.plan(model, n, implementation="structured", memory_budget_bytes=budget)
             assert plan.peak_bytes <= budget, (n, b, plan)
+
+
+def test_auto_takes_the_cheapest_estimate_and_ties_go_to_structured(monkeypatch):
+    model = models.get("mlp", 3, (2, 2, 1), width=4)
+    costs = {}
+
+    def fake_plan(stats, implementation, *args, **kwargs):
+        return ntk_cost.Plan(implementation, 4, 1, costs[implementation], 0.0, 1.0)
+
+    monkeypatch.setattr(ntk_cost, "plan", fake_plan)
+    costs.update(jacobian=100.0, ntvp=300.0, structured=104.0)  # within 5%: a tie
+    assert tf_ntk.ntk.plan(model, 4).implementation == "structured"
+    costs.update(structured=110.0)
+    assert tf_ntk.ntk.plan(model, 4).implementation == "jacobian"
+    costs.update(ntvp=50.0)
+    assert tf_ntk.ntk.plan(model, 4).implementation == "ntvp"
