@@ -19,6 +19,7 @@ import tensorflow as tf
 from tf_ntk import functional
 from tf_ntk import ntk_cost
 from tf_ntk import ntk_jacobian
+from tf_ntk import ntk_ntvp
 from tf_ntk import ntk_structured
 
 KINDS = ("full", "diagonal", "trace")
@@ -118,7 +119,7 @@ def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
 
 def _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block, compiled):
     if implementation == "ntvp":
-        raw = lambda p, a, b: ntk_jacobian.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
+        raw = lambda p, a, b: ntk_ntvp.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
     else:
         fn = _BLOCK_FNS[implementation]
         raw = lambda p, a, b: fn(f, p, a, b, logits, diagonal)  # noqa: E731

@@ -1,6 +1,6 @@
-"""Kernel blocks from per-example Jacobians ("jacobian") and from NTK-vector products ("ntvp").
+"""Kernel blocks from per-example Jacobians ("jacobian").
 
-Both take a `tf_ntk.functional.FunctionalModel` ``f``, its weights ``params`` and two input blocks, and
+`jacobian_block` takes a `tf_ntk.functional.FunctionalModel` ``f``, its weights ``params`` and two input blocks, and
 return the kernel block of the logits ``logits`` (a list of L indices):
 
   * ``diagonal=False``: (B1, B2, L, L), entry [i, j, a, b] = ∇θ f_{logits[a]}(x1_i) · ∇θ f_{logits[b]}(x2_j);
@@ -60,44 +60,3 @@ def jacobian_block(f, params, x1, x2, logits, diagonal):
     j1 = per_example_jacobians(f, params, x1, logits)
     j2 = j1 if x2 is None else per_example_jacobians(f, params, x2, logits)
     return contract(j1, j2, diagonal)
-
-
-def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
-    """The kernel block from NTK-vector products, never holding more than ``chunk`` gradients.
-
-    Column (j, b) of the kernel is J1 (J2ᵀ e_{j,b}) = J1 ∇θ f_b(x2_j): one reverse-mode pass (the
-    gradient of one logit of one example) and one forward-mode pass over the whole x1 block. The
-    columns are computed ``chunk`` at a time (default: all B2·L at once).
-    """
-    x2 = x1 if x2 is None else x2
-    logits_t = tf.constant(list(logits), tf.int32)
-    num_logits = logits_t.shape[0]
-    b1 = tf.shape(x1)[0]
-    b2 = x2.shape[0]
-    total = b2 * num_logits
-    chunk = total if chunk is None else max(1, min(int(chunk), total))
-
-    def column(args):
-        xj, c = args
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            out = tf.gather(f(params, xj[None])[0], c)
-        tangent = tape.gradient(out, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        with tf.autodiff.ForwardAccumulator(params, tangent) as acc:
-            y1 = f(params, x1)
-        jvp = acc.jvp(y1, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # (B1, O)
-        if diagonal:
-            return tf.gather(jvp, c, axis=1)  # (B1,)
-        return tf.gather(jvp, logits_t, axis=1)  # (B1, L)
-
-    xs = tf.repeat(x2, num_logits, axis=0)
-    cs = tf.tile(logits_t, [b2])
-    cols = []
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
-        cols.append(tf.vectorized_map(column, (xs[start:stop], cs[start:stop])))
-    cols = tf.concat(cols, axis=0)  # (B2·L, B1[, L]) indexed by (j, b)
-    if diagonal:
-        return tf.transpose(tf.reshape(cols, [b2, num_logits, b1]), [2, 0, 1])
-    # cols[(j, b), i, a] -> K[i, j, a, b]
-    return tf.transpose(tf.reshape(cols, [b2, num_logits, b1, num_logits]), [2, 0, 3, 1])

@@ -1,0 +1,411 @@
+"""Kernel blocks from NTK-vector products ("ntvp"): column (j, b) of the kernel is J1 (J2ᵀ e_{j,b}).
+
+For each column, the tangent t = J2ᵀ e_{j,b} = ∇θ f_b(x2_j) comes from one reverse-mode pass and
+J1 t from one forward-mode pass over the whole x1 block. The columns are taken ``chunk`` at a time,
+so J is never held beyond one chunk's tangents.
+
+The forward-mode pass is batched over the chunk's T tangents by `batched_jvp`, a walk through the
+model's functional graph. TensorFlow's pfor cannot vectorise a convolution whose filter differs per
+tangent (it falls back to a loop, ~100x slower), so each layer with weights gets a batched rule:
+
+  * Dense (2-D input): dz_t = da_t W + a dW_t + db_t, the tangents folded into the matmul's rows
+    (da) and columns (dW);
+  * Conv2D: dz_t = conv(da_t, W) + conv(a, dW_t) + db_t, the first with the tangents folded into the
+    batch, the second as one batched matmul of the input patches with the T tangent filters;
+  * BatchNormalization (inference): dy_t = da_t γ/σ + x̂ dγ_t + dβ_t.
+
+Layers and ops without weights (activations, pooling, additions, reshapes, plain Keras ops) take their
+JVP from ``tf.autodiff.ForwardAccumulator`` on their inputs tiled T times (the tangents are the batch).
+Any other layer with weights (and nested models) gets a vectorized ForwardAccumulator over the tangents.
+Models the walker cannot enter (subclassed models) use a vectorized ForwardAccumulator over the whole
+model. With x2 = x1, column j needs rows i <= j only (the rest is mirrored), which halves the
+forward-mode work.
+
+Block shapes and conventions are those of `tf_ntk.ntk_jacobian`: (B1, B2, L, L), or (B1, B2, L)
+when ``diagonal``.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_ntk import ntk_structured
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+_L = keras.layers
+# Layers without weights that act on each example linearly: the tangent is the layer applied to the
+# tangents folded into the batch (inference mode: dropout is the identity).
+_LINEAR = frozenset(getattr(_L, name) for name in (
+    "Flatten", "Reshape", "Permute", "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "ZeroPadding1D", "ZeroPadding2D",
+    "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D",
+    "UpSampling3D") if hasattr(_L, name))
+# Element-wise activations: the tangent is the derivative (one pass on the primal) times the tangent.
+_ELEMENTWISE_LAYERS = frozenset(getattr(_L, name) for name in ("ReLU", "LeakyReLU", "ELU")
+                                if hasattr(_L, name))
+_ELEMENTWISE_ACTIVATIONS = frozenset(
+    getattr(keras.activations, name) for name in (
+        "relu", "relu6", "tanh", "sigmoid", "gelu", "elu", "selu", "softplus", "softsign", "silu",
+        "swish", "leaky_relu", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "exponential",
+        "log_sigmoid", "celu", "hard_tanh", "tanh_shrink", "squareplus", "sparse_plus")
+    if hasattr(keras.activations, name))
+
+
+def _fold(t):
+    """(T, B, ...) -> (T·B, ...), tangent-major."""
+    return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)) if not t.shape[2:].is_fully_defined() \
+        else tf.reshape(t, [-1] + t.shape[2:].as_list())
+
+
+def _unfold(t, num_tangents):
+    """(T·B, ...) -> (T, B, ...)."""
+    if t.shape[1:].is_fully_defined():
+        return tf.reshape(t, [num_tangents, -1] + t.shape[1:].as_list())
+    return tf.reshape(t, tf.concat([[num_tangents, -1], tf.shape(t)[1:]], 0))
+
+
+def _tile(t, num_tangents):
+    """(B, ...) -> (T·B, ...): T copies, tangent-major (matching `_fold`)."""
+    return tf.tile(t, [num_tangents] + [1] * (len(t.shape) - 1))
+
+
+def _add(*terms):
+    terms = [t for t in terms if t is not None]
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+class _Forward:
+    """Runs the graph on the primal inputs, carrying (T, B, ...) tangents beside every value.
+
+    ``tangents`` holds the tangent of every graph value with one (keyed by id of the value); a value
+    without an entry has a zero tangent (the inputs, and anything computed from them alone).
+    """
+
+    def __init__(self, f, params, weight_tangents, num_tangents):
+        self.f = f
+        self.params = params
+        self.num_tangents = num_tangents
+        variables = f.network.trainable_variables
+        self.weight_tangent = {id(v): t for v, t in zip(variables, weight_tangents)}
+        self.index = {id(v): k for k, v in enumerate(variables)}
+        self.values = {id(v): value for v, value in f.state_mapping(params)}
+        self.tangents = {}
+        self.graph_values = set()
+
+    # -- the walk ------------------------------------------------------------------------------
+
+    def wrap(self, op):
+        def call(*args, **kwargs):
+            if "training" in getattr(op, "_call_context_args", {}):
+                kwargs["training"] = False
+            flat = tf.nest.flatten((args, kwargs))
+            in_tangents = [self.tangents.get(id(v)) if self._is_value(v) else None for v in flat]
+            own = [v for v in getattr(op, "trainable_variables", ()) if id(v) in self.weight_tangent]
+            if not own and all(t is None for t in in_tangents):
+                out = op(*args, **kwargs)
+                self._record(out, None)
+                return out
+            rule = ntk_structured.layer_rule(op) if own else None
+            single = (len(args) == 1 and tf.is_tensor(args[0]) and not {
+                k for k, v in kwargs.items() if v is not None and k != "training"})
+            if own and single and rule == ntk_structured.DENSE:
+                out, tangent = self._dense(op, args[0], in_tangents[0])
+            elif own and single and rule == ntk_structured.CONV:
+                out, tangent = self._conv(op, args[0], in_tangents[0])
+            elif own and single and rule == ntk_structured.BATCHNORM:
+                out, tangent = self._batchnorm(op, args[0], in_tangents[0])
+            elif own:
+                out, tangent = self._vectorized(op, own, args, kwargs, flat, in_tangents)
+            elif _is_elementwise(op) and single:
+                out, tangent = self._elementwise(op, args[0], in_tangents[0], kwargs)
+            elif type(op) in _LINEAR and single:
+                out = op(*args, **kwargs)
+                tangent = _unfold(op(_fold(in_tangents[0]), **kwargs), self.num_tangents)
+            elif type(op) is _L.Add and len(args) == 1 and not kwargs.keys() - {"training"}:
+                out = op(*args, **kwargs)
+                tangent = _add(*in_tangents)
+            else:
+                out, tangent = self._tiled(op, args, kwargs, flat, in_tangents)
+            self._record(out, tangent)
+            return out
+
+        return call
+
+    def _is_value(self, v):
+        return tf.is_tensor(v) and id(v) in self.graph_values
+
+    def _record(self, out, tangent):
+        outs = tf.nest.flatten(out)
+        tangents = [None] * len(outs) if tangent is None else tf.nest.flatten(tangent)
+        for o, t in zip(outs, tangents):
+            if tf.is_tensor(o):
+                self.graph_values.add(id(o))
+                if t is not None:
+                    self.tangents[id(o)] = t
+
+    def run(self, x):
+        graph = ntk_structured._graph(self.f.network)  # pylint: disable=protected-access
+        self.graph_values.add(id(x))
+        with keras.StatelessScope(state_mapping=self.f.state_mapping(self.params)):
+            out = graph._run_through_graph(x, operation_fn=self.wrap)  # pylint: disable=protected-access
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        tangent = self.tangents.get(id(out))
+        if tangent is None:
+            return out, tf.zeros([self.num_tangents] + tf.unstack(tf.shape(out)), out.dtype)
+        return out, tangent
+
+    # -- layers and ops without batched rules --------------------------------------------------
+
+    def _tiled(self, op, args, kwargs, flat, in_tangents):
+        """JVP of an op without weights: its inputs tiled T times, the tangents as the batch."""
+        num = self.num_tangents
+        tiled = [_tile(v, num) if self._is_value(v) else v for v in flat]
+        primals = [tiled[k] for k, t in enumerate(in_tangents) if t is not None]
+        tangents = [_fold(t) for t in in_tangents if t is not None]
+        with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
+            a, kw = tf.nest.pack_sequence_as((args, kwargs), tiled)
+            out_tiled = op(*a, **kw)
+        batch = tf.shape(flat[[k for k, v in enumerate(flat) if self._is_value(v)][0]])[0]
+        out = tf.nest.map_structure(lambda o: o[:batch], out_tiled)
+        tangent = tf.nest.map_structure(
+            lambda o: _unfold(acc.jvp(o, unconnected_gradients=_ZERO), num), out_tiled)
+        return out, tangent
+
+    def _elementwise(self, fn, z, dz, kwargs=None):
+        """An element-wise function: its derivative on the primal (B, ...) times the tangents."""
+        with tf.autodiff.ForwardAccumulator(z, tf.ones_like(z)) as acc:
+            out = fn(z, **(kwargs or {}))
+        return out, dz * acc.jvp(out, unconnected_gradients=_ZERO)
+
+    def _activation(self, layer, z, dz):
+        if ntk_structured._is_linear(layer.activation):  # pylint: disable=protected-access
+            return z, dz
+        if layer.activation in _ELEMENTWISE_ACTIVATIONS:
+            return self._elementwise(layer.activation, z, dz)
+        self.graph_values.add(id(z))
+        return self._tiled(layer.activation, (z,), {}, [z], [dz])
+
+    def _vectorized(self, op, own, args, kwargs, flat, in_tangents):
+        """JVP of a layer with weights and no batched rule, vectorized over the tangents by pfor."""
+        mapping = self.f.state_mapping(self.params)
+        weights = [self.values[id(v)] for v in own]
+        dweights = [self.weight_tangent[id(v)] for v in own]
+        inputs = [k for k, t in enumerate(in_tangents) if t is not None]
+        dinputs = [in_tangents[k] for k in inputs]
+
+        def one(tangents):
+            dw, dx = tangents
+            primals = weights + [flat[k] for k in inputs]
+            with tf.autodiff.ForwardAccumulator(primals, list(dw) + list(dx)) as acc:
+                local = list(zip(own, weights))
+                with keras.StatelessScope(state_mapping=mapping + local):
+                    a, kw = tf.nest.pack_sequence_as((args, kwargs), flat)
+                    out = op(*a, **kw)
+            return tf.nest.map_structure(lambda o: acc.jvp(o, unconnected_gradients=_ZERO), out)
+
+        tangent = tf.vectorized_map(one, (dweights, dinputs))
+        a, kw = tf.nest.pack_sequence_as((args, kwargs), flat)
+        return op(*a, **kw), tangent
+
+    # -- batched rules -------------------------------------------------------------------------
+
+    def _dense(self, layer, a, da):
+        num = self.num_tangents
+        z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
+        dw = self.weight_tangent[id(layer.kernel)]  # (T, n, m)
+        n, m = dw.shape[1], dw.shape[2]
+        wide = tf.reshape(tf.transpose(dw, [1, 0, 2]), [n, num * m])
+        dz = tf.transpose(tf.reshape(tf.matmul(a, wide), [-1, num, m]), [1, 0, 2])
+        if da is not None:
+            dz = dz + _unfold(tf.matmul(_fold(da), layer.kernel), num)
+        if layer.use_bias:
+            dz = dz + self.weight_tangent[id(layer.bias)][:, None, :]
+        return self._activation(layer, z, dz)
+
+    def _conv(self, layer, a, da):
+        num = self.num_tangents
+        z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
+        dw = self.weight_tangent[id(layer.kernel)]  # (T, kh, kw, Cin, Cout)
+        cout = dw.shape[-1]
+        # conv(a, dW_t) for every t: the input patches (B·S, kh·kw·Cin) times each tangent filter,
+        # one batched matmul whose output is already in the (T, B, ...) layout.
+        patches = ntk_structured._patches(layer, a)  # pylint: disable=protected-access
+        size = patches.shape[-1]
+        y = tf.matmul(tf.reshape(patches, [1, -1, size]), tf.reshape(dw, [num, size, cout]))
+        dz = tf.reshape(y, [num, -1] + z.shape[1:].as_list())
+        if da is not None:
+            dz = dz + _unfold(layer.convolution_op(_fold(da), layer.kernel), num)
+        if layer.use_bias:
+            dz = dz + tf.reshape(self.weight_tangent[id(layer.bias)], [num, 1, 1, 1, cout])
+        return self._activation(layer, z, dz)
+
+    def _batchnorm(self, layer, a, da):
+        num = self.num_tangents
+        out = layer(a, training=False)
+        inv = tf.math.rsqrt(self.values[id(layer.moving_variance)] + layer.epsilon)
+        channels = a.shape[-1]
+        per_tangent = [num] + [1] * (len(a.shape) - 1) + [channels]
+        terms = []
+        if da is not None:
+            terms.append(da * (inv * self.values[id(layer.gamma)] if layer.scale else inv))
+        if layer.scale:
+            xhat = (a - self.values[id(layer.moving_mean)]) * inv
+            terms.append(xhat * tf.reshape(self.weight_tangent[id(layer.gamma)], per_tangent))
+        if layer.center:
+            terms.append(tf.reshape(self.weight_tangent[id(layer.beta)], per_tangent))
+        tangent = _add(*terms)
+        if da is None and not layer.scale:
+            tangent = tangent + tf.zeros_like(out)  # a bare dβ: broadcast to (T, B, ...)
+        return out, tangent
+
+
+def _is_elementwise(op):
+    if type(op) in _ELEMENTWISE_LAYERS:
+        return True
+    return type(op) is _L.Activation and op.activation in _ELEMENTWISE_ACTIVATIONS
+
+
+def batched_jvp(f, params, x, weight_tangents):
+    """Forward-mode products of the model's Jacobian with T weight tangents at once.
+
+    Args:
+      f: a `tf_ntk.functional.FunctionalModel`.
+      params: the weights θ (one tensor per trainable weight).
+      x: inputs (B, *input_shape).
+      weight_tangents: one (T, *shape) tensor per trainable weight: T tangent directions in θ.
+
+    Returns:
+      (T, B, O): entry [t, i] = J(x_i) v_t, the directional derivative of the logits along tangent t.
+
+    Raises:
+      ntk_structured.UnsupportedModelError: the model is not a functional or Sequential Keras model.
+    """
+    num = weight_tangents[0].shape[0]
+    walker = _Forward(f, params, weight_tangents, num)
+    _, tangent = walker.run(tf.cast(x, f.dtype))
+    return tangent
+
+
+def _column_tangents(f, params, xs, cs):
+    """∇θ f_{cs[t]}(xs[t]) for every t, vectorized: a list of (T, *shape), one per weight."""
+
+    def one(args):
+        xj, c = args
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            out = tf.gather(f(params, xj[None])[0], c)
+        return tape.gradient(out, params, unconnected_gradients=_ZERO)
+
+    return tf.vectorized_map(one, (xs, cs))
+
+
+def _walkable(f):
+    try:
+        ntk_structured._graph(f.network)  # pylint: disable=protected-access
+        return True
+    except ntk_structured.UnsupportedModelError:
+        return False
+
+
+def _jvp_columns_generic(f, params, x1, tangents):
+    """(T, B1, O) by a ForwardAccumulator vectorized over the tangents (any Keras model)."""
+
+    def one(tangent):
+        with tf.autodiff.ForwardAccumulator(params, tangent) as acc:
+            y1 = f(params, x1)
+        return acc.jvp(y1, unconnected_gradients=_ZERO)
+
+    return tf.vectorized_map(one, tangents)
+
+
+# With x2 = x1, the columns are split into this many groups of examples; group g needs the rows of
+# examples up to its last one (the rest is mirrored): (G + 1) / 2G of the forward-mode work.
+SYMMETRIC_GROUPS = 8
+
+
+def _columns(f, params, rows, xs, cs, logits_t, diagonal, chunk, walkable):
+    """Kernel columns (C, R[, L]) of the columns (xs[k], logit cs[k]) against the R ``rows``.
+
+    The C columns are taken ``chunk`` at a time in a loop (``tf.map_fn``), so that one chunk's
+    tangents and forward-mode activations are live at once.
+    """
+    total = xs.shape[0]
+    chunk = min(chunk, total)
+    num_chunks = -(-total // chunk)
+    if num_chunks * chunk > total:  # pad with copies of the last column; cut below
+        extra = num_chunks * chunk - total
+        xs = tf.concat([xs, tf.repeat(xs[-1:], extra, axis=0)], 0)
+        cs = tf.concat([cs, tf.repeat(cs[-1:], extra, axis=0)], 0)
+
+    def one(args):
+        xk, ck = args
+        tangents = _column_tangents(f, params, xk, ck)
+        jvp = (batched_jvp(f, params, rows, tangents) if walkable
+               else _jvp_columns_generic(f, params, rows, tangents))  # (chunk, R, O)
+        if diagonal:
+            return tf.gather(jvp, ck, axis=2, batch_dims=1)  # (chunk, R)
+        return tf.gather(jvp, logits_t, axis=2)  # (chunk, R, L)
+
+    if num_chunks == 1:
+        return one((xs, cs))[:total]
+    shape = [chunk, rows.shape[0]] + ([] if diagonal else [logits_t.shape[0]])
+    out = tf.map_fn(one, (tf.reshape(xs, [num_chunks, chunk] + xs.shape[1:].as_list()),
+                          tf.reshape(cs, [num_chunks, chunk])),
+                    parallel_iterations=1, fn_output_signature=tf.TensorSpec(shape, rows.dtype))
+    return tf.reshape(out, [num_chunks * chunk] + shape[1:])[:total]
+
+
+def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
+    """The kernel block from NTK-vector products, holding at most ``chunk`` tangents at a time.
+
+    Args:
+      f, params: the `FunctionalModel` and its weights.
+      x1, x2: input blocks (B1, ...) and (B2, ...); ``x2=None`` means x1 (column j is computed for
+        rows i <= j, in `SYMMETRIC_GROUPS` groups of examples, and mirrored).
+      logits: the L logit indices.
+      diagonal: per-logit kernels (B1, B2, L) instead of (B1, B2, L, L).
+      chunk: columns (j, b) per forward-mode pass (default: all B2·L).
+    """
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    logits_t = tf.constant(list(logits), tf.int32)
+    num_logits = len(logits)
+    b1, b2 = x1.shape[0], x2.shape[0]
+    chunk = b2 * num_logits if chunk is None else max(1, int(chunk))
+    walkable = _walkable(f)
+    xs = tf.repeat(x2, num_logits, axis=0)  # column (j, b) -> x2_j
+    cs = tf.tile(logits_t, [b2])  # column (j, b) -> logit b
+    if symmetric:
+        groups = min(SYMMETRIC_GROUPS, b2)
+        ends = [round((g + 1) * b2 / groups) for g in range(groups)]
+        parts, start = [], 0
+        for end in ends:
+            cols = _columns(f, params, x1[:end], xs[start * num_logits:end * num_logits],
+                            cs[start * num_logits:end * num_logits], logits_t, diagonal, chunk,
+                            walkable)
+            if end < b1:
+                cols = tf.pad(cols, [[0, 0], [0, b1 - end]] + [[0, 0]] * (len(cols.shape) - 2))
+            parts.append(cols)
+            start = end
+        cols = tf.concat(parts, axis=0)
+    else:
+        cols = _columns(f, params, x1, xs, cs, logits_t, diagonal, chunk, walkable)
+    # cols: (B2·L, B1[, L]) indexed by (j, b)
+    if diagonal:
+        kernel = tf.transpose(tf.reshape(cols, [b2, num_logits, b1]), [2, 0, 1])
+        axes = [1, 0, 2]
+    else:
+        # cols[(j, b), i, a] -> K[i, j, a, b]
+        kernel = tf.transpose(tf.reshape(cols, [b2, num_logits, b1, num_logits]), [2, 0, 3, 1])
+        axes = [1, 0, 3, 2]
+    if not symmetric:
+        return kernel
+    upper = tf.range(b1)[:, None] <= tf.range(b2)[None, :]
+    upper = tf.reshape(upper, [b1, b2] + [1] * (len(kernel.shape) - 2))
+    return tf.where(upper, kernel, tf.transpose(kernel, axes))
