@@ -10,6 +10,7 @@ import math
 
 import keras
 
+from tf_ntk import ntk_ntvp
 from tf_ntk import ntk_structured
 
 # Relative speed of the work that is not one large matmul, calibrated on CPU with bench/ntk.py:
@@ -18,6 +19,13 @@ from tf_ntk import ntk_structured
 VECTORIZED_GRAD_EFFICIENCY = 0.5
 BATCHED_PASS_EFFICIENCY = 0.5
 VECTORIZED_JVP_EFFICIENCY = 0.5
+# ntvp's forward-mode pass batched over tangents by its graph walker (conv nets included): measured at
+# ~0.45 of the matmul peak on the CNN (20 tangents x 16 examples) on a 2-core CPU.
+BATCHED_JVP_EFFICIENCY = 0.4
+# ntvp takes its columns in chunks whose largest forward-mode activation (chunk x rows x the largest
+# layer output) stays about this size: the CNN's tangents ran 2.2x faster per tangent in chunks of 20
+# (20 MiB) than all 160 at once (on a CPU with a 32 MiB last-level cache).
+NTVP_CHUNK_BYTES = 16 * 2**20
 # The conv rule's einsums (patches x cotangents, then their Gram) run below matmul speed; calibrated on
 # bench/results/ntk.json (CNN trace kernels: structured 10-28% faster than jacobian at N = 64-256).
 CONV_RULE_EFFICIENCY = 0.7
@@ -53,6 +61,7 @@ class ModelStats:
       activations: floats of all layer outputs of one forward pass.
       has_conv: the model has convolutions (pfor is slow on their weight gradients).
       layers: `LayerStats` of the weighted layers, or None when the graph cannot be walked.
+      largest_activation: floats of the largest layer output of one example.
     """
 
     num_params: int
@@ -60,6 +69,7 @@ class ModelStats:
     activations: float
     has_conv: bool
     layers: tuple = None
+    largest_activation: float = 0.0
 
 
 def _size(shape):
@@ -69,7 +79,7 @@ def _size(shape):
 def model_stats(model):
     """`ModelStats` of a built Keras model."""
     num_params = sum(_size(v.shape) for v in model.trainable_variables)
-    forward = activations = 0.0
+    forward = activations = largest = 0.0
     has_conv = False
     for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
         try:
@@ -77,6 +87,7 @@ def model_stats(model):
         except (AttributeError, ValueError):
             continue
         activations += out
+        largest = max(largest, out)
         if isinstance(layer, keras.layers.Conv2D):
             has_conv = True
             forward += out * _size(layer.kernel.shape[:-1])
@@ -97,7 +108,7 @@ def model_stats(model):
         layers = tuple(layers)
     except (ntk_structured.UnsupportedModelError, AttributeError, ValueError):
         layers = None
-    return ModelStats(num_params, forward, activations, has_conv, layers)
+    return ModelStats(num_params, forward, activations, has_conv, layers, largest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +128,10 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
     out = b1 * b2 * pairs
     p, f, a = stats.num_params, stats.forward_macs, stats.activations
     grad_eff = VECTORIZED_GRAD_EFFICIENCY
-    jvp_eff = CONV_VECTORIZED_JVP_EFFICIENCY if stats.has_conv else VECTORIZED_JVP_EFFICIENCY
+    if stats.layers is not None:  # ntvp's walker batches the forward-mode pass over tangents
+        jvp_eff = BATCHED_JVP_EFFICIENCY
+    else:
+        jvp_eff = CONV_VECTORIZED_JVP_EFFICIENCY if stats.has_conv else VECTORIZED_JVP_EFFICIENCY
     if implementation == "jacobian":
         grads = nb * num_logits * 3 * f
         contract = b1 * b2 * pairs * p
@@ -128,8 +142,11 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
     if implementation == "ntvp":
         columns = b2 * num_logits
         chunk = columns if chunk is None else chunk
-        work = columns * (3 * f / grad_eff + 3 * f * b1 / jvp_eff + p * GRADIENT_FLOAT_COST)
-        raw = columns * 3 * f * (1 + b1)
+        # A symmetric block runs column group g against the rows up to its last example only.
+        groups = min(ntk_ntvp.SYMMETRIC_GROUPS, b1)
+        rows = b1 * (groups + 1) / (2 * groups) if symmetric else b1
+        work = columns * (3 * f / grad_eff + 2 * f * rows / jvp_eff + p * GRADIENT_FLOAT_COST)
+        raw = columns * f * (3 + 2 * rows)
         return BlockCost(work, raw, itemsize * (chunk * (p + 3 * a * (b1 + 1)) + 2 * out))
     if implementation == "structured":
         if stats.layers is None:
@@ -211,7 +228,8 @@ def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsiz
         chunk = None
         if implementation == "ntvp":
             columns = min(b, n2) * num_logits
-            chunk = columns
+            chunk = min(columns, max(1, int(NTVP_CHUNK_BYTES // (
+                min(b, n1) * max(stats.largest_activation, 1) * itemsize))))
             while chunk > 1 and cost(b, chunk).bytes > budget_bytes:
                 chunk = max(1, chunk // 2)
         if block_size:

@@ -11,7 +11,8 @@ tangent (it falls back to a loop, ~100x slower), so each layer with weights gets
   * Dense (2-D input): dz_t = da_t W + a dW_t + db_t, the tangents folded into the matmul's rows
     (da) and columns (dW);
   * Conv2D: dz_t = conv(da_t, W) + conv(a, dW_t) + db_t, the first with the tangents folded into the
-    batch, the second as one batched matmul of the input patches with the T tangent filters;
+    batch, the second as ONE convolution whose filters are the T tangent filters side by side along
+    the output channels;
   * BatchNormalization (inference): dy_t = da_t γ/σ + x̂ dγ_t + dβ_t.
 
 Layers and ops without weights (activations, pooling, additions, reshapes, plain Keras ops) take their
@@ -96,6 +97,8 @@ class _Forward:
         self.values = {id(v): value for v, value in f.state_mapping(params)}
         self.tangents = {}
         self.graph_values = set()
+        self.bn_after = _conv_then_batchnorm(ntk_structured._graph(f.network))  # pylint: disable=protected-access
+        self.folded = {}  # id(conv output) -> tangent of the BatchNormalization output after it
 
     # -- the walk ------------------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class _Forward:
                 out, tangent = self._dense(op, args[0], in_tangents[0])
             elif own and single and rule == ntk_structured.CONV:
                 out, tangent = self._conv(op, args[0], in_tangents[0])
+            elif own and single and rule == ntk_structured.BATCHNORM and id(args[0]) in self.folded:
+                out, tangent = op(args[0], training=False), self.folded.pop(id(args[0]))
             elif own and single and rule == ntk_structured.BATCHNORM:
                 out, tangent = self._batchnorm(op, args[0], in_tangents[0])
             elif own:
@@ -179,6 +184,8 @@ class _Forward:
 
     def _elementwise(self, fn, z, dz, kwargs=None):
         """An element-wise function: its derivative on the primal (B, ...) times the tangents."""
+        if _is_plain_relu(fn):
+            return fn(z, **(kwargs or {})), tf.where(z > 0, dz, tf.zeros([], dz.dtype))
         with tf.autodiff.ForwardAccumulator(z, tf.ones_like(z)) as acc:
             out = fn(z, **(kwargs or {}))
         return out, dz * acc.jvp(out, unconnected_gradients=_ZERO)
@@ -229,20 +236,43 @@ class _Forward:
         return self._activation(layer, z, dz)
 
     def _conv(self, layer, a, da):
+        """dz_t = conv(da_t, W) + conv(a, dW_t) + db_t; folded into the BatchNormalization that
+        alone consumes z when there is one (`_conv_then_batchnorm`): with s = γ/σ, that layer's
+        output tangent is conv(da_t, W s) + conv(a, dW_t s + W dγ_t/σ) + db_t s + (b - μ) dγ_t/σ + dβ_t,
+        so its per-channel terms ride in the convolutions instead of extra passes over the tangents."""
         num = self.num_tangents
         z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
+        kernel = self.values[id(layer.kernel)]
         dw = self.weight_tangent[id(layer.kernel)]  # (T, kh, kw, Cin, Cout)
-        cout = dw.shape[-1]
-        # conv(a, dW_t) for every t: the input patches (B·S, kh·kw·Cin) times each tangent filter,
-        # one batched matmul whose output is already in the (T, B, ...) layout.
-        patches = ntk_structured._patches(layer, a)  # pylint: disable=protected-access
-        size = patches.shape[-1]
-        y = tf.matmul(tf.reshape(patches, [1, -1, size]), tf.reshape(dw, [num, size, cout]))
-        dz = tf.reshape(y, [num, -1] + z.shape[1:].as_list())
+        shift = self.weight_tangent[id(layer.bias)] if layer.use_bias else None  # (T, Cout)
+        bn = self.bn_after.get(id(layer))
+        if bn is not None:
+            inv = tf.math.rsqrt(self.values[id(bn.moving_variance)] + bn.epsilon)
+            scale = inv * self.values[id(bn.gamma)] if bn.scale else inv
+            terms = [None if shift is None else shift * scale]
+            kernel, dw = kernel * scale, dw * scale
+            if bn.scale:
+                dgamma = self.weight_tangent[id(bn.gamma)] * inv  # (T, Cout)
+                dw = dw + self.values[id(layer.kernel)][None] * dgamma[:, None, None, None, :]
+                offset = self.values[id(layer.bias)] if layer.use_bias else 0.0
+                terms.append((offset - self.values[id(bn.moving_mean)]) * dgamma)
+            if bn.center:
+                terms.append(self.weight_tangent[id(bn.beta)])
+            shift = _add(*terms) if any(t is not None for t in terms) else None
+        # conv(a, dW_t) for every t: ONE convolution with the T tangent filters side by side along
+        # the output channels (its per-tangent shift fused in as a bias), then (B, H, W, T, Cout)
+        # -> (T, B, H, W, Cout).
+        kh, kw, cin, cout = dw.shape[1:]
+        wide = tf.reshape(tf.transpose(dw, [1, 2, 3, 0, 4]), [kh, kw, cin, num * cout])
+        y = layer.convolution_op(a, wide)
+        if shift is not None:
+            y = tf.nn.bias_add(y, tf.reshape(shift, [num * cout]))
+        dz = tf.transpose(tf.reshape(y, [-1, y.shape[1], y.shape[2], num, cout]), [3, 0, 1, 2, 4])
         if da is not None:
-            dz = dz + _unfold(layer.convolution_op(_fold(da), layer.kernel), num)
-        if layer.use_bias:
-            dz = dz + tf.reshape(self.weight_tangent[id(layer.bias)], [num, 1, 1, 1, cout])
+            dz = dz + _unfold(layer.convolution_op(_fold(da), kernel), num)
+        if bn is not None:
+            self.folded[id(z)] = dz
+            return z, None
         return self._activation(layer, z, dz)
 
     def _batchnorm(self, layer, a, da):
@@ -263,6 +293,34 @@ class _Forward:
         if da is None and not layer.scale:
             tangent = tangent + tf.zeros_like(out)  # a bare dβ: broadcast to (T, B, ...)
         return out, tangent
+
+
+def _is_plain_relu(fn):
+    if fn is keras.activations.relu:
+        return True
+    return type(fn) is _L.ReLU and fn.max_value is None and not fn.negative_slope and not fn.threshold
+
+
+def _conv_then_batchnorm(graph):
+    """{id(conv layer): BatchNormalization layer} for every Conv2D (no activation, called once)
+    whose output feeds a BatchNormalization layer (called once, channels last) and nothing else."""
+    consumers, outputs = {}, {id(t) for t in graph.outputs}
+    for nodes in graph._nodes_by_depth.values():  # pylint: disable=protected-access
+        for node in nodes:
+            for t in node.input_tensors:
+                consumers.setdefault(id(t), []).append(node.operation)
+    out = {}
+    for layer in graph._flatten_layers(include_self=False, recursive=False):  # pylint: disable=protected-access
+        if (ntk_structured.layer_rule(layer) != ntk_structured.CONV
+                or not ntk_structured._is_linear(layer.activation)  # pylint: disable=protected-access
+                or len(layer._inbound_nodes) != 1):  # pylint: disable=protected-access
+            continue
+        users = consumers.get(id(layer.output), [])
+        if (len(users) == 1 and id(layer.output) not in outputs
+                and ntk_structured.layer_rule(users[0]) == ntk_structured.BATCHNORM
+                and len(users[0]._inbound_nodes) == 1):  # pylint: disable=protected-access
+            out[id(layer)] = users[0]
+    return out
 
 
 def _is_elementwise(op):
@@ -305,6 +363,24 @@ def _column_tangents(f, params, xs, cs):
     return tf.vectorized_map(one, (xs, cs))
 
 
+def _example_tangents(f, params, xe, logits):
+    """The tangents of the columns (j, b) of examples xe (E, ...), all L logits, j-major:
+    a list of (E·L, *shape), one per weight.
+
+    One forward pass and L vectorized backward passes give per-layer cotangents; each layer's
+    structured rule turns them into per-example gradients (`ntk_structured.per_example_gradients`).
+    Models the rules cannot walk take a vectorized per-column gradient.
+    """
+    try:
+        grads = ntk_structured.per_example_gradients(f, params, xe, logits)  # (L, E, *shape)
+    except ntk_structured.UnsupportedModelError:
+        logits_t = tf.constant(list(logits), tf.int32)
+        return _column_tangents(f, params, tf.repeat(xe, len(logits), axis=0),
+                                tf.tile(logits_t, [tf.shape(xe)[0]]))
+    return [tf.reshape(tf.transpose(g, [1, 0] + list(range(2, len(g.shape)))),
+                       [-1] + g.shape[2:].as_list()) for g in grads]
+
+
 def _walkable(f):
     try:
         ntk_structured._graph(f.network)  # pylint: disable=protected-access
@@ -329,36 +405,51 @@ def _jvp_columns_generic(f, params, x1, tangents):
 SYMMETRIC_GROUPS = 8
 
 
-def _columns(f, params, rows, xs, cs, logits_t, diagonal, chunk, walkable):
-    """Kernel columns (C, R[, L]) of the columns (xs[k], logit cs[k]) against the R ``rows``.
+def _columns(f, params, rows, x2, logits, diagonal, chunk, walkable):
+    """The kernel columns (B2·L, R[, L]) of examples x2 (B2, ...) against the R ``rows``.
 
-    The C columns are taken ``chunk`` at a time in a loop (``tf.map_fn``), so that one chunk's
-    tangents and forward-mode activations are live at once.
+    Columns are indexed by (j, b) (example j of x2, logit b), j-major. They are taken ``chunk`` at a
+    time in a loop (``tf.map_fn``), so that one chunk's tangents and forward-mode activations are
+    live at once: whole examples (all L columns, their tangents from one structured backward pass)
+    when ``chunk`` >= L, single columns otherwise.
     """
-    total = xs.shape[0]
-    chunk = min(chunk, total)
-    num_chunks = -(-total // chunk)
-    if num_chunks * chunk > total:  # pad with copies of the last column; cut below
-        extra = num_chunks * chunk - total
-        xs = tf.concat([xs, tf.repeat(xs[-1:], extra, axis=0)], 0)
-        cs = tf.concat([cs, tf.repeat(cs[-1:], extra, axis=0)], 0)
+    num_logits = len(logits)
+    logits_t = tf.constant(list(logits), tf.int32)
+    per_example = chunk >= num_logits
+    if per_example:
+        units, unit = x2, num_logits  # a unit is an example: L columns
+    else:
+        units = (tf.repeat(x2, num_logits, axis=0), tf.tile(logits_t, [x2.shape[0]]))
+        unit = 1  # a unit is one column (x2_j, logit b)
+    total = x2.shape[0] * num_logits // unit
+    num_chunks = -(-total // max(1, min(chunk // unit, total)))
+    size = -(-total // num_chunks)  # units per chunk, as even as possible: the least padding
+    if num_chunks * size > total:  # pad with copies of the last unit; cut below
+        units = tf.nest.map_structure(
+            lambda u: tf.concat([u, tf.repeat(u[-1:], num_chunks * size - total, axis=0)], 0), units)
 
-    def one(args):
-        xk, ck = args
-        tangents = _column_tangents(f, params, xk, ck)
+    def one(chunk_units):
+        if per_example:
+            tangents = _example_tangents(f, params, chunk_units, logits)
+            cs = tf.tile(logits_t, [size])
+        else:
+            xs, cs = chunk_units
+            tangents = _column_tangents(f, params, xs, cs)
         jvp = (batched_jvp(f, params, rows, tangents) if walkable
-               else _jvp_columns_generic(f, params, rows, tangents))  # (chunk, R, O)
+               else _jvp_columns_generic(f, params, rows, tangents))  # (columns, R, O)
         if diagonal:
-            return tf.gather(jvp, ck, axis=2, batch_dims=1)  # (chunk, R)
-        return tf.gather(jvp, logits_t, axis=2)  # (chunk, R, L)
+            return tf.gather(jvp, cs, axis=2, batch_dims=1)  # (columns, R)
+        return tf.gather(jvp, logits_t, axis=2)  # (columns, R, L)
 
+    columns = total * unit
     if num_chunks == 1:
-        return one((xs, cs))[:total]
-    shape = [chunk, rows.shape[0]] + ([] if diagonal else [logits_t.shape[0]])
-    out = tf.map_fn(one, (tf.reshape(xs, [num_chunks, chunk] + xs.shape[1:].as_list()),
-                          tf.reshape(cs, [num_chunks, chunk])),
-                    parallel_iterations=1, fn_output_signature=tf.TensorSpec(shape, rows.dtype))
-    return tf.reshape(out, [num_chunks * chunk] + shape[1:])[:total]
+        return one(units)[:columns]
+    split = tf.nest.map_structure(
+        lambda u: tf.reshape(u, [num_chunks, size] + u.shape[1:].as_list()), units)
+    shape = [size * unit, rows.shape[0]] + ([] if diagonal else [num_logits])
+    out = tf.map_fn(one, split, parallel_iterations=1,
+                    fn_output_signature=tf.TensorSpec(shape, rows.dtype))
+    return tf.reshape(out, [num_chunks * size * unit] + shape[1:])[:columns]
 
 
 def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
@@ -374,28 +465,23 @@ def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
     """
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
-    logits_t = tf.constant(list(logits), tf.int32)
     num_logits = len(logits)
     b1, b2 = x1.shape[0], x2.shape[0]
     chunk = b2 * num_logits if chunk is None else max(1, int(chunk))
     walkable = _walkable(f)
-    xs = tf.repeat(x2, num_logits, axis=0)  # column (j, b) -> x2_j
-    cs = tf.tile(logits_t, [b2])  # column (j, b) -> logit b
     if symmetric:
         groups = min(SYMMETRIC_GROUPS, b2)
         ends = [round((g + 1) * b2 / groups) for g in range(groups)]
         parts, start = [], 0
         for end in ends:
-            cols = _columns(f, params, x1[:end], xs[start * num_logits:end * num_logits],
-                            cs[start * num_logits:end * num_logits], logits_t, diagonal, chunk,
-                            walkable)
+            cols = _columns(f, params, x1[:end], x2[start:end], logits, diagonal, chunk, walkable)
             if end < b1:
                 cols = tf.pad(cols, [[0, 0], [0, b1 - end]] + [[0, 0]] * (len(cols.shape) - 2))
             parts.append(cols)
             start = end
         cols = tf.concat(parts, axis=0)
     else:
-        cols = _columns(f, params, x1, xs, cs, logits_t, diagonal, chunk, walkable)
+        cols = _columns(f, params, x1, x2, logits, diagonal, chunk, walkable)
     # cols: (B2·L, B1[, L]) indexed by (j, b)
     if diagonal:
         kernel = tf.transpose(tf.reshape(cols, [b2, num_logits, b1]), [2, 0, 1])

@@ -258,33 +258,91 @@ def _batchnorm(layer, values, a1, d1, a2, d2, diagonal):
     return _gram(u1, u2, diagonal)
 
 
-def _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal):
-    """Per-example gradients of this layer's own weights (vectorized VJPs of the layer alone)."""
+def _fallback_gradients(layer, f, params, index, a, d):
+    """Per-example gradients of ``layer``'s own weights (vectorized VJPs of the layer alone).
+
+    Returns:
+      [(k, g)]: for each of the layer's weights, its index k in ``params`` and its per-example,
+      per-logit gradients g of shape (L, B, *weight shape).
+    """
     own = [index[id(v)] for v in layer.trainable_variables]
     mapping = f.state_mapping(params)
+    num_logits, batch = d.shape[0], tf.shape(d)[1]
+    weights = [mapping[k][1] for k in own]
 
-    def grads(a, d):
+    def one(args):
+        ai, di = args
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            local = [(mapping[k][0], w) for k, w in zip(own, weights)]
+            with keras.StatelessScope(state_mapping=mapping + local):
+                out = layer(ai[None], training=False)
+            y = tf.reduce_sum(out * di[None])
+        return tape.gradient(y, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    ai = tf.tile(a, [num_logits] + [1] * (len(a.shape) - 1))  # (L·B, ...) logit-major
+    di = tf.reshape(d, [-1] + d.shape[2:].as_list())
+    g = tf.vectorized_map(one, (ai, di))
+    return [(k, tf.reshape(t, tf.concat([[num_logits, batch], tf.shape(t)[1:]], 0)))
+            for k, t in zip(own, g)]
+
+
+def _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal):
+    """Per-example gradients of this layer's own weights, then their inner products."""
+
+    def features(a, d):
+        grads = _fallback_gradients(layer, f, params, index, a, d)
         num_logits, batch = d.shape[0], tf.shape(d)[1]
-        weights = [mapping[k][1] for k in own]
+        return tf.concat([tf.reshape(g, [num_logits, batch, -1]) for _, g in grads], axis=-1)
 
-        def one(args):
-            ai, di = args
-            with tf.GradientTape() as tape:
-                tape.watch(weights)
-                local = [(mapping[k][0], w) for k, w in zip(own, weights)]
-                with keras.StatelessScope(state_mapping=mapping + local):
-                    out = layer(ai[None], training=False)
-                y = tf.reduce_sum(out * di[None])
-            return tape.gradient(y, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-        ai = tf.tile(a, [num_logits] + [1] * (len(a.shape) - 1))  # (L·B, ...) logit-major
-        di = tf.reshape(d, [-1] + d.shape[2:].as_list())
-        g = tf.vectorized_map(one, (ai, di))
-        return tf.concat([tf.reshape(t, [num_logits, batch, -1]) for t in g], axis=-1)
-
-    u1 = grads(a1, d1)
-    u2 = u1 if a2 is None else grads(a2, d2)
+    u1 = features(a1, d1)
+    u2 = u1 if a2 is None else features(a2, d2)
     return _gram(u1, u2, diagonal)
+
+
+def per_example_gradients(f, params, x, logits):
+    """∇θ f_c(x_i) for every logit c in ``logits`` and example i, from one forward pass, one
+    backward pass per logit (vectorized) and each layer's rule.
+
+    Returns:
+      A list, one per weight tensor in ``params`` order, of (L, B, *weight shape) tensors.
+
+    Raises:
+      UnsupportedModelError: the model cannot be walked (see `weighted_layers`).
+    """
+    rules = weighted_layers(f.network)
+    index = _param_index(f.network)
+    values = {id(v): value for v, value in f.state_mapping(params)}
+    inputs, deltas = record(f, params, x, logits, rules)
+    num_logits = len(logits)
+    out = [None] * len(params)
+    for layer, rule in rules:
+        a, d = inputs[id(layer)], deltas[id(layer)]
+        batch = tf.shape(a)[0]
+        if rule == DENSE:
+            out[index[id(layer.kernel)]] = tf.einsum("bi,lbo->lbio", a, d)
+            if layer.use_bias:
+                out[index[id(layer.bias)]] = d
+        elif rule == CONV:
+            cout = d.shape[-1]
+            d = tf.reshape(d, [num_logits, batch, -1, cout])  # (L, B, S, Cout)
+            g = tf.einsum("bsk,lbsn->lbkn", _patches(layer, a), d)
+            out[index[id(layer.kernel)]] = tf.reshape(g, [num_logits, batch] + list(layer.kernel.shape))
+            if layer.use_bias:
+                out[index[id(layer.bias)]] = tf.reduce_sum(d, 2)
+        elif rule == BATCHNORM:
+            channels = d.shape[-1]
+            d = tf.reshape(d, [num_logits, batch, -1, channels])
+            if layer.scale:
+                inv = tf.math.rsqrt(values[id(layer.moving_variance)] + layer.epsilon)
+                xhat = tf.reshape((a - values[id(layer.moving_mean)]) * inv, [1, batch, -1, channels])
+                out[index[id(layer.gamma)]] = tf.reduce_sum(xhat * d, 2)
+            if layer.center:
+                out[index[id(layer.beta)]] = tf.reduce_sum(d, 2)
+        else:
+            for k, g in _fallback_gradients(layer, f, params, index, a, d):
+                out[k] = g
+    return out
 
 
 def structured_block(f, params, x1, x2, logits, diagonal):
