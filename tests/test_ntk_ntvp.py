@@ -1,0 +1,137 @@
+"""ntvp's building blocks against independent oracles: the batched forward-mode pass against central
+finite differences in float64, per-example gradients against a tape.gradient loop, and the chunked,
+grouped kernel columns against the float64 per-example oracle of tests/test_ntk.py."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import helpers
+from tests import test_ntk
+from tf_ntk import functional
+from tf_ntk import ntk_ntvp
+from tf_ntk import ntk_structured
+
+NUM_CLASSES = test_ntk.NUM_CLASSES
+
+
+def _every_path():
+    """Ops the walker treats differently, in one model.
+
+    A conv with bias whose output feeds BN (no scale) and an Add (so it is not folded); a folded
+    conv -> BN (no center); LeakyReLU, GELU and softmax activations (element-wise and generic); max
+    pooling and Concatenate (tiled); a layer with weights and no rule (LayerNormalization).
+    """
+    inputs = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(3, 3, padding="same", name="conv_shared")(inputs)
+    b = keras.layers.BatchNormalization(scale=False, name="bn_no_scale")(a)
+    x = keras.layers.Add()([a, b])
+    x = keras.layers.LeakyReLU(negative_slope=0.2)(x)
+    y = keras.layers.Conv2D(3, 3, strides=2, padding="valid", use_bias=False, name="conv_folded")(x)
+    y = keras.layers.BatchNormalization(center=False, name="bn_no_center")(y)
+    y = keras.layers.Activation("gelu")(y)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(3, 2, padding="valid", activation="relu")(x)
+    x = keras.layers.Concatenate()([x, y])
+    x = keras.layers.LayerNormalization()(keras.layers.Flatten()(x))
+    x = keras.layers.Dense(5, activation="softmax")(x)
+    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x), name="every_path")
+
+
+def _model(name):
+    keras.utils.set_random_seed(11)
+    model = _every_path() if name == "every_path" else test_ntk.MODELS[name]()
+    helpers.randomize_bn_statistics(model, seed=4)
+    rng = np.random.default_rng(2)
+    for v in model.trainable_variables:
+        v.assign(v.numpy() + rng.normal(0, 0.1, v.shape).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "unknown_layer", "every_path"])
+def test_batched_jvp_matches_central_differences(name):
+    model = _model(name)
+    f = functional.FunctionalModel(model, dtype="float64")
+    rng = np.random.default_rng(0)
+    theta = [tf.constant(p.numpy().astype(np.float64)) for p in f.params]
+    x = tf.constant(rng.uniform(size=(3, *model.input_shape[1:])))
+    tangents = [tf.constant(rng.normal(size=(4, *t.shape))) for t in theta]
+    got = ntk_ntvp.batched_jvp(f, theta, x, tangents).numpy()  # (T, B, O)
+    assert got.shape == (4, 3, NUM_CLASSES)
+    eps = 1e-6
+    for t in range(4):
+        plus = f([p + eps * v[t] for p, v in zip(theta, tangents)], x)
+        minus = f([p - eps * v[t] for p, v in zip(theta, tangents)], x)
+        want = ((plus - minus) / (2 * eps)).numpy()
+        assert helpers.relative_error(got[t], want) < 1e-7, (name, t)
+
+
+def test_conv_batchnorm_pairs_are_folded_only_when_bn_is_the_sole_consumer():
+    cnn = _model("cnn")
+    pairs = ntk_ntvp._conv_then_batchnorm(cnn)  # pylint: disable=protected-access
+    assert sorted(bn.name for bn in pairs.values()) == ["bn1", "bn2", "bn3"]
+    every = _model("every_path")
+    pairs = ntk_ntvp._conv_then_batchnorm(every)  # pylint: disable=protected-access
+    assert [bn.name for bn in pairs.values()] == ["bn_no_center"]
+
+
+@pytest.mark.parametrize("name", ["cnn", "unknown_layer"])
+def test_per_example_gradients_match_a_gradient_loop(name):
+    model = _model(name)
+    f = functional.FunctionalModel(model, dtype="float64")
+    theta = [tf.cast(p, tf.float64) for p in f.params]
+    x = np.random.default_rng(1).uniform(size=(3, *model.input_shape[1:]))
+    logits = [2, 0]
+    got = ntk_structured.per_example_gradients(f, theta, tf.constant(x), logits)
+    for i in range(3):
+        for a, c in enumerate(logits):
+            with tf.GradientTape() as tape:
+                tape.watch(theta)
+                out = f(theta, x[i:i + 1])[0, c]
+            want = tape.gradient(out, theta)
+            for g, w in zip(got, want):
+                assert helpers.relative_error(g[a, i], w) < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, None])
+def test_chunked_and_grouped_columns_match_the_oracle(chunk):
+    # With L = 3 logits: chunk 1 takes single columns, 4 one whole example, 7 two examples (the last
+    # chunk of x2's three padded), None every column at once. x2 = None runs the symmetric groups.
+    model, x1, x2, k11, k12 = test_ntk._case("cnn")  # pylint: disable=protected-access
+    f = functional.FunctionalModel(model, dtype="float64")
+    theta = [tf.cast(p, tf.float64) for p in f.params]
+    a, b = tf.constant(x1, tf.float64), tf.constant(x2, tf.float64)
+    for diagonal in (False, True):
+        for symmetric in (True, False):
+            got = ntk_ntvp.ntvp_block(f, theta, a, None if symmetric else b, range(NUM_CLASSES),
+                                      diagonal, chunk).numpy()
+            full = k11 if symmetric else k12
+            want = np.einsum("ijaa->ija", full) if diagonal else full
+            assert helpers.relative_error(got, want) < 1e-12, (diagonal, symmetric)
+
+
+def test_models_the_walkers_cannot_enter_take_the_generic_paths(monkeypatch):
+    # A model without a functional graph gets a ForwardAccumulator vectorized over the tangents and
+    # per-column gradients for the tangents: forced here on the CNN, checked against the oracle.
+    def cannot_walk(*args, **kwargs):
+        raise ntk_structured.UnsupportedModelError("no graph")
+
+    monkeypatch.setattr(ntk_ntvp, "_walkable", lambda f: False)
+    monkeypatch.setattr(ntk_structured, "per_example_gradients", cannot_walk)
+    model, x1, x2, _, k12 = test_ntk._case("cnn")  # pylint: disable=protected-access
+    f = functional.FunctionalModel(model, dtype="float64")
+    theta = [tf.cast(p, tf.float64) for p in f.params]
+    got = ntk_ntvp.ntvp_block(f, theta, tf.constant(x1, tf.float64), tf.constant(x2, tf.float64),
+                              range(NUM_CLASSES), False, 6)
+    assert helpers.relative_error(got, k12) < 1e-12
+
+
+def test_chunk_loop_and_symmetric_groups_under_xla():
+    model, x1, x2, k11, k12 = test_ntk._case("cnn")  # pylint: disable=protected-access
+    f = functional.FunctionalModel(model)
+    # x2's three examples in three chunks (a map_fn loop); x1 with itself in five groups.
+    block = tf.function(lambda a, b: ntk_ntvp.ntvp_block(f, f.params, a, b, range(NUM_CLASSES),
+                                                         False, 4), jit_compile=True)
+    assert helpers.relative_error(block(tf.constant(x1), tf.constant(x2)), k12) < 1e-5
+    assert helpers.relative_error(block(tf.constant(x1), None), k11) < 1e-5
