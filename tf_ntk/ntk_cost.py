@@ -228,7 +228,8 @@ def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsiz
         chunk = None
         if implementation == "ntvp":
             columns = min(b, n2) * num_logits
-            chunk = min(columns, max(1, int(NTVP_CHUNK_BYTES // (
+            # At least one example's L columns (their tangents come from one structured pass).
+            chunk = min(columns, max(num_logits, int(NTVP_CHUNK_BYTES // (
                 min(b, n1) * max(stats.largest_activation, 1) * itemsize))))
             while chunk > 1 and cost(b, chunk).bytes > budget_bytes:
                 chunk = max(1, chunk // 2)
