@@ -39,17 +39,30 @@ def _every_path():
     return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x), name="every_path")
 
 
+def _frozen():
+    """Frozen layers: a BN folded into a trainable conv, and a frozen conv before a trainable BN."""
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(3, 3, use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(trainable=False)(x))
+    x = keras.layers.Conv2D(4, 3, trainable=False)(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x), name="frozen")
+
+
 def _model(name):
     keras.utils.set_random_seed(11)
-    model = _every_path() if name == "every_path" else test_ntk.MODELS[name]()
+    builders = {"every_path": _every_path, "frozen": _frozen}
+    model = builders[name]() if name in builders else test_ntk.MODELS[name]()
     helpers.randomize_bn_statistics(model, seed=4)
     rng = np.random.default_rng(2)
-    for v in model.trainable_variables:
+    frozen = [v for v in model.non_trainable_variables if v.path.endswith(("gamma", "beta", "kernel"))]
+    for v in model.trainable_variables + frozen:
         v.assign(v.numpy() + rng.normal(0, 0.1, v.shape).astype(np.float32))
     return model
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18", "unknown_layer", "every_path"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "unknown_layer", "every_path", "frozen"])
 def test_batched_jvp_matches_central_differences(name):
     model = _model(name)
     f = functional.FunctionalModel(model, dtype="float64")

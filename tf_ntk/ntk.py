@@ -160,7 +160,9 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
         convention).
       logit: an int c: the (N1, N2) kernel of logit c alone (at the cost of one logit).
       implementation: ``"jacobian"`` (per-example Jacobians, then contraction), ``"ntvp"``
-        (NTK-vector products; never holds the Jacobian), ``"structured"`` (per-layer rules for Dense,
+        (NTK-vector products J1 (J2ᵀ v): per-example gradients as tangents, a forward-mode pass
+        batched over a chunk of them; holds one chunk's tangents, never the Jacobian),
+        ``"structured"`` (per-layer rules for Dense,
         Conv2D and BatchNormalization; per-example Jacobians for other layers' own weights), or
         ``"auto"`` (the cheapest estimate that fits the memory budget).
       memory_budget_bytes: peak working-set target; the inputs are split into blocks so that one

@@ -13,13 +13,19 @@ tangent (it falls back to a loop, ~100x slower), so each layer with weights gets
   * Conv2D: dz_t = conv(da_t, W) + conv(a, dW_t) + db_t, the first with the tangents folded into the
     batch, the second as ONE convolution whose filters are the T tangent filters side by side along
     the output channels;
-  * BatchNormalization (inference): dy_t = da_t γ/σ + x̂ dγ_t + dβ_t.
+  * BatchNormalization (inference): dy_t = da_t γ/σ + x̂ dγ_t + dβ_t; after a Conv2D whose output
+    only it consumes, folded into the convolutions' filters and bias (see `_Forward._conv`).
 
-Layers and ops without weights (activations, pooling, additions, reshapes, plain Keras ops) take their
-JVP from ``tf.autodiff.ForwardAccumulator`` on their inputs tiled T times (the tangents are the batch).
-Any other layer with weights (and nested models) gets a vectorized ForwardAccumulator over the tangents.
-Models the walker cannot enter (subclassed models) use a vectorized ForwardAccumulator over the whole
-model. With x2 = x1, column j needs rows i <= j only (the rest is mirrored), which halves the
+Element-wise activations multiply the tangents by their derivative (ReLU: a mask); linear layers
+without weights (reshapes, average pooling, padding, Add) act on the tangents directly. Other ops
+without weights (max pooling, Concatenate, softmax, plain Keras ops) take their JVP from
+``tf.autodiff.ForwardAccumulator`` on their inputs tiled T times (the tangents are the batch). Any
+other layer with weights (and nested models) gets a ForwardAccumulator vectorized over the tangents;
+models the walker cannot enter (subclassed models) get one over the whole model.
+
+The tangents of a chunk of whole examples come from one structured backward pass
+(`ntk_structured.per_example_gradients`). With x2 = x1, the columns go in `SYMMETRIC_GROUPS` groups of
+examples, each against the rows up to its last example (the rest is mirrored): (G + 1) / 2G of the
 forward-mode work.
 
 Block shapes and conventions are those of `tf_ntk.ntk_jacobian`: (B1, B2, L, L), or (B1, B2, L)
@@ -56,8 +62,9 @@ _ELEMENTWISE_ACTIVATIONS = frozenset(
 
 def _fold(t):
     """(T, B, ...) -> (T·B, ...), tangent-major."""
-    return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)) if not t.shape[2:].is_fully_defined() \
-        else tf.reshape(t, [-1] + t.shape[2:].as_list())
+    if t.shape[2:].is_fully_defined():
+        return tf.reshape(t, [-1] + t.shape[2:].as_list())
+    return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
 
 
 def _unfold(t, num_tangents):
@@ -109,6 +116,10 @@ class _Forward:
             flat = tf.nest.flatten((args, kwargs))
             in_tangents = [self.tangents.get(id(v)) if self._is_value(v) else None for v in flat]
             own = [v for v in getattr(op, "trainable_variables", ()) if id(v) in self.weight_tangent]
+            if flat and id(flat[0]) in self.folded:  # BN after a conv: its tangent is computed
+                out = op(*args, **kwargs)
+                self._record(out, self.folded.pop(id(flat[0])))
+                return out
             if not own and all(t is None for t in in_tangents):
                 out = op(*args, **kwargs)
                 self._record(out, None)
@@ -120,8 +131,6 @@ class _Forward:
                 out, tangent = self._dense(op, args[0], in_tangents[0])
             elif own and single and rule == ntk_structured.CONV:
                 out, tangent = self._conv(op, args[0], in_tangents[0])
-            elif own and single and rule == ntk_structured.BATCHNORM and id(args[0]) in self.folded:
-                out, tangent = op(args[0], training=False), self.folded.pop(id(args[0]))
             elif own and single and rule == ntk_structured.BATCHNORM:
                 out, tangent = self._batchnorm(op, args[0], in_tangents[0])
             elif own:
@@ -140,6 +149,13 @@ class _Forward:
             return out
 
         return call
+
+    def _wt(self, variable):
+        """The (T, *shape) tangent of a weight; zeros for a weight that is not trainable."""
+        t = self.weight_tangent.get(id(variable))
+        if t is None:
+            t = tf.zeros([self.num_tangents] + list(variable.shape), self.f.dtype)
+        return t
 
     def _is_value(self, v):
         return tf.is_tensor(v) and id(v) in self.graph_values
@@ -225,14 +241,14 @@ class _Forward:
     def _dense(self, layer, a, da):
         num = self.num_tangents
         z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
-        dw = self.weight_tangent[id(layer.kernel)]  # (T, n, m)
+        dw = self._wt(layer.kernel)  # (T, n, m)
         n, m = dw.shape[1], dw.shape[2]
         wide = tf.reshape(tf.transpose(dw, [1, 0, 2]), [n, num * m])
         dz = tf.transpose(tf.reshape(tf.matmul(a, wide), [-1, num, m]), [1, 0, 2])
         if da is not None:
             dz = dz + _unfold(tf.matmul(_fold(da), layer.kernel), num)
         if layer.use_bias:
-            dz = dz + self.weight_tangent[id(layer.bias)][:, None, :]
+            dz = dz + self._wt(layer.bias)[:, None, :]
         return self._activation(layer, z, dz)
 
     def _conv(self, layer, a, da):
@@ -243,8 +259,8 @@ class _Forward:
         num = self.num_tangents
         z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
         kernel = self.values[id(layer.kernel)]
-        dw = self.weight_tangent[id(layer.kernel)]  # (T, kh, kw, Cin, Cout)
-        shift = self.weight_tangent[id(layer.bias)] if layer.use_bias else None  # (T, Cout)
+        dw = self._wt(layer.kernel)  # (T, kh, kw, Cin, Cout)
+        shift = self._wt(layer.bias) if layer.use_bias else None  # (T, Cout)
         bn = self.bn_after.get(id(layer))
         if bn is not None:
             inv = tf.math.rsqrt(self.values[id(bn.moving_variance)] + bn.epsilon)
@@ -252,12 +268,12 @@ class _Forward:
             terms = [None if shift is None else shift * scale]
             kernel, dw = kernel * scale, dw * scale
             if bn.scale:
-                dgamma = self.weight_tangent[id(bn.gamma)] * inv  # (T, Cout)
+                dgamma = self._wt(bn.gamma) * inv  # (T, Cout)
                 dw = dw + self.values[id(layer.kernel)][None] * dgamma[:, None, None, None, :]
                 offset = self.values[id(layer.bias)] if layer.use_bias else 0.0
                 terms.append((offset - self.values[id(bn.moving_mean)]) * dgamma)
             if bn.center:
-                terms.append(self.weight_tangent[id(bn.beta)])
+                terms.append(self._wt(bn.beta))
             shift = _add(*terms) if any(t is not None for t in terms) else None
         # conv(a, dW_t) for every t: ONE convolution with the T tangent filters side by side along
         # the output channels (its per-tangent shift fused in as a bias), then (B, H, W, T, Cout)
@@ -286,9 +302,9 @@ class _Forward:
             terms.append(da * (inv * self.values[id(layer.gamma)] if layer.scale else inv))
         if layer.scale:
             xhat = (a - self.values[id(layer.moving_mean)]) * inv
-            terms.append(xhat * tf.reshape(self.weight_tangent[id(layer.gamma)], per_tangent))
+            terms.append(xhat * tf.reshape(self._wt(layer.gamma), per_tangent))
         if layer.center:
-            terms.append(tf.reshape(self.weight_tangent[id(layer.beta)], per_tangent))
+            terms.append(tf.reshape(self._wt(layer.beta), per_tangent))
         tangent = _add(*terms)
         if da is None and not layer.scale:
             tangent = tangent + tf.zeros_like(out)  # a bare dβ: broadcast to (T, B, ...)
