@@ -1,8 +1,6 @@
 """The empirical NTK against an independent oracle: a float64 loop of per-example, per-logit
 ``tape.gradient`` calls on the model's own variables, dot products taken in NumPy."""
 
-import functools
-
 import keras
 import numpy as np
 import pytest
@@ -10,69 +8,18 @@ import tensorflow as tf
 
 import tf_ntk
 from tests import helpers
+from tests import ntk_cases
 from tf_ntk import functional
 from tf_ntk import models
 from tf_ntk import ntk_cost
 from tf_ntk import ntk_structured
 
-NUM_CLASSES = 3
-N1, N2 = 5, 3
+NUM_CLASSES = ntk_cases.NUM_CLASSES
+N1 = ntk_cases.N1
+MODELS = ntk_cases.MODELS
+_case = ntk_cases._case  # pylint: disable=protected-access
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured")
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
-
-
-def _with_unknown_layer():
-    """A model whose LayerNormalization and rank-3 Dense are not in the structured rules."""
-    inputs = keras.Input((4, 4, 1))
-    x = keras.layers.Reshape((4, 4))(inputs)
-    x = keras.layers.Dense(6, activation="tanh", name="dense_rank3")(x)  # rank-3 input: fallback
-    x = keras.layers.LayerNormalization(name="layer_norm")(x)  # unknown layer: fallback
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(8, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x), name="with_unknown_layer")
-
-
-MODELS = {
-    "mlp": lambda: models.get("mlp", NUM_CLASSES, (4, 4, 1), width=8),
-    "cnn": lambda: models.get("cnn", NUM_CLASSES, (6, 6, 1), width=3),
-    "resnet18": lambda: models.get("resnet18", NUM_CLASSES, (8, 8, 3), width=2, zero_head=False),
-    "unknown_layer": _with_unknown_layer,
-}
-
-
-@functools.lru_cache(maxsize=None)
-def _case(name):
-    """(model, x1, x2, oracle full kernels K11 (N1, N1, O, O) and K12 (N1, N2, O, O) in float64)."""
-    keras.utils.set_random_seed(7)
-    model = MODELS[name]()
-    helpers.randomize_bn_statistics(model, seed=3)
-    # Perturb the weights so that no layer sits at a special point (zero head, unit BN scale).
-    rng = np.random.default_rng(5)
-    for v in model.trainable_variables:
-        v.assign(v.numpy() + rng.normal(0, 0.1, v.shape).astype(np.float32))
-    shape = model.input_shape[1:]
-    x1 = rng.uniform(size=(N1, *shape)).astype(np.float32)
-    x2 = rng.uniform(size=(N2, *shape)).astype(np.float32)
-    jac1, jac2 = _oracle_jacobian(model, x1), _oracle_jacobian(model, x2)
-    return model, x1, x2, np.einsum("iap,jbp->ijab", jac1, jac1), np.einsum("iap,jbp->ijab", jac1, jac2)
-
-
-def _oracle_jacobian(model, x):
-    """(N, O, P) float64: one tape.gradient per example and logit, through a float64 twin model."""
-    f64 = functional.FunctionalModel(model, dtype="float64")
-    twin = f64.network  # a float64 structural copy; load the model's weights into its variables
-    for v, value in f64.state_mapping(f64.params):
-        v.assign(value)
-    rows = []
-    for xi in x.astype(np.float64):
-        per_logit = []
-        for c in range(NUM_CLASSES):
-            with tf.GradientTape() as tape:
-                out = twin(xi[None], training=False)[0, c]
-            grads = tape.gradient(out, twin.trainable_variables)
-            per_logit.append(np.concatenate([g.numpy().ravel() for g in grads]))
-        rows.append(per_logit)
-    return np.array(rows)
 
 
 def _expected(full, kind, logit):

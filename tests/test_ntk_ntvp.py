@@ -1,6 +1,6 @@
 """ntvp's building blocks against independent oracles: the batched forward-mode pass against central
 finite differences in float64, per-example gradients against a tape.gradient loop, and the chunked,
-grouped kernel columns against the float64 per-example oracle of tests/test_ntk.py."""
+grouped kernel columns against the float64 per-example oracle of tests/ntk_cases.py."""
 
 import keras
 import numpy as np
@@ -8,12 +8,12 @@ import pytest
 import tensorflow as tf
 
 from tests import helpers
-from tests import test_ntk
+from tests import ntk_cases
 from tf_ntk import functional
 from tf_ntk import ntk_ntvp
 from tf_ntk import ntk_structured
 
-NUM_CLASSES = test_ntk.NUM_CLASSES
+NUM_CLASSES = ntk_cases.NUM_CLASSES
 
 
 def _every_path():
@@ -53,7 +53,7 @@ def _frozen():
 def _model(name):
     keras.utils.set_random_seed(11)
     builders = {"every_path": _every_path, "frozen": _frozen}
-    model = builders[name]() if name in builders else test_ntk.MODELS[name]()
+    model = builders[name]() if name in builders else ntk_cases.MODELS[name]()
     helpers.randomize_bn_statistics(model, seed=4)
     rng = np.random.default_rng(2)
     frozen = [v for v in model.non_trainable_variables if v.path.endswith(("gamma", "beta", "kernel"))]
@@ -111,7 +111,7 @@ def test_per_example_gradients_match_a_gradient_loop(name):
 def test_chunked_and_grouped_columns_match_the_oracle(chunk):
     # With L = 3 logits: chunk 1 takes single columns, 4 one whole example, 7 two examples (the last
     # chunk of x2's three padded), None every column at once. x2 = None runs the symmetric groups.
-    model, x1, x2, k11, k12 = test_ntk._case("cnn")  # pylint: disable=protected-access
+    model, x1, x2, k11, k12 = ntk_cases._case("cnn")  # pylint: disable=protected-access
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
     a, b = tf.constant(x1, tf.float64), tf.constant(x2, tf.float64)
@@ -132,7 +132,7 @@ def test_models_the_walkers_cannot_enter_take_the_generic_paths(monkeypatch):
 
     monkeypatch.setattr(ntk_ntvp, "_walkable", lambda f: False)
     monkeypatch.setattr(ntk_structured, "per_example_gradients", cannot_walk)
-    model, x1, x2, _, k12 = test_ntk._case("cnn")  # pylint: disable=protected-access
+    model, x1, x2, _, k12 = ntk_cases._case("cnn")  # pylint: disable=protected-access
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
     got = ntk_ntvp.ntvp_block(f, theta, tf.constant(x1, tf.float64), tf.constant(x2, tf.float64),
@@ -141,7 +141,7 @@ def test_models_the_walkers_cannot_enter_take_the_generic_paths(monkeypatch):
 
 
 def test_chunk_loop_and_symmetric_groups_under_xla():
-    model, x1, x2, k11, k12 = test_ntk._case("cnn")  # pylint: disable=protected-access
+    model, x1, x2, k11, k12 = ntk_cases._case("cnn")  # pylint: disable=protected-access
     f = functional.FunctionalModel(model)
     # x2's three examples in three chunks (a map_fn loop); x1 with itself in five groups.
     block = tf.function(lambda a, b: ntk_ntvp.ntvp_block(f, f.params, a, b, range(NUM_CLASSES),
