@@ -17,6 +17,10 @@ INSTALL_REQUIRES = [
     "importlib_resources==7.1.0",
     # Free host memory for the kernel engine's default memory budget.
     "psutil==7.2.2",
+    # AutoAttack and the black-box Square attack of the robust evaluation (tf_ntk.autoattack);
+    # ART's AutoAttack imports multiprocess without declaring it.
+    "adversarial-robustness-toolbox==1.20.1",
+    "multiprocess==0.70.19",
 ]
 
 EXTRAS_REQUIRE = {

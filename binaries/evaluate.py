@@ -6,10 +6,20 @@ r"""Benign and robust accuracy of a checkpoint under its dynamics, with a gradie
     python -m binaries.evaluate --checkpoint=runs/adv/spawn/epoch_10 \
         --transfer_from=runs/std/adv_eps0.2.npz
 
-Defaults are the protocol's evaluation attack: L∞ PGD-100, ε = 4/255, step 2ε/100, one random start
-(--attack_norm=l2 --eps=0.25 --attack_step_size=0.01 for the L2 attack). A phase-1 checkpoint can be
-evaluated under another dynamics (--dynamics). Results go to --workdir (default
-RUN/eval/<checkpoint name>): flags.json, evaluation.json and TensorBoard events.
+--attack names the attacks, each reported on its own, and the robust accuracy is the worst case per
+example over all of them (RobustBench's count: clean and every adversarial image right):
+
+- protocol: the paper's L∞ PGD-100, ε = 4/255 (--eps), step 2ε/100, one random start, CE; the
+  --attack_* flags and --restarts change it (--attack_norm=l2 --eps=0.25 --attack_step_size=0.01
+  for the L2 attack);
+- strong (default with protocol): the PGD ensemble of tf_ntk.robustness.strong (CE, CW margin, DLR,
+  targeted margins; restarts; constant and cosine steps; every iterate counted);
+- autoattack: ART's AutoAttack (APGD-CE, APGD-DLR, DeepFool, Square); slow on CPUs.
+
+--sanity_checks adds the report that fails when more steps, restarts, other losses or the black-box
+Square attack break more examples. A phase-1 checkpoint can be evaluated under another dynamics
+(--eval_dynamics). Results go to --workdir (default RUN/eval/<checkpoint name>): flags.json,
+evaluation.json and TensorBoard events.
 """
 
 from binaries import quiet  # noqa: F401  (must precede TensorFlow)
@@ -18,6 +28,7 @@ from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 import os
 
 from absl import flags
+import numpy as np
 import tensorflow as tf
 
 from binaries import common
@@ -25,6 +36,8 @@ from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import evaluation
+from tf_ntk import robustness
+from tf_ntk import sanity
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
@@ -37,15 +50,64 @@ flags.DEFINE_enum("eval_dynamics", None, ["standard", "linearized", "centered"],
                   "Evaluate a phase-1 checkpoint under these dynamics (default: the checkpoint's own).")
 flags.DEFINE_enum("split", "test", list(data.SPLITS), "Split to evaluate on.")
 flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.", lower_bound=1)
-flags.DEFINE_bool("sanity_checks", False, "Run the gradient-masking checks (several more attacks).")
-flags.DEFINE_string("save_adversarial", None, "Save the adversarial set to this .npz.")
+flags.DEFINE_list("attack", ["protocol", "strong"], "Attacks to run, comma-separated, from "
+                  f"{', '.join(robustness.NAMES)}; the robust accuracy is the worst case over all.")
+flags.DEFINE_integer("strong_restarts", 5, "Random restarts of the strong ensemble's PGD members.",
+                     lower_bound=1)
+flags.DEFINE_integer("autoattack_restarts", 5, "AutoAttack: random starts of APGD and restarts of "
+                     "Square (ART's default 5).", lower_bound=1)
+flags.DEFINE_integer("autoattack_queries", 5000, "AutoAttack: Square's queries (ART's default 5000).",
+                     lower_bound=1)
+flags.DEFINE_bool("sanity_checks", False, "Run the sanity report on the strongest white-box attack "
+                  "asked for (several more attacks, and the black-box Square attack).")
+flags.DEFINE_integer("blackbox_queries", 1000, "Queries of the sanity report's Square attack "
+                     "(0: skip the black-box check).", lower_bound=0)
+flags.DEFINE_string("save_adversarial", None, "Save the adversarial set (the worst case per "
+                    "example) to this .npz.")
 flags.DEFINE_string("transfer_from", None, "Also evaluate on a saved adversarial set (.npz): a "
                     "transfer attack.")
 flags.DEFINE_bool("output_terms", False, "For linearized/centered models, save the two output terms "
-                  "on clean and adversarial inputs to output_terms.npz.")
+                  "on clean and adversarial (protocol attack) inputs to output_terms.npz.")
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
+
+
+def attacks_from_flags():
+    """{name: attack} in the order --attack lists them."""
+    names = list(dict.fromkeys(FLAGS.attack))
+    unknown = [n for n in names if n not in robustness.NAMES]
+    if unknown or not names:
+        raise ValueError(f"--attack: unknown attack {', '.join(unknown) or '(none)'}; known attacks: "
+                         f"{', '.join(robustness.NAMES)}")
+    protocol = common_flags.attack_config(FLAGS, default_steps=100)
+    out = {}
+    for name in names:
+        if name == "protocol":
+            out[name] = protocol
+        elif name == "strong":
+            out[name] = robustness.strong(FLAGS.eps, FLAGS.attack_norm, restarts=FLAGS.strong_restarts)
+        else:
+            if FLAGS.eps <= 0:
+                raise ValueError("--attack=autoattack needs --eps > 0")
+            out[name] = robustness.named(name, FLAGS.eps, FLAGS.attack_norm,
+                                         apgd_restarts=FLAGS.autoattack_restarts,
+                                         square_restarts=FLAGS.autoattack_restarts,
+                                         square_queries=FLAGS.autoattack_queries,
+                                         batch_size=FLAGS.batch_size)
+    return out
+
+
+def worst_case(x, results):
+    """(correct (N,) bool, x_adv (N, ...)): an example is robust only if every attack left it right;
+    its adversarial image is the one of the first attack that broke it."""
+    correct = np.ones(len(x), bool)
+    x_adv = x.copy()
+    for r in results:
+        hit = correct & ~r.correct
+        x_adv[hit] = r.x_adv[hit]
+        correct &= r.correct
+    return correct, x_adv
 
 
 def main(argv):
@@ -53,11 +115,15 @@ def main(argv):
     if not FLAGS.checkpoint:
         raise ValueError("--checkpoint is required")
     meta = checkpoints.read_meta(FLAGS.checkpoint)
-    config = common_flags.attack_config(FLAGS, default_steps=100)
+    chosen = attacks_from_flags()
+    protocol = common_flags.attack_config(FLAGS, default_steps=100)
     if FLAGS.save_adversarial and not FLAGS.save_adversarial.endswith(".npz"):
         raise ValueError(f"--save_adversarial must name a .npz file, got {FLAGS.save_adversarial}")
     if FLAGS.save_adversarial:
         common.check_new_output(FLAGS.save_adversarial, FLAGS.overwrite)
+        parent = os.path.dirname(os.path.abspath(FLAGS.save_adversarial))
+        if not os.path.isdir(parent):
+            raise ValueError(f"--save_adversarial: {parent} is not a directory")
     transfer = evaluation.load_adversarial(FLAGS.transfer_from) if FLAGS.transfer_from else None
     opts = common_flags.data_options(FLAGS)
     recorded = (meta.get("config") or {}).get("data") or {}
@@ -70,6 +136,9 @@ def main(argv):
     dataset = data.load(FLAGS.dataset, FLAGS.split, batch_size=FLAGS.batch_size, **opts)
     if FLAGS.max_examples:
         dataset = dataset.unbatch().take(FLAGS.max_examples).batch(FLAGS.batch_size)
+    if transfer is not None and tuple(transfer["x"].shape[1:]) != tuple(info.image_shape):
+        raise ValueError(f"--transfer_from={FLAGS.transfer_from} holds images of shape "
+                         f"{tuple(transfer['x'].shape[1:])}, the model takes {tuple(info.image_shape)}")
     model, _ = checkpoints.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics)
     dynamics = getattr(model, "centered", None)
     dynamics = "standard" if dynamics is None else ("centered" if dynamics else "linearized")
@@ -79,49 +148,66 @@ def main(argv):
     results_path = os.path.join(workdir, "evaluation.json")
     common.check_new_output(results_path, FLAGS.overwrite)
     fn = evaluation.inference_fn(model)
+    x, y = robustness.arrays(dataset)
     with common.run_directory(workdir):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {dynamics} dynamics) on "
-              f"{FLAGS.dataset}/{FLAGS.split}; attack {config.describe()}")
+              f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
         results = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
-                   "dynamics": dynamics, "attack": config.to_dict(), "flags": resolved}
+                   "dynamics": dynamics, "examples": len(y), "flags": resolved, "robust": {}}
         results["benign_accuracy"] = evaluation.accuracy(fn, dataset)
-        batches = int(dataset.cardinality().numpy())
-        x, x_adv, y = evaluation.adversarial_examples(
-            fn, dataset, config, seed=FLAGS.seed,
-            progress=common.progress(batches if batches > 0 else None, unit="batch"))
-        results["robust_accuracy"] = evaluation.accuracy(
-            fn, tf.data.Dataset.from_tensor_slices((x_adv, y)).batch(FLAGS.batch_size))
+        outcomes = []
+        for name, attack in chosen.items():
+            print(f"attack {name}: {attack.describe()}")
+            bar = common.progress(len(y), unit="image") if name == "protocol" else None
+            outcome = robustness.evaluate(fn, x, y, attack, seed=FLAGS.seed,
+                                          batch_size=FLAGS.batch_size, progress=bar)
+            outcomes.append(outcome)
+            results["robust"][name] = {"accuracy": outcome.accuracy, "attack": attack.to_dict(),
+                                       "description": attack.describe(), "breaks": outcome.breaks()}
+        correct, x_adv = worst_case(x, outcomes)
+        results["robust_accuracy"] = float(np.mean(correct))
+        results["attack"] = {"name": "+".join(chosen), "eps": FLAGS.eps, "norm": FLAGS.attack_norm}
         if FLAGS.save_adversarial:
-            evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, config,
-                                        checkpoint=results["checkpoint"], dynamics=dynamics)
+            evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, protocol,
+                                        attacks="+".join(chosen), checkpoint=results["checkpoint"],
+                                        dynamics=dynamics)
             results["saved_adversarial"] = os.path.abspath(FLAGS.save_adversarial)
         if transfer is not None:
             results["transfer_accuracy"] = evaluation.transfer_accuracy(fn, transfer)
             results["transfer_from"] = os.path.abspath(FLAGS.transfer_from)
         if FLAGS.sanity_checks:
-            report = evaluation.sanity_checks(fn, dataset, config, seed=FLAGS.seed)
+            white = [n for n in ("strong", "protocol") if n in chosen]
+            target = chosen[white[0]] if white else robustness.strong(FLAGS.eps, FLAGS.attack_norm)
+            print(f"sanity checks of {target.describe()}")
+            report = sanity.sanity_checks(fn, x, y, target, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+                                          blackbox_queries=FLAGS.blackbox_queries)
             results["sanity_checks"] = report.to_dict()
             print(report)
         if FLAGS.output_terms:
-            import numpy as np  # noqa: PLC0415
-
-            terms = evaluation.output_terms(model, dataset, config, seed=FLAGS.seed)
-            np.savez_compressed(os.path.join(workdir, "output_terms.npz"), **terms)
+            terms = evaluation.output_terms(model, dataset, protocol, seed=FLAGS.seed)
+            checkpoints.write_npz(os.path.join(workdir, "output_terms.npz"), compressed=True, **terms)
         writer = tf.summary.create_file_writer(workdir)
         with writer.as_default(step=summaries.epoch_step(meta.get("epoch") or 0)):
-            for key in ("benign_accuracy", "robust_accuracy", "transfer_accuracy"):
-                if key in results:
-                    tf.summary.scalar(f"eval/{key}", results[key])
+            tf.summary.scalar("eval/benign_accuracy", results["benign_accuracy"])
+            tf.summary.scalar("eval/robust_accuracy", results["robust_accuracy"])
+            for name, r in results["robust"].items():
+                tf.summary.scalar(f"eval/robust_accuracy_{name}", r["accuracy"])
+            if "transfer_accuracy" in results:
+                tf.summary.scalar("eval/transfer_accuracy", results["transfer_accuracy"])
             summaries.write_config(resolved)
         writer.flush()
         checkpoints.write_json(results_path, results)
     print(f"benign accuracy {results['benign_accuracy']:.4f}")
-    print(f"robust accuracy {results['robust_accuracy']:.4f}  ({config.describe()})")
+    for name, r in results["robust"].items():
+        print(f"robust accuracy {r['accuracy']:.4f}  ({name})")
+    if len(chosen) > 1:
+        print(f"robust accuracy {results['robust_accuracy']:.4f}  (worst case over {', '.join(chosen)})")
     if "transfer_accuracy" in results:
         print(f"transfer accuracy {results['transfer_accuracy']:.4f}  (set {FLAGS.transfer_from})")
     if "sanity_checks" in results:
-        print(f"sanity checks {'passed' if results['sanity_checks']['passed'] else 'FAILED'}")
+        failed = [c["name"] for c in results["sanity_checks"]["checks"] if not c["passed"]]
+        print("sanity checks " + ("passed" if not failed else "FAILED: " + "; ".join(failed)))
     print(f"results: {results_path}")
 
 

@@ -1,6 +1,9 @@
-r"""Prints the results table of every run under a directory (results.json of binaries.train).
+r"""Prints the results table of every run under a directory: benign accuracy and the quick robust
+estimate of binaries.train (results.json), and the robust accuracies binaries.evaluate measured on the
+run's final checkpoint (RUN/eval/*/evaluation.json): protocol, strong, autoattack, and the worst
+case per example over those that ran ("worst").
 
-    python -m binaries.results runs
+    python -m binaries.results --root=runs
 """
 
 from binaries import quiet  # noqa: F401  (must precede TensorFlow)
@@ -19,13 +22,37 @@ flags.DEFINE_string("root", "runs", "Directory holding the run directories.")
 FLAGS = flags.FLAGS
 
 
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON: {e}") from e
+
+
+def evaluations(run_dir, epoch):
+    """{attack name: robust accuracy} of binaries.evaluate's results for the run's checkpoint at
+    ``epoch`` (RUN/eval/*/evaluation.json), the newest evaluation of each attack winning."""
+    out = {}
+    paths = glob.glob(os.path.join(run_dir, "eval", "*", "evaluation.json"))
+    for path in sorted(paths, key=os.path.getmtime):
+        r = _read(path)
+        if r.get("epoch") != epoch:
+            continue
+        for name, value in (r.get("robust") or {}).items():
+            out[name] = value["accuracy"]
+        if len(r.get("robust") or {}) > 1:
+            out["worst"] = r["robust_accuracy"]
+    return out
+
+
 def rows(root):
     """One dict per run directory under ``root`` with a results.json, sorted by path."""
     out = []
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
-        with open(path, encoding="utf-8") as f:
-            r = json.load(f)
+        r = _read(path)
         spawn = r.get("spawn")
+        quick = r.get("quick_attack") or {}
         out.append({
             "run": os.path.relpath(os.path.dirname(path), root),
             "phase": "2" if spawn else "1",
@@ -35,17 +62,22 @@ def rows(root):
             "from": "" if not spawn else os.path.relpath(spawn, root),
             "epochs": r.get("epoch"),
             "benign": r["benign_accuracy"],
-            "robust": r["robust_accuracy"],
-            "attack": (f"{r['attack']['norm']} eps={r['attack']['eps']:.3g} "
-                       f"PGD-{r['attack']['steps']}") if r.get("attack") else "",
+            f"quick PGD-{quick.get('steps', '?')}": r.get("robust_accuracy_quick"),
+            **evaluations(os.path.dirname(path), r.get("epoch")),
         })
     return out
 
 
 def table(items):
-    head = ["run", "phase", "dynamics", "data", "from", "benign", "robust", "attack"]
-    cells = [[str(r[k]) if k not in ("benign", "robust") else f"{r[k]:.3f}" for k in head]
-             for r in items]
+    """A plain-text table: the runs, benign accuracy and every robust accuracy measured."""
+    fixed = ["run", "phase", "dynamics", "data", "from", "benign"]
+    order = {"protocol": 0, "strong": 1, "autoattack": 2, "worst": 3}
+    extra = sorted({k for r in items for k in r if k not in fixed and k != "epochs"},
+                   key=lambda k: (order.get(k, -1), k))
+    head = fixed + extra
+    numeric = set(head[5:])
+    cells = [[("-" if r.get(k) is None else f"{r[k]:.3f}") if k in numeric else str(r.get(k, ""))
+              for k in head] for r in items]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
     line = lambda c: "  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(c) for c in cells])

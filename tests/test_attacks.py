@@ -163,3 +163,50 @@ def test_a_sharded_random_start_is_the_global_start_at_its_rows():
         whole = attacks.sample_start(x, 0.1, norm, key).numpy()
         part = attacks.sample_start(x[4:7], 0.1, norm, key, batch_slice=(4, 10)).numpy()
         np.testing.assert_allclose(part, whole[4:7], rtol=1e-6, atol=1e-7)
+
+
+def test_dlr_and_targeted_margin_match_their_formulas():
+    logits = tf.constant([[3.0, 1.0, 0.5, -1.0], [0.0, 2.0, 4.0, 1.0]])
+    y = tf.constant([0, 1])
+    # DLR: (max_{j≠y} z_j − z_y) / (z_π1 − z_π3).
+    np.testing.assert_allclose(attacks.dlr_loss(y, logits).numpy(),
+                               [(1.0 - 3.0) / (3.0 - 0.5), (4.0 - 2.0) / (4.0 - 1.0)], rtol=1e-6)
+    # Invariant to shifting and scaling the logits.
+    np.testing.assert_allclose(attacks.dlr_loss(y, 7.0 * logits + 3.0).numpy(),
+                               attacks.dlr_loss(y, logits).numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(attacks.ranked_targets(y, logits, 1).numpy(), [1, 2])
+    np.testing.assert_array_equal(attacks.ranked_targets(y, logits, 2).numpy(), [2, 3])
+    np.testing.assert_allclose(attacks.targeted_margin_loss(y, tf.constant([3, 0]), logits).numpy(),
+                               [-4.0, -2.0])
+
+
+def test_best_iterate_never_loses_a_misclassification_the_last_iterate_would_keep():
+    rng = np.random.default_rng(4)
+    model = _linear_model(rng.normal(size=(16, 3)).astype(np.float32))
+    fn = lambda t: model(t, training=False)  # noqa: E731
+    x = rng.uniform(0.2, 0.8, size=(64, 16, 1, 1)).astype(np.float32)
+    y = np.argmax(fn(x).numpy(), -1).astype(np.int32)  # all clean-correct
+    for loss in ("ce", "margin", "dlr"):
+        common = dict(eps=0.08, steps=10, loss=loss, seed=3)
+        last = np.argmax(fn(attacks.pgd(fn, x, y, **common)).numpy(), -1) != y
+        best = attacks.pgd(fn, x, y, keep="best", **common)
+        best_wrong = np.argmax(fn(best).numpy(), -1) != y
+        assert np.all(best_wrong >= last) and last.any(), loss
+        assert np.abs(best.numpy() - x).max() <= 0.08 + 1e-6
+
+
+def test_cosine_schedule_decays_to_zero_and_targeted_attacks_need_the_margin_loss():
+    x = np.full((1, 4, 1, 1), 0.5, np.float32)
+    model = _linear_model(np.eye(4, 2, dtype=np.float32))
+    fn = lambda t: model(t)  # noqa: E731
+    # One step of a cosine schedule is the full first step; with steps=2 the second is step·(1+cos(π/2))/2.
+    one = attacks.pgd(fn, x, np.array([0]), eps=0.3, steps=1, step_size=0.1, schedule="cosine",
+                      random_start=False).numpy()
+    np.testing.assert_allclose(np.abs(one - x).max(), 0.1, rtol=1e-6)
+    two = attacks.pgd(fn, x, np.array([0]), eps=0.3, steps=2, step_size=0.1, schedule="cosine",
+                      random_start=False).numpy()
+    np.testing.assert_allclose(np.abs(two - x).max(), 0.15, rtol=1e-6)
+    with pytest.raises(ValueError, match="targeted attacks .* use the margin loss"):
+        attacks.PGDConfig(eps=0.1, loss="ce", target_rank=1)
+    with pytest.raises(ValueError, match="step_size must be finite"):
+        attacks.PGDConfig(eps=0.1, step_size=float("inf"))

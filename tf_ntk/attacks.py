@@ -13,14 +13,17 @@ run it continues. The iterations run in a `tf.while_loop`, so a 100-step attack 
 """
 
 import dataclasses
+import math
 
 import numpy as np
 import tensorflow as tf
-from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
+from cleverhans.tf2.utils import optimize_linear
 
 NORMS = {"linf": np.inf, "l2": 2}
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
+SCHEDULES = ("constant", "cosine")
+KEEP = ("last", "best")
 
 
 def cross_entropy_loss(labels, logits):
@@ -29,24 +32,60 @@ def cross_entropy_loss(labels, logits):
                                                           logits=logits)
 
 
+def _mask_label(labels, logits):
+    """``logits`` (N, O) with the entry of each row's label set to −∞."""
+    labels = tf.cast(labels, tf.int32)
+    return tf.where(tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False),
+                    tf.cast(-np.inf, logits.dtype), logits)
+
+
 def margin_loss(labels, logits):
     """Per-example CW-style margin (N,): max_{j≠y} z_j − z_y (positive when misclassified)."""
-    labels = tf.cast(labels, tf.int32)
-    true = tf.gather(logits, labels, batch_dims=1)
-    others = tf.where(tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False),
-                      tf.cast(-np.inf, logits.dtype), logits)
-    return tf.reduce_max(others, axis=-1) - true
+    true = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
+    return tf.reduce_max(_mask_label(labels, logits), axis=-1) - true
 
 
-_LOSS_FNS = {"ce": cross_entropy_loss, "margin": margin_loss}
+def dlr_loss(labels, logits):
+    """Per-example difference-of-logits ratio (N,) of Croce & Hein (2020), untargeted:
+    (max_{j≠y} z_j − z_y) / (z_π1 − z_π3 + 1e-12), with z_π the logits sorted in decreasing order.
+    Invariant to shifting and scaling the logits, so a model cannot hide behind their scale.
+    Needs at least 3 classes."""
+    top = tf.math.top_k(logits, k=3).values
+    return margin_loss(labels, logits) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-def check_config(*, eps, steps, step_size=None, norm="linf", loss="ce", restarts=1):
-    """Validates a PGD configuration; returns the step size (default 2·eps/steps)."""
+def targeted_margin_loss(labels, targets, logits):
+    """Per-example targeted CW margin (N,): z_t − z_y for target classes t (N,)."""
+    true = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
+    return tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1) - true
+
+
+def ranked_targets(labels, logits, rank):
+    """The ``rank``-th most likely wrong class (N,) int32 of each row of ``logits`` (N, O); rank ≥ 1."""
+    return tf.math.top_k(_mask_label(labels, logits), k=rank).indices[:, rank - 1]
+
+
+_LOSS_FNS = {"ce": cross_entropy_loss, "margin": margin_loss, "dlr": dlr_loss}
+
+
+def check_config(*, eps, steps, step_size=None, norm="linf", loss="ce", restarts=1,
+                 schedule="constant", keep="last", target_rank=0):
+    """Validates a PGD configuration; returns the (initial) step size (default 2·eps/steps)."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; known norms: {', '.join(NORMS)}")
     if loss not in LOSSES:
         raise ValueError(f"unknown attack loss {loss!r}; known losses: {', '.join(LOSSES)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown step-size schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if keep not in KEEP:
+        raise ValueError(f"unknown keep rule {keep!r}; known: {', '.join(KEEP)}")
+    if int(target_rank) < 0:
+        raise ValueError(f"target_rank must be >= 0, got {target_rank}")
+    if int(target_rank) > 0 and loss != "margin":
+        raise ValueError(f"targeted attacks (target_rank={target_rank}) use the margin loss, not {loss!r}")
+    for name, value in (("eps", eps), ("step_size", step_size)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
     if norm == "linf" and not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must be in [0, 1] (pixel units) for linf, got {eps}")
     if eps < 0:
@@ -73,7 +112,7 @@ def _seed_key(seed):
     return seed
 
 
-def sample_start(x, eps, norm, seed, batch_slice=None):
+def sample_start(x, eps, norm, seed, batch_slice=None, example_rows=None):
     """A uniform random point of the ε-ball around ``x`` (N, ...), clipped to [0, 1].
 
     L∞: independent uniform offsets in [−ε, ε]. L2: uniform in the ball (Gaussian direction,
@@ -106,7 +145,8 @@ def sample_start(x, eps, norm, seed, batch_slice=None):
 
 
 def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start=True, loss="ce",
-        restarts=1, seed=None, batch_slice=None):
+        restarts=1, seed=None, batch_slice=None, schedule="constant", keep="last", target_rank=0,
+        example_rows=None):
     """PGD adversarial examples.
 
     Args:
@@ -117,36 +157,77 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
       y: true int labels (N,).
       eps: radius of the ball, in [0, 1] pixel units (L∞) or L2 units.
       steps: gradient-ascent steps per restart.
-      step_size: step length; default 2·eps/steps (the authors' choice).
+      step_size: step length (the first step's under a schedule); default 2·eps/steps (the authors').
       norm: ``"linf"`` (sign steps) or ``"l2"`` (normalised gradient steps).
       random_start: uniform start in the ε-ball (Madry); False gives the basic iterative method.
-      loss: ``"ce"`` (cross-entropy of the true label) or ``"margin"`` (CW-style logit margin).
-      restarts: independent random starts; per example the one with the highest loss is kept.
+      loss: ``"ce"`` (cross-entropy of the true label), ``"margin"`` (CW-style logit margin) or
+        ``"dlr"`` (Croce & Hein's scale-invariant difference-of-logits ratio).
+      restarts: independent random starts, merged per example (see ``keep``).
       seed: None (start drawn from TensorFlow's global generator), an int, or a (2,) int tensor
         such as ``[run_seed, step]``; the same seed gives the same adversarial examples.
       batch_slice: (offset, global size) when ``x`` is one replica's shard of a global batch: the
         random start is that shard's rows of the global batch's start (see `sample_start`).
+      schedule: ``"constant"`` step size, or ``"cosine"``: step_size·(1 + cos(π·i/steps))/2 at
+        step i, large steps to explore, small ones to converge.
+      keep: ``"last"`` returns the last iterate (the protocol's PGD; restarts keep the highest
+        loss); ``"best"`` returns per example the first iterate found that is misclassified, else
+        the iterate of highest loss (every iterate counts, as in AutoAttack's APGD).
+      target_rank: 0 for an untargeted attack; k ≥ 1 maximises the targeted margin z_t − z_y
+        towards t, the k-th most likely wrong class at the clean input (``loss="margin"``).
+      example_rows: (rows (N,) int, total): ``x`` holds examples ``rows`` of a set of ``total``;
+        each example's random starts then do not depend on which others share its batch.
 
     Returns:
       Adversarial images (N, H, W, C) float32, inside the ε-ball around ``x`` and [0, 1] (up to
       float32 rounding of x + η: |x_adv − x| ≤ ε + one ulp).
     """
     step_size = check_config(eps=eps, steps=steps, step_size=step_size, norm=norm, loss=loss,
-                             restarts=restarts)
+                             restarts=restarts, schedule=schedule, keep=keep, target_rank=target_rank)
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.cast(tf.convert_to_tensor(y), tf.int32)
     # No shortcut at eps = 0: the whole loop runs and returns x exactly (x + 0), so the sanity check
     # "robust = benign at eps = 0" exercises the attack (NaN gradients would show up there).
-    loss_fn = _LOSS_FNS[loss]
+    if target_rank:
+        targets = ranked_targets(y, model_fn(x), int(target_rank))
+        loss_fn = lambda labels, logits: targeted_margin_loss(labels, targets, logits)  # noqa: E731
+    else:
+        loss_fn = _LOSS_FNS[loss]
     order = NORMS[norm]
-    # cleverhans asserts eps_iter <= eps; a larger step is equivalent to a step of eps after projection.
+    steps = int(steps)
+    # A step longer than eps is a step of eps after projection (cleverhans asserts eps_iter <= eps).
     eps_iter = min(step_size, eps)
     key = _seed_key(seed) if random_start else None
+    track = keep == "best"
 
-    def step(i, adv):
-        adv = fast_gradient_method(model_fn, adv, eps_iter, order, loss_fn, clip_min=0.0,
-                                   clip_max=1.0, y=y)
-        return i + 1, tf.clip_by_value(x + clip_eta(adv - x, order, eps), 0.0, 1.0)
+    def score(logits):
+        """What restarts (and, with keep="best", iterates) are ranked by, per example."""
+        value = loss_fn(y, logits)
+        if not track:
+            return value
+        wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+        return tf.where(wrong, tf.cast(np.inf, value.dtype), value)
+
+    def pick(better, new, old):
+        return tf.where(tf.reshape(better, [-1] + [1] * (x.shape.rank - 1)), new, old)
+
+    def step(i, adv, best, best_score):
+        # cleverhans' fast-gradient step (gradient of the summed per-example loss, its
+        # optimize_linear direction, clip to [0, 1]), then its clip_eta projection onto the ball.
+        with tf.GradientTape() as tape:
+            tape.watch(adv)
+            logits = model_fn(adv)
+            value = loss_fn(labels=y, logits=logits)
+        grad = tape.gradient(value, adv)
+        if track:  # the iterate the gradient was taken at competes for "best"
+            current = score(logits)
+            better = current > best_score
+            best, best_score = pick(better, adv, best), tf.where(better, current, best_score)
+        alpha = eps_iter
+        if schedule == "cosine":
+            alpha = eps_iter * 0.5 * (1.0 + tf.cos(np.pi * tf.cast(i, tf.float32) / steps))
+        adv = tf.clip_by_value(adv + optimize_linear(grad, alpha, order), 0.0, 1.0)
+        adv = tf.clip_by_value(x + clip_eta(adv - x, order, eps), 0.0, 1.0)
+        return i + 1, adv, best, best_score
 
     def one_restart(r):
         if not random_start:
@@ -154,29 +235,35 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
         else:  # restart 0 is the single-start attack of the same seed
             start = sample_start(x, eps, norm,
                                  key if r == 0 else tf.random.experimental.stateless_fold_in(key, r),
-                                 batch_slice)
-        return tf.while_loop(lambda i, _: i < int(steps), step, (tf.constant(0), start))[1]
+                                 batch_slice, example_rows)
+        initial = (tf.constant(0), start, start, tf.fill(tf.shape(y), tf.constant(-np.inf)))
+        _, adv, best, best_score = tf.while_loop(lambda i, *_: i < steps, step, initial)
+        if not track:
+            return adv, None
+        final = score(model_fn(adv))
+        better = final > best_score
+        return pick(better, adv, best), tf.where(better, final, best_score)
 
-    best = one_restart(0)
+    best, best_score = one_restart(0)
     if restarts == 1:
         return best
-    best_loss = loss_fn(y, model_fn(best))
+    if best_score is None:
+        best_score = score(model_fn(best))
     for r in range(1, int(restarts)):
-        cand = one_restart(r)
-        cand_loss = loss_fn(y, model_fn(cand))
-        better = cand_loss > best_loss
-        mask = tf.reshape(better, [-1] + [1] * (x.shape.rank - 1))
-        best = tf.where(mask, cand, best)
-        best_loss = tf.where(better, cand_loss, best_loss)
+        cand, cand_score = one_restart(r)
+        if cand_score is None:
+            cand_score = score(model_fn(cand))
+        better = cand_score > best_score
+        best, best_score = pick(better, cand, best), tf.where(better, cand_score, best_score)
     return best
-
 
 
 @dataclasses.dataclass(frozen=True)
 class PGDConfig:
     """A PGD attack. ε and step size in [0, 1] pixel units; step_size None means 2·eps/steps.
 
-    The protocol's evaluation attack is ``PGDConfig(eps=4/255, steps=100)`` (L∞, one random start).
+    The protocol's evaluation attack is ``PGDConfig(eps=4/255, steps=100)`` (L∞, one random start,
+    constant step, last iterate). See `pgd` for the other fields.
     """
 
     eps: float = 4 / 255
@@ -185,27 +272,44 @@ class PGDConfig:
     norm: str = "linf"
     loss: str = "ce"
     restarts: int = 1
+    schedule: str = "constant"
+    keep: str = "last"
+    target_rank: int = 0
 
     def __post_init__(self):
-        check_config(eps=self.eps, steps=self.steps, step_size=self.step_size,
-                     norm=self.norm, loss=self.loss, restarts=self.restarts)
+        self.resolved_step_size  # noqa: B018  (validates)
 
-    def attack(self, model_fn, x, y, seed=None, batch_slice=None):
+    def attack(self, model_fn, x, y, seed=None, batch_slice=None, example_rows=None):
         """Adversarial versions of ``x`` against ``model_fn`` (see `pgd` for the arguments)."""
-        return pgd(model_fn, x, y, eps=self.eps, steps=self.steps, step_size=self.step_size,
-                   norm=self.norm, loss=self.loss, restarts=self.restarts, seed=seed,
-                   batch_slice=batch_slice)
+        return pgd(model_fn, x, y, seed=seed, batch_slice=batch_slice, example_rows=example_rows,
+                   **self.to_dict())
 
     def describe(self):
         """A short label such as ``"linf PGD-100 eps=0.01569 step=0.0003137 ce x1"``."""
-        return (f"{self.norm} PGD-{self.steps} eps={self.eps:.4g} step={self.resolved_step_size:.4g} "
-                f"{self.loss} x{self.restarts}")
+        text = (f"{self.norm} PGD-{self.steps} eps={self.eps:.4g} step={self.resolved_step_size:.4g} "
+                f"{self.loss}{f' target#{self.target_rank}' if self.target_rank else ''} x{self.restarts}")
+        extras = [e for e in (self.schedule if self.schedule != "constant" else "",
+                              "best-iterate" if self.keep == "best" else "") if e]
+        return text + (f" ({', '.join(extras)})" if extras else "")
 
     @property
     def resolved_step_size(self):
-        """The step size in use (2·eps/steps when ``step_size`` is None)."""
-        return check_config(eps=self.eps, steps=self.steps, step_size=self.step_size,
-                            norm=self.norm, loss=self.loss, restarts=self.restarts)
+        """The step size in use (2·eps/steps when ``step_size`` is None; the first step's under a
+        schedule)."""
+        return check_config(**self.to_dict())
+
+    def replace(self, **changes):
+        """A copy with ``changes``; an explicit step size is rescaled with ε and steps (steps·k →
+        step/k, ε·k → step·k) unless ``step_size`` is among the changes."""
+        fields = {**self.to_dict(), **changes}
+        if self.step_size is not None and "step_size" not in changes:
+            scale = 1.0
+            if "eps" in changes and self.eps > 0:
+                scale *= changes["eps"] / self.eps
+            if "steps" in changes:
+                scale *= self.steps / changes["steps"]
+            fields["step_size"] = self.step_size * scale
+        return PGDConfig(**fields)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -105,7 +105,9 @@ class LinearizedModel(keras.Model):
         @tf.custom_gradient
         def terms(x, *theta_values):
             delta = [t - s for t, s in zip(theta_values, spawn)]
-            with tf.GradientTape() as tape:
+            # Persistent: an outer persistent tape (per-class gradients, DeepFool) may call grad
+            # more than once.
+            with tf.GradientTape(persistent=True) as tape:
                 tape.watch(spawn)
                 with tf.autodiff.ForwardAccumulator(spawn, delta) as acc:
                     y = self._f_at(spawn, x, training)

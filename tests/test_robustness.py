@@ -1,0 +1,136 @@
+"""Named attacks and the worst case per example: the strong ensemble reaches the closed-form optimum
+of a linear model, is never weaker per example than any of its members, and AutoAttack (ART) runs on
+standard and centered models."""
+
+import keras
+import numpy as np
+import pytest
+
+import tf_ntk
+from tf_ntk import attacks
+from tf_ntk import data
+from tf_ntk import evaluation
+from tf_ntk import models
+from tf_ntk import robustness
+from tf_ntk import training
+
+
+def _linear(seed=0, d=64, o=10):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d, o)).astype(np.float32)
+    b = rng.normal(size=(o,)).astype(np.float32)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(o)])
+    model.layers[-1].kernel.assign(w)
+    model.layers[-1].bias.assign(b)
+    return model, w, b
+
+
+def _closed_form_robust(w, b, x, y, eps):
+    """(N,) bool: no L∞ perturbation of size ≤ eps inside [0, 1] changes the linear model's label.
+
+    For each wrong class j the largest achievable margin is
+    (w_j − w_y)·x + b_j − b_y + Σ_i max(c_i·lo_i, c_i·hi_i), c = w_j − w_y, with the box-clipped
+    per-pixel range lo = max(−eps, −x), hi = min(eps, 1 − x)."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    lo, hi = np.maximum(-eps, -flat), np.minimum(eps, 1.0 - flat)
+    robust = np.ones(len(x), bool)
+    for n in range(len(x)):
+        logits = flat[n] @ w + b
+        if np.argmax(logits) != y[n]:
+            robust[n] = False
+            continue
+        for j in range(w.shape[1]):
+            if j == y[n]:
+                continue
+            c = w[:, j].astype(np.float64) - w[:, y[n]]
+            best = logits[j] - logits[y[n]] + np.maximum(c * lo[n], c * hi[n]).sum()
+            robust[n] &= best < 0
+    return robust
+
+
+def test_strong_attack_reaches_the_closed_form_optimum_of_a_linear_model():
+    model, w, b = _linear()
+    x, _ = data.load_arrays("digits", "test")
+    x = x[:120]
+    fn = evaluation.inference_fn(model)
+    y = np.argmax(fn(x).numpy(), -1).astype(np.int32)  # clean accuracy 1 by construction
+    for eps in (0.02, 0.05):
+        want = _closed_form_robust(w, b, x, y, eps)
+        assert 0.05 < want.mean() < 0.95  # the test must be able to fail either way
+        got = robustness.evaluate(fn, x, y, robustness.strong(eps, steps=20, restarts=1), seed=0)
+        np.testing.assert_array_equal(got.correct, want)
+        # The protocol's single CE attack is weaker (it cannot beat the optimum either).
+        protocol = robustness.evaluate(fn, x, y, robustness.protocol(eps, steps=20), seed=0)
+        assert np.all(protocol.correct >= want)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    training.set_seed(0)
+    model = models.get("mlp", 10, (8, 8, 1), width=32)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data.load_arrays("digits", "train")
+    model.fit(x, y, batch_size=64, epochs=4, verbose=0, shuffle=False)
+    xt, yt = data.load_arrays("digits", "test")
+    return model, xt[:160], yt[:160]
+
+
+def test_ensemble_worst_case_is_never_above_any_member(trained_mlp):
+    model, x, y = trained_mlp
+    fn = evaluation.inference_fn(model)
+    ensemble = robustness.strong(0.1, steps=10, restarts=2, targets=2)
+    together = robustness.evaluate(fn, x, y, ensemble, seed=1, batch_size=64)
+    assert 0.0 < together.accuracy < 0.9
+    for member in ensemble.members:
+        alone = robustness.evaluate(fn, x, y, robustness.Ensemble((member,)), seed=1, batch_size=64)
+        assert np.all(together.correct <= alone.correct), member.describe()
+    # Every example the ensemble calls broken has an adversarial image that the model misclassifies,
+    # inside the ball.
+    broken = ~together.correct
+    assert np.all(np.argmax(fn(together.x_adv).numpy(), -1)[broken] != y[broken])
+    assert np.abs(together.x_adv - x).max() <= 0.1 + 1e-6
+    assert sum(together.breaks().values()) + np.sum(together.broken_by == robustness.CLEAN_WRONG) \
+        == np.sum(broken)
+    # Continuing from a result gives the worst case of both attacks.
+    protocol = robustness.evaluate(fn, x, y, robustness.protocol(0.1, steps=10), seed=1)
+    both = robustness.evaluate(fn, x, y, ensemble, seed=1, start=protocol)
+    assert np.all(both.correct <= protocol.correct)
+    assert robustness.evaluate(fn, x, y, ensemble, seed=1).accuracy == together.accuracy  # seeded
+
+
+def test_robust_accuracy_takes_attack_names(trained_mlp):
+    model, x, y = trained_mlp
+    fn = evaluation.inference_fn(model)
+    dataset = evaluation._as_dataset(x, y, 64)  # noqa: SLF001
+    strong = evaluation.robust_accuracy(fn, dataset, "strong", eps=0.1)
+    protocol = evaluation.robust_accuracy(fn, dataset, "protocol", eps=0.1)
+    assert strong <= protocol
+    with pytest.raises(ValueError, match="unknown attack 'weak'"):
+        robustness.named("weak", 0.1)
+    with pytest.raises(ValueError, match="needs eps"):
+        evaluation.robust_accuracy(fn, dataset, "strong")
+
+
+@pytest.mark.parametrize("dynamics", ["standard", "centered"])
+def test_autoattack_runs_on_standard_and_centered_models(trained_mlp, dynamics):
+    from tf_ntk import autoattack
+
+    model, x, y = trained_mlp
+    if dynamics == "centered":
+        model = tf_ntk.linearize(model, centered=True)
+        rng = np.random.default_rng(0)
+        for v in model.theta:  # move θ off θ_s so that the centered model predicts something
+            v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
+    fn = evaluation.inference_fn(model)
+    x, y = x[:24], y[:24]
+    tiny = autoattack.AutoAttackConfig(eps=0.1, apgd_steps=5, apgd_restarts=1, square_queries=20,
+                                       square_restarts=1, batch_size=24)
+    result = robustness.evaluate(fn, x, y, tiny, seed=0)
+    clean = np.argmax(fn(x).numpy(), -1) == y
+    assert np.all(result.correct <= clean) and result.accuracy < clean.mean()
+    assert result.rejected == 0
+    broken = ~result.correct & clean
+    assert np.all(np.argmax(fn(result.x_adv).numpy(), -1)[broken] != y[broken])
+    assert np.abs(result.x_adv - x).max() <= 0.1 * (1 + 1e-4)
+    assert "AutoAttack" in tiny.describe() and tiny.to_dict()["name"] == "autoattack"

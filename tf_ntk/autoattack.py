@@ -1,0 +1,147 @@
+"""AutoAttack and the Square black-box attack, from the Adversarial Robustness Toolbox (ART).
+
+ART (``adversarial-robustness-toolbox``) wraps any TensorFlow 2 callable as a classifier, so the
+standard, linearized and centered models are attacked alike, through their own input gradients.
+ART's AutoAttack runs its attacks in turn, each on the examples still classified correctly, and
+keeps a perturbation only when it misclassifies within the ε-ball:
+
+1. APGD-CE: auto-step-size PGD on the cross-entropy (Croce & Hein 2020);
+2. APGD-DLR: the same on the scale-invariant difference-of-logits ratio;
+3. DeepFool (in ART's ensemble where the original AutoAttack has FAB, which ART does not ship);
+4. Square: a score-based black-box random search, blind to gradient masking.
+
+ε is in [0, 1] pixel units (L∞) or L2 units; images are float32 NHWC in [0, 1].
+"""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+with warnings.catch_warnings():  # ART warns about optional PyTorch-only modules on import
+    warnings.simplefilter("ignore")
+    from art.attacks.evasion import AutoAttack as _ArtAutoAttack
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.attacks.evasion import DeepFool
+    from art.attacks.evasion import SquareAttack
+    from art.estimators.classification import TensorFlowV2Classifier
+
+_ART_NORMS = {"linf": np.inf, "l2": 2}
+
+
+def classifier(model_fn, input_shape, num_classes):
+    """An ART `TensorFlowV2Classifier` of ``model_fn`` (images (N, *input_shape) -> logits (N, O)).
+
+    ART calls ``model(x, training=...)``; the wrapper drops ``training`` (``model_fn`` already fixes
+    BN to inference mode) and compiles ``model_fn`` once.
+    """
+    compiled = tf.function(model_fn, reduce_retracing=True)
+
+    def model(x, training=False):
+        del training
+        return compiled(tf.cast(x, tf.float32))
+
+    return TensorFlowV2Classifier(
+        model=model, nb_classes=int(num_classes), input_shape=tuple(int(d) for d in input_shape),
+        loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0))
+
+
+def _seeded(seed):
+    """ART draws its random starts from NumPy's global generator: seed it for repeatable numbers."""
+    np.random.seed(int(seed) % 2**32)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackConfig:
+    """ART's AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square), untargeted.
+
+    Defaults are ART's: 100 APGD iterations with 5 random starts each, Square with 5000 queries and
+    5 restarts. ``apgd_step`` is APGD's initial step (default 2ε, Croce & Hein's choice; APGD adapts
+    it). Smaller budgets are for tests only.
+    """
+
+    eps: float
+    norm: str = "linf"
+    apgd_steps: int = 100
+    apgd_restarts: int = 5
+    deepfool: bool = True
+    square_queries: int = 5000
+    square_restarts: int = 5
+    batch_size: int = 128
+
+    name = "autoattack"
+
+    def __post_init__(self):
+        if self.norm not in _ART_NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
+        if not np.isfinite(self.eps) or self.eps <= 0:
+            raise ValueError(f"AutoAttack needs a finite eps > 0, got {self.eps}")
+        for field in ("apgd_steps", "apgd_restarts", "square_queries", "square_restarts", "batch_size"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+
+    def describe(self):
+        return (f"{self.norm} AutoAttack (ART) eps={self.eps:.4g}: APGD-CE/APGD-DLR "
+                f"{self.apgd_steps} steps x{self.apgd_restarts}"
+                f"{', DeepFool' if self.deepfool else ''}, Square {self.square_queries} queries "
+                f"x{self.square_restarts}")
+
+    def to_dict(self):
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def attacks(self, estimator):
+        norm = _ART_NORMS[self.norm]
+        apgd = dict(estimator=estimator, norm=norm, eps=self.eps, eps_step=2 * self.eps,
+                    max_iter=self.apgd_steps, targeted=False, nb_random_init=self.apgd_restarts,
+                    batch_size=self.batch_size, verbose=False)
+        members = [AutoProjectedGradientDescent(loss_type="cross_entropy", **apgd),
+                   AutoProjectedGradientDescent(loss_type="difference_logits_ratio", **apgd)]
+        if self.deepfool:
+            members.append(DeepFool(classifier=estimator, max_iter=100, epsilon=1e-3, nb_grads=10,
+                                    batch_size=self.batch_size, verbose=False))
+        members.append(SquareAttack(estimator=estimator, norm=norm, eps=self.eps,
+                                    max_iter=self.square_queries, p_init=0.8,
+                                    nb_restarts=self.square_restarts, batch_size=self.batch_size,
+                                    verbose=False))
+        return members
+
+    def generate(self, model_fn, x, y, num_classes, seed=0):
+        """Adversarial images (N, H, W, C) float32 for ``x`` (N, H, W, C), labels ``y`` (N,)."""
+        estimator = classifier(model_fn, x.shape[1:], num_classes)
+        _seeded(seed)
+        attack = _ArtAutoAttack(estimator, norm=_ART_NORMS[self.norm], eps=self.eps,
+                                eps_step=2 * self.eps, attacks=self.attacks(estimator),
+                                batch_size=self.batch_size)
+        return attack.generate(x=np.asarray(x, np.float32), y=np.asarray(y)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SquareConfig:
+    """ART's Square attack alone (Andriushchenko et al. 2020): the black-box check of the sanity
+    report. It never reads a gradient, so a model that masks gradients does not fool it."""
+
+    eps: float
+    norm: str = "linf"
+    queries: int = 1000
+    restarts: int = 1
+    batch_size: int = 128
+
+    name = "square"
+
+    def describe(self):
+        return f"{self.norm} Square (ART, black-box) eps={self.eps:.4g} {self.queries} queries x{self.restarts}"
+
+    def to_dict(self):
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def generate(self, model_fn, x, y, num_classes, seed=0):
+        """Adversarial images (N, H, W, C) float32 (unsuccessful examples come back unchanged)."""
+        estimator = classifier(model_fn, x.shape[1:], num_classes)
+        _seeded(seed)
+        attack = SquareAttack(estimator=estimator, norm=_ART_NORMS[self.norm], eps=self.eps,
+                              max_iter=self.queries, p_init=0.8, nb_restarts=self.restarts,
+                              batch_size=self.batch_size, verbose=False)
+        onehot = np.eye(int(num_classes), dtype=np.float32)[np.asarray(y)]
+        return attack.generate(x=np.asarray(x, np.float32), y=onehot).astype(np.float32)

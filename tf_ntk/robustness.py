@@ -1,0 +1,281 @@
+"""Robust accuracy a reviewer would accept: named attacks and the worst case per example.
+
+Three named attacks (`named`):
+
+- ``protocol``: the paper's evaluation, L∞ PGD-100, step 2ε/100, one random start, cross-entropy,
+  last iterate. Kept for comparability with the paper.
+- ``strong`` (the default for reported numbers): an ensemble of PGD attacks (`strong`) with
+  cross-entropy, CW-margin, DLR and targeted-margin losses, random restarts, a constant and a
+  cosine-decaying step, every iterate counted. An example is robust only if no member misclassifies
+  it; members run in turn on the examples still robust, as AutoAttack does.
+- ``autoattack``: ART's AutoAttack ensemble (`tf_ntk.autoattack`).
+
+Robust accuracy follows RobustBench: an example counts as robust when its clean image and every
+adversarial image crafted for it are classified correctly. ε is in [0, 1] pixel units (L∞) or L2
+units; images are float32 NHWC in [0, 1]; labels int (N,).
+"""
+
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from tf_ntk import attacks
+
+NAMES = ("protocol", "strong", "autoattack")
+ROBUST, CLEAN_WRONG = -1, -2  # `AttackResult.broken_by` codes
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """PGD attacks whose worst case per example is the result; see `strong`."""
+
+    members: tuple
+    name: str = "ensemble"
+
+    def __post_init__(self):
+        if not self.members:
+            raise ValueError("an attack ensemble needs at least one member")
+        object.__setattr__(self, "members", tuple(
+            m if isinstance(m, attacks.PGDConfig) else attacks.PGDConfig(**m) for m in self.members))
+
+    @property
+    def eps(self):
+        return self.members[0].eps
+
+    @property
+    def norm(self):
+        return self.members[0].norm
+
+    def replace(self, **changes):
+        """Every member with ``changes`` (see `attacks.PGDConfig.replace`)."""
+        return Ensemble(tuple(m.replace(**changes) for m in self.members), self.name)
+
+    def describe(self):
+        return f"{self.name}: " + "; ".join(m.describe() for m in self.members)
+
+    def to_dict(self):
+        return {"name": self.name, "members": [m.to_dict() for m in self.members]}
+
+
+def strong(eps, norm="linf", *, steps=100, restarts=5, targets=3):
+    """The strong evaluation ensemble at radius ``eps``.
+
+    Members, each ``steps`` steps from uniform random starts, every iterate counted (keep="best"):
+    PGD-CE and PGD-margin with a constant step 2.5ε/steps and ``restarts`` starts (Madry's
+    step); PGD-DLR with a cosine-decaying step from ε/4 and ``restarts`` starts; targeted-margin PGD
+    towards each of the ``targets`` most likely wrong classes, cosine step from ε/4, one start each
+    (the targeted attacks of AutoAttack's APGD-T).
+    """
+    constant = dict(eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps, keep="best",
+                    restarts=restarts)
+    cosine = dict(eps=eps, norm=norm, steps=steps, step_size=eps / 4, keep="best", schedule="cosine")
+    members = [attacks.PGDConfig(loss="ce", **constant),
+               attacks.PGDConfig(loss="margin", **constant),
+               attacks.PGDConfig(loss="dlr", restarts=restarts, **cosine)]
+    members += [attacks.PGDConfig(loss="margin", target_rank=k, **cosine) for k in range(1, targets + 1)]
+    return Ensemble(tuple(members), "strong")
+
+
+def protocol(eps, norm="linf", *, steps=100):
+    """The paper's evaluation PGD: ``steps`` steps of 2ε/steps, one random start, CE, last iterate."""
+    return attacks.PGDConfig(eps=eps, norm=norm, steps=steps)
+
+
+def named(name, eps, norm="linf", **options):
+    """The attack called ``name`` (one of `NAMES`) at radius ``eps``; ``options`` go to its builder
+    (`protocol`, `strong` or `tf_ntk.autoattack.AutoAttackConfig`)."""
+    if name == "protocol":
+        return protocol(eps, norm, **options)
+    if name == "strong":
+        return strong(eps, norm, **options)
+    if name == "autoattack":
+        from tf_ntk import autoattack  # noqa: PLC0415  (ART is imported only when asked for)
+
+        return autoattack.AutoAttackConfig(eps=eps, norm=norm, **options)
+    raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(NAMES)}")
+
+
+def attack_name(attack):
+    """The name an attack is stored under: ``protocol`` for a bare PGD, else its ``name``."""
+    return "protocol" if isinstance(attack, attacks.PGDConfig) else attack.name
+
+
+def describe(attack):
+    return attack.describe()
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """Per-example outcome of an attack.
+
+    Attributes:
+      x_adv: (N, H, W, C) float32, the adversarial image that broke each example (the clean image
+        where none did, or where the clean image is already misclassified).
+      correct: (N,) bool, clean and adversarial images both classified correctly.
+      broken_by: (N,) int: the index in ``members`` of the first attack that broke the example,
+        ``ROBUST`` (-1) if none did, ``CLEAN_WRONG`` (-2) if the clean image is misclassified.
+      members: names of the attacks, in the order they ran.
+      rejected: crafted images discarded for lying outside the ε-ball or [0, 1], or not being
+        finite (0 for a sound attack; the sanity report checks it).
+    """
+
+    x_adv: np.ndarray
+    correct: np.ndarray
+    broken_by: np.ndarray
+    members: list
+    rejected: int = 0
+
+    @property
+    def accuracy(self):
+        return float(np.mean(self.correct))
+
+    def breaks(self):
+        """{member: number of examples it broke first}."""
+        return {m: int(np.sum(self.broken_by == i)) for i, m in enumerate(self.members)}
+
+
+def _predict_fn(model_fn, jit_compile):
+    return tf.function(lambda x: tf.argmax(model_fn(x), axis=-1, output_type=tf.int32),
+                       jit_compile=jit_compile, reduce_retracing=True)
+
+
+def _batches(indices, batch_size, pad):
+    """Index batches of ``batch_size``; with ``pad`` the last is padded by repeating its first
+    index, so that XLA sees one static shape. Yields (indices, number of real ones)."""
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        real = len(chunk)
+        if pad and real < batch_size:
+            chunk = np.concatenate([chunk, np.full(batch_size - real, chunk[0])])
+        yield chunk, real
+
+
+class _Runner:
+    """Runs attacks on NumPy arrays, each on the examples still robust; one compiled function per
+    PGD configuration and one for predictions."""
+
+    def __init__(self, model_fn, x, y, *, num_classes, batch_size, jit_compile, seed, progress):
+        self.model_fn, self.x, self.y = model_fn, np.asarray(x, np.float32), np.asarray(y, np.int32)
+        self.num_classes, self.batch_size, self.seed = num_classes, batch_size, int(seed)
+        self.jit_compile, self.progress = jit_compile, progress
+        self.predict = _predict_fn(model_fn, jit_compile)
+        self.done = 0
+
+    def predictions(self, images, indices=None):
+        indices = np.arange(len(images)) if indices is None else indices
+        out = np.empty(len(indices), np.int32)
+        for chunk, real in _batches(np.arange(len(indices)), self.batch_size, self.jit_compile):
+            out[chunk[:real]] = self.predict(images[indices[chunk]]).numpy()[:real]
+        return out
+
+    def craft(self, attack, index, indices):
+        """Adversarial images for ``self.x[indices]`` (K, ...) from attack number ``index``."""
+        if not isinstance(attack, attacks.PGDConfig):  # ART attacks run on NumPy arrays
+            out = attack.generate(self.model_fn, self.x[indices], self.y[indices], self.num_classes,
+                                  seed=self.seed * 1000 + index)
+            self._tick(len(indices))
+            return out
+        total = len(self.y)
+        fn = tf.function(
+            lambda x, y, rows: attack.attack(self.model_fn, x, y, seed=key, example_rows=(rows, total)),
+            jit_compile=self.jit_compile, reduce_retracing=True)
+        # One key per attack configuration: an example's random starts depend on (seed, attack,
+        # example) only, not on the attack's place in an ensemble or on the other examples still
+        # being attacked alongside it.
+        key = tf.constant([self.seed, zlib.crc32(json.dumps(attack.to_dict(), sort_keys=True).encode())],
+                          tf.int64)
+        out = np.empty((len(indices),) + self.x.shape[1:], np.float32)
+        for chunk, real in _batches(np.arange(len(indices)), self.batch_size, self.jit_compile):
+            rows = indices[chunk]
+            out[chunk[:real]] = fn(self.x[rows], self.y[rows], rows).numpy()[:real]
+            self._tick(real)
+        return out
+
+    def _tick(self, n):
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done)
+
+
+def _members(attack):
+    if isinstance(attack, Ensemble):
+        return list(attack.members)
+    return [attack]
+
+
+def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=False, progress=None,
+             num_classes=None, start=None):
+    """Attacks ``x`` (N, H, W, C), labels ``y`` (N,) with ``attack`` and returns an `AttackResult`.
+
+    Args:
+      model_fn: one stable callable images -> logits (N, O), BN in inference mode
+        (`tf_ntk.evaluation.inference_fn`).
+      attack: a `attacks.PGDConfig` (the protocol's kind: every example attacked once), an
+        `Ensemble` (members in turn, each on the examples no earlier member broke), or an ART
+        attack (`tf_ntk.autoattack`). PGD random starts depend on (seed, attack configuration,
+        example index) only, so an example meets the same starts in an ensemble as in a member alone.
+      seed: the same seed gives the same result (ART attacks: NumPy's global generator is seeded).
+      progress: ``progress(examples_attacked)`` after each batch.
+      num_classes: number of logits (default: from one forward pass).
+      start: an earlier `AttackResult` on the same inputs to continue: only the examples it left
+        robust are attacked, and its members come first. Continuing with attack B from the result
+        of attack A gives the worst case of A and B.
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    if len(y) == 0:
+        raise ValueError("cannot compute robust accuracy on an empty dataset")
+    if num_classes is None:
+        num_classes = int(model_fn(tf.constant(x[:1])).shape[-1])
+    runner = _Runner(model_fn, x, y, num_classes=num_classes, batch_size=batch_size,
+                     jit_compile=jit_compile, seed=seed, progress=progress)
+    if start is None:
+        x_adv = x.copy()
+        broken_by = np.where(runner.predictions(x) == y, ROBUST, CLEAN_WRONG)
+        names = []
+    else:
+        x_adv, broken_by, names = start.x_adv.copy(), start.broken_by.copy(), list(start.members)
+    rejected = 0 if start is None else start.rejected
+    offset = len(names)
+    members = _members(attack)
+    for i, member in enumerate(members):
+        index = offset + i
+        names.append(member.describe())
+        everyone = isinstance(attack, attacks.PGDConfig)  # the protocol attacks all examples
+        indices = np.arange(len(y)) if everyone else np.flatnonzero(broken_by == ROBUST)
+        if len(indices) == 0:
+            continue
+        crafted = runner.craft(member, index, indices)
+        wrong = runner.predictions(crafted) != y[indices]
+        inside = _inside(crafted, x[indices], member.eps, member.norm)
+        rejected += int(np.sum(~inside))
+        wrong &= inside
+        hit = wrong & (broken_by[indices] == ROBUST)
+        x_adv[indices[hit]] = crafted[hit]
+        broken_by[indices[hit]] = index
+    return AttackResult(x_adv=x_adv, correct=broken_by == ROBUST, broken_by=broken_by, members=names,
+                        rejected=rejected)
+
+
+def _inside(x_adv, x, eps, norm):
+    """(K,) bool: finite, inside the ε-ball (up to float32 rounding) and [0, 1]."""
+    delta = (x_adv - x).reshape(len(x), -1)
+    finite = np.isfinite(delta).all(axis=1)
+    delta = np.where(np.isfinite(delta), delta, np.inf)
+    size = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    flat = x_adv.reshape(len(x), -1)
+    return finite & (size <= eps * (1 + 1e-5) + 1e-6) & (flat.min(axis=1) >= 0.0) & (flat.max(axis=1) <= 1.0)
+
+
+def arrays(dataset):
+    """(x (N, H, W, C) float32, y (N,) int32) NumPy arrays of a batched ``dataset``."""
+    xs, ys = [], []
+    for x, y in dataset:
+        xs.append(np.asarray(x, np.float32))
+        ys.append(np.asarray(y, np.int32))
+    if not ys:
+        raise ValueError("cannot compute robust accuracy on an empty dataset")
+    return np.concatenate(xs), np.concatenate(ys)
