@@ -118,6 +118,52 @@ class AutoAttackConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class APGDConfig:
+    """ART's APGD alone (Croce & Hein 2020): PGD with momentum and a step size that halves when
+    progress stalls, from 2ε; untargeted, on the cross-entropy (``loss="ce"``) or the DLR loss.
+    A member of the strong ensemble (`tf_ntk.robustness.strong`)."""
+
+    eps: float
+    norm: str = "linf"
+    loss: str = "ce"
+    steps: int = 100
+    restarts: int = 5
+    batch_size: int = 128
+
+    name = "apgd"
+    _LOSSES = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}
+
+    def __post_init__(self):
+        if self.loss not in self._LOSSES:
+            raise ValueError(f"unknown APGD loss {self.loss!r}; known: {', '.join(self._LOSSES)}")
+        if self.norm not in _ART_NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
+
+    def describe(self):
+        return f"{self.norm} APGD-{self.loss.upper()} (ART) eps={self.eps:.4g} {self.steps} steps x{self.restarts}"
+
+    def to_dict(self):
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def replace(self, **changes):
+        """A copy with the fields among ``changes`` (eps, steps, restarts, ...) changed; PGD-only
+        fields (step size, schedule) do not apply to APGD and are ignored."""
+        fields = dataclasses.asdict(self)
+        return APGDConfig(**{**fields, **{k: v for k, v in changes.items() if k in fields}})
+
+    def generate(self, model_fn, x, y, num_classes, seed=0):
+        """Adversarial images (N, H, W, C) float32 for ``x``, true labels ``y`` (N,)."""
+        estimator = classifier(model_fn, x.shape[1:], num_classes)
+        _seeded(seed)
+        attack = AutoProjectedGradientDescent(
+            estimator=estimator, norm=_ART_NORMS[self.norm], eps=self.eps, eps_step=2 * self.eps,
+            max_iter=self.steps, targeted=False, nb_random_init=self.restarts,
+            batch_size=self.batch_size, loss_type=self._LOSSES[self.loss], verbose=False)
+        onehot = np.eye(int(num_classes), dtype=np.float32)[np.asarray(y)]
+        return attack.generate(x=np.asarray(x, np.float32), y=onehot).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
 class SquareConfig:
     """ART's Square attack alone (Andriushchenko et al. 2020): the black-box check of the sanity
     report. It never reads a gradient, so a model that masks gradients does not fool it."""
@@ -129,6 +175,13 @@ class SquareConfig:
     batch_size: int = 128
 
     name = "square"
+    blackbox = True  # the sanity report compares it with the gradient-based members
+
+    def replace(self, **changes):
+        """A copy with the fields among ``changes`` (eps, restarts, ...) changed; gradient-attack
+        fields (steps, step size, schedule) do not apply to Square and are ignored."""
+        fields = dataclasses.asdict(self)
+        return SquareConfig(**{**fields, **{k: v for k, v in changes.items() if k in fields}})
 
     def describe(self):
         return f"{self.norm} Square (ART, black-box) eps={self.eps:.4g} {self.queries} queries x{self.restarts}"

@@ -1,0 +1,92 @@
+"""The sanity report passes on an honest model under a converged attack, and fails, naming the check
+and by how much, on a model that masks its gradients and on attacks that have not converged."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_ntk import attacks
+from tf_ntk import data
+from tf_ntk import evaluation
+from tf_ntk import models
+from tf_ntk import robustness
+from tf_ntk import sanity
+from tf_ntk import training
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An MLP trained 4 clean epochs on digits, and 200 test images."""
+    training.set_seed(0)
+    model = models.get("mlp", 10, (8, 8, 1), width=32)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data.load_arrays("digits", "train")
+    model.fit(x, y, batch_size=64, epochs=4, verbose=0, shuffle=False)
+    xt, yt = data.load_arrays("digits", "test")
+    return model, xt[:200], yt[:200]
+
+
+def _failed(report):
+    return {c.name: c for c in report.failures}
+
+
+def test_sanity_report_passes_on_an_honest_model_under_the_strong_attack(trained):
+    model, x, y = trained
+    fn = evaluation.inference_fn(model)
+    attack = robustness.strong(EPS, steps=20, restarts=2, square_queries=200)
+    report = sanity.sanity_checks(fn, x, y, attack, blackbox_queries=200)
+    assert report.passed, str(report)
+    assert report.eps_curve[0] == (0.0, report.benign)
+    eps = [e for e, _ in report.eps_curve]
+    assert eps == sorted(eps) and len(eps) == 5
+    assert report.to_dict()["passed"] is True and 0 < report.robust < report.benign
+    assert all(c.shortfall == 0.0 for c in report.checks)
+
+
+def test_sanity_report_fails_on_masked_gradients_and_the_black_box_check_catches_it(trained):
+    model, x, y = trained
+    # A stop-gradient input layer: zero input gradients, so PGD cannot move beyond its random start.
+    masked = lambda t: model(tf.stop_gradient(t) + 0.0 * t, training=False)  # noqa: E731
+    attack = robustness.strong(EPS, steps=10, restarts=1, square_queries=200)
+    report = sanity.sanity_checks(masked, x, y, attack, blackbox_queries=200)
+    failed = _failed(report)
+    blackbox = "black-box Square attack not stronger than the white-box attack"
+    assert blackbox in failed, str(report)
+    assert failed[blackbox].shortfall > 0.1
+    # The strong ensemble's own Square search is not fooled either: its number is far below the
+    # white-box one.
+    assert report.robust < 0.7
+    assert "FAIL  black-box" in str(report) and "(by " in str(report)
+
+
+def test_an_attack_that_has_not_converged_fails_the_steps_and_loss_checks(trained):
+    model, x, y = trained
+    fn = evaluation.inference_fn(model)
+    # Two tiny steps from a random start: far from converged.
+    weak = attacks.PGDConfig(eps=EPS, steps=2, step_size=EPS / 50, keep="best")
+    report = sanity.sanity_checks(fn, x, y, weak, blackbox_queries=0)
+    failed = _failed(report)
+    assert "other losses break no more examples" in failed, str(report)
+    assert failed["other losses break no more examples"].shortfall > 0.05
+    assert len(report.checks) == 7  # no black-box check with 0 queries
+    # One sign step (FGSM from a random start): two steps of half the size break more examples.
+    one_step = attacks.PGDConfig(eps=EPS, steps=1, keep="best")
+    failed = _failed(sanity.sanity_checks(fn, x, y, one_step, blackbox_queries=0))
+    assert "2x steps break no more examples" in failed
+    assert failed["2x steps break no more examples"].shortfall > 0
+
+
+def test_random_noise_fails_the_restarts_check(trained):
+    model, x, y = trained
+    fn = evaluation.inference_fn(model)
+    # No step at all: the "attack" is its uniform random start, so more restarts break more examples.
+    noise = attacks.PGDConfig(eps=0.3, steps=1, step_size=0.0, keep="best")
+    report = sanity.sanity_checks(fn, x, y, noise, blackbox_queries=0, tolerance=0.005)
+    failed = _failed(report)
+    assert "3x restarts break no more examples" in failed, str(report)
+    assert failed["3x restarts break no more examples"].shortfall > 0
+    assert "breaks" in failed["3x restarts break no more examples"].detail
