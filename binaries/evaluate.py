@@ -52,12 +52,13 @@ flags.DEFINE_enum("split", "test", list(data.SPLITS), "Split to evaluate on.")
 flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.", lower_bound=1)
 flags.DEFINE_list("attack", ["protocol", "strong"], "Attacks to run, comma-separated, from "
                   f"{', '.join(robustness.NAMES)}; the robust accuracy is the worst case over all.")
-flags.DEFINE_integer("strong_restarts", 5, "Random restarts of the strong ensemble's PGD members.",
-                     lower_bound=1)
+flags.DEFINE_integer("strong_restarts", 5, "Random restarts of the strong ensemble's PGD and APGD "
+                     "members (its steps: --attack_steps, default 100).", lower_bound=1)
 flags.DEFINE_integer("autoattack_restarts", 5, "AutoAttack: random starts of APGD and restarts of "
                      "Square (ART's default 5).", lower_bound=1)
-flags.DEFINE_integer("autoattack_queries", 5000, "AutoAttack: Square's queries (ART's default 5000).",
-                     lower_bound=1)
+flags.DEFINE_integer("square_queries", 5000, "Queries of the Square attack in the strong ensemble "
+                     "and in AutoAttack (ART's default 5000; 0: no Square in the strong ensemble).",
+                     lower_bound=0)
 flags.DEFINE_bool("sanity_checks", False, "Run the sanity report on the strongest white-box attack "
                   "asked for (several more attacks, and the black-box Square attack).")
 flags.DEFINE_integer("blackbox_queries", 1000, "Queries of the sanity report's Square attack "
@@ -86,14 +87,16 @@ def attacks_from_flags():
         if name == "protocol":
             out[name] = protocol
         elif name == "strong":
-            out[name] = robustness.strong(FLAGS.eps, FLAGS.attack_norm, restarts=FLAGS.strong_restarts)
+            out[name] = robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
+                                          restarts=FLAGS.strong_restarts,
+                                          square_queries=FLAGS.square_queries)
         else:
             if FLAGS.eps <= 0:
                 raise ValueError("--attack=autoattack needs --eps > 0")
             out[name] = robustness.named(name, FLAGS.eps, FLAGS.attack_norm,
                                          apgd_restarts=FLAGS.autoattack_restarts,
                                          square_restarts=FLAGS.autoattack_restarts,
-                                         square_queries=FLAGS.autoattack_queries,
+                                         square_queries=max(FLAGS.square_queries, 1),
                                          batch_size=FLAGS.batch_size)
     return out
 

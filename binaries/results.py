@@ -62,7 +62,8 @@ def rows(root):
             "from": "" if not spawn else os.path.relpath(spawn, root),
             "epochs": r.get("epoch"),
             "benign": r["benign_accuracy"],
-            f"quick PGD-{quick.get('steps', '?')}": r.get("robust_accuracy_quick"),
+            "quick": r.get("robust_accuracy_quick"),
+            "quick_steps": quick.get("steps"),
             **evaluations(os.path.dirname(path), r.get("epoch")),
         })
     return out
@@ -72,7 +73,7 @@ def table(items):
     """A plain-text table: the runs, benign accuracy and every robust accuracy measured."""
     fixed = ["run", "phase", "dynamics", "data", "from", "benign"]
     order = {"protocol": 0, "strong": 1, "autoattack": 2, "worst": 3}
-    extra = sorted({k for r in items for k in r if k not in fixed and k != "epochs"},
+    extra = sorted({k for r in items for k in r if k not in fixed and k not in ("epochs", "quick_steps")},
                    key=lambda k: (order.get(k, -1), k))
     head = fixed + extra
     numeric = set(head[5:])
@@ -89,6 +90,14 @@ def main(argv):
     if not items:
         raise ValueError(f"no results.json under {FLAGS.root}")
     print(table(items))
+    steps = sorted({r["quick_steps"] for r in items if r.get("quick_steps")})
+    print(f"\nquick: the estimate logged during training (PGD-{'/'.join(map(str, steps)) or '?'}, one start), "
+          "not a reported number.")
+    if any(k in r for r in items for k in ("protocol", "strong")):
+        print("protocol, strong, autoattack: binaries.evaluate on the final checkpoint; worst: the "
+              "worst case per example over them.")
+    else:
+        print("Robust accuracy: run binaries.evaluate on each final checkpoint (protocol and strong).")
 
 
 if __name__ == "__main__":

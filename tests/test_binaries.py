@@ -85,12 +85,13 @@ def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
     assert sorted(os.listdir(os.path.join(std, "spawn"))) == [
         "epoch_0", "epoch_0.5", "epoch_1", "epoch_2"]
     results = json.load(open(os.path.join(std, "results.json")))
-    assert 0.0 <= results["robust_accuracy"] <= results["benign_accuracy"] <= 1.0
+    assert 0.0 <= results["robust_accuracy_quick"] <= results["benign_accuracy"] <= 1.0
+    assert results["quick_attack"]["steps"] == 2 and "robust_accuracy" not in results  # --eval_attack_steps
     resolved = json.load(open(os.path.join(std, "flags.json")))
     assert resolved["epochs"] == 2 and resolved["resolved_config"]["lr"] == 0.1
     values, plugins = _events(std)
     assert set(values["train/loss"]) == {1000, 2000}
-    assert set(values["test/robust_accuracy"]) == {1000, 2000}
+    assert set(values["test/robust_accuracy_quick"]) == {1000, 2000}
     # Kernel metrics at epoch 0, the fractional spawn 0.5 and whole epochs (milli-epoch steps).
     assert set(values["kernel/distance_to_init"]) == {0, 500, 1000, 2000}
     assert values["kernel/distance_to_init"][0] == pytest.approx(0.0, abs=1e-6)
@@ -117,22 +118,29 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     # evaluate: protocol-style attack (shortened), sanity report, saved set, transfer.
     adv_set = os.path.join(runs, "std_adv.npz")
     _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=3",
-                    f"--save_adversarial={adv_set}", "--max_examples=64"])
+                    f"--save_adversarial={adv_set}", "--max_examples=64", "--attack=protocol"])
     std_eval = json.load(open(os.path.join(std, "eval", "epoch_2", "evaluation.json")))
     assert std_eval["robust_accuracy"] <= std_eval["benign_accuracy"]
     _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=3",
-                    f"--transfer_from={adv_set}", "--max_examples=64", f"--workdir={runs}/self_transfer"])
+                    f"--transfer_from={adv_set}", "--max_examples=64", f"--workdir={runs}/self_transfer",
+                    "--attack=protocol"])
     self_transfer = json.load(open(os.path.join(runs, "self_transfer", "evaluation.json")))
     # Replaying a set against the model that made it reproduces its robust accuracy.
     assert self_transfer["transfer_accuracy"] == pytest.approx(std_eval["robust_accuracy"])
+    # Protocol and strong side by side (a shortened strong ensemble), and the sanity report on it.
     _run(evaluate, [f"--checkpoint={cen}/spawn/epoch_1", "--eps=0.2", "--attack_steps=3",
-                    "--max_examples=64", "--output_terms", "--sanity_checks"])
+                    "--max_examples=64", "--output_terms", "--sanity_checks", "--strong_restarts=1",
+                    "--square_queries=20", "--blackbox_queries=20"])
     cen_eval = json.load(open(os.path.join(cen, "eval", "epoch_1", "evaluation.json")))
     assert cen_eval["dynamics"] == "centered" and "checks" in cen_eval["sanity_checks"]
+    robust = cen_eval["robust"]
+    assert set(robust) == {"protocol", "strong"} and robust["strong"]["attack"]["name"] == "strong"
+    assert cen_eval["robust_accuracy"] <= min(r["accuracy"] for r in robust.values())
+    assert cen_eval["sanity_checks"]["attack"].startswith("strong")
     terms = np.load(os.path.join(cen, "eval", "epoch_1", "output_terms.npz"))
     assert terms["kernel_clean"].shape == terms["spawn_adv"].shape == (64, 10)
     values, _ = _events(os.path.join(cen, "eval", "epoch_1"))
-    assert "eval/robust_accuracy" in values
+    assert "eval/robust_accuracy" in values and "eval/robust_accuracy_strong" in values
 
 
 def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):
@@ -221,14 +229,27 @@ def test_checkpoint_of_another_model_is_refused(runs, tmp_path, capsys):
 
 
 def test_results_table_lists_every_run(runs, capsys):
+    std = os.path.join(runs, "std")
+    _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=2",
+                    "--max_examples=32", "--strong_restarts=1", "--square_queries=10",
+                    f"--workdir={std}/eval/table", "--overwrite"])
+    measured = json.load(open(os.path.join(std, "eval", "table", "evaluation.json")))
+    capsys.readouterr()
     _run(results, [f"--root={runs}"])
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "phase", "dynamics", "data", "from", "benign", "robust", "attack"]
+    out = capsys.readouterr().out
+    lines = out.split("\n\n")[0].splitlines()
+    assert lines[0].split() == ["run", "phase", "dynamics", "data", "from", "benign", "quick",
+                                "protocol", "strong", "worst"]
     by_run = {line.split()[0]: line.split() for line in lines[2:]}
-    std = json.load(open(os.path.join(runs, "std", "results.json")))
+    want = json.load(open(os.path.join(std, "results.json")))
     assert by_run["std"][1:4] == ["1", "standard", "clean"]
-    assert float(by_run["std"][4]) == pytest.approx(std["benign_accuracy"], abs=5e-4)
+    assert float(by_run["std"][4]) == pytest.approx(want["benign_accuracy"], abs=5e-4)
+    assert float(by_run["std"][5]) == pytest.approx(want["robust_accuracy_quick"], abs=5e-4)
+    assert float(by_run["std"][6]) == pytest.approx(measured["robust"]["protocol"]["accuracy"], abs=5e-4)
+    assert float(by_run["std"][7]) == pytest.approx(measured["robust"]["strong"]["accuracy"], abs=5e-4)
+    assert float(by_run["std"][8]) == pytest.approx(measured["robust_accuracy"], abs=5e-4)
     assert by_run["adv"][3:5] == ["adv", "(madry)"]
+    assert "quick: the estimate logged during training (PGD-2, one start)" in out
 
 
 def test_summaries_step_is_milli_epochs():

@@ -14,18 +14,39 @@ keeps a perturbation only when it misclassifies within the ε-ball:
 """
 
 import dataclasses
+import logging
+import logging.config
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
-with warnings.catch_warnings():  # ART warns about optional PyTorch-only modules on import
+
+def _import_art():
+    """Imports ART without its side effects on the process. On import ART warns about its
+    PyTorch-only modules and calls `logging.config.dictConfig`, which closes every logging handler
+    that exists (absl's, a test runner's) and disables every existing logger. Its configuration
+    only attaches handlers to its own loggers, so it is skipped here; ART's logger gets a
+    NullHandler instead."""
+    configure = logging.config.dictConfig
+    logging.config.dictConfig = lambda config: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import art  # noqa: PLC0415, F401
+    finally:
+        logging.config.dictConfig = configure
+    logging.getLogger("art").addHandler(logging.NullHandler())
+
+
+_import_art()
+with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from art.attacks.evasion import AutoAttack as _ArtAutoAttack
-    from art.attacks.evasion import AutoProjectedGradientDescent
-    from art.attacks.evasion import DeepFool
-    from art.attacks.evasion import SquareAttack
-    from art.estimators.classification import TensorFlowV2Classifier
+    from art.attacks.evasion import AutoAttack as _ArtAutoAttack  # noqa: E402
+    from art.attacks.evasion import AutoProjectedGradientDescent  # noqa: E402
+    from art.attacks.evasion import DeepFool  # noqa: E402
+    from art.attacks.evasion import SquareAttack  # noqa: E402
+    from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
 
 _ART_NORMS = {"linf": np.inf, "l2": 2}
 

@@ -128,8 +128,9 @@ class AttackResult:
     """Per-example outcome of an attack.
 
     Attributes:
-      x_adv: (N, H, W, C) float32, the adversarial image that broke each example (the clean image
-        where none did, or where the clean image is already misclassified).
+      x_adv: (N, H, W, C) float32, the adversarial image that broke each example; for an example
+        still robust, the last attack's image; the clean image where the clean image is already
+        misclassified (or no attack crafted one).
       correct: (N,) bool, clean and adversarial images both classified correctly.
       broken_by: (N,) int: the index in ``members`` of the first attack that broke the example,
         ``ROBUST`` (-1) if none did, ``CLEAN_WRONG`` (-2) if the clean image is misclassified.
@@ -269,8 +270,12 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
         inside = _inside(crafted, x[indices], member.eps, member.norm)
         rejected += int(np.sum(~inside))
         wrong &= inside
-        hit = wrong & (broken_by[indices] == ROBUST)
-        x_adv[indices[hit]] = crafted[hit]
+        open_ = broken_by[indices] == ROBUST
+        hit = wrong & open_
+        # Examples still robust keep this attack's image (inside the ball): a saved set then
+        # holds an adversarial image for every attacked example, for transfer attacks.
+        keep = open_ & inside
+        x_adv[indices[keep]] = crafted[keep]
         broken_by[indices[hit]] = index
     return AttackResult(x_adv=x_adv, correct=broken_by == ROBUST, broken_by=broken_by, members=names,
                         rejected=rejected)
