@@ -19,3 +19,20 @@ def relative_error(a, b):
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def trained_digits_mlp(test_examples, width=32, epochs=4):
+    """An MLP trained ``epochs`` clean epochs on digits (benign ≈ 0.9), and the first
+    ``test_examples`` test images (x (N, 8, 8, 1), y (N,))."""
+    import keras  # noqa: PLC0415  (helpers stays importable without TensorFlow for plain tests)
+
+    from tf_ntk import data, models, training  # noqa: PLC0415
+
+    training.set_seed(0)
+    model = models.get("mlp", 10, (8, 8, 1), width=width)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data.load_arrays("digits", "train")
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False)
+    xt, yt = data.load_arrays("digits", "test")
+    return model, xt[:test_examples], yt[:test_examples]

@@ -12,6 +12,7 @@ PACKAGES = ("tf_ntk", "binaries", "tests", "bench")
 # Third-party import name -> the pip requirement BUILD names.
 REQUIREMENTS = {
     "absl": "absl-py",
+    "art": "adversarial-robustness-toolbox",
     "cleverhans": "cleverhans",
     "keras": "keras",
     "numpy": "numpy",

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 import tf_ntk
-from tf_ntk import attacks
+from tests import helpers
 from tf_ntk import data
 from tf_ntk import evaluation
-from tf_ntk import models
 from tf_ntk import robustness
-from tf_ntk import training
 
 
 def _linear(seed=0, d=64, o=10):
@@ -67,14 +65,8 @@ def test_strong_attack_reaches_the_closed_form_optimum_of_a_linear_model():
 
 @pytest.fixture(scope="module")
 def trained_mlp():
-    training.set_seed(0)
-    model = models.get("mlp", 10, (8, 8, 1), width=32)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = data.load_arrays("digits", "train")
-    model.fit(x, y, batch_size=64, epochs=4, verbose=0, shuffle=False)
-    xt, yt = data.load_arrays("digits", "test")
-    return model, xt[:160], yt[:160]
+    """An MLP trained 4 clean epochs on digits, and 160 test images."""
+    return helpers.trained_digits_mlp(160)
 
 
 def test_ensemble_worst_case_is_never_above_any_member(trained_mlp):

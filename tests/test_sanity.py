@@ -1,18 +1,14 @@
 """The sanity report passes on an honest model under a converged attack, and fails, naming the check
 and by how much, on a model that masks its gradients and on attacks that have not converged."""
 
-import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import helpers
 from tf_ntk import attacks
-from tf_ntk import data
 from tf_ntk import evaluation
-from tf_ntk import models
 from tf_ntk import robustness
 from tf_ntk import sanity
-from tf_ntk import training
 
 EPS = 0.1
 
@@ -20,14 +16,7 @@ EPS = 0.1
 @pytest.fixture(scope="module")
 def trained():
     """An MLP trained 4 clean epochs on digits, and 200 test images."""
-    training.set_seed(0)
-    model = models.get("mlp", 10, (8, 8, 1), width=32)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = data.load_arrays("digits", "train")
-    model.fit(x, y, batch_size=64, epochs=4, verbose=0, shuffle=False)
-    xt, yt = data.load_arrays("digits", "test")
-    return model, xt[:200], yt[:200]
+    return helpers.trained_digits_mlp(200)
 
 
 def _failed(report):
