@@ -11,6 +11,8 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "numpy==2.4.6",
     "absl-py==2.5.1",
+    # Student-t intervals of the seed statistics (tf_ntk.stats).
+    "scipy==1.17.1",
     # The bundled offline data set (8x8 digits) ships inside scikit-learn.
     "scikit-learn==1.9.1",
     # tensorflow-datasets imports it without declaring it.

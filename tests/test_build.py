@@ -18,6 +18,7 @@ REQUIREMENTS = {
     "numpy": "numpy",
     "psutil": "psutil",
     "pytest": "pytest",
+    "scipy": "scipy",
     "sklearn": "scikit-learn",
     "tensorboard": "tensorboard",
     "tensorflow": "tensorflow",
