@@ -49,6 +49,7 @@ def test_sanity_report_fails_on_masked_gradients_and_the_black_box_check_catches
     # The strong ensemble's own Square search is not fooled either: its number is far below the
     # white-box one.
     assert report.robust < 0.7
+    assert "near 0 at a large eps" in failed  # the gradient-based members cannot get there
     assert "FAIL  black-box" in str(report) and "(by " in str(report)
 
 
