@@ -128,3 +128,14 @@ def test_autoattack_runs_on_standard_and_centered_models(trained_mlp, dynamics):
     assert np.all(np.argmax(fn(result.x_adv).numpy(), -1)[broken] != y[broken])
     assert np.abs(result.x_adv - x).max() <= 0.1 * (1 + 1e-4)
     assert "AutoAttack" in tiny.describe() and tiny.to_dict()["name"] == "autoattack"
+
+
+def test_the_pgd_members_run_under_xla_with_static_shapes(trained_mlp):
+    model, x, y = trained_mlp
+    fn = evaluation.inference_fn(model)
+    ensemble = robustness.strong(0.1, steps=5, restarts=1, targets=1, apgd=False, square_queries=0)
+    eager = robustness.evaluate(fn, x[:100], y[:100], ensemble, seed=2, batch_size=32)
+    xla = robustness.evaluate(fn, x[:100], y[:100], ensemble, seed=2, batch_size=32, jit_compile=True)
+    # Same starts, same steps; XLA may round differently, so allow a few examples to differ.
+    assert abs(xla.accuracy - eager.accuracy) <= 0.03
+    assert np.abs(xla.x_adv - x[:100]).max() <= 0.1 + 1e-6
