@@ -161,7 +161,10 @@ def main(argv):
         results["benign_accuracy"] = evaluation.accuracy(fn, dataset)
         outcomes = []
         for name, attack in chosen.items():
-            print(f"attack {name}: {attack.describe()}")
+            members = getattr(attack, "members", None)
+            print(f"attack {name}: " + (attack.describe() if members is None else
+                                        f"{len(members)} attacks, worst case per example: "
+                                        + ", ".join(m.short() for m in members)))
             bar = common.progress(len(y), unit="image") if name == "protocol" else None
             outcome = robustness.evaluate(fn, x, y, attack, seed=FLAGS.seed,
                                           batch_size=FLAGS.batch_size, progress=bar)
@@ -182,7 +185,7 @@ def main(argv):
         if FLAGS.sanity_checks:
             white = [n for n in ("strong", "protocol") if n in chosen]
             target = chosen[white[0]] if white else robustness.strong(FLAGS.eps, FLAGS.attack_norm)
-            print(f"sanity checks of {target.describe()}")
+            print(f"sanity checks of the {'strong' if 'strong' in chosen else 'protocol'} attack")
             report = sanity.sanity_checks(fn, x, y, target, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                                           blackbox_queries=FLAGS.blackbox_queries)
             results["sanity_checks"] = report.to_dict()

@@ -292,6 +292,11 @@ class PGDConfig:
                               "best-iterate" if self.keep == "best" else "") if e]
         return text + (f" ({', '.join(extras)})" if extras else "")
 
+    def short(self):
+        """A few words, e.g. ``"PGD-100 margin→#2 cosine x1"``."""
+        return (f"PGD-{self.steps} {self.loss}{f'→#{self.target_rank}' if self.target_rank else ''}"
+                f"{' cosine' if self.schedule == 'cosine' else ''} x{self.restarts}")
+
     @property
     def resolved_step_size(self):
         """The step size in use (2·eps/steps when ``step_size`` is None; the first step's under a

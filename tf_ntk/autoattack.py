@@ -166,6 +166,9 @@ class APGDConfig:
     def to_dict(self):
         return {"name": self.name, **dataclasses.asdict(self)}
 
+    def short(self):
+        return f"APGD-{self.loss.upper()} x{self.restarts}"
+
     def replace(self, **changes):
         """A copy with the fields among ``changes`` (eps, steps, restarts, ...) changed; PGD-only
         fields (step size, schedule) do not apply to APGD and are ignored."""
@@ -197,6 +200,9 @@ class SquareConfig:
 
     name = "square"
     blackbox = True  # the sanity report compares it with the gradient-based members
+
+    def short(self):
+        return f"Square-{self.queries} x{self.restarts}"
 
     def replace(self, **changes):
         """A copy with the fields among ``changes`` (eps, restarts, ...) changed; gradient-attack
