@@ -12,9 +12,12 @@ example over all of them (RobustBench's count: clean and every adversarial image
 - protocol: the paper's L∞ PGD-100, ε = 4/255 (--eps), step 2ε/100, one random start, CE; the
   --attack_* flags and --restarts change it (--attack_norm=l2 --eps=0.25 --attack_step_size=0.01
   for the L2 attack);
-- strong (default with protocol): the PGD ensemble of tf_ntk.robustness.strong (CE, CW margin, DLR,
-  targeted margins; restarts; constant and cosine steps; every iterate counted);
-- autoattack: ART's AutoAttack (APGD-CE, APGD-DLR, DeepFool, Square); slow on CPUs.
+- strong (default with protocol): the ensemble of tf_ntk.robustness.strong: PGD with CE, CW margin,
+  DLR and targeted margins (constant and cosine steps, every iterate counted), ART's APGD-CE and
+  APGD-DLR, and Square; --eps, --attack_norm, --attack_steps, --strong_restarts and
+  --square_queries shape it (--attack_loss, --attack_step_size and --restarts do not);
+- autoattack: ART's AutoAttack (APGD-CE, APGD-DLR, DeepFool, Square); --eps, --attack_norm,
+  --autoattack_restarts and --square_queries shape it; slow on CPUs.
 
 --sanity_checks adds the report that fails when more steps, restarts, other losses or the black-box
 Square attack break more examples. A phase-1 checkpoint can be evaluated under another dynamics
@@ -74,6 +77,11 @@ flags.adopt_module_key_flags(common_flags)
 FLAGS = flags.FLAGS
 
 
+def strong_from_flags():
+    return robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
+                             restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries)
+
+
 def attacks_from_flags():
     """{name: attack} in the order --attack lists them."""
     names = list(dict.fromkeys(FLAGS.attack))
@@ -87,25 +95,26 @@ def attacks_from_flags():
         if name == "protocol":
             out[name] = protocol
         elif name == "strong":
-            out[name] = robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
-                                          restarts=FLAGS.strong_restarts,
-                                          square_queries=FLAGS.square_queries)
+            out[name] = strong_from_flags()
         else:
             if FLAGS.eps <= 0:
                 raise ValueError("--attack=autoattack needs --eps > 0")
+            if FLAGS.square_queries < 1:
+                raise ValueError("--attack=autoattack needs --square_queries >= 1 (Square is one of "
+                                 "its attacks)")
             out[name] = robustness.named(name, FLAGS.eps, FLAGS.attack_norm,
                                          apgd_restarts=FLAGS.autoattack_restarts,
                                          square_restarts=FLAGS.autoattack_restarts,
-                                         square_queries=max(FLAGS.square_queries, 1),
+                                         square_queries=FLAGS.square_queries,
                                          batch_size=FLAGS.batch_size)
     return out
 
 
-def worst_case(x, results):
+def worst_case(results):
     """(correct (N,) bool, x_adv (N, ...)): an example is robust only if every attack left it right;
-    its adversarial image is the one of the first attack that broke it."""
-    correct = np.ones(len(x), bool)
-    x_adv = x.copy()
+    its adversarial image is the one of the first attack that broke it, else the last attack's."""
+    correct = np.ones(len(results[0].correct), bool)
+    x_adv = results[-1].x_adv.copy()
     for r in results:
         hit = correct & ~r.correct
         x_adv[hit] = r.x_adv[hit]
@@ -170,22 +179,26 @@ def main(argv):
                                           batch_size=FLAGS.batch_size, progress=bar)
             outcomes.append(outcome)
             results["robust"][name] = {"accuracy": outcome.accuracy, "attack": attack.to_dict(),
-                                       "description": attack.describe(), "breaks": outcome.breaks()}
-        correct, x_adv = worst_case(x, outcomes)
+                                       "description": attack.describe(), "breaks": outcome.breaks(),
+                                       "rejected": outcome.rejected}
+            if outcome.rejected:
+                print(f"warning: {outcome.rejected} images crafted by the {name} attack lay outside "
+                      "the eps-ball or [0, 1] or were not finite, and were discarded")
+        correct, x_adv = worst_case(outcomes)
         results["robust_accuracy"] = float(np.mean(correct))
         results["attack"] = {"name": "+".join(chosen), "eps": FLAGS.eps, "norm": FLAGS.attack_norm}
         if FLAGS.save_adversarial:
             evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, protocol,
-                                        attacks="+".join(chosen), checkpoint=results["checkpoint"],
-                                        dynamics=dynamics)
+                                        attacks={n: a.to_dict() for n, a in chosen.items()},
+                                        checkpoint=results["checkpoint"], dynamics=dynamics)
             results["saved_adversarial"] = os.path.abspath(FLAGS.save_adversarial)
         if transfer is not None:
             results["transfer_accuracy"] = evaluation.transfer_accuracy(fn, transfer)
             results["transfer_from"] = os.path.abspath(FLAGS.transfer_from)
         if FLAGS.sanity_checks:
-            white = [n for n in ("strong", "protocol") if n in chosen]
-            target = chosen[white[0]] if white else robustness.strong(FLAGS.eps, FLAGS.attack_norm)
-            print(f"sanity checks of the {'strong' if 'strong' in chosen else 'protocol'} attack")
+            white = [n for n in ("strong", "protocol") if n in chosen] or ["strong"]
+            target = chosen.get(white[0]) or strong_from_flags()
+            print(f"sanity checks of the {white[0]} attack")
             report = sanity.sanity_checks(fn, x, y, target, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                                           blackbox_queries=FLAGS.blackbox_queries)
             results["sanity_checks"] = report.to_dict()

@@ -31,19 +31,19 @@ def _read(path):
 
 
 def evaluations(run_dir, epoch):
-    """{attack name: robust accuracy} of binaries.evaluate's results for the run's checkpoint at
-    ``epoch`` (RUN/eval/*/evaluation.json), the newest evaluation of each attack winning."""
-    out = {}
+    """{attack name: robust accuracy, "worst": their worst case} of the newest binaries.evaluate
+    result for the run's checkpoint at ``epoch`` (RUN/eval/*/evaluation.json); one file, so the
+    numbers share their ε and data."""
     paths = glob.glob(os.path.join(run_dir, "eval", "*", "evaluation.json"))
-    for path in sorted(paths, key=os.path.getmtime):
+    for path in sorted(paths, key=os.path.getmtime, reverse=True):
         r = _read(path)
-        if r.get("epoch") != epoch:
+        if r.get("epoch") != epoch or not r.get("robust"):
             continue
-        for name, value in (r.get("robust") or {}).items():
-            out[name] = value["accuracy"]
-        if len(r.get("robust") or {}) > 1:
+        out = {name: value["accuracy"] for name, value in r["robust"].items()}
+        if len(out) > 1:
             out["worst"] = r["robust_accuracy"]
-    return out
+        return out
+    return {}
 
 
 def rows(root):

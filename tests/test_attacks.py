@@ -210,3 +210,16 @@ def test_cosine_schedule_decays_to_zero_and_targeted_attacks_need_the_margin_los
         attacks.PGDConfig(eps=0.1, loss="ce", target_rank=1)
     with pytest.raises(ValueError, match="step_size must be finite"):
         attacks.PGDConfig(eps=0.1, step_size=float("inf"))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_example_rows_give_each_example_its_own_start_in_any_subset(norm):
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.0, 1.0, size=(10, 4, 4, 1)).astype(np.float32)
+    key = tf.constant([3, 7], tf.int64)
+    everyone = attacks.sample_start(tf.constant(x), 0.1, norm, key,
+                                    example_rows=(np.arange(10), 10)).numpy()
+    rows = np.array([7, 2, 5])
+    subset = attacks.sample_start(tf.constant(x[rows]), 0.1, norm, key, example_rows=(rows, 10)).numpy()
+    np.testing.assert_array_equal(subset, everyone[rows])
+    assert not np.allclose(everyone[0] - x[0], everyone[1] - x[1])

@@ -119,16 +119,23 @@ def sample_start(x, eps, norm, seed, batch_slice=None, example_rows=None):
     radius ε·u^(1/d) for d pixels per example). ``seed``: a (2,) int key for stateless sampling.
     ``batch_slice``: (offset, global size) when ``x`` is rows offset… of a larger batch (one replica's
     shard): the start is those rows of the global batch's start, so a sharded attack starts where
-    the unsharded one does.
+    the unsharded one does. ``example_rows``: (rows (N,) int, total) when ``x`` holds examples
+    ``rows`` of a set of ``total``: each example starts where it would in any subset of that set.
     """
     seed = tf.cast(seed, tf.int64)
     n = tf.shape(x)[0]
-    offset, total = (0, n) if batch_slice is None else batch_slice
+    if example_rows is not None:
+        index, total = example_rows
+
+        def rows(t):
+            return tf.gather(t, tf.cast(index, tf.int32))
+    else:
+        offset, total = (0, n) if batch_slice is None else batch_slice
+
+        def rows(t):
+            return t[offset:offset + n]
     shape = tf.concat([[total], tf.shape(x)[1:]], 0)
     rank = x.shape.rank
-
-    def rows(t):
-        return t[offset:offset + n]
 
     if norm == "linf":
         eta = rows(tf.random.stateless_uniform(shape, seed, -eps, eps, dtype=x.dtype))

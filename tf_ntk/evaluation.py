@@ -75,18 +75,18 @@ def adversarial_examples(model_fn, dataset, config=PROTOCOL_LINF, *, seed=0, jit
 
 
 def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_compile=False,
-                    eps=None, norm="linf"):
+                    eps=None, norm="linf", **options):
     """Accuracy under an attack crafted against ``model_fn`` (default: the protocol's L∞ 4/255 PGD-100).
 
     ``attack``: a `tf_ntk.attacks.PGDConfig` (the adversarial images' accuracy, batch b attacked with
     seed (seed, b)); a `tf_ntk.robustness.Ensemble` or ART attack, or one of the names
-    `tf_ntk.robustness.NAMES` with ``eps`` and ``norm`` (RobustBench's count: clean and every
-    adversarial image right, the worst case per example over the ensemble's members).
+    `tf_ntk.robustness.NAMES` with ``eps``, ``norm`` and the builder's ``options`` (RobustBench's
+    count: clean and every adversarial image right, the worst case per example over the members).
     """
     if isinstance(attack, str):
         if eps is None:
             raise ValueError(f"the {attack!r} attack needs eps")
-        attack = robustness.named(attack, eps, norm)
+        attack = robustness.named(attack, eps, norm, **options)
     if not isinstance(attack, attacks.PGDConfig):
         x, y = robustness.arrays(dataset)
         return robustness.evaluate(model_fn, x, y, attack, seed=seed, jit_compile=jit_compile).accuracy

@@ -4,10 +4,11 @@ Three named attacks (`named`):
 
 - ``protocol``: the paper's evaluation, L∞ PGD-100, step 2ε/100, one random start, cross-entropy,
   last iterate. Kept for comparability with the paper.
-- ``strong`` (the default for reported numbers): an ensemble of PGD attacks (`strong`) with
+- ``strong`` (the default for reported numbers): an ensemble (`strong`) of PGD attacks with
   cross-entropy, CW-margin, DLR and targeted-margin losses, random restarts, a constant and a
-  cosine-decaying step, every iterate counted. An example is robust only if no member misclassifies
-  it; members run in turn on the examples still robust, as AutoAttack does.
+  cosine-decaying step, every iterate counted, then ART's APGD-CE, APGD-DLR and Square. An example
+  is robust only if no member misclassifies it; members run in turn on the examples still robust,
+  as AutoAttack does.
 - ``autoattack``: ART's AutoAttack ensemble (`tf_ntk.autoattack`).
 
 Robust accuracy follows RobustBench: an example counts as robust when its clean image and every
@@ -188,11 +189,12 @@ class _Runner:
             out[chunk[:real]] = self.predict(images[indices[chunk]]).numpy()[:real]
         return out
 
-    def craft(self, attack, index, indices):
-        """Adversarial images for ``self.x[indices]`` (K, ...) from attack number ``index``."""
+    def craft(self, attack, indices):
+        """Adversarial images for ``self.x[indices]`` (K, ...) from ``attack``."""
+        config_key = zlib.crc32(json.dumps(attack.to_dict(), sort_keys=True).encode())
         if not isinstance(attack, attacks.PGDConfig):  # ART attacks run on NumPy arrays
             out = attack.generate(self.model_fn, self.x[indices], self.y[indices], self.num_classes,
-                                  seed=self.seed * 1000 + index)
+                                  seed=self.seed * 7919 + config_key)
             self._tick(len(indices))
             return out
         total = len(self.y)
@@ -202,8 +204,7 @@ class _Runner:
         # One key per attack configuration: an example's random starts depend on (seed, attack,
         # example) only, not on the attack's place in an ensemble or on the other examples still
         # being attacked alongside it.
-        key = tf.constant([self.seed, zlib.crc32(json.dumps(attack.to_dict(), sort_keys=True).encode())],
-                          tf.int64)
+        key = tf.constant([self.seed, config_key], tf.int64)
         out = np.empty((len(indices),) + self.x.shape[1:], np.float32)
         for chunk, real in _batches(np.arange(len(indices)), self.batch_size, self.jit_compile):
             rows = indices[chunk]
@@ -258,6 +259,7 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
     rejected = 0 if start is None else start.rejected
     offset = len(names)
     members = _members(attack)
+    _check_classes(members, num_classes)
     for i, member in enumerate(members):
         index = offset + i
         names.append(member.describe())
@@ -265,7 +267,7 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
         indices = np.arange(len(y)) if everyone else np.flatnonzero(broken_by == ROBUST)
         if len(indices) == 0 or (member.eps == 0 and not isinstance(member, attacks.PGDConfig)):
             continue  # (ART's attacks refuse ε = 0, where nothing can be broken)
-        crafted = runner.craft(member, index, indices)
+        crafted = runner.craft(member, indices)
         wrong = runner.predictions(crafted) != y[indices]
         inside = _inside(crafted, x[indices], member.eps, member.norm)
         rejected += int(np.sum(~inside))
@@ -279,6 +281,15 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
         broken_by[indices[hit]] = index
     return AttackResult(x_adv=x_adv, correct=broken_by == ROBUST, broken_by=broken_by, members=names,
                         rejected=rejected)
+
+
+def _check_classes(members, num_classes):
+    """A one-line error when a loss needs more classes than the model has."""
+    for m in members:
+        need = 3 if getattr(m, "loss", None) == "dlr" else getattr(m, "target_rank", 0) + 1
+        if num_classes < need:
+            raise ValueError(f"attack {m.short()} needs at least {need} classes; the model has "
+                             f"{num_classes}")
 
 
 def _inside(x_adv, x, eps, norm):
