@@ -1,7 +1,7 @@
 r"""Benchmark of the robust evaluation: bench/results/robust.json and a table.
 
     python -m bench.robust                  # protocol, strong, strong + sanity report, AutoAttack
-    python -m bench.robust --no_autoattack  # without AutoAttack (minutes on 2 cores)
+    python -m bench.robust --nosanity       # without the sanity report (the slow part)
 
 On the whole digits test set (360 images) at ε = 0.2, for a centered CNN (the `make run` one:
 centered phase 2 on clean data from an adversarially trained spawn): the wall time and the
@@ -30,7 +30,8 @@ from tf_ntk import sanity
 from tf_ntk import training
 
 flags.DEFINE_float("eps", 0.2, "L∞ radius in pixel units.")
-flags.DEFINE_bool("autoattack", True, "Also time ART's AutoAttack (about 2-3 minutes here).")
+flags.DEFINE_bool("autoattack", True, "Also time ART's AutoAttack (about 2 minutes here).")
+flags.DEFINE_bool("sanity", True, "Also time the sanity report on the strong attack (minutes).")
 flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results", "robust.json"),
                     "Where to write the JSON results.")
 
@@ -77,9 +78,10 @@ def main(argv):
     x, y = data.load_arrays("digits", "test")
     benign = evaluation.accuracy(fn, evaluation._as_dataset(x, y, 256))  # noqa: SLF001
     runs = [("protocol", lambda: robustness.evaluate(fn, x, y, robustness.protocol(FLAGS.eps)).accuracy),
-            ("strong", lambda: robustness.evaluate(fn, x, y, robustness.strong(FLAGS.eps)).accuracy),
-            ("strong + sanity report", lambda: sanity.sanity_checks(
-                fn, x, y, robustness.strong(FLAGS.eps)).robust)]
+            ("strong", lambda: robustness.evaluate(fn, x, y, robustness.strong(FLAGS.eps)).accuracy)]
+    if FLAGS.sanity:
+        runs.append(("strong + sanity report", lambda: sanity.sanity_checks(
+            fn, x, y, robustness.strong(FLAGS.eps)).robust))
     if FLAGS.autoattack:
         runs.append(("autoattack", lambda: robustness.evaluate(
             fn, x, y, robustness.named("autoattack", FLAGS.eps)).accuracy))

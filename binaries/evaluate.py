@@ -55,8 +55,8 @@ flags.DEFINE_enum("split", "test", list(data.SPLITS), "Split to evaluate on.")
 flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.", lower_bound=1)
 flags.DEFINE_list("attack", ["protocol", "strong"], "Attacks to run, comma-separated, from "
                   f"{', '.join(robustness.NAMES)}; the robust accuracy is the worst case over all.")
-flags.DEFINE_integer("strong_restarts", 5, "Random restarts of the strong ensemble's PGD and APGD "
-                     "members (its steps: --attack_steps, default 100).", lower_bound=1)
+flags.DEFINE_integer("strong_restarts", 10, "Random restarts of the strong ensemble's PGD members "
+                     "(its steps: --attack_steps, default 100).", lower_bound=1)
 flags.DEFINE_integer("autoattack_restarts", 5, "AutoAttack: random starts of APGD and restarts of "
                      "Square (ART's default 5).", lower_bound=1)
 flags.DEFINE_integer("square_queries", 5000, "Queries of the Square attack in the strong ensemble "

@@ -118,7 +118,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
        (2 and 3 with one random start per member);
     4. every adversarial image is finite, inside the ε-ball and [0, 1];
     5. ``steps_factor`` times more steps break at most ``tolerance`` more of the examples;
-    6. ``restarts_factor`` times more random restarts (new seeds) likewise;
+    6. ``restarts_factor`` times each member's random restarts (new seeds) likewise;
     7. losses and step schedules the attack does not use (CE, CW margin, DLR, targeted margins)
        likewise;
     8. black box: ART's Square attack (``blackbox_queries`` queries; skipped if 0) alone is not
@@ -187,8 +187,10 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     more_steps = run(gradient.replace(steps=steps * steps_factor), 1, start=base)
     checks.append(_stronger_check(f"{steps_factor}x steps break no more examples", base, more_steps,
                                   tol, f"{steps_factor}x steps"))
-    restarts = {m.restarts for m in robustness._members(gradient)}  # noqa: SLF001
-    more_restarts = run(gradient.replace(restarts=max(restarts) * restarts_factor), 2, start=base)
+    more = tuple(m.replace(restarts=m.restarts * restarts_factor)
+                 for m in robustness._members(gradient))  # noqa: SLF001
+    more = robustness.Ensemble(more, "more restarts") if len(more) > 1 else more[0]
+    more_restarts = run(more, 2, start=base)
     checks.append(_stronger_check(f"{restarts_factor}x restarts break no more examples", base,
                                   more_restarts, tol, f"{restarts_factor}x restarts (new seeds)"))
     other = _other_losses(attack, steps, eps, norm)
