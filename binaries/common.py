@@ -142,3 +142,58 @@ def progress(total, unit="block"):
 
 def print_json(obj):
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def execute(module_name, args, log_path=None):
+    """Runs the binary ``module_name`` (e.g. "binaries.train") with command-line ``args`` in this
+    process, as its shell command would: absl flag parsing, then its main. With ``log_path`` its
+    stdout and stderr (TensorFlow's C++ output included) go to that file. Returns None on success,
+    else the one-line error the command line would print. Used by the sweep's worker processes, which
+    import TensorFlow once and run many jobs."""
+    import importlib  # noqa: PLC0415
+
+    import keras  # noqa: PLC0415
+
+    module = importlib.import_module(module_name)
+    program = module_name.rsplit(".", 1)[-1]
+    saved_fds = None
+    if log_path:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
+        saved_fds = (os.dup(1), os.dup(2))
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        print(f"$ python -m {module_name} {' '.join(args)}", flush=True)
+        flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS([program, *args])
+        except flags.Error as e:
+            return str(e).strip().splitlines()[0]
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.ERROR)
+        try:
+            module.main([program])
+        except USER_ERRORS as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"{program}: error: {message}", file=sys.stderr)
+            return message
+        except Exception as e:  # noqa: BLE001  (a bug: its traceback goes to the log)
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exc()
+            return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return None
+    finally:
+        flags.FLAGS.unparse_flags()
+        keras.backend.clear_session()
+        if saved_fds is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            os.close(saved_fds[0])
+            os.close(saved_fds[1])
+            log.close()

@@ -83,6 +83,16 @@ def define_attack_flags():
                          lower_bound=1)
 
 
+@_once("strong_restarts")
+def define_strong_flags():
+    """--strong_restarts, --square_queries (the strong evaluation ensemble)."""
+    flags.DEFINE_integer("strong_restarts", 10, "Random restarts of the strong ensemble's PGD members "
+                         "(its steps: --attack_steps, default 100).", lower_bound=1)
+    flags.DEFINE_integer("square_queries", 5000, "Queries of the Square attack in the strong "
+                         "ensemble and in AutoAttack (ART's default 5000; 0: no Square in the strong "
+                         "ensemble).", lower_bound=0)
+
+
 @_once("seed")
 def define_seed_flag():
     """--seed."""

@@ -49,19 +49,15 @@ common_flags.define_attack_flags()
 common_flags.define_seed_flag()
 common_flags.define_run_flags()
 common_flags.define_checkpoint_flag()
+common_flags.define_strong_flags()
 flags.DEFINE_enum("eval_dynamics", None, ["standard", "linearized", "centered"],
                   "Evaluate a phase-1 checkpoint under these dynamics (default: the checkpoint's own).")
 flags.DEFINE_enum("split", "test", list(data.SPLITS), "Split to evaluate on.")
 flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.", lower_bound=1)
 flags.DEFINE_list("attack", ["protocol", "strong"], "Attacks to run, comma-separated, from "
                   f"{', '.join(robustness.NAMES)}; the robust accuracy is the worst case over all.")
-flags.DEFINE_integer("strong_restarts", 10, "Random restarts of the strong ensemble's PGD members "
-                     "(its steps: --attack_steps, default 100).", lower_bound=1)
 flags.DEFINE_integer("autoattack_restarts", 5, "AutoAttack: random starts of APGD and restarts of "
                      "Square (ART's default 5).", lower_bound=1)
-flags.DEFINE_integer("square_queries", 5000, "Queries of the Square attack in the strong ensemble "
-                     "and in AutoAttack (ART's default 5000; 0: no Square in the strong ensemble).",
-                     lower_bound=0)
 flags.DEFINE_bool("sanity_checks", False, "Run the sanity report on the strongest white-box attack "
                   "asked for (several more attacks, and the black-box Square attack).")
 flags.DEFINE_integer("blackbox_queries", 1000, "Queries of the sanity report's Square attack "

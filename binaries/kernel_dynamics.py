@@ -47,6 +47,11 @@ flags.DEFINE_integer("test_per_class", 10, "Test examples per class for kernel-r
 flags.DEFINE_float("ridge", 1e-4, "Relative ridge of the kernel regression (× tr K / N).", lower_bound=0.0)
 flags.DEFINE_float("max_epoch", None, "Only spawn checkpoints up to this epoch.")
 flags.DEFINE_bool("heat_maps", True, "Log a heat map and spectrum histogram at every checkpoint.")
+flags.DEFINE_string("kernel_cache", None, "Directory of cached kernels, shared by walks over the "
+                    "same runs (default: WORKDIR/kernels); entries are keyed by run name, probe set "
+                    "and checkpoint digest.")
+flags.DEFINE_bool("compare_only", False, "With --compare_run, write only the comparison (the runs' "
+                  "own metrics come from their own walks).")
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
@@ -114,6 +119,8 @@ def main(argv):
     del argv
     if not FLAGS.run:
         raise ValueError("--run is required")
+    if FLAGS.compare_only and not FLAGS.compare_run:
+        raise ValueError("--compare_only needs --compare_run")
     runs = [FLAGS.run] + ([FLAGS.compare_run] if FLAGS.compare_run else [])
     spawns = {run: _spawns(run) for run in runs}
     metas = {run: checkpoints.read_meta(spawns[run][0][1]) for run in runs}
@@ -155,9 +162,10 @@ def main(argv):
         rows, comparison_rows, kernels = [], [], {}
         for run in runs:
             label = labels[run]
-            writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", label))
-            with writer.as_default(step=0):
-                summaries.write_config({**resolved, "run": os.path.abspath(run)})
+            if not FLAGS.compare_only:
+                writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", label))
+                with writer.as_default(step=0):
+                    summaries.write_config({**resolved, "run": os.path.abspath(run)})
             print(f"{label}: {len(spawns[run])} spawn checkpoints, kernels on {n} + {len(x_q)} probe examples")
             run_kernels, params0, previous = [], None, None
             for epoch, path in spawns[run]:
@@ -165,9 +173,13 @@ def main(argv):
                 model, _ = checkpoints.load_model(path)
                 params = [v.numpy() for v in model.trainable_variables]
                 params0 = params if params0 is None else params0
-                cache = os.path.join(workdir, "kernels", label, f"{checkpoints.spawn_name(epoch)}.npz")
+                cache = os.path.join(FLAGS.kernel_cache or os.path.join(workdir, "kernels"), label,
+                                     f"{checkpoints.spawn_name(epoch)}.npz")
                 k_all = _kernel(model, x_all, cache, f"{probe_key}|{_fingerprint(path)}")
                 run_kernels.append((epoch, k_all, params))
+            kernels[run] = {e: k_all[:n, :n] for e, k_all, _ in run_kernels}
+            if FLAGS.compare_only:
+                continue
             init_k = run_kernels[0][1][:n, :n]
             final_k = run_kernels[-1][1][:n, :n]
             for epoch, k_all, params in run_kernels:
@@ -189,7 +201,6 @@ def main(argv):
                 rows.append({"run": label, "epoch": epoch, **values})
                 previous = (epoch, k)
             writer.flush()
-            kernels[run] = {e: k_all[:n, :n] for e, k_all, _ in run_kernels}
         if len(runs) == 2:
             a, b = (kernels[r] for r in runs)
             writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", "comparison"))

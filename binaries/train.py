@@ -203,7 +203,8 @@ def main(argv):
         else:
             model = models.build(config.model)
     workdir = FLAGS.workdir
-    if training.is_finished(workdir):
+    # A run killed after its last epoch but before results.json resumes: it only evaluates.
+    if training.is_finished(workdir) and os.path.exists(os.path.join(workdir, "results.json")):
         if not FLAGS.overwrite:
             raise FileExistsError(f"{workdir} holds a finished run; pass --overwrite to replace it "
                                   "or choose another --workdir")

@@ -1,0 +1,214 @@
+r"""Reproduces the paper's three claims: phase-1 runs over seeds, phase-2 runs from their spawns, kernel
+dynamics and seed-to-seed baselines, strong evaluations, then statistics, figures and a report.
+
+    python -m binaries.reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
+    python -m binaries.reproduce --preset=digits --jobs=2        # the full digits study
+    python -m binaries.reproduce --preset=cifar10 --dry_run      # the paper's plan and its cost
+    python -m binaries.reproduce --preset=cifar10 --print_commands > jobs.sh   # for a scheduler
+
+Presets (tf_ntk.study.PRESETS): smoke (the tests' plumbing check), quick, digits, cifar10; the flags
+below override a preset's settings. Jobs run on a pool of --jobs worker processes (default: one per
+core), each with its share of the cores; a rerun skips finished jobs and resumes interrupted ones.
+Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, and every run, kernel walk and evaluation
+under WORKDIR (see tf_ntk/study.py for the layout); each job's output goes to WORKDIR/logs/.
+"""
+
+from binaries import quiet  # noqa: F401  (must precede TensorFlow)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import flags
+
+from binaries import common
+from binaries import common_flags
+from tf_ntk import study
+from tf_ntk import sweep
+
+common_flags.define_run_flags()
+common_flags.define_data_flags()
+common_flags.define_model_flags()
+common_flags.define_attack_flags()
+common_flags.define_strong_flags()
+flags.DEFINE_enum("preset", "quick", list(study.PRESETS), "The study's configuration: smoke (plumbing "
+                  "only), quick (make run), digits (the full digits study), cifar10 (the paper's).")
+flags.DEFINE_integer("jobs", None, "Worker processes (default: the number of cores).", lower_bound=1)
+flags.DEFINE_bool("dry_run", False, "Print the job plan and its cost; run nothing, load no data.")
+flags.DEFINE_bool("print_commands", False, "Print every job as a shell command, in dependency order.")
+flags.DEFINE_bool("report_only", False, "Only (re)write the report from what the sweep holds.")
+flags.DEFINE_integer("seeds", None, "Override: number of seeds.", lower_bound=1)
+flags.DEFINE_integer("phase1_epochs", None, "Override: phase-1 epochs.", lower_bound=1)
+flags.DEFINE_integer("phase2_epochs", None, "Override: phase-2 epochs.", lower_bound=1)
+flags.DEFINE_list("spawn_epochs", None, "Override: phase-1 epochs phase 2 starts from.")
+flags.DEFINE_list("kernel_epochs", None, "Override: phase-1 epochs at which kernels are measured.")
+flags.DEFINE_list("phase2_dynamics", None, "Override: centered and/or linearized.")
+flags.DEFINE_list("phase2_data", None, "Override: clean and/or adv.")
+flags.DEFINE_integer("eval_examples", None, "Override: test examples evaluated.", lower_bound=1)
+flags.adopt_module_key_flags(common_flags)
+
+FLAGS = flags.FLAGS
+SWEEP_RECORD = "sweep.json"
+
+
+def _floats(values, name):
+    try:
+        return tuple(float(v) for v in values if v.strip())
+    except ValueError as e:
+        raise ValueError(f"--{name} must be numbers separated by commas") from e
+
+
+def preset_from_flags():
+    """The preset --preset names, with the override flags applied (validated)."""
+    changes = {}
+    for name in ("seeds", "phase1_epochs", "phase2_epochs", "eval_examples", "strong_restarts",
+                 "square_queries", "dataset", "model", "width", "eps", "jit_compile"):
+        if name in FLAGS and FLAGS[name].present:
+            changes[name] = FLAGS[name].value
+    for name in ("spawn_epochs", "kernel_epochs"):
+        if FLAGS[name].present:
+            changes[name] = _floats(FLAGS[name].value, name)
+    for name in ("phase2_dynamics", "phase2_data"):
+        if FLAGS[name].present:
+            changes[name] = tuple(FLAGS[name].value)
+    if "phase1_epochs" in changes and "kernel_epochs" not in changes:
+        kept = tuple(e for e in study.PRESETS[FLAGS.preset].kernel_epochs if e < changes["phase1_epochs"])
+        changes["kernel_epochs"] = kept + (float(changes["phase1_epochs"]),)
+    if "phase1_epochs" in changes and "spawn_epochs" not in changes:
+        kept = tuple(e for e in study.PRESETS[FLAGS.preset].spawn_epochs if e < changes["phase1_epochs"])
+        changes["spawn_epochs"] = kept[:-1] + (float(changes["phase1_epochs"]),) if kept else (
+            float(changes["phase1_epochs"]),)
+    if "model" in changes and "width" not in changes:
+        changes["width"] = None
+    return study.PRESETS[FLAGS.preset].replace(**changes)
+
+
+def _data_args():
+    args = []
+    if FLAGS.data_dir:
+        args.append(f"--data_dir={FLAGS.data_dir}")
+    if FLAGS.download:
+        args.append("--download")
+    return args
+
+
+def _check_record(workdir, preset):
+    """Refuses a work directory that holds a sweep of other settings (unless --overwrite)."""
+    path = os.path.join(workdir, SWEEP_RECORD)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)["preset"]
+    wanted = json.loads(json.dumps(preset.to_dict()))
+    if recorded != wanted:
+        if FLAGS.overwrite:
+            shutil.rmtree(workdir)
+            return
+        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        raise FileExistsError(f"{workdir} holds a sweep with other settings ({', '.join(changed)}); "
+                              "pass --overwrite to replace it or choose another --workdir")
+
+
+def _recorded_preset(workdir):
+    path = os.path.join(workdir, SWEEP_RECORD)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --report_only needs a sweep directory")
+    with open(path, encoding="utf-8") as f:
+        d = json.load(f)["preset"]
+    for key in ("spawn_epochs", "kernel_epochs", "phase1_lr_boundaries", "phase2_dynamics",
+                "phase2_data"):
+        d[key] = tuple(d[key])
+    return study.Preset(**d)
+
+
+def _print_plan(preset, jobs):
+    print(f"preset {preset.name}: {preset.description}")
+    groups = {}
+    for job in jobs:
+        kind = job.name.split("/", 1)[0]
+        count, cost = groups.get(kind, (0, 0.0))
+        groups[kind] = (count + 1, cost + job.cost)
+    total = sum(c for _, c in groups.values())
+    print(f"{'jobs':<10}{'count':>8}{'train-step equivalents':>26}{'share':>8}")
+    for kind, (count, cost) in groups.items():
+        print(f"{kind:<10}{count:>8}{cost:>26,.0f}{cost / max(total, 1e-9):>8.1%}")
+    print(f"{'total':<10}{len(jobs):>8}{total:>26,.0f}")
+    print("(one train-step equivalent: one SGD step of the standard network on one batch of "
+          f"{preset.batch_size}; evaluations are upper bounds, every strong member on every image)")
+
+
+def _report(preset, workdir, outcome_line=""):
+    from tf_ntk import report  # noqa: PLC0415
+
+    verdicts, paths = report.write(preset, workdir, outcome_line)
+    print()
+    print("\n".join(report.summary_lines(verdicts)))
+    print()
+    print(f"report:  {paths['report']}")
+    print(f"numbers: {paths['results']}")
+    print(f"figures: {os.path.join(workdir, 'figures')}/ ({len(paths['figures'])} PNG + PDF)")
+    print(f"TensorBoard:  tensorboard --logdir {workdir}")
+
+
+def main(argv):
+    del argv
+    workdir = FLAGS.workdir or os.path.join("runs", f"reproduce-{FLAGS.preset}")
+    if FLAGS.report_only:
+        _report(_recorded_preset(workdir), workdir)
+        return
+    preset = preset_from_flags()
+    jobs = study.plan(preset, workdir)
+    extra = _data_args()
+    if extra:
+        jobs = [sweep.Job(j.name, j.module, j.args + tuple(extra), j.output, j.deps, j.cost)
+                if j.module != "binaries.reproduce" else j for j in jobs]
+    if FLAGS.dry_run:
+        _print_plan(preset, jobs)
+        return
+    if FLAGS.print_commands:
+        for job in jobs:
+            print(job.command())
+        return
+    _check_record(workdir, preset)
+    os.makedirs(workdir, exist_ok=True)
+    common.write_flags(workdir, __name__)
+    from tf_ntk import checkpoints  # noqa: PLC0415
+
+    checkpoints.write_json(os.path.join(workdir, SWEEP_RECORD), {"preset": preset.to_dict()})
+    workers = FLAGS.jobs or os.cpu_count() or 1
+    runnable = [j for j in jobs if j.output is not None]
+    todo = sum(not j.done() for j in runnable)
+    print(f"preset {preset.name}: {len(runnable)} jobs ({len(runnable) - todo} already done), "
+          f"{workers} worker{'s' if workers > 1 else ''} × {sweep.threads_per_worker(workers)} "
+          f"thread(s) → {workdir}")
+    start = time.time()
+    count = [len(runnable) - todo]
+
+    def progress(event, job, detail):
+        if event == "done":
+            count[0] += 1
+            print(f"[{count[0]}/{len(runnable)}] {job.name} ({detail:.1f} s)", flush=True)
+        elif event == "failed":
+            print(f"FAILED {job.name}: {detail} (log: {os.path.join(workdir, 'logs', job.name)}.log)",
+                  flush=True)
+        elif event == "blocked":
+            print(f"not run: {job.name} (a job it needs failed)", flush=True)
+
+    outcome = sweep.run_local(runnable, common.execute, workers=workers,
+                              log_dir=os.path.join(workdir, "logs"), report=progress)
+    line = (f"Sweep: {len(outcome.ran)} jobs run, {len(outcome.skipped)} already done, "
+            f"{len(outcome.failed)} failed, {len(outcome.blocked)} not run; "
+            f"{time.time() - start:.0f} s with {workers} workers.")
+    print(line)
+    _report(preset, workdir, line)
+    if not outcome.ok:
+        print(f"reproduce: error: {len(outcome.failed)} jobs failed ({', '.join(outcome.failed)}); "
+              f"their logs are in {os.path.join(workdir, 'logs')}; rerun to resume", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    common.run(main)

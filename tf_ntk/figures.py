@@ -1,0 +1,202 @@
+"""The study's figures (matplotlib, Agg): kernel distances, standard-vs-adversarial distance against
+the seed-to-seed baselines, phase-2 accuracy against the spawn epoch, alignment and effective rank,
+eigen-images. Lines are means over seeds, bands ± one sample standard deviation. Each figure is
+written as PNG (fixed size, `SIZE` inches at `DPI`) and PDF through tf.io.gfile."""
+
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tf_ntk import study  # noqa: E402
+
+DPI = 100
+SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
+COLORS = {"standard": "tab:blue", "adversarial": "tab:red"}
+STYLES = {"clean": "-", "adv": "--"}
+
+
+def _save(fig, path_png):
+    tf.io.gfile.makedirs(os.path.dirname(path_png))
+    for path, fmt in ((path_png, "png"), (path_png[:-4] + ".pdf", "pdf")):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=DPI)
+        tmp = path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    plt.close(fig)
+
+
+def _epoch_axis(ax, preset, label="epoch"):
+    """Symmetric-log x axis: linear below the first fractional spawn, so 0 and 0.125 both show."""
+    positive = [e for e in preset.save_epochs() if e > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    ax.set_xlabel(label)
+    ax.grid(True, alpha=0.3)
+
+
+def _band(ax, epochs, series, color, label, style="-"):
+    """Mean over seeds with a ± std band; ``series`` (seeds, epochs), NaN where missing."""
+    values = np.asarray(series, np.float64)
+    if values.size == 0 or np.all(np.isnan(values)):
+        return
+    mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
+    std = np.nan_to_num(std)
+    ax.plot(epochs, mean, style, color=color, marker="o", markersize=3, label=label)
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def _kernel_series(preset, collected, source, metric):
+    epochs = [float(e) for e in preset.save_epochs() if float(e) in
+              {float(x) for x in preset.kernel_epochs}]
+    series = []
+    for s in range(preset.seeds):
+        rows = {r["epoch"]: r for r in collected.kernels.get(study.phase1_name(source, s), [])}
+        series.append([rows[e][metric] if e in rows and metric in rows[e] else np.nan for e in epochs])
+    return epochs, series
+
+
+def kernel_distance(preset, collected, path):
+    fig, axes = plt.subplots(1, 2, figsize=SIZE)
+    for ax, metric, title in ((axes[0], "distance_to_init", "distance to the initial kernel"),
+                              (axes[1], "distance_to_final", "distance to the final kernel")):
+        for source in study.SOURCES:
+            epochs, series = _kernel_series(preset, collected, source, metric)
+            _band(ax, epochs, series, COLORS[source], f"{source} training")
+        _epoch_axis(ax, preset, "phase-1 epoch")
+        ax.set_ylabel("kernel distance 1 − cos(K, K')")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle("Fig. 1: how far the kernel moves (mean ± sd over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def standard_vs_adversarial(preset, collected, path):
+    fig, ax = plt.subplots(figsize=SIZE)
+    epochs = [float(e) for e in preset.kernel_epochs]
+    pairs = {"standard vs adversarial (same seed)": ("black", [
+        (study.phase1_name("standard", s), study.phase1_name("adversarial", s))
+        for s in range(preset.seeds)])}
+    for source in study.SOURCES:
+        pairs[f"seed-to-seed, {source}"] = (COLORS[source], [
+            (study.phase1_name(source, s), study.phase1_name(source, study.baseline_partner(s, preset.seeds)))
+            for s in range(preset.seeds) if study.baseline_partner(s, preset.seeds) is not None])
+    for label, (color, runs) in pairs.items():
+        series = []
+        for a, b in runs:
+            d = collected.comparisons.get((a, b)) or collected.comparisons.get((b, a)) or {}
+            series.append([d.get(e, np.nan) for e in epochs])
+        _band(ax, epochs, series, color, label, "-" if "same seed" in label else "--")
+    _epoch_axis(ax, preset, "phase-1 epoch")
+    ax.set_ylabel("kernel distance 1 − cos(K, K')")
+    ax.set_title("Fig. 2: distance between the standard and the adversarial kernel vs seed-to-seed "
+                 "baselines")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def phase2_vs_spawn(preset, collected, path):
+    rows = len(preset.phase2_dynamics)
+    fig, axes = plt.subplots(rows, 2, figsize=(SIZE[0], SIZE[1] * rows), squeeze=False)
+    spawns = [float(e) for e in preset.spawn_epochs]
+    for row, dynamics in enumerate(preset.phase2_dynamics):
+        for col, metric in enumerate(("robust", "benign")):
+            ax = axes[row][col]
+            for source in study.SOURCES:
+                for data_mode in preset.phase2_data:
+                    series = []
+                    for s in range(preset.seeds):
+                        series.append([
+                            (collected.evals.get(study.phase2_name(dynamics, data_mode, source, s, e))
+                             or {}).get(metric, np.nan) for e in spawns])
+                    _band(ax, spawns, series, COLORS[source],
+                          f"{data_mode} phase 2, {source} spawn", STYLES[data_mode])
+            reference = [(collected.evals.get(study.phase1_name("adversarial", s)) or {}).get(metric)
+                         for s in range(preset.seeds)]
+            reference = [v for v in reference if v is not None]
+            if reference:
+                ax.axhline(np.mean(reference), color="gray", linestyle=":",
+                           label="phase-1 adversarial training (final)")
+            _epoch_axis(ax, preset, "spawn epoch (phase 1)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylabel(f"{metric} accuracy" + (f" (ε = {preset.eps:.3g}, worst case)"
+                                                  if metric == "robust" else ""))
+            ax.set_title(f"{dynamics} phase 2: {metric} accuracy")
+            ax.legend(fontsize=7)
+    fig.suptitle("Fig. 3: phase-2 accuracy against the spawn epoch (mean ± sd over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def alignment_and_rank(preset, collected, path):
+    fig, axes = plt.subplots(1, 2, figsize=SIZE)
+    for ax, metric, label in ((axes[0], "target_alignment", "kernel-target alignment"),
+                              (axes[1], "effective_rank", "effective rank")):
+        for source in study.SOURCES:
+            epochs, series = _kernel_series(preset, collected, source, metric)
+            _band(ax, epochs, series, COLORS[source], f"{source} training")
+        _epoch_axis(ax, preset, "phase-1 epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle("Fig. 4: kernel-target alignment and effective rank (mean ± sd over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def eigen_images(preset, collected, path):
+    from tf_ntk import report  # noqa: PLC0415
+
+    loaded = {source: report.load_array(collected.features[study.phase1_name(source, 0)])
+              for source in study.SOURCES if study.phase1_name(source, 0) in collected.features}
+    if not loaded:
+        return False
+    columns = max(len(v["images"]) for v in loaded.values())
+    fig, axes = plt.subplots(len(loaded), columns, figsize=SIZE, squeeze=False)
+    for row, (source, arrays) in enumerate(loaded.items()):
+        for col in range(columns):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(arrays["images"]):
+                ax.axis("off")
+                continue
+            image = arrays["images"][col]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{arrays['names'][col]} (cos {arrays['cosines'][col]:+.2f})", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(f"{source}\nlogit {int(arrays['logit'])}")
+    fig.suptitle(f"Fig. 5: eigen-images of the final (epoch {preset.phase1_epochs}) kernels, seed 0")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+FIGURES = (
+    ("Fig. 1: kernel distance to init and to the final kernel", "fig1_kernel_distance.png",
+     kernel_distance),
+    ("Fig. 2: standard vs adversarial kernel distance, seed-to-seed baselines",
+     "fig2_standard_vs_adversarial.png", standard_vs_adversarial),
+    ("Fig. 3: phase-2 robust and benign accuracy vs spawn epoch", "fig3_phase2_vs_spawn.png",
+     phase2_vs_spawn),
+    ("Fig. 4: target alignment and effective rank", "fig4_alignment_rank.png", alignment_and_rank),
+    ("Fig. 5: eigen-images of the final kernels", "fig5_eigen_images.png", eigen_images),
+)
+
+
+def draw_all(preset, collected, directory):
+    """Draws every figure into ``directory``; returns [(title, png path)] of those drawn."""
+    drawn = []
+    for title, name, draw in FIGURES:
+        path = os.path.join(directory, name)
+        if draw(preset, collected, path) is not False:
+            drawn.append((title, path))
+    return drawn

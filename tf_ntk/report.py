@@ -1,0 +1,408 @@
+"""The study's report: reads what the sweep's jobs wrote (evaluation.json, kernel CSVs, eigen-images),
+computes the claims' statistics over seeds and writes results.csv and report.md.
+
+Numbers: every robust accuracy is the worst case per example over the protocol PGD-100 and the strong
+ensemble ("robust"), with the protocol number beside it. A claim rests on paired differences over
+seeds (the same seed's runs), with Student-t 95% intervals (`tf_ntk.stats`):
+
+- C1a: kernel distance between the standard and the adversarial run of a seed, minus the larger of
+  the two seed-to-seed distances (standard seed i vs i+1, adversarial seed i vs i+1), at the last
+  epoch; C1b: distance to the final kernel of the standard run minus that of the adversarial run at
+  the early epoch (the kernel epoch nearest 10% of phase 1): > 0 when the adversarial kernel is the
+  closer to its final kernel.
+- C2: robust accuracy of clean phase 2 from the adversarial spawn minus from the standard spawn, at
+  every spawn epoch > 0 (at epoch 0 both spawns are the same random initialisation).
+- C3: the same for adversarial phase 2, and adversarial phase 2 from the last adversarial spawn minus
+  phase-1 adversarial training, which holds when its interval lies above −0.10 (within 10 points).
+A claim holds when each of its tests holds, does not hold at this scale when any test's interval lies
+on the wrong side, and is inconclusive otherwise. The verdicts come from these rules alone.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_ntk import stats
+from tf_ntk import study
+
+C3_MARGIN = -0.10  # phase-2 AT on a fixed kernel "reaches high robust accuracy": within 10 points
+
+
+def _read_text(path):
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def _write_text(path, text):
+    """Atomic write through tf.io.gfile (a temporary file renamed into place)."""
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _read_csv(path):
+    if not tf.io.gfile.exists(path):
+        return []
+    rows = list(csv.DictReader(io.StringIO(_read_text(path))))
+    for row in rows:
+        for key, value in row.items():
+            if key != "run":
+                row[key] = float(value) if value not in ("", None) else float("nan")
+    return rows
+
+
+@dataclasses.dataclass
+class Collected:
+    """Everything the sweep measured, keyed by run name.
+
+    Attributes:
+      evals: {run: {"benign", "robust", "protocol", "strong", "examples", "path"}}.
+      kernels: {phase-1 run: [row of kernel_dynamics.csv, by epoch]}.
+      comparisons: {(run a, run b): {epoch: distance}}.
+      features: {phase-1 run: eigen_images.npz path}.
+      missing: outputs not (yet) there.
+    """
+
+    evals: dict
+    kernels: dict
+    comparisons: dict
+    features: dict
+    missing: list
+
+
+def collect(preset, sweep_dir):
+    """Reads every output of ``preset``'s plan under ``sweep_dir`` (missing ones are listed)."""
+    evals, kernels, comparisons, features, missing = {}, {}, {}, {}, []
+    for job in study.plan(preset, sweep_dir):
+        if job.output is None:
+            continue
+        if not tf.io.gfile.exists(job.output):
+            missing.append(job.name)
+            continue
+        kind, name = job.name.split("/", 1)
+        if kind == "eval":
+            r = json.loads(_read_text(job.output))
+            evals[name] = {"benign": r["benign_accuracy"], "robust": r["robust_accuracy"],
+                           "protocol": r["robust"]["protocol"]["accuracy"],
+                           "strong": r["robust"]["strong"]["accuracy"], "examples": r["examples"],
+                           "path": job.output}
+        elif kind == "kernels" and "_vs_" in name:
+            a, b = name.split("_vs_")
+            comparisons[(a, b)] = {row["epoch"]: row["distance"] for row in _read_csv(job.output)}
+        elif kind == "kernels":
+            kernels[name] = sorted(_read_csv(job.output), key=lambda row: row["epoch"])
+        elif kind == "features":
+            features[name] = job.output
+    return Collected(evals, kernels, comparisons, features, missing)
+
+
+def _distance(collected, a, b, epoch):
+    d = collected.comparisons.get((a, b)) or collected.comparisons.get((b, a)) or {}
+    return d.get(epoch)
+
+
+def _kernel_at(collected, run, epoch, metric):
+    for row in collected.kernels.get(run, []):
+        if row["epoch"] == epoch:
+            return row[metric]
+    return None
+
+
+def early_epoch(preset):
+    """The kernel epoch nearest 10% of phase 1 (C1b's "early")."""
+    target = preset.phase1_epochs / 10
+    return min((e for e in preset.kernel_epochs if e > 0), key=lambda e: (abs(e - target), e))
+
+
+@dataclasses.dataclass
+class Test:
+    """One row of the claims table: the two sides, their paired difference, a verdict."""
+
+    claim: str
+    test: str
+    a_label: str
+    a: list
+    b_label: str
+    b: list
+    margin: float = 0.0
+    interval: stats.Interval | None = None
+    verdict: str = "inconclusive"
+
+    def __post_init__(self):
+        if self.a and len(self.a) == len(self.b):
+            self.interval = stats.paired_difference(self.a, self.b)
+            self.verdict = stats.verdict(self.interval, self.margin)
+        else:
+            self.verdict = "inconclusive (missing runs)"
+
+
+def _paired(values_a, values_b):
+    """Keeps the seeds where both sides were measured."""
+    keep = [i for i, (x, y) in enumerate(zip(values_a, values_b)) if x is not None and y is not None]
+    return [values_a[i] for i in keep], [values_b[i] for i in keep]
+
+
+def claims(preset, collected):
+    """{claim: (verdict, [Test, ...])} for C1, C2 and C3."""
+    seeds = range(preset.seeds)
+    std = [study.phase1_name("standard", s) for s in seeds]
+    adv = [study.phase1_name("adversarial", s) for s in seeds]
+    final = float(preset.phase1_epochs)
+    out = {}
+
+    cross = [_distance(collected, std[s], adv[s], final) for s in seeds]
+    baseline = []
+    for s in seeds:
+        p = study.baseline_partner(s, preset.seeds)
+        both = [] if p is None else [_distance(collected, r[s], r[p], final) for r in (std, adv)]
+        baseline.append(None if not both or None in both else max(both))
+    early = early_epoch(preset)
+    to_final_std = [_kernel_at(collected, r, early, "distance_to_final") for r in std]
+    to_final_adv = [_kernel_at(collected, r, early, "distance_to_final") for r in adv]
+    out["C1"] = [
+        Test("C1", f"kernel distance at epoch {final:g}: standard vs adversarial (same seed) minus "
+             "the seed-to-seed baseline", "standard vs adversarial", *_paired(cross, baseline)[:1],
+             "seed-to-seed", _paired(cross, baseline)[1]),
+        Test("C1", f"distance to the final kernel at epoch {early:g}: standard minus adversarial",
+             "standard", _paired(to_final_std, to_final_adv)[0], "adversarial",
+             _paired(to_final_std, to_final_adv)[1]),
+    ]
+
+    def robust(name):
+        r = collected.evals.get(name)
+        return None if r is None else r["robust"]
+
+    for claim, data_mode in (("C2", "clean"), ("C3", "adv")):
+        if data_mode not in preset.phase2_data:
+            continue
+        tests = []
+        for dynamics in preset.phase2_dynamics:
+            for spawn in preset.spawn_epochs:
+                if spawn == 0:
+                    continue  # identical spawns: a control, not a test
+                a = [robust(study.phase2_name(dynamics, data_mode, "adversarial", s, spawn)) for s in seeds]
+                b = [robust(study.phase2_name(dynamics, data_mode, "standard", s, spawn)) for s in seeds]
+                tests.append(Test(claim, f"{dynamics} phase 2 on {data_mode} data from spawn epoch "
+                                  f"{spawn:g}: robust accuracy, adversarial minus standard spawn",
+                                  "adversarial spawn", *_paired(a, b)[:1], "standard spawn",
+                                  _paired(a, b)[1]))
+        if claim == "C3":
+            last = max(preset.spawn_epochs)
+            for dynamics in preset.phase2_dynamics:
+                a = [robust(study.phase2_name(dynamics, "adv", "adversarial", s, last)) for s in seeds]
+                b = [robust(f"{r}") for r in adv]
+                tests.append(Test(claim, f"{dynamics} adversarial phase 2 from the epoch-{last:g} "
+                                  "adversarial spawn minus phase-1 adversarial training (holds above "
+                                  f"{C3_MARGIN:+.2f})", "phase 2 on a fixed kernel",
+                                  _paired(a, b)[0], "phase-1 adversarial training", _paired(a, b)[1],
+                                  margin=C3_MARGIN))
+        out[claim] = tests
+    result = {}
+    for claim, tests in out.items():
+        main = [t for t in tests if "linearized" not in t.test] or tests
+        verdicts = [t.verdict for t in main]
+        if all(v == "holds" for v in verdicts):
+            verdict = "holds"
+        elif any(v == "does not hold at this scale" for v in verdicts):
+            verdict = "does not hold at this scale"
+        else:
+            verdict = "inconclusive"
+        result[claim] = (verdict, tests)
+    return result
+
+
+CLAIMS = {
+    "C1": "Adversarial training moves the kernel to a different kernel than standard training, and "
+          "fast.",
+    "C2": "Robustness lives in the kernel: clean phase 2 keeps robust accuracy from adversarial "
+          "spawns, not from standard ones.",
+    "C3": "Adversarial training on a fixed kernel reaches high robust accuracy, higher from "
+          "adversarial spawns.",
+}
+
+
+def _fmt(values):
+    return str(stats.summary(values)) if values else "–"
+
+
+def claims_table(preset, verdicts):
+    """The claims table as Markdown."""
+    lines = ["| claim | test | A (mean ± sd) | B (mean ± sd) | A − B [95% CI] | verdict |",
+             "|---|---|---|---|---|---|"]
+    for claim, (verdict, tests) in verdicts.items():
+        lines.append(f"| **{claim}** | {CLAIMS[claim]} | | | | **{verdict}** |")
+        for t in tests:
+            lines.append(f"| | {t.test} | {t.a_label}: {_fmt(t.a)} | {t.b_label}: {_fmt(t.b)} | "
+                         f"{t.interval if t.interval else '–'} | {t.verdict} |")
+    return "\n".join(lines)
+
+
+def _run_rows(preset, collected):
+    """[(run, phase, source, seed, dynamics, data, spawn epoch)] of every run, in plan order."""
+    rows = []
+    for source in study.SOURCES:
+        for s in range(preset.seeds):
+            rows.append((study.phase1_name(source, s), "1", source, s, "standard",
+                         "adv" if source == "adversarial" else "clean", None))
+    for source in study.SOURCES:
+        for s in range(preset.seeds):
+            for spawn in preset.spawn_epochs:
+                for dynamics in preset.phase2_dynamics:
+                    for data_mode in preset.phase2_data:
+                        rows.append((study.phase2_name(dynamics, data_mode, source, s, spawn), "2",
+                                     source, s, dynamics, data_mode, float(spawn)))
+    return rows
+
+
+def results_rows(preset, collected, verdicts):
+    """Every number of the study as long-format rows (dicts)."""
+    rows = []
+    for run, phase, source, seed, dynamics, data_mode, spawn in _run_rows(preset, collected):
+        r = collected.evals.get(run)
+        if r is None:
+            continue
+        base = {"kind": "evaluation", "run": run, "phase": phase, "source": source, "seed": seed,
+                "dynamics": dynamics, "data": data_mode,
+                "spawn_epoch": "" if spawn is None else spawn, "epoch": ""}
+        for metric in ("benign", "robust", "protocol", "strong"):
+            name = {"benign": "benign_accuracy", "robust": "robust_accuracy",
+                    "protocol": "robust_accuracy_protocol", "strong": "robust_accuracy_strong"}[metric]
+            rows.append({**base, "metric": name, "value": r[metric]})
+    for run, krows in collected.kernels.items():
+        source, seed = run.rsplit("-s", 1)
+        for k in krows:
+            for metric, value in k.items():
+                if metric in ("run", "epoch") or value != value:  # NaN: not measured there
+                    continue
+                rows.append({"kind": "kernel", "run": run, "phase": "1", "source": source,
+                             "seed": int(seed), "dynamics": "standard", "data": "", "spawn_epoch": "",
+                             "epoch": k["epoch"], "metric": metric, "value": value})
+    for (a, b), by_epoch in collected.comparisons.items():
+        for epoch, value in sorted(by_epoch.items()):
+            rows.append({"kind": "comparison", "run": f"{a}_vs_{b}", "phase": "1", "source": "",
+                         "seed": "", "dynamics": "", "data": "", "spawn_epoch": "", "epoch": epoch,
+                         "metric": "kernel_distance", "value": value})
+    for claim, (verdict, tests) in verdicts.items():
+        for i, t in enumerate(tests):
+            if t.interval is None:
+                continue
+            for metric, value in (("difference_mean", t.interval.mean), ("ci95_low", t.interval.low),
+                                  ("ci95_high", t.interval.high)):
+                rows.append({"kind": "claim", "run": f"{claim}.{i + 1}", "phase": "", "source": "",
+                             "seed": "", "dynamics": "", "data": "", "spawn_epoch": "", "epoch": "",
+                             "metric": metric, "value": value})
+    return rows
+
+
+COLUMNS = ("kind", "run", "phase", "source", "seed", "dynamics", "data", "spawn_epoch", "epoch",
+           "metric", "value")
+
+
+def _csv_text(rows):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _num(value):
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown(preset, sweep_dir, collected, verdicts, figures, outcome_line=""):
+    """report.md's text."""
+    lines = [f"# Reproduction report: preset `{preset.name}`", "",
+             preset.description, "",
+             "Claims of *Evolution of Neural Tangent Kernels under Benign and Adversarial Training* "
+             "(NeurIPS 2022), tested over "
+             f"{preset.seeds} seed{'s' if preset.seeds > 1 else ''}. A − B is the mean paired "
+             "difference over seeds with its Student-t 95% interval; robust accuracy is the worst "
+             "case over the paper's PGD-100 and the strong attack ensemble. The verdict rules are in "
+             "docs/reproduction.md.", "", claims_table(preset, verdicts), ""]
+    if outcome_line:
+        lines += [outcome_line, ""]
+    if collected.missing:
+        lines += [f"**Incomplete sweep**: {len(collected.missing)} outputs missing "
+                  f"({', '.join(collected.missing[:8])}{' …' if len(collected.missing) > 8 else ''}).",
+                  ""]
+    lines += ["## Figures", ""]
+    for title, path in figures:
+        lines.append(f"- [{title}]({os.path.relpath(path, sweep_dir)})")
+    lines += ["", "## Runs", "",
+              "Benign and robust accuracy of each run's final checkpoint on "
+              f"{_examples_text(preset)} (robust: worst case of protocol PGD-{preset.eval_steps} and "
+              "the strong ensemble).", "",
+              "| run | phase | spawn | seed | dynamics | data | benign | robust (protocol) | "
+              "robust (strong) | robust |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run, phase, source, seed, dynamics, data_mode, spawn in _run_rows(preset, collected):
+        r = collected.evals.get(run, {})
+        spawn_text = "" if spawn is None else f"{source} @ {spawn:g}"
+        lines.append(f"| {run} | {phase} | {spawn_text} | {seed} | {dynamics} | {data_mode} | "
+                     f"{_num(r.get('benign'))} | {_num(r.get('protocol'))} | {_num(r.get('strong'))} | "
+                     f"{_num(r.get('robust'))} |")
+    lines += ["", "## Kernels at the last phase-1 epoch", "",
+              "| run | distance to init | target alignment | effective rank |", "|---|---|---|---|"]
+    final = float(preset.phase1_epochs)
+    for run in collected.kernels:
+        lines.append(f"| {run} | {_num(_kernel_at(collected, run, final, 'distance_to_init'))} | "
+                     f"{_num(_kernel_at(collected, run, final, 'target_alignment'))} | "
+                     f"{_num(_kernel_at(collected, run, final, 'effective_rank'))} |")
+    lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
+    for key, value in preset.to_dict().items():
+        if key in ("spawn_epochs", "kernel_epochs", "phase1_lr_boundaries"):
+            value = ", ".join(f"{v:g}" for v in value) or "none"
+        lines.append(f"| {key} | {value} |")
+    lines += ["", "## Where everything is", "",
+              "- `results.csv`: every number above, one per row (kind, run, metric, value).",
+              "- `phase1/`, `phase2/`: the runs (flags.json, checkpoints, results.json, events); "
+              "`<run>/eval/`: evaluation.json.",
+              "- `kernels/`: kernel metrics per run and distances per pair; `features/`: eigen-images.",
+              "- `logs/`: each job's output.", "",
+              f"TensorBoard: `tensorboard --logdir {sweep_dir}`", ""]
+    return "\n".join(lines)
+
+
+def _examples_text(preset):
+    return (f"the first {preset.eval_examples} test images" if preset.eval_examples
+            else "the whole test set")
+
+
+def write(preset, sweep_dir, outcome_line=""):
+    """Collects, computes the claims, draws the figures and writes results.csv and report.md
+    (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
+    from tf_ntk import figures as figures_lib  # noqa: PLC0415  (matplotlib only when reporting)
+
+    collected = collect(preset, sweep_dir)
+    verdicts = claims(preset, collected)
+    figure_dir = os.path.join(sweep_dir, "figures")
+    drawn = figures_lib.draw_all(preset, collected, figure_dir)
+    results_path = os.path.join(sweep_dir, "results.csv")
+    report_path = os.path.join(sweep_dir, "report.md")
+    _write_text(results_path, _csv_text(results_rows(preset, collected, verdicts)))
+    _write_text(report_path, markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line))
+    return verdicts, {"report": report_path, "results": results_path,
+                      "figures": [p for _, p in drawn]}
+
+
+def summary_lines(verdicts):
+    """The claims table for a terminal: one line per claim and per test."""
+    lines = []
+    for claim, (verdict, tests) in verdicts.items():
+        lines.append(f"{claim}  {verdict.upper()}: {CLAIMS[claim]}")
+        for t in tests:
+            lines.append(f"    {t.verdict:<28} {str(t.interval) if t.interval else '–':<28} {t.test}")
+    return lines
+
+
+def load_array(path):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        with np.load(io.BytesIO(f.read())) as z:
+            return {k: z[k] for k in z.files}

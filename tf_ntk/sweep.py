@@ -1,0 +1,175 @@
+"""A sweep: a graph of jobs, each one invocation of a tf_ntk binary, run by a local pool of worker
+processes or printed as shell commands for a cluster scheduler.
+
+A job is done when its output file exists: every binary writes that file last and atomically, so a
+rerun skips finished jobs, and an interrupted one runs again and resumes from its own state (a
+training run from its resume checkpoint, a kernel walk from its cached kernels). Workers are
+long-lived processes that import TensorFlow once and run job after job in-process (the same absl
+parsing and main as the shell command), each with its share of the cores.
+"""
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import shlex
+import time
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One binary invocation.
+
+    Attributes:
+      name: unique, path-like name ("phase1/adversarial-s0"); also names its log file.
+      module: the binary's module ("binaries.train").
+      args: its command-line arguments, e.g. ("--workdir=...", "--epochs=20").
+      output: the file whose existence means the job is done (None: never done, always runs).
+      deps: names of the jobs that must finish first.
+      cost: estimated cost in train-step equivalents (one SGD step of the standard network on one
+        batch), for plans and progress.
+    """
+
+    name: str
+    module: str
+    args: tuple
+    output: str | None
+    deps: tuple = ()
+    cost: float = 0.0
+
+    def command(self, python="python"):
+        """The job as one shell command line."""
+        return " ".join(shlex.quote(a) for a in (python, "-m", self.module, *self.args))
+
+    def done(self):
+        return self.output is not None and tf.io.gfile.exists(self.output)
+
+
+def order(jobs):
+    """``jobs`` in dependency order (stable: a job keeps its place unless a dependency comes later).
+    Raises ValueError on a duplicate name, an unknown dependency or a cycle."""
+    by_name = {}
+    for job in jobs:
+        if job.name in by_name:
+            raise ValueError(f"two jobs named {job.name}")
+        by_name[job.name] = job
+    for job in jobs:
+        for dep in job.deps:
+            if dep not in by_name:
+                raise ValueError(f"job {job.name} depends on unknown job {dep}")
+    ordered, placed, visiting = [], set(), set()
+
+    def visit(job):
+        if job.name in placed:
+            return
+        if job.name in visiting:
+            raise ValueError(f"dependency cycle through {job.name}")
+        visiting.add(job.name)
+        for dep in job.deps:
+            visit(by_name[dep])
+        visiting.discard(job.name)
+        placed.add(job.name)
+        ordered.append(job)
+
+    for job in jobs:
+        visit(job)
+    return ordered
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a local sweep did: names of the jobs run, skipped as done, failed ({name: error}), and
+    not run because a dependency failed."""
+
+    ran: list
+    skipped: list
+    failed: dict
+    blocked: list
+    seconds: float
+
+    @property
+    def ok(self):
+        return not self.failed and not self.blocked
+
+
+def _init_worker(threads):
+    """Gives a worker process its share of the cores (before TensorFlow's runtime starts)."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+
+
+def _timed(execute, job, log_path):
+    start = time.time()
+    error = execute(job.module, list(job.args), log_path)
+    return error, time.time() - start
+
+
+def threads_per_worker(workers, cores=None):
+    """TensorFlow threads for each of ``workers`` processes so that together they fill ``cores``."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def run_local(jobs, execute, *, workers, log_dir, report=None):
+    """Runs the unfinished ``jobs`` on a pool of ``workers`` processes, each job once its
+    dependencies are done; a failed job blocks only the jobs that depend on it.
+
+    Args:
+      jobs: `Job`s (any order).
+      execute: a module-level function ``(module, args, log_path) -> None or error line`` run in
+        the workers (binaries.common.execute).
+      workers: number of worker processes (≥ 1).
+      log_dir: each job's output goes to ``log_dir/<job name>.log``.
+      report: optional callback ``(event, job, detail)`` with event "start", "done", "failed" or
+        "blocked" (for progress lines).
+    Returns:
+      an `Outcome`.
+    """
+    report = report or (lambda *a: None)
+    start = time.time()
+    ordered = order(jobs)
+    finished = {j.name for j in ordered if j.done()}
+    skipped = [j.name for j in ordered if j.name in finished]
+    pending = [j for j in ordered if j.name not in finished]
+    ran, failed, blocked = [], {}, []
+    threads = threads_per_worker(workers)
+    for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[var] = str(threads)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                initargs=(threads,)) as pool:
+        running = {}
+        while pending or running:
+            for job in list(pending):
+                if any(d in failed or d in blocked for d in job.deps):
+                    pending.remove(job)
+                    blocked.append(job.name)
+                    report("blocked", job, None)
+                elif len(running) < workers and all(d in finished for d in job.deps):
+                    pending.remove(job)
+                    log_path = os.path.join(log_dir, job.name + ".log")
+                    running[pool.submit(_timed, execute, job, log_path)] = job
+                    report("start", job, log_path)
+            if not running:
+                continue
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    error, seconds = future.result()
+                except concurrent.futures.process.BrokenProcessPool as e:
+                    raise RuntimeError(f"a worker process died while running {job.name} (out of "
+                                       "memory?); rerun to resume the sweep") from e
+                if error is None and job.output is not None and not job.done():
+                    error = f"finished without writing {job.output}"
+                if error is None:
+                    finished.add(job.name)
+                    ran.append(job.name)
+                    report("done", job, seconds)
+                else:
+                    failed[job.name] = error
+                    report("failed", job, error)
+    return Outcome(ran=ran, skipped=skipped, failed=failed, blocked=blocked,
+                   seconds=time.time() - start)
