@@ -35,8 +35,13 @@ def _save(fig, path_png):
 
 def _epoch_axis(ax, preset, label="epoch"):
     """Symmetric-log x axis: linear below the first fractional spawn, so 0 and 0.125 both show."""
-    positive = [e for e in preset.save_epochs() if e > 0]
+    epochs = preset.save_epochs()
+    positive = [e for e in epochs if e > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    ax.set_xlim(0, max(epochs) * 1.15)
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+        ax.set_xticklabels([f"{e:g}" for e in epochs], fontsize=7)
     ax.set_xlabel(label)
     ax.grid(True, alpha=0.3)
 

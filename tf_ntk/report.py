@@ -7,9 +7,9 @@ seeds (the same seed's runs), with Student-t 95% intervals (`tf_ntk.stats`):
 
 - C1a: kernel distance between the standard and the adversarial run of a seed, minus the larger of
   the two seed-to-seed distances (standard seed i vs i+1, adversarial seed i vs i+1), at the last
-  epoch; C1b: distance to the final kernel of the standard run minus that of the adversarial run at
-  the early epoch (the kernel epoch nearest 10% of phase 1): > 0 when the adversarial kernel is the
-  closer to its final kernel.
+  epoch; C1b: the share of the kernel's path still ahead at the early epoch e (the kernel epoch
+  nearest 10% of phase 1), d(k_e, k_T) / d(k_0, k_T), of the standard run minus that of the
+  adversarial run: > 0 when the adversarial kernel is the closer to its final kernel.
 - C2: robust accuracy of clean phase 2 from the adversarial spawn minus from the standard spawn, at
   every spawn epoch > 0 (at epoch 0 both spawns are the same random initialisation).
 - C3: the same for adversarial phase 2, and adversarial phase 2 from the last adversarial spawn minus
@@ -114,6 +114,16 @@ def _kernel_at(collected, run, epoch, metric):
     return None
 
 
+def remaining(collected, run, epoch, final):
+    """d(k_epoch, k_final) / d(k_0, k_final): the share of the kernel's total movement still ahead
+    at ``epoch`` (0: it has reached its final kernel)."""
+    ahead = _kernel_at(collected, run, epoch, "distance_to_final")
+    total = _kernel_at(collected, run, final, "distance_to_init")
+    if ahead is None or not total:
+        return None
+    return ahead / total
+
+
 def early_epoch(preset):
     """The kernel epoch nearest 10% of phase 1 (C1b's "early")."""
     target = preset.phase1_epochs / 10
@@ -163,13 +173,14 @@ def claims(preset, collected):
         both = [] if p is None else [_distance(collected, r[s], r[p], final) for r in (std, adv)]
         baseline.append(None if not both or None in both else max(both))
     early = early_epoch(preset)
-    to_final_std = [_kernel_at(collected, r, early, "distance_to_final") for r in std]
-    to_final_adv = [_kernel_at(collected, r, early, "distance_to_final") for r in adv]
+    to_final_std = [remaining(collected, r, early, final) for r in std]
+    to_final_adv = [remaining(collected, r, early, final) for r in adv]
     out["C1"] = [
         Test("C1", f"kernel distance at epoch {final:g}: standard vs adversarial (same seed) minus "
              "the seed-to-seed baseline", "standard vs adversarial", *_paired(cross, baseline)[:1],
              "seed-to-seed", _paired(cross, baseline)[1]),
-        Test("C1", f"distance to the final kernel at epoch {early:g}: standard minus adversarial",
+        Test("C1", f"share of the kernel's path still ahead at epoch {early:g}, d(k_{early:g}, "
+             f"k_{final:g}) / d(k_0, k_{final:g}): standard minus adversarial",
              "standard", _paired(to_final_std, to_final_adv)[0], "adversarial",
              _paired(to_final_std, to_final_adv)[1]),
     ]

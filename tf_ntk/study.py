@@ -141,19 +141,20 @@ PRESETS = {
                     "3 seeds, MLP 64-256-256-10, 10 phase-1 epochs (PGD-10 clean-then-adversarial), "
                     "centered phase 2 (10 epochs) on clean and PGD data from spawns at epochs 0.25, "
                     "2 and 10; kernels on 100 training images; evaluation on 180 test images with "
-                    "the strong ensemble at 2 restarts and 500 Square queries.",
+                    "the strong ensemble at 2 restarts and 250 Square queries.",
         seeds=3, phase1_epochs=10, spawn_epochs=(0.25, 2.0, 10.0),
         kernel_epochs=(0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0), phase2_epochs=10,
-        eval_examples=180, strong_restarts=2, square_queries=500, eigen_steps=300),
+        eval_examples=180, strong_restarts=2, square_queries=250, eigen_steps=300),
     "digits": Preset(
         name="digits",
         description="The full study on digits at ε = 0.2 (≤ 60 minutes on 2 cores): 5 seeds, MLP "
                     "64-256-256-10, 20 phase-1 epochs, centered and linearized phase 2 (20 epochs) "
-                    "on clean and PGD data from 11 spawns (0 to 20, fractional ones included), the "
-                    "whole test set with the strong ensemble at 3 restarts and 1000 Square queries.",
-        seeds=5, phase1_epochs=20, spawn_epochs=_DIGITS_GRID, kernel_epochs=_DIGITS_GRID,
-        phase2_epochs=20, phase2_dynamics=("centered", "linearized"), strong_restarts=3,
-        square_queries=1000),
+                    "on clean and PGD data from 6 spawns (0.125 to 20), kernels at 11 epochs, "
+                    "evaluation on 200 test images with the strong ensemble at 2 restarts and 250 "
+                    "Square queries.",
+        seeds=5, phase1_epochs=20, spawn_epochs=(0.125, 0.5, 1.0, 2.0, 5.0, 20.0),
+        kernel_epochs=_DIGITS_GRID, phase2_epochs=20, phase2_dynamics=("centered", "linearized"),
+        eval_examples=200, strong_restarts=2, square_queries=250),
     "cifar10": Preset(
         name="cifar10",
         description="The paper's protocol: CIFAR-10, ResNet-18, ε = 4/255, 101 phase-1 epochs (lr "
