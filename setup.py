@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     # ART's AutoAttack imports multiprocess without declaring it.
     "adversarial-robustness-toolbox==1.20.1",
     "multiprocess==0.70.19",
+    # The reproduction report's figures (tf_ntk.figures).
+    "matplotlib==3.11.2",
 ]
 
 EXTRAS_REQUIRE = {

@@ -95,8 +95,9 @@ def _data_args():
     return args
 
 
-def _check_record(workdir, preset):
-    """Refuses a work directory that holds a sweep of other settings (unless --overwrite)."""
+def _check_record(workdir, preset, replace=True):
+    """Refuses a work directory that holds a sweep of other settings (unless --overwrite and
+    ``replace``)."""
     path = os.path.join(workdir, SWEEP_RECORD)
     if not os.path.exists(path):
         return
@@ -104,7 +105,7 @@ def _check_record(workdir, preset):
         recorded = json.load(f)["preset"]
     wanted = json.loads(json.dumps(preset.to_dict()))
     if recorded != wanted:
-        if FLAGS.overwrite:
+        if FLAGS.overwrite and replace:
             shutil.rmtree(workdir)
             return
         changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
@@ -115,7 +116,8 @@ def _check_record(workdir, preset):
 def _recorded_preset(workdir):
     path = os.path.join(workdir, SWEEP_RECORD)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --report_only needs a sweep directory")
+        raise FileNotFoundError(f"{path} not found: --report_only needs a sweep directory (or the "
+                                "--preset and override flags the sweep ran with)")
     with open(path, encoding="utf-8") as f:
         d = json.load(f)["preset"]
     for key in ("spawn_epochs", "kernel_epochs", "phase1_lr_boundaries", "phase2_dynamics",
@@ -153,14 +155,34 @@ def _report(preset, workdir, outcome_line=""):
     print(f"TensorBoard:  tensorboard --logdir {workdir}")
 
 
+def _preset_flags():
+    """The flags given that shape the preset (serialized), for the report job's command."""
+    skip = {"workdir", "jobs", "dry_run", "print_commands", "report_only", "overwrite"}
+    module = sys.modules[__name__]
+    return [FLAGS[f.name].serialize() for f in FLAGS.get_key_flags_for_module(module)
+            if f.present and f.name not in skip]
+
+
+def _report_preset(workdir):
+    """--report_only's preset: the sweep's record, checked against the flags when they shape one."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{workdir} is not a sweep directory")
+    if not _preset_flags():
+        return _recorded_preset(workdir)
+    preset = preset_from_flags()
+    _check_record(workdir, preset, replace=False)
+    return preset
+
+
 def main(argv):
     del argv
     workdir = FLAGS.workdir or os.path.join("runs", f"reproduce-{FLAGS.preset}")
     if FLAGS.report_only:
-        _report(_recorded_preset(workdir), workdir)
+        _report(_report_preset(workdir), workdir)
         return
     preset = preset_from_flags()
-    jobs = study.plan(preset, workdir)
+    jobs = study.plan(preset, workdir,
+                      report_args=[f"--workdir={workdir}", *_preset_flags(), "--report_only"])
     extra = _data_args()
     if extra:
         jobs = [sweep.Job(j.name, j.module, j.args + tuple(extra), j.output, j.deps, j.cost)

@@ -15,6 +15,7 @@ REQUIREMENTS = {
     "art": "adversarial-robustness-toolbox",
     "cleverhans": "cleverhans",
     "keras": "keras",
+    "matplotlib": "matplotlib",
     "numpy": "numpy",
     "psutil": "psutil",
     "pytest": "pytest",

@@ -320,7 +320,7 @@ def _csv_text(rows):
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        writer.writerow({k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()})
     return buf.getvalue()
 
 

@@ -218,9 +218,10 @@ def _kernel_cost(preset, epochs):
     return len(epochs) * 2 * probe * num_classes / preset.batch_size
 
 
-def plan(preset, sweep_dir):
+def plan(preset, sweep_dir, report_args=None):
     """The study's `sweep.Job`s for ``preset`` under ``sweep_dir``, in dependency order; the last
-    job writes the report."""
+    job writes the report (binaries.reproduce with ``report_args``, default: the sweep directory and
+    --report_only)."""
     path = lambda *parts: os.path.join(sweep_dir, *parts)  # noqa: E731
     common = [f"--dataset={preset.dataset}", f"--model={preset.model}", f"--eps={preset.eps!r}",
               f"--batch_size={preset.batch_size}"]
@@ -318,8 +319,8 @@ def plan(preset, sweep_dir):
                 os.path.join(out, "eigen_images.npz"), (f"phase1/{name}",),
                 cost=_kernel_cost(preset, [final]) + 2 * preset.eigen_images * preset.eigen_steps
                 / preset.batch_size * preset.per_class))
-    jobs.append(sweep.Job("report", "binaries.reproduce",
-                          (f"--sweep_dir={sweep_dir}", "--report_only"), None,
+    report_args = (f"--workdir={sweep_dir}", "--report_only") if report_args is None else report_args
+    jobs.append(sweep.Job("report", "binaries.reproduce", tuple(report_args), None,
                           tuple(j.name for j in jobs)))
     return sweep.order(jobs)
 

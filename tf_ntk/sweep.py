@@ -102,6 +102,7 @@ def _init_worker(threads):
 
 def _timed(execute, job, log_path):
     start = time.time()
+    tf.io.gfile.makedirs(os.path.dirname(log_path))
     error = execute(job.module, list(job.args), log_path)
     return error, time.time() - start
 

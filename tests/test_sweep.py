@@ -1,0 +1,135 @@
+"""The job graph and the local pool (with a fake job runner), and the study's plan: dependencies,
+names, the baseline pairs, the cost model, preset validation."""
+
+import os
+
+import pytest
+
+from tf_ntk import study
+from tf_ntk import sweep
+
+
+def fake_execute(module, args, log_path):
+    """Writes the job's --out file unless --fail is given (runs in the pool's worker processes)."""
+    values = dict(a.split("=", 1) for a in args if "=" in a)
+    with open(log_path, "w", encoding="utf-8") as f:
+        f.write(f"{module} {args}\n")
+    if "--fail" in args:
+        return "asked to fail"
+    with open(values["--out"], "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    return None
+
+
+def _job(tmp_path, name, deps=(), fail=False):
+    out = str(tmp_path / f"{name}.out")
+    return sweep.Job(name, "fake", (f"--out={out}",) + (("--fail",) if fail else ()), out, deps)
+
+
+def test_order_puts_dependencies_first_and_rejects_bad_graphs(tmp_path):
+    a, b, c = _job(tmp_path, "a"), _job(tmp_path, "b", ("c",)), _job(tmp_path, "c", ("a",))
+    assert [j.name for j in sweep.order([b, c, a])] == ["a", "c", "b"]
+    with pytest.raises(ValueError, match="unknown job x"):
+        sweep.order([_job(tmp_path, "a", ("x",))])
+    with pytest.raises(ValueError, match="cycle"):
+        sweep.order([_job(tmp_path, "a", ("b",)), _job(tmp_path, "b", ("a",))])
+    with pytest.raises(ValueError, match="two jobs named a"):
+        sweep.order([a, a])
+
+
+def test_pool_runs_skips_done_and_blocks_dependents_of_failures(tmp_path):
+    (tmp_path / "done.out").write_text("earlier")
+    jobs = [_job(tmp_path, "done"), _job(tmp_path, "a", ("done",)), _job(tmp_path, "bad", fail=True),
+            _job(tmp_path, "after_bad", ("bad", "a")), _job(tmp_path, "b", ("a",))]
+    events = []
+    outcome = sweep.run_local(jobs, fake_execute, workers=2, log_dir=str(tmp_path / "logs"),
+                              report=lambda event, job, detail: events.append((event, job.name)))
+    assert outcome.skipped == ["done"]
+    assert sorted(outcome.ran) == ["a", "b"]
+    assert outcome.failed == {"bad": "asked to fail"}
+    assert outcome.blocked == ["after_bad"] and not outcome.ok
+    assert (tmp_path / "done.out").read_text() == "earlier"  # a done job is not rerun
+    assert ("blocked", "after_bad") in events
+    assert events.index(("done", "a")) < events.index(("start", "b"))  # b waited for a
+    assert (tmp_path / "logs" / "bad.log").exists()
+
+
+def test_threads_per_worker_share_the_cores():
+    assert sweep.threads_per_worker(2, cores=2) == 1
+    assert sweep.threads_per_worker(1, cores=2) == 2
+    assert sweep.threads_per_worker(3, cores=16) == 5
+    assert sweep.threads_per_worker(4, cores=2) == 1
+
+
+def test_comparison_pairs_cover_each_seed_once():
+    assert study.comparison_pairs(1) == [("standard-s0", "adversarial-s0")]
+    assert study.comparison_pairs(2) == [
+        ("standard-s0", "adversarial-s0"), ("standard-s1", "adversarial-s1"),
+        ("standard-s0", "standard-s1"), ("adversarial-s0", "adversarial-s1")]
+    three = study.comparison_pairs(3)
+    assert ("standard-s0", "standard-s2") in three and ("standard-s1", "standard-s2") in three
+    assert len(three) == 3 + 3 + 3
+    assert [study.baseline_partner(s, 3) for s in range(3)] == [1, 2, 0]
+    assert study.baseline_partner(0, 1) is None
+
+
+def test_quick_plan_structure(tmp_path):
+    preset = study.PRESETS["quick"]
+    jobs = study.plan(preset, str(tmp_path))
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names))
+    by_name = {j.name: j for j in jobs}
+    seeds, spawns, data = preset.seeds, len(preset.spawn_epochs), len(preset.phase2_data)
+    assert sum(n.startswith("phase1/") for n in names) == 2 * seeds
+    assert sum(n.startswith("phase2/") for n in names) == 2 * seeds * spawns * data
+    assert sum(n.startswith("eval/") for n in names) == 2 * seeds * (1 + spawns * data)
+    assert sum(n.startswith("kernels/") for n in names) == 2 * seeds + len(study.comparison_pairs(seeds))
+    job = by_name["phase2/centered-clean-from-adversarial-s1-e0.25"]
+    assert job.deps == ("phase1/adversarial-s1",)
+    assert f"--spawn={tmp_path}/phase1/adversarial-s1/spawn/epoch_0.25" in job.args
+    assert "--seed=1" in job.args and "--dynamics=centered" in job.args
+    assert by_name["kernels/standard-s0_vs_adversarial-s0"].deps == (
+        "kernels/standard-s0", "kernels/adversarial-s0")
+    assert by_name["eval/adversarial-s2"].output == (
+        f"{tmp_path}/phase1/adversarial-s2/eval/epoch_10/evaluation.json")
+    # Dependency order, and the report last.
+    seen = set()
+    for j in jobs:
+        assert set(j.deps) <= seen, j.name
+        seen.add(j.name)
+    assert names[-1] == "report" and jobs[-1].output is None
+    # Phase 1 saves every spawn and kernel epoch, fractional ones included.
+    p1 = by_name["phase1/standard-s0"]
+    assert "--save_epochs=0,0.125,0.25,0.5,1,2,4,6,8,10" in p1.args
+
+
+def test_cost_model_closed_form(tmp_path):
+    """Phase-1 adversarial, clean-then-adversarial: (1 + 0.65 k + 1) per step; centered x1.3."""
+    preset = study.PRESETS["smoke"]  # digits: 1437 images, batch 256 -> 6 steps; k = 2 PGD steps
+    by_name = {j.name: j for j in study.plan(preset, str(tmp_path))}
+    assert by_name["phase1/standard-s0"].cost == pytest.approx(2 * 6 * 1.0)
+    assert by_name["phase1/adversarial-s0"].cost == pytest.approx(2 * 6 * (2 + 2 * 0.65))
+    assert by_name["phase2/centered-adv-from-standard-s0-e0.5"].cost == pytest.approx(
+        1 * 6 * 1.3 * (2 + 2 * 0.65))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"spawn_epochs": (0.5, 30.0)}, r"spawn_epochs \[30.0\] outside"),
+    ({"kernel_epochs": (0.0, 1.0)}, "must include the last epoch"),
+    ({"phase2_dynamics": ("standard",)}, "centered and/or linearized"),
+    ({"phase2_data": ()}, "clean and/or adv"),
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"eval_examples": 5000}, r"eval_examples must be in \[1, 360\]"),
+    ({"dataset": "imagenet"}, "unknown data set"),
+])
+def test_preset_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        study.PRESETS["quick"].replace(**changes)
+
+
+def test_cifar10_preset_is_the_protocol():
+    p = study.PRESETS["cifar10"]
+    assert (p.model, p.eps, p.phase1_epochs, p.train_attack_steps, p.eval_steps) == (
+        "resnet18", 4 / 255, 101, 20, 100)
+    assert p.per_class * 10 == 500 and p.phase2_epochs == 100 and p.phase2_lr == 0.01
+    assert len(p.spawn_epochs) == 102 + 7  # every whole epoch 0..101 and the 7 fractional ones
