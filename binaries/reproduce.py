@@ -139,7 +139,8 @@ def _print_plan(preset, jobs):
         print(f"{kind:<10}{count:>8}{cost:>26,.0f}{cost / max(total, 1e-9):>8.1%}")
     print(f"{'total':<10}{len(jobs):>8}{total:>26,.0f}")
     print("(one train-step equivalent: one SGD step of the standard network on one batch of "
-          f"{preset.batch_size}; evaluations are upper bounds, every strong member on every image)")
+          f"{preset.batch_size}; an evaluation counts the strong ensemble's first attack on every image "
+          f"and the others on {study.SURVIVING_SHARE:.0%} of them)")
 
 
 def _report(preset, workdir, outcome_line=""):
@@ -194,6 +195,12 @@ def main(argv):
         for job in jobs:
             print(job.command())
         return
+    if os.path.isdir(workdir) and os.listdir(workdir) and not os.path.exists(
+            os.path.join(workdir, SWEEP_RECORD)):
+        raise FileExistsError(f"{workdir} exists and holds no sweep ({SWEEP_RECORD}); choose another "
+                              "--workdir")
+    if FLAGS.overwrite and os.path.exists(os.path.join(workdir, SWEEP_RECORD)):
+        shutil.rmtree(workdir)  # start over
     _check_record(workdir, preset)
     os.makedirs(workdir, exist_ok=True)
     common.write_flags(workdir, __name__)

@@ -226,6 +226,11 @@ def test_a_sweep_of_other_settings_is_refused(pool_sweep, capsys):
     assert code == 2 and "holds a sweep with other settings (seeds)" in err
     code, err = _run_app(["--preset=quick", f"--workdir={pool_sweep}", "--report_only"], capsys)
     assert code == 2 and "other settings" in err
+    other = pool_sweep.parent / "not-a-sweep"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, err = _run_app(["--preset=smoke", f"--workdir={other}", "--overwrite"], capsys)
+    assert code == 2 and "holds no sweep" in err and (other / "notes.txt").exists()
 
 
 def _collected(evals=None, kernels=None, comparisons=None):
