@@ -15,6 +15,7 @@ import time
 
 from absl import flags
 import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 
@@ -128,6 +129,12 @@ def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
         assert cells[-4:] == [f"{v:.3f}" for v in (r["benign_accuracy"], r["robust"]["protocol"]["accuracy"],
                                                      r["robust"]["strong"]["accuracy"], r["robust_accuracy"])]
     assert f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]" in text
+    # The summary over seeds: mean ± sample standard deviation, by hand.
+    robust = [evals[f"adversarial-s{s}"]["robust_accuracy"] for s in (0, 1)]
+    benign = [evals[f"adversarial-s{s}"]["benign_accuracy"] for s in (0, 1)]
+    line = next(x for x in text.splitlines() if x.startswith("| 1 | adversarial |"))
+    assert f"| 2 | {np.mean(benign):.3f} ± {np.std(benign, ddof=1):.3f} |" in line
+    assert line.endswith(f"| {np.mean(robust):.3f} ± {np.std(robust, ddof=1):.3f} |")
     assert f"tensorboard --logdir {pool_sweep}" in text
     for name in ("fig1_kernel_distance", "fig3_phase2_vs_spawn", "fig5_eigen_images"):
         assert f"(figures/{name}.png)" in text
@@ -150,8 +157,8 @@ def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
 
 
 def test_interrupted_sweep_resumes_to_the_same_numbers(pool_sweep, tmp_path):
-    """A sweep killed (SIGKILL, whole process group) mid-way, then rerun: finished jobs are not
-    redone, and every number equals the uninterrupted pool's."""
+    """A sweep whose process is killed (SIGKILL) mid-way, then rerun: its workers end with it,
+    finished jobs are not redone, and every number equals the uninterrupted pool's."""
     root = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=ROOT)
     process = subprocess.Popen(
@@ -160,8 +167,12 @@ def test_interrupted_sweep_resumes_to_the_same_numbers(pool_sweep, tmp_path):
     deadline = time.time() + 300
     while not glob.glob(str(root / "phase2" / "*" / "resume")) and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    workers = psutil.Process(process.pid).children()
+    assert len(workers) >= 2
+    os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "worker processes outlived the sweep"
     assert not (root / "report.md").exists(), "the sweep finished before it could be killed"
     done = {j.output: os.path.getmtime(j.output) for j in study.plan(study.PRESETS["smoke"], str(root))
             if j.output and os.path.exists(j.output)}

@@ -347,6 +347,19 @@ def markdown(preset, sweep_dir, collected, verdicts, figures, outcome_line=""):
     lines += ["## Figures", ""]
     for title, path in figures:
         lines.append(f"- [{title}]({os.path.relpath(path, sweep_dir)})")
+    lines += ["", "## Accuracy over seeds", "",
+              "Mean ± sample standard deviation over the seeds measured (n).", "",
+              "| phase | source | spawn | dynamics | data | n | benign | robust (protocol) | "
+              "robust |", "|---|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for run, phase, source, seed, dynamics, data_mode, spawn in _run_rows(preset, collected):
+        if run in collected.evals:
+            groups.setdefault((phase, source, spawn, dynamics, data_mode), []).append(
+                collected.evals[run])
+    for (phase, source, spawn, dynamics, data_mode), found in groups.items():
+        cells = [str(stats.summary([r[k] for r in found])) for k in ("benign", "protocol", "robust")]
+        lines.append(f"| {phase} | {source} | {'' if spawn is None else f'{spawn:g}'} | {dynamics} | "
+                     f"{data_mode} | {len(found)} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "",
               "Benign and robust accuracy of each run's final checkpoint on "
               f"{_examples_text(preset)} (robust: worst case of protocol PGD-{preset.eval_steps} and "

@@ -13,6 +13,7 @@ import dataclasses
 import multiprocessing
 import os
 import shlex
+import threading
 import time
 
 import tensorflow as tf
@@ -94,10 +95,20 @@ class Outcome:
         return not self.failed and not self.blocked
 
 
-def _init_worker(threads):
-    """Gives a worker process its share of the cores (before TensorFlow's runtime starts)."""
+def _exit_with(parent):
+    """Ends this worker as soon as the sweep process ``parent`` is gone (killed, or crashed), so that
+    no orphan keeps running jobs into the sweep directory."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(threads, parent):
+    """Gives a worker process its share of the cores (before TensorFlow's runtime starts) and a
+    watchdog that ends it with its parent."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
 def _timed(execute, job, log_path):
@@ -140,7 +151,7 @@ def run_local(jobs, execute, *, workers, log_dir, report=None):
         os.environ[var] = str(threads)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                initargs=(threads,)) as pool:
+                                                initargs=(threads, os.getpid())) as pool:
         running = {}
         while pending or running:
             for job in list(pending):
