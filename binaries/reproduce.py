@@ -26,6 +26,7 @@ from absl import flags
 
 from binaries import common
 from binaries import common_flags
+from tf_ntk import data
 from tf_ntk import study
 from tf_ntk import sweep
 
@@ -199,6 +200,7 @@ def main(argv):
             os.path.join(workdir, SWEEP_RECORD)):
         raise FileExistsError(f"{workdir} exists and holds no sweep ({SWEEP_RECORD}); choose another "
                               "--workdir")
+    data.check_prepared(preset.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download)
     if FLAGS.overwrite and os.path.exists(os.path.join(workdir, SWEEP_RECORD)):
         shutil.rmtree(workdir)  # start over
     _check_record(workdir, preset)

@@ -1,6 +1,10 @@
 """Shared test utilities."""
 
+import sys
+
+from absl import flags
 import numpy as np
+import pytest
 
 
 def randomize_bn_statistics(model, seed=0):
@@ -36,3 +40,30 @@ def trained_digits_mlp(test_examples, width=32, epochs=4):
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False)
     xt, yt = data.load_arrays("digits", "test")
     return model, xt[:test_examples], yt[:test_examples]
+
+
+def run_binary(module, argv):
+    """Parses ``argv`` with absl (in this process) and calls the binary ``module``'s main."""
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog"] + argv)
+    try:
+        module.main(["prog"])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def run_app(module, argv, capsys):
+    """Runs a binary like the command line does (absl app, one-line errors); returns (exit code,
+    stderr)."""
+    from binaries import common  # noqa: PLC0415
+
+    flags.FLAGS.unparse_flags()
+    saved = sys.argv
+    sys.argv = [module.__name__.rsplit(".", 1)[-1]] + argv
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            common.run(module.main)
+    finally:
+        sys.argv = saved
+        flags.FLAGS.unparse_flags()
+    return exit_info.value.code, capsys.readouterr().err

@@ -12,46 +12,25 @@ import sys
 import time
 import urllib.request
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from binaries import common
 from binaries import compute_kernel
 from binaries import evaluate
 from binaries import kernel_dynamics
 from binaries import results
 from binaries import train
 from binaries import visualize_features
+from tests import helpers
 from tf_ntk import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
 
 
-def _run(module, argv):
-    """Parses ``argv`` with absl (in this process) and calls the binary's main."""
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["prog"] + argv)
-    try:
-        module.main(["prog"])
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
-def _run_app(module, argv, capsys):
-    """Runs the binary like the command line does (absl app, one-line errors); returns (code, err)."""
-    flags.FLAGS.unparse_flags()
-    saved = sys.argv
-    sys.argv = [module.__name__.rsplit(".", 1)[-1]] + argv
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            common.run(module.main)
-    finally:
-        sys.argv = saved
-        flags.FLAGS.unparse_flags()
-    return exit_info.value.code, capsys.readouterr().err
+_run = helpers.run_binary
+_run_app = helpers.run_app
 
 
 def _events(directory):

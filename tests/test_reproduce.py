@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import numpy as np
 import psutil
 import pytest
@@ -24,6 +23,7 @@ from binaries import reproduce
 from tf_ntk import data
 from tf_ntk import report
 from tf_ntk import study
+from tests import helpers
 
 # One xdist worker runs the whole module, so the smoke sweep (the module fixture) runs once.
 pytestmark = pytest.mark.xdist_group("reproduce")
@@ -34,25 +34,11 @@ T_975_2DF = 4.302652729911275
 
 
 def _run(argv):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["reproduce"] + argv)
-    try:
-        reproduce.main(["reproduce"])
-    finally:
-        flags.FLAGS.unparse_flags()
+    helpers.run_binary(reproduce, argv)
 
 
 def _run_app(argv, capsys):
-    flags.FLAGS.unparse_flags()
-    saved = sys.argv
-    sys.argv = ["reproduce"] + argv
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            common.run(reproduce.main)
-    finally:
-        sys.argv = saved
-        flags.FLAGS.unparse_flags()
-    return exit_info.value.code, capsys.readouterr().err
+    return helpers.run_app(reproduce, argv, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +279,10 @@ def test_claim_rules_on_hand_made_numbers():
     assert c1a.verdict == c1b.verdict == c1_verdict == "holds"
     # Missing runs: no verdict from numbers that are not there.
     assert report.claims(preset, _collected())["C1"][0] == "inconclusive"
+
+
+def test_an_unprepared_data_set_fails_before_any_job(tmp_path, capsys):
+    code, err = _run_app(["--preset=cifar10", f"--data_dir={tmp_path}/tfds", f"--workdir={tmp_path}/s"],
+                         capsys)
+    assert code == 2 and "'cifar10' is not prepared" in err and "tfds build cifar10" in err
+    assert not os.path.exists(tmp_path / "s")

@@ -146,6 +146,18 @@ def _not_prepared_message(tfds_name, data_dir):
     )
 
 
+def check_prepared(name, *, data_dir=None, download=False):
+    """Raises `DatasetNotPreparedError` (with instructions) when data set ``name`` would have to be
+    downloaded and ``download`` is off; reads no examples and never touches the network."""
+    src = _source(name)
+    if src.tfds_name is None or download:
+        return
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    if not tfds.builder(src.tfds_name, data_dir=data_dir).is_prepared():
+        raise DatasetNotPreparedError(_not_prepared_message(src.tfds_name, data_dir))
+
+
 def _tfds_load(tfds_name, split, data_dir, download, **kwargs):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 

@@ -68,20 +68,29 @@ def _kernel_series(preset, collected, source, metric):
     return epochs, series
 
 
-def kernel_distance(preset, collected, path):
-    fig, axes = plt.subplots(1, 2, figsize=SIZE)
-    for ax, metric, title in ((axes[0], "distance_to_init", "distance to the initial kernel"),
-                              (axes[1], "distance_to_final", "distance to the final kernel")):
+def _kernel_panels(preset, collected, path, panels, title):
+    """One panel per (metric, y label, panel title) of the phase-1 kernel metrics, standard vs
+    adversarial training."""
+    fig, axes = plt.subplots(1, len(panels), figsize=SIZE)
+    for ax, (metric, ylabel, panel_title) in zip(axes, panels):
         for source in study.SOURCES:
             epochs, series = _kernel_series(preset, collected, source, metric)
             _band(ax, epochs, series, COLORS[source], f"{source} training")
         _epoch_axis(ax, preset, "phase-1 epoch")
-        ax.set_ylabel("kernel distance 1 − cos(K, K')")
-        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title)
         ax.legend()
-    fig.suptitle("Fig. 1: how far the kernel moves (mean ± sd over seeds)")
+    fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def kernel_distance(preset, collected, path):
+    distance = "kernel distance 1 − cos(K, K')"
+    _kernel_panels(preset, collected, path,
+                   [("distance_to_init", distance, "distance to the initial kernel"),
+                    ("distance_to_final", distance, "distance to the final kernel")],
+                   "Fig. 1: how far the kernel moves (mean ± sd over seeds)")
 
 
 def standard_vs_adversarial(preset, collected, path):
@@ -143,18 +152,10 @@ def phase2_vs_spawn(preset, collected, path):
 
 
 def alignment_and_rank(preset, collected, path):
-    fig, axes = plt.subplots(1, 2, figsize=SIZE)
-    for ax, metric, label in ((axes[0], "target_alignment", "kernel-target alignment"),
-                              (axes[1], "effective_rank", "effective rank")):
-        for source in study.SOURCES:
-            epochs, series = _kernel_series(preset, collected, source, metric)
-            _band(ax, epochs, series, COLORS[source], f"{source} training")
-        _epoch_axis(ax, preset, "phase-1 epoch")
-        ax.set_ylabel(label)
-        ax.legend()
-    fig.suptitle("Fig. 4: kernel-target alignment and effective rank (mean ± sd over seeds)")
-    fig.tight_layout()
-    _save(fig, path)
+    _kernel_panels(preset, collected, path,
+                   [("target_alignment", "kernel-target alignment", "alignment with the labels"),
+                    ("effective_rank", "effective rank", "effective rank of the spectrum")],
+                   "Fig. 4: kernel-target alignment and effective rank (mean ± sd over seeds)")
 
 
 def eigen_images(preset, collected, path):
