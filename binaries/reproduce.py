@@ -75,13 +75,6 @@ def preset_from_flags():
     for name in ("phase2_dynamics", "phase2_data"):
         if FLAGS[name].present:
             changes[name] = tuple(FLAGS[name].value)
-    if "phase1_epochs" in changes and "kernel_epochs" not in changes:
-        kept = tuple(e for e in study.PRESETS[FLAGS.preset].kernel_epochs if e < changes["phase1_epochs"])
-        changes["kernel_epochs"] = kept + (float(changes["phase1_epochs"]),)
-    if "phase1_epochs" in changes and "spawn_epochs" not in changes:
-        kept = tuple(e for e in study.PRESETS[FLAGS.preset].spawn_epochs if e < changes["phase1_epochs"])
-        changes["spawn_epochs"] = kept[:-1] + (float(changes["phase1_epochs"]),) if kept else (
-            float(changes["phase1_epochs"]),)
     if "model" in changes and "width" not in changes:
         changes["width"] = None
     return study.PRESETS[FLAGS.preset].replace(**changes)
@@ -120,23 +113,15 @@ def _recorded_preset(workdir):
         raise FileNotFoundError(f"{path} not found: --report_only needs a sweep directory (or the "
                                 "--preset and override flags the sweep ran with)")
     with open(path, encoding="utf-8") as f:
-        d = json.load(f)["preset"]
-    for key in ("spawn_epochs", "kernel_epochs", "phase1_lr_boundaries", "phase2_dynamics",
-                "phase2_data"):
-        d[key] = tuple(d[key])
-    return study.Preset(**d)
+        return study.Preset.from_dict(json.load(f)["preset"])
 
 
 def _print_plan(preset, jobs):
     print(f"preset {preset.name}: {preset.description}")
-    groups = {}
-    for job in jobs:
-        kind = job.name.split("/", 1)[0]
-        count, cost = groups.get(kind, (0, 0.0))
-        groups[kind] = (count + 1, cost + job.cost)
-    total = sum(c for _, c in groups.values())
+    table = study.cost_table(jobs)
+    total = sum(cost for _, _, cost in table)
     print(f"{'jobs':<10}{'count':>8}{'train-step equivalents':>26}{'share':>8}")
-    for kind, (count, cost) in groups.items():
+    for kind, count, cost in table:
         print(f"{kind:<10}{count:>8}{cost:>26,.0f}{cost / max(total, 1e-9):>8.1%}")
     print(f"{'total':<10}{len(jobs):>8}{total:>26,.0f}")
     print("(one train-step equivalent: one SGD step of the standard network on one batch of "

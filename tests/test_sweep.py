@@ -133,3 +133,12 @@ def test_cifar10_preset_is_the_protocol():
         "resnet18", 4 / 255, 101, 20, 100)
     assert p.per_class * 10 == 500 and p.phase2_epochs == 100 and p.phase2_lr == 0.01
     assert len(p.spawn_epochs) == 102 + 7  # every whole epoch 0..101 and the 7 fractional ones
+
+
+def test_a_shorter_phase1_trims_the_grids_and_ends_them_at_its_last_epoch():
+    p = study.PRESETS["quick"].replace(phase1_epochs=3)
+    assert p.spawn_epochs == (0.25, 2.0, 3.0)
+    assert p.kernel_epochs == (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 3.0)
+    q = study.PRESETS["quick"].replace(phase1_epochs=3, spawn_epochs=(1.0,))
+    assert q.spawn_epochs == (1.0,)
+    assert study.Preset.from_dict(p.to_dict()) == p

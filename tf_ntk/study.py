@@ -114,10 +114,22 @@ class Preset:
             raise ValueError(f"adv_mode must be clean_then_adv or madry, got {self.adv_mode}")
 
     def replace(self, **changes):
+        """A copy with ``changes``; a shorter phase 1 (``phase1_epochs``) without new grids keeps
+        the grids' epochs below it and ends both at its last epoch (the final kernel and spawn)."""
+        last = changes.get("phase1_epochs")
+        if last is not None and last != self.phase1_epochs:
+            for grid in ("kernel_epochs", "spawn_epochs"):
+                if grid not in changes:
+                    changes[grid] = tuple(e for e in getattr(self, grid) if e < last) + (float(last),)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The inverse of `to_dict` (after a JSON round trip: lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def save_epochs(self):
         """Phase-1 checkpoint epochs: the spawn grid and the kernel grid, sorted."""
@@ -331,6 +343,16 @@ def plan(preset, sweep_dir, report_args=None):
     jobs.append(sweep.Job("report", "binaries.reproduce", tuple(report_args), None,
                           tuple(j.name for j in jobs)))
     return sweep.order(jobs)
+
+
+def cost_table(jobs):
+    """[(kind, number of jobs, cost in train-step equivalents)] by the first part of job names."""
+    groups = {}
+    for job in jobs:
+        kind = job.name.split("/", 1)[0]
+        count, cost = groups.get(kind, (0, 0.0))
+        groups[kind] = (count + 1, cost + job.cost)
+    return [(kind, count, cost) for kind, (count, cost) in groups.items()]
 
 
 def comparison_pairs(seeds):
