@@ -217,7 +217,7 @@ def main(argv):
                               log_dir=os.path.join(workdir, "logs"), report=progress)
     line = (f"Sweep: {len(outcome.ran)} jobs run, {len(outcome.skipped)} already done, "
             f"{len(outcome.failed)} failed, {len(outcome.blocked)} not run; "
-            f"{time.time() - start:.0f} s with {workers} workers.")
+            f"{time.time() - start:.0f} s with {workers} worker{'s' if workers > 1 else ''}.")
     print(line)
     _report(preset, workdir, line)
     if not outcome.ok:

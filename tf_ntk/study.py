@@ -161,12 +161,12 @@ PRESETS = {
         name="digits",
         description="The full study on digits at ε = 0.2 (≤ 60 minutes on 2 cores): 5 seeds, MLP "
                     "64-256-256-10, 20 phase-1 epochs, centered and linearized phase 2 (20 epochs) "
-                    "on clean and PGD data from 6 spawns (0.125 to 20), kernels at 11 epochs, "
-                    "evaluation on 200 test images with the strong ensemble at 2 restarts and 250 "
-                    "Square queries.",
-        seeds=5, phase1_epochs=20, spawn_epochs=(0.125, 0.5, 1.0, 2.0, 5.0, 20.0),
+                    "on clean and PGD data from 5 spawns (0.125, 1, 2, 5, 20), kernels at 11 "
+                    "epochs, evaluation on 150 test images with the strong ensemble at 2 restarts "
+                    "and 250 Square queries.",
+        seeds=5, phase1_epochs=20, spawn_epochs=(0.125, 1.0, 2.0, 5.0, 20.0),
         kernel_epochs=_DIGITS_GRID, phase2_epochs=20, phase2_dynamics=("centered", "linearized"),
-        eval_examples=200, strong_restarts=2, square_queries=250),
+        eval_examples=150, strong_restarts=2, square_queries=250),
     "cifar10": Preset(
         name="cifar10",
         description="The paper's protocol: CIFAR-10, ResNet-18, ε = 4/255, 101 phase-1 epochs (lr "

@@ -108,6 +108,8 @@ def _init_worker(threads, parent):
     watchdog that ends it with its parent."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    for gpu in tf.config.list_physical_devices("GPU"):  # workers share the GPUs: grow, not grab
+        tf.config.experimental.set_memory_growth(gpu, True)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
