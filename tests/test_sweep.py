@@ -54,6 +54,14 @@ def test_pool_runs_skips_done_and_blocks_dependents_of_failures(tmp_path):
     assert (tmp_path / "logs" / "bad.log").exists()
 
 
+
+def test_workers_are_replaced_after_their_share_of_jobs(tmp_path):
+    jobs = [_job(tmp_path, "a"), _job(tmp_path, "b", ("a",)), _job(tmp_path, "c", ("b",))]
+    sweep.run_local(jobs, fake_execute, workers=1, log_dir=str(tmp_path / "logs"), jobs_per_worker=2)
+    pids = [(tmp_path / f"{name}.out").read_text() for name in ("a", "b", "c")]
+    assert pids[0] == pids[1] != pids[2]  # a fresh process after two jobs: bounded memory
+
+
 def test_threads_per_worker_share_the_cores():
     assert sweep.threads_per_worker(2, cores=2) == 1
     assert sweep.threads_per_worker(1, cores=2) == 2
