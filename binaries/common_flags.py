@@ -6,6 +6,7 @@ sensible default differs per binary default to None and are resolved by the bina
 """
 
 import fractions
+import math
 
 from absl import flags
 
@@ -16,7 +17,8 @@ from tf_ntk import ntk
 
 
 class FractionParser(flags.FloatParser):
-    """Parses a float written as a decimal or a fraction ("4/255"), within [lower, upper]."""
+    """Parses a finite float written as a decimal or a fraction ("4/255"), within [lower, upper]
+    (NaN and ±inf are rejected at parse time)."""
 
     def convert(self, argument):
         if isinstance(argument, str) and "/" in argument:
@@ -24,10 +26,14 @@ class FractionParser(flags.FloatParser):
                 return float(fractions.Fraction(argument.strip()))
             except (ValueError, ZeroDivisionError) as e:
                 raise ValueError(f"{argument!r} is not a number or a fraction like 4/255") from e
-        return super().convert(argument)
+        value = super().convert(argument)
+        if not math.isfinite(value):
+            raise ValueError(f"{argument!r} is not a finite number")
+        return value
 
 
 def define_fraction(name, default, help_text, lower=None, upper=None):
+    """Defines a finite float flag (decimals or fractions); every float flag of the binaries is one."""
     if name in flags.FLAGS:
         return
     flags.DEFINE(FractionParser(lower_bound=lower, upper_bound=upper), name, default, help_text,

@@ -44,8 +44,9 @@ flags.DEFINE_string("run", None, "Run directory whose spawn checkpoints to walk 
 flags.DEFINE_string("compare_run", None, "A second run on the same model and data, to compare with.")
 flags.DEFINE_integer("test_per_class", 10, "Test examples per class for kernel-regression accuracy "
                      "(0: skip).", lower_bound=0)
-flags.DEFINE_float("ridge", 1e-4, "Relative ridge of the kernel regression (× tr K / N).", lower_bound=0.0)
-flags.DEFINE_float("max_epoch", None, "Only spawn checkpoints up to this epoch.")
+common_flags.define_fraction("ridge", 1e-4, "Relative ridge of the kernel regression (× tr K / N).",
+                             lower=0.0)
+common_flags.define_fraction("max_epoch", None, "Only spawn checkpoints up to this epoch.")
 flags.DEFINE_bool("heat_maps", True, "Log a heat map and spectrum histogram at every checkpoint.")
 flags.DEFINE_string("kernel_cache", None, "Directory of cached kernels, shared by walks over the "
                     "same runs (default: WORKDIR/kernels); entries are keyed by run name, probe set "

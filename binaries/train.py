@@ -52,13 +52,14 @@ flags.DEFINE_enum("data_mode", "clean", list(training.DATA_MODES),
 flags.DEFINE_enum("adv_mode", "clean_then_adv", list(training.ADV_MODES),
                   "clean_then_adv (the authors': clean step, then PGD step) or madry (PGD step only).")
 flags.DEFINE_integer("flip_epoch", 50, "First adversarial epoch of --data_mode=flip.", lower_bound=0)
-flags.DEFINE_integer("epochs", None, "Epochs (default: 101 in phase 1, 100 in phase 2).", lower_bound=0)
+flags.DEFINE_integer("epochs", None, "Epochs (default: 101 in phase 1, 100 in phase 2).", lower_bound=1)
 common_flags.define_fraction("lr", None, "Learning rate (default: 0.1 in phase 1, 0.01 in phase 2).",
                              lower=0.0)
 flags.DEFINE_list("lr_boundaries", None, "Epochs at which the learning rate is multiplied by "
                   "--lr_factor (default: 100,150 in phase 1, none in phase 2).")
-flags.DEFINE_float("lr_factor", 0.1, "Learning-rate decay factor at each boundary.", lower_bound=0.0)
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0)
+common_flags.define_fraction("lr_factor", 0.1, "Learning-rate decay factor at each boundary.",
+                             lower=0.0)
+common_flags.define_fraction("momentum", 0.9, "SGD momentum.", lower=0.0)
 flags.DEFINE_list("save_epochs", None, "Spawn checkpoint epochs (fractions allowed); default: every "
                   "whole epoch and 0.125,0.25,0.375,0.5,0.75,1.5,2.5; empty for none.")
 flags.DEFINE_integer("kernel_every", 0, "Compute the NTK on the probe set every K epochs and log its "

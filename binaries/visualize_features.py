@@ -33,8 +33,8 @@ common_flags.define_checkpoint_flag()
 common_flags.define_kernel_flags()
 flags.DEFINE_integer("num_eigen", 3, "Top eigenvectors to visualise.", lower_bound=1)
 flags.DEFINE_integer("feature_steps", 600, "Signed-gradient steps per image.", lower_bound=1)
-flags.DEFINE_float("feature_step_size", 0.001, "Step size per signed-gradient step (pixel units).",
-                   lower_bound=0.0)
+common_flags.define_fraction("feature_step_size", 0.001, "Step size per signed-gradient step "
+                             "(pixel units).", lower=0.0)
 flags.DEFINE_integer("png_scale", 8, "Nearest-neighbour upscaling of the PNGs.", lower_bound=1)
 flags.adopt_module_key_flags(common_flags)
 

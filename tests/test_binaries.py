@@ -283,3 +283,25 @@ def test_subprocess_is_quiet_and_bad_input_is_one_line(tmp_path):
     assert proc.stderr.startswith("train: error: data set 'cifar10' is not prepared")
     assert "tfds build cifar10" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_no_bad_checkpoint(tmp_path, capsys):
+    workdir = tmp_path / "diverged"
+    code, err = _run_app(train, [f"--workdir={workdir}", "--lr=1000", "--epochs=2", "--save_epochs=",
+                                 "--eval_every=0"] + TINY[:1] + TINY[-1:], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "training diverged: non-finite" in err and "at epoch 1, step" in err
+    assert not (workdir / "results.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--momentum=nan"], "'nan' is not a finite number"),
+    (["--lr=inf"], "'inf' is not a finite number"),
+    (["--lr_factor=-inf"], "not a finite number"),
+    (["--attack_step_size=inf"], "not a finite number"),
+    (["--epochs=0"], "--epochs"),
+])
+def test_non_finite_or_empty_training_flags_are_refused(argv, message, tmp_path, capsys):
+    code, err = _run_app(train, [f"--workdir={tmp_path}/run"] + argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

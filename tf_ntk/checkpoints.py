@@ -37,13 +37,18 @@ def spawn_path(workdir, epoch):
 
 
 def write_json(path, obj):
-    """Writes ``obj`` as JSON to ``path`` atomically (temporary file + rename)."""
+    """Writes ``obj`` as strict JSON (no NaN or ±inf: ValueError naming ``path``) to ``path``
+    atomically (temporary file + rename)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
+        try:
+            text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+        except ValueError as e:
+            raise ValueError(f"not written: {path} would hold a non-finite number ({e})") from None
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

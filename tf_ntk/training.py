@@ -96,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not all(math.isfinite(v) for v in (self.lr, self.momentum, self.lr_factor)):
+            raise ValueError("lr, momentum and lr_factor must be finite")
         if self.lr < 0 or self.momentum < 0 or self.lr_factor <= 0:
             raise ValueError("lr and momentum must be >= 0 and lr_factor > 0")
         for name, value, known in (("data_mode", self.data_mode, DATA_MODES),
@@ -310,6 +312,24 @@ class RunConfigMismatchError(ValueError):
     """The work directory holds a run with another configuration."""
 
 
+class DivergedError(ValueError):
+    """Training produced a non-finite loss or weights; nothing after the last good checkpoint was
+    written."""
+
+
+def _check_finite(model, epoch, step, loss=None):
+    """Raises `DivergedError` naming the epoch and step when ``loss`` or any weight is not finite."""
+    bad = loss is not None and not math.isfinite(loss)
+    if not bad:
+        bad = not all(bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v))))
+                      for v in model.weights if tf.as_dtype(v.dtype).is_floating)
+    if bad:
+        what = f"loss {loss}" if loss is not None and not math.isfinite(loss) else "weights"
+        raise DivergedError(f"training diverged: non-finite {what} at epoch {epoch + 1}, step {step} "
+                            "(try a lower --lr); the last good checkpoint is kept, nothing after it "
+                            "was written")
+
+
 RUN_RECORD = "run.json"
 
 
@@ -394,6 +414,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
 
     def save_spawn(epoch):
         path = checkpoints.spawn_path(workdir, epoch)
+        _check_finite(model, int(epoch), int(step_var.numpy()))
         if not checkpoints.exists(path):  # a replayed partial epoch re-creates identical ones
             checkpoints.write(path, {**meta_base, "epoch": float(epoch), "step": int(step_var.numpy()),
                                      "steps_per_epoch": steps_per_epoch}, model=model)
@@ -433,11 +454,14 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
             l, c = step_fn(batch, seed)
             step_var.assign_add(1)
             n = _count_examples(_first_local(batch, strategy))
+            if not math.isfinite(float(l)):
+                _check_finite(model, epoch, int(step_var.numpy()), float(l))
             loss_sum, correct, count = loss_sum + float(l), correct + float(c), count + n
             for cb in callbacks:
                 cb.on_batch_end(int(step_var.numpy()), {"loss": float(l) / n, "accuracy": float(c) / n})
             for e in mid_epoch.get(epoch * steps_per_epoch + b + 1, ()):
                 save_spawn(e)
+        _check_finite(model, epoch, int(step_var.numpy()))
         epoch_var.assign(epoch + 1)
         row = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
                "lr": config.lr_at(epoch), "adversarial": bool(adversarial),
