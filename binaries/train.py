@@ -210,6 +210,7 @@ def main(argv):
             raise FileExistsError(f"{workdir} holds a finished run; pass --overwrite to replace it "
                                   "or choose another --workdir")
         shutil.rmtree(workdir)
+    training.check_run(workdir, config)  # before anything is written: a refused run changes nothing
     resuming = _has_resume_state(workdir)
     with common.run_directory(workdir, keep_if=_has_resume_state):
         resolved = common.write_flags(workdir, __name__, resolved_config=config.to_dict())

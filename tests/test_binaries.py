@@ -305,3 +305,31 @@ def test_non_finite_or_empty_training_flags_are_refused(argv, message, tmp_path,
     code, err = _run_app(train, [f"--workdir={tmp_path}/run"] + argv, capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_kill_in_the_final_evaluation_window_resumes_without_retraining(tmp_path):
+    """SIGKILL after the last epoch's resume record but before results.json: the same command only
+    evaluates (nothing retrained, the same numbers)."""
+    argv = [f"--workdir={tmp_path}/run", "--epochs=1", "--save_epochs=1", "--eval_every=0"] + TINY
+    _run(train, argv)
+    results = tmp_path / "run" / "results.json"
+    first = json.loads(results.read_text())
+    kept = {p: os.path.getmtime(p) for p in glob.glob(f"{tmp_path}/run/**/*", recursive=True)
+            if os.path.isfile(p) and not p.endswith(("results.json", "flags.json"))
+            and "events" not in p}
+    results.unlink()  # the state a kill in the window leaves
+    _run(train, argv)
+    again = json.loads(results.read_text())
+    assert again["benign_accuracy"] == first["benign_accuracy"]
+    assert again["robust_accuracy_quick"] == first["robust_accuracy_quick"]
+    assert all(os.path.getmtime(p) == t for p, t in kept.items()), "the run was retrained"
+
+
+def test_a_refused_run_leaves_its_directory_untouched(tmp_path, capsys):
+    argv = [f"--workdir={tmp_path}/run", "--epochs=1", "--save_epochs=1", "--eval_every=0"] + TINY
+    _run(train, argv)
+    flags_json = (tmp_path / "run" / "flags.json").read_bytes()
+    (tmp_path / "run" / "results.json").unlink()  # unfinished: a rerun would resume it
+    code, err = _run_app(train, argv + ["--seed=5"], capsys)
+    assert code == 2 and "holds a run with another configuration (differs in: seed)" in err
+    assert (tmp_path / "run" / "flags.json").read_bytes() == flags_json

@@ -338,6 +338,18 @@ def _normalized(obj):
     return json.loads(json.dumps(obj))
 
 
+def check_run(workdir, config):
+    """Raises `RunConfigMismatchError` when ``workdir`` holds a run (its record or resume state) of
+    another configuration than ``config``; reads only, so a refused command changes nothing."""
+    wanted = _normalized(config.to_dict())
+    record = os.path.join(workdir, RUN_RECORD)
+    if os.path.exists(record):
+        _check_same_run(workdir, checkpoints.read_json(record).get("config", {}), wanted)
+    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+    if checkpoints.exists(resume_dir):
+        _check_same_run(workdir, checkpoints.read_meta(resume_dir).get("config", {}), wanted)
+
+
 def _check_same_run(workdir, saved, config):
     if saved != config:
         diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
