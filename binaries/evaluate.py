@@ -40,6 +40,7 @@ from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import evaluation
 from tf_ntk import robustness
+from tf_ntk import rundir
 from tf_ntk import sanity
 from tf_ntk import summaries
 
@@ -157,7 +158,7 @@ def main(argv):
     common.check_new_output(results_path, FLAGS.overwrite)
     fn = evaluation.inference_fn(model)
     x, y = robustness.arrays(dataset)
-    with common.run_directory(workdir):
+    with common.run_directory(workdir), rundir.lock(workdir):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {dynamics} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")

@@ -33,6 +33,7 @@ from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import metrics
 from tf_ntk import ntk
+from tf_ntk import rundir
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
@@ -158,7 +159,7 @@ def main(argv):
     labels = {}
     for run in runs:
         labels[run] = _label(run, set(labels.values()) | {"comparison"})
-    with common.run_directory(workdir):
+    with common.run_directory(workdir), rundir.lock(workdir):
         resolved = common.write_flags(workdir, __name__)
         rows, comparison_rows, kernels = [], [], {}
         for run in runs:

@@ -27,6 +27,7 @@ from absl import flags
 from binaries import common
 from binaries import common_flags
 from tf_ntk import data
+from tf_ntk import rundir
 from tf_ntk import study
 from tf_ntk import sweep
 
@@ -190,6 +191,12 @@ def main(argv):
         shutil.rmtree(workdir)  # start over
     _check_record(workdir, preset)
     os.makedirs(workdir, exist_ok=True)
+    with rundir.lock(workdir):
+        _sweep(preset, jobs, workdir)
+
+
+def _sweep(preset, jobs, workdir):
+    """Runs the unfinished ``jobs`` on the local pool, then writes the report."""
     common.write_flags(workdir, __name__)
     from tf_ntk import checkpoints  # noqa: PLC0415
 

@@ -32,6 +32,7 @@ from tf_ntk import evaluation
 from tf_ntk import metrics
 from tf_ntk import models
 from tf_ntk import ntk
+from tf_ntk import rundir
 from tf_ntk import summaries
 from tf_ntk import training
 
@@ -212,7 +213,7 @@ def main(argv):
         shutil.rmtree(workdir)
     training.check_run(workdir, config)  # before anything is written: a refused run changes nothing
     resuming = _has_resume_state(workdir)
-    with common.run_directory(workdir, keep_if=_has_resume_state):
+    with common.run_directory(workdir, keep_if=_has_resume_state), rundir.lock(workdir):
         resolved = common.write_flags(workdir, __name__, resolved_config=config.to_dict())
         writer = tf.summary.create_file_writer(workdir)
         if not resuming:
