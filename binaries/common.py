@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 
 from absl import app
@@ -37,19 +38,42 @@ def _parse_flags(argv):
         _fail(str(e).strip().splitlines()[0])
 
 
+class Interrupted(Exception):  # noqa: N818  (a signal, not an error)
+    """SIGTERM (the preemption signal of Cloud TPU and most schedulers) or SIGINT arrived."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    del frame
+    raise Interrupted(signum)
+
+
 def run(main):
     """`absl.app.run(main)`, turning flag and user errors into ``<program>: error: <message>`` on
-    stderr and exit status 2."""
+    stderr and exit status 2, and SIGTERM / SIGINT into one line and exit status 128 + the signal's
+    number. An interrupted run keeps its last resumable checkpoint (every write is atomic), so the
+    same command resumes it."""
 
     def guarded(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)  # library INFO/WARNING chatter only on request
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         try:
             if len(argv) > 1:
                 raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
             return main(argv)
         except USER_ERRORS as e:
             _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        except Interrupted as e:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one line, however many signals follow
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            print(f"{program_name()}: interrupted by {e}; the last checkpoint is kept: rerun the same "
+                  "command to resume", file=sys.stderr)
+            sys.exit(128 + e.signum)
 
     app.run(guarded, flags_parser=_parse_flags)
 

@@ -220,8 +220,12 @@ def _sweep(preset, jobs, workdir):
         elif event == "blocked":
             print(f"not run: {job.name} (a job it needs failed)", flush=True)
 
-    outcome = sweep.run_local(runnable, common.execute, workers=workers,
-                              log_dir=os.path.join(workdir, "logs"), report=progress)
+    try:
+        outcome = sweep.run_local(runnable, common.execute, workers=workers,
+                                  log_dir=os.path.join(workdir, "logs"), report=progress)
+    except sweep.WorkerDiedError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        sys.exit(1)
     line = (f"Sweep: {len(outcome.ran)} jobs run, {len(outcome.skipped)} already done, "
             f"{len(outcome.failed)} failed, {len(outcome.blocked)} not run; "
             f"{time.time() - start:.0f} s with {workers} worker{'s' if workers > 1 else ''}.")

@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -333,3 +334,27 @@ def test_a_refused_run_leaves_its_directory_untouched(tmp_path, capsys):
     code, err = _run_app(train, argv + ["--seed=5"], capsys)
     assert code == 2 and "holds a run with another configuration (differs in: seed)" in err
     assert (tmp_path / "run" / "flags.json").read_bytes() == flags_json
+
+
+def test_sigterm_keeps_the_run_resumable_and_the_rerun_is_bit_identical(tmp_path):
+    argv = ["--epochs=6", "--save_epochs=6", "--eval_every=0", "--data_mode=adv"] + TINY
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "binaries.train", f"--workdir={workdir}"] + argv, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.time() + 120
+    while not (workdir / "resume" / "meta.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == [
+        "train: interrupted by SIGTERM; the last checkpoint is kept: rerun the same command to resume"]
+    assert not (workdir / "results.json").exists()
+    _run(train, [f"--workdir={workdir}"] + argv)
+    _run(train, [f"--workdir={tmp_path}/straight"] + argv)
+    a = tf.train.load_checkpoint(str(workdir / "spawn" / "epoch_6" / "ckpt"))
+    b = tf.train.load_checkpoint(str(tmp_path / "straight" / "spawn" / "epoch_6" / "ckpt"))
+    names = [n for n in a.get_variable_to_shape_map() if "model" in n]
+    assert names and all(np.array_equal(a.get_tensor(n), b.get_tensor(n)) for n in names)

@@ -19,6 +19,10 @@ import time
 import tensorflow as tf
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process ended without reporting its job (killed, out of memory)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One binary invocation.
@@ -159,9 +163,10 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ[var] = str(threads)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                initargs=(threads, os.getpid()),
-                                                max_tasks_per_child=jobs_per_worker) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                  initargs=(threads, os.getpid()),
+                                                  max_tasks_per_child=jobs_per_worker)
+    try:
         running = {}
         while pending or running:
             for job in list(pending):
@@ -182,8 +187,8 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
                 try:
                     error, seconds = future.result()
                 except concurrent.futures.process.BrokenProcessPool as e:
-                    raise RuntimeError(f"a worker process died while running {job.name} (out of "
-                                       "memory?); rerun to resume the sweep") from e
+                    raise WorkerDiedError(f"a worker process died while running {job.name} (out of "
+                                          "memory?); rerun to resume the sweep") from e
                 if error is None and job.output is not None and not job.done():
                     error = f"finished without writing {job.output}"
                 if error is None:
@@ -193,5 +198,13 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
                 else:
                     failed[job.name] = error
                     report("failed", job, error)
+    except BaseException:
+        # Interrupted (a signal) or broken: stop the workers now rather than wait for their jobs;
+        # each job resumes from its own state when the sweep is rerun.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return Outcome(ran=ran, skipped=skipped, failed=failed, blocked=blocked,
                    seconds=time.time() - start)
