@@ -25,7 +25,7 @@ from tf_ntk import report
 from tf_ntk import study
 from tests import helpers
 
-# One xdist worker runs the whole module, so the smoke sweep (the module fixture) runs once.
+# One xdist worker runs the whole module, so the smoke sweep (the fixture) runs once.
 pytestmark = pytest.mark.xdist_group("reproduce")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +41,10 @@ def _run_app(argv, capsys):
     return helpers.run_app(reproduce, argv, capsys)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pool_sweep(tmp_path_factory):
-    """The smoke preset run by the pool of 2 workers."""
+    """The smoke preset run by the pool of 2 workers (once per test process: session scope, since
+    xdist may interleave other modules' tests with this group's)."""
     root = tmp_path_factory.mktemp("sweep") / "pool"
     _run(["--preset=smoke", f"--workdir={root}", "--jobs=2"])
     return root
