@@ -21,7 +21,7 @@ import tensorflow as tf
 from bench import ntk as ntk_bench
 from binaries import common
 import tf_ntk
-from tf_ntk import checkpoints
+from tf_ntk import rundir
 from tf_ntk import models
 
 flags.DEFINE_integer("n", 500, "Examples.", lower_bound=1)
@@ -60,7 +60,7 @@ def main(argv):
               "planned_peak_mib": plan.peak_bytes / 2**20, "seconds": seconds,
               "peak_mib_above_start": peak_mib, "finite": bool(np.isfinite(kernel).all()),
               "symmetric": bool(np.array_equal(kernel, kernel.T))}
-    checkpoints.write_json(FLAGS.result, result)
+    rundir.write_json(FLAGS.result, result)
     print(result)
 
 

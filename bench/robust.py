@@ -26,6 +26,7 @@ from tf_ntk import data
 from tf_ntk import evaluation
 from tf_ntk import models
 from tf_ntk import robustness
+from tf_ntk import rundir
 from tf_ntk import sanity
 from tf_ntk import training
 
@@ -96,7 +97,7 @@ def main(argv):
         r["ratio_to_protocol"] = r["seconds"] / rows[0]["seconds"]
     result = {"model": "centered CNN, clean phase 2 (3 epochs) from an adversarial spawn (epoch 1)", "examples": len(y), "eps": FLAGS.eps,
               "benign_accuracy": benign, "rows": rows}
-    checkpoints.write_json(FLAGS.output, result)
+    rundir.write_json(FLAGS.output, result)
     text = table(rows)
     with open(os.path.splitext(FLAGS.output)[0] + ".txt", "w", encoding="utf-8") as f:
         f.write(f"benign accuracy {benign:.3f}, {len(y)} images, eps {FLAGS.eps}\n{text}\n")

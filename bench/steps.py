@@ -13,7 +13,6 @@ For each model, on one batch of random images: the median time (after a warm-up 
 Ratios are measured in one run; absolute times depend on the machine.
 """
 
-import json
 import os
 import statistics
 import time
@@ -130,8 +129,8 @@ def main(argv):
     result = {"batch_size": FLAGS.batch_size, "jit_compile": FLAGS.jit_compile,
               "attack_steps": ATTACK_STEPS, "floors": FLOORS, "rows": rows,
               "cpu_count": os.cpu_count()}
-    from tf_ntk import checkpoints  # atomic JSON writer
-    checkpoints.write_json(FLAGS.output, result)
+    from tf_ntk import rundir  # atomic JSON writer
+    rundir.write_json(FLAGS.output, result)
     text = table(rows)
     with open(os.path.splitext(FLAGS.output)[0] + ".txt", "w", encoding="utf-8") as f:
         f.write(text + "\n")

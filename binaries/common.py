@@ -1,9 +1,7 @@
 """What every binary shares: one-line errors, run directories, resolved flags, progress, probes."""
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 
@@ -11,9 +9,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import functional
+from tf_ntk import rundir
 
 # Errors that mean "the user asked for something impossible": reported in one line, exit status 2.
 # (CheckpointError and RunConfigMismatchError are ValueErrors.)
@@ -84,25 +82,11 @@ def resolved_flags(module_name):
     return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module)}
 
 
-@contextlib.contextmanager
-def run_directory(path, *, keep_if=None):
-    """Creates ``path`` (and parents) for a run; if the body fails, removes it again when this call
-    created it and ``keep_if(path)`` is not true (e.g. no resumable checkpoint was written yet), so a
-    bad invocation leaves no run directory behind."""
-    created = not os.path.exists(path)
-    os.makedirs(path, exist_ok=True)
-    try:
-        yield path
-    except BaseException:
-        if created and not (keep_if is not None and keep_if(path)):
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-
-
 def write_flags(workdir, module_name, **extra):
-    """Writes the resolved flags (and ``extra`` resolved values) to ``workdir/flags.json``."""
+    """Writes the resolved flags (and ``extra`` resolved values) to ``workdir/flags.json``; call it
+    inside `tf_ntk.rundir.open_run`, once every check has passed."""
     resolved = {**resolved_flags(module_name), **extra}
-    checkpoints.write_json(os.path.join(workdir, "flags.json"), resolved)
+    rundir.write_flags(workdir, resolved)
     return resolved
 
 

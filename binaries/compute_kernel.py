@@ -21,6 +21,7 @@ from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import metrics
 from tf_ntk import ntk
+from tf_ntk import rundir
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
@@ -47,7 +48,7 @@ def main(argv):
     x, y, idx = common.checkpoint_probe(FLAGS, meta)
     model, _ = checkpoints.load_model(FLAGS.checkpoint)
     plan = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
-    with common.run_directory(workdir):
+    with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
         what = "trace kernel" if FLAGS.logit is None else f"kernel of logit {FLAGS.logit}"
         print(f"{what} of {FLAGS.checkpoint} on {len(x)} {FLAGS.probe_split} examples "
@@ -55,7 +56,7 @@ def main(argv):
         kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
                                    dtype=FLAGS.kernel_dtype,
                                    progress=common.progress(plan.num_blocks)).numpy()
-        checkpoints.write_npz(out, kernel=kernel, labels=y, indices=idx,
+        rundir.write_npz(out, kernel=kernel, labels=y, indices=idx,
                     logit=np.int64(-1 if FLAGS.logit is None else FLAGS.logit),
                     epoch=np.float64(meta.get("epoch", np.nan)))
         values = metrics.kernel_summary(kernel, labels=y)

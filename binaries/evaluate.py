@@ -158,7 +158,7 @@ def main(argv):
     common.check_new_output(results_path, FLAGS.overwrite)
     fn = evaluation.inference_fn(model)
     x, y = robustness.arrays(dataset)
-    with common.run_directory(workdir), rundir.lock(workdir):
+    with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {dynamics} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
@@ -202,7 +202,7 @@ def main(argv):
             print(report)
         if FLAGS.output_terms:
             terms = evaluation.output_terms(model, dataset, protocol, seed=FLAGS.seed)
-            checkpoints.write_npz(os.path.join(workdir, "output_terms.npz"), compressed=True, **terms)
+            rundir.write_npz(os.path.join(workdir, "output_terms.npz"), compressed=True, **terms)
         writer = tf.summary.create_file_writer(workdir)
         with writer.as_default(step=summaries.epoch_step(meta.get("epoch") or 0)):
             tf.summary.scalar("eval/benign_accuracy", results["benign_accuracy"])
@@ -213,7 +213,7 @@ def main(argv):
                 tf.summary.scalar("eval/transfer_accuracy", results["transfer_accuracy"])
             summaries.write_config(resolved)
         writer.flush()
-        checkpoints.write_json(results_path, results)
+        rundir.write_json(results_path, results)
     print(f"benign accuracy {results['benign_accuracy']:.4f}")
     for name, r in results["robust"].items():
         print(f"robust accuracy {r['accuracy']:.4f}  ({name})")

@@ -89,7 +89,7 @@ def _kernel(model, x, cache_path, probe_key):
     p = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
                                dtype=FLAGS.kernel_dtype, progress=common.progress(p.num_blocks)).numpy()
-    checkpoints.write_npz(cache_path, kernel=kernel, probe_key=np.array(probe_key))
+    rundir.write_npz(cache_path, kernel=kernel, probe_key=np.array(probe_key))
     return kernel
 
 
@@ -159,7 +159,7 @@ def main(argv):
     labels = {}
     for run in runs:
         labels[run] = _label(run, set(labels.values()) | {"comparison"})
-    with common.run_directory(workdir), rundir.lock(workdir):
+    with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
         rows, comparison_rows, kernels = [], [], {}
         for run in runs:

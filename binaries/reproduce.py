@@ -198,9 +198,7 @@ def main(argv):
 def _sweep(preset, jobs, workdir):
     """Runs the unfinished ``jobs`` on the local pool, then writes the report."""
     common.write_flags(workdir, __name__)
-    from tf_ntk import checkpoints  # noqa: PLC0415
-
-    checkpoints.write_json(os.path.join(workdir, SWEEP_RECORD), {"preset": preset.to_dict()})
+    rundir.write_json(os.path.join(workdir, SWEEP_RECORD), {"preset": preset.to_dict()})
     workers = FLAGS.jobs or os.cpu_count() or 1
     runnable = [j for j in jobs if j.output is not None]
     todo = sum(not j.done() for j in runnable)

@@ -17,7 +17,6 @@ from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
-import shutil
 
 from absl import flags
 import numpy as np
@@ -205,15 +204,12 @@ def main(argv):
         else:
             model = models.build(config.model)
     workdir = FLAGS.workdir
-    # A run killed after its last epoch but before results.json resumes: it only evaluates.
-    if training.is_finished(workdir) and os.path.exists(os.path.join(workdir, "results.json")):
-        if not FLAGS.overwrite:
-            raise FileExistsError(f"{workdir} holds a finished run; pass --overwrite to replace it "
-                                  "or choose another --workdir")
-        shutil.rmtree(workdir)
-    training.check_run(workdir, config)  # before anything is written: a refused run changes nothing
-    resuming = _has_resume_state(workdir)
-    with common.run_directory(workdir, keep_if=_has_resume_state), rundir.lock(workdir):
+    # Finished means results.json is written (last): a run killed after its last epoch but before
+    # that resumes and only evaluates.
+    with rundir.open_run(workdir, overwrite=FLAGS.overwrite, finished=rundir.is_finished,
+                         keep_if=_has_resume_state):
+        training.check_run(workdir, config)  # before anything is written: a refused run changes nothing
+        resuming = _has_resume_state(workdir)
         resolved = common.write_flags(workdir, __name__, resolved_config=config.to_dict())
         writer = tf.summary.create_file_writer(workdir)
         if not resuming:
@@ -244,7 +240,7 @@ def main(argv):
                    "quick_attack": logger.eval_attack.to_dict(), "dynamics": config.dynamics,
                    "data_mode": config.data_mode, "adv_mode": config.adv_mode,
                    "spawn": config.spawn, "flags": resolved}
-        checkpoints.write_json(os.path.join(workdir, "results.json"), results)
+        rundir.write_json(rundir.join(workdir, rundir.RESULTS), results)
         writer.flush()
     print(f"benign accuracy {final['benign_accuracy']:.4f}")
     print(f"robust accuracy {final['robust_accuracy_quick']:.4f}  (quick estimate: "

@@ -23,6 +23,7 @@ from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import eigenimages
 from tf_ntk import ntk
+from tf_ntk import rundir
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
@@ -59,7 +60,7 @@ def main(argv):
     common.check_new_output(out, FLAGS.overwrite)
     x, y, _ = common.checkpoint_probe(FLAGS, meta)
     model, _ = checkpoints.load_model(FLAGS.checkpoint)
-    with common.run_directory(workdir):
+    with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__, logit=logit)
         print(f"eigen-images of logit {logit} of {FLAGS.checkpoint}: kernel on {len(x)} examples, "
               f"{FLAGS.num_eigen} eigenvectors ±, and w; {FLAGS.feature_steps} steps each")
@@ -72,7 +73,7 @@ def main(argv):
             ev = "" if item["eigenvalue"] is None else f"eigenvalue {item['eigenvalue']:.4g}, "
             print(f"  {item['name']:>6}: {ev}cosine {item['cosine']:+.4f}")
         stack = np.stack([item["image"] for item in images])
-        checkpoints.write_npz(out, images=stack, names=np.array([i["name"] for i in images]),
+        rundir.write_npz(out, images=stack, names=np.array([i["name"] for i in images]),
                                    cosines=np.array([i["cosine"] for i in images]), kernel=kernel,
                                    labels=y, logit=np.int64(logit))
         writer = tf.summary.create_file_writer(workdir)

@@ -123,7 +123,7 @@ def test_spawn_checkpoints_land_at_the_expected_epochs_and_steps(tmp_path):
     assert any(np.abs(a - b).max() > 0 for a, b in zip(_weights(final), _weights(init)))
     history = checkpoints.read_meta(os.path.join(tmp_path, "resume"))["history"]
     assert [row["adversarial"] for row in history] == [False, True, True]
-    assert training.is_finished(str(tmp_path))
+    assert training.is_trained(str(tmp_path))
 
 
 class _Interrupt(training.Callback):

@@ -9,13 +9,13 @@ half-written checkpoint. Spawn checkpoints of a run live in ``<workdir>/spawn/ep
 the (possibly fractional) epoch, ``epoch_0`` being the initialisation.
 """
 
-import glob
 import json
 import os
-import shutil
-import tempfile
+import uuid
 
 import tensorflow as tf
+
+from tf_ntk import rundir
 
 SPAWN_DIR = "spawn"
 RESUME_DIR = "resume"
@@ -36,96 +36,89 @@ def spawn_path(workdir, epoch):
     return os.path.join(workdir, SPAWN_DIR, spawn_name(epoch))
 
 
-def write_json(path, obj):
-    """Writes ``obj`` as strict JSON (no NaN or ±inf: ValueError naming ``path``) to ``path``
-    atomically (temporary file + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        try:
-            text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
-        except ValueError as e:
-            raise ValueError(f"not written: {path} would hold a non-finite number ({e})") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+gfile = tf.io.gfile
 
 
-def write_npz(path, compressed=False, **arrays):
-    """Writes NumPy ``arrays`` to ``path`` (.npz) atomically (temporary file + rename)."""
-    import numpy as np  # noqa: PLC0415
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _abs(directory):
+    directory = str(directory).rstrip("/")
+    return os.path.abspath(directory) if rundir.is_local(directory) else directory
 
 
-def read_json(path):
-    """The JSON object in ``path``; `CheckpointError` when unreadable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt run record {path}: {e}") from e
+def _siblings(parent, prefix):
+    if not gfile.isdir(parent):
+        return []
+    return [os.path.join(parent, n.rstrip("/")) for n in gfile.listdir(parent) if n.startswith(prefix)]
 
 
 def write(directory, meta, **objects):
     """Writes ``tf.train.Checkpoint(**objects)`` and ``meta`` (a JSON-able dict) to ``directory``.
 
-    Atomic: the directory appears complete or not at all. An existing one is first renamed to a
-    hidden ``.old-`` sibling, then the new one renamed into place; a crash between the two renames
-    leaves the old checkpoint, which every reader restores (`_recover`).
+    Atomic on local disks: the directory appears complete or not at all. It is written to a hidden
+    ``.tmp-`` sibling; an existing one is then renamed to a hidden ``.old-`` sibling and the new one
+    renamed into place; a crash between the two renames leaves the old checkpoint, which every
+    reader restores (`_recover`). On object stores (no directory rename) the files are written in
+    place, ``meta.json`` last, and a checkpoint counts only once it is there. A write that fails (disk
+    full) raises OSError naming ``directory`` and leaves the previous checkpoint as it was.
     """
-    directory = os.path.abspath(directory)
+    directory = _abs(directory)
     parent, base = os.path.split(directory)
-    os.makedirs(parent, exist_ok=True)
-    _recover(directory)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{base}-")
     try:
-        tf.train.Checkpoint(**objects).write(os.path.join(tmp, _PREFIX))
-        with open(os.path.join(tmp, _META), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(directory):
-        old = tempfile.mkdtemp(dir=parent, prefix=f".old-{base}-")
-        os.rmdir(old)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
-    for stale in glob.glob(os.path.join(parent, f".tmp-{base}-*")):  # left by killed writers
-        shutil.rmtree(stale, ignore_errors=True)
+        meta_text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"not written: checkpoint {directory} would record a non-finite number "
+                         f"({e})") from None
+    try:
+        gfile.makedirs(parent)
+        if not rundir.is_local(directory):
+            if gfile.exists(directory):
+                gfile.rmtree(directory)
+            _write_files(directory, meta_text, objects)
+            return
+        _recover(directory)
+        tmp = os.path.join(parent, f".tmp-{base}-{uuid.uuid4().hex}")
+        try:
+            _write_files(tmp, meta_text, objects)
+        except BaseException:
+            rundir.rmtree(tmp)
+            raise
+        if gfile.exists(directory):
+            old = os.path.join(parent, f".old-{base}-{uuid.uuid4().hex}")
+            gfile.rename(directory, old)
+            gfile.rename(tmp, directory)
+            rundir.rmtree(old)
+        else:
+            gfile.rename(tmp, directory)
+        for stale in _siblings(parent, f".tmp-{base}-"):  # left by killed writers
+            rundir.rmtree(stale)
+    except (OSError, tf.errors.OpError) as e:
+        raise OSError(f"cannot write checkpoint {directory}: {_one_line(e)}") from e
+
+
+def _write_files(directory, meta_text, objects):
+    gfile.makedirs(directory)
+    tf.train.Checkpoint(**objects).write(os.path.join(directory, _PREFIX))
+    with gfile.GFile(os.path.join(directory, _META), "w") as f:
+        f.write(meta_text)
+
+
+def _one_line(error):
+    text = str(getattr(error, "message", "") or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _complete(directory):
-    return os.path.isfile(os.path.join(directory, _META)) and os.path.isfile(
+    return gfile.exists(os.path.join(directory, _META)) and gfile.exists(
         os.path.join(directory, _PREFIX + ".index"))
 
 
 def _recover(directory):
     """Puts back the previous checkpoint if a writer died between its two renames."""
-    if os.path.exists(directory):
+    if not rundir.is_local(directory) or gfile.exists(directory):
         return
-    parent, base = os.path.split(os.path.abspath(directory))
-    olds = [p for p in glob.glob(os.path.join(parent, f".old-{base}-*")) if _complete(p)]
+    parent, base = os.path.split(_abs(directory))
+    olds = [p for p in _siblings(parent, f".old-{base}-") if _complete(p)]
     if olds:
-        os.replace(max(olds, key=os.path.getmtime), directory)
+        gfile.rename(max(olds, key=lambda p: gfile.stat(p).mtime_nsec), directory)
 
 
 def exists(directory):
@@ -134,33 +127,46 @@ def exists(directory):
 
 
 def read_meta(directory):
-    """The ``meta.json`` record of a checkpoint directory; `CheckpointError` if missing or corrupt."""
+    """The ``meta.json`` record of a checkpoint directory; `CheckpointError` if missing, corrupt or
+    of another shape (its "model" and "config", when present, must be JSON objects)."""
     path = os.path.join(directory, _META)
     _recover(directory)
-    if not os.path.isdir(directory):
+    if not gfile.isdir(directory):
         raise CheckpointError(f"no checkpoint at {directory}")
     if not exists(directory):
         raise CheckpointError(f"{directory} is not a tf_ntk checkpoint (no {_META} or {_PREFIX}.index)")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt checkpoint record {path}: {e}") from e
+        meta = rundir.read_json(path, what="checkpoint record")
+    except rundir.RecordError as e:
+        raise CheckpointError(str(e)) from None
+    for key in ("model", "config"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CheckpointError(f"corrupt checkpoint record {path}: \"{key}\" is not a JSON object")
+    spec = meta.get("model")
+    if spec and not (isinstance(spec.get("name"), str) and isinstance(spec.get("num_classes"), int)
+                     and isinstance(spec.get("input_shape"), list)):
+        raise CheckpointError(f"corrupt checkpoint record {path}: \"model\" lacks name, num_classes "
+                              "or input_shape")
+    return meta
 
 
 def restore(directory, **objects):
     """Restores ``objects`` (e.g. ``model=model``) from ``directory``; returns its meta record.
 
-    Raises `CheckpointError` when the checkpoint is missing or corrupt, or when a variable is missing
-    or has another shape (the checkpoint comes from another model).
+    Raises `CheckpointError` when the checkpoint is missing or corrupt (truncated data or index), or
+    when a variable is missing or has another shape (the checkpoint comes from another model).
     """
     meta = read_meta(directory)
     try:
         status = tf.train.Checkpoint(**objects).read(os.path.join(directory, _PREFIX))
         status.assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {directory} does not fit this model: {first}") from e
+    except (ValueError, AssertionError) as e:
+        raise CheckpointError(f"checkpoint {directory} does not fit this model: {_one_line(e)}") from e
+    except (IndexError, tf.errors.OpError) as e:  # IndexError: "Read less bytes than requested"
+        if isinstance(e, tf.errors.NotFoundError) and "Key " in str(e):
+            raise CheckpointError(f"checkpoint {directory} does not fit this model: {_one_line(e)}") from e
+        raise CheckpointError(f"corrupt checkpoint {directory} (truncated or damaged files: "
+                              f"{_one_line(e)})") from e
     return meta
 
 
@@ -168,8 +174,9 @@ def list_spawns(workdir):
     """[(epoch, path)] of the spawn checkpoints of run ``workdir``, in epoch order."""
     root = os.path.join(workdir, SPAWN_DIR)
     found = []
-    if os.path.isdir(root):
-        for name in os.listdir(root):
+    if gfile.isdir(root):
+        for name in gfile.listdir(root):
+            name = name.rstrip("/")
             path = os.path.join(root, name)
             if name.startswith("epoch_") and exists(path):
                 try:

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ntk import attacks
-from tf_ntk import checkpoints
 from tf_ntk import robustness
+from tf_ntk import rundir
 
 # The protocol's evaluation attacks.
 PROTOCOL_LINF = attacks.PGDConfig(eps=4 / 255, steps=100)  # step 2ε/100, one random start
@@ -116,7 +116,7 @@ def save_adversarial(path, x, x_adv, y, config, **record):
     if not path.endswith(".npz"):
         raise ValueError(f"adversarial sets are .npz files, got {path!r}")
     meta = json.dumps({"attack": config.to_dict(), **record}, sort_keys=True)
-    checkpoints.write_npz(path, compressed=True, x=np.asarray(x, np.float32),
+    rundir.write_npz(path, compressed=True, x=np.asarray(x, np.float32),
                           x_adv=np.asarray(x_adv, np.float32), y=np.asarray(y, np.int32),
                           meta=np.array(meta))
 

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tf_ntk import attacks
 from tf_ntk import checkpoints
+from tf_ntk import rundir
 
 DATA_MODES = ("clean", "adv", "flip")
 ADV_MODES = ("clean_then_adv", "madry")
@@ -330,9 +331,6 @@ def _check_finite(model, epoch, step, loss=None):
                             "was written")
 
 
-RUN_RECORD = "run.json"
-
-
 def _normalized(obj):
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons with saved records."""
     return json.loads(json.dumps(obj))
@@ -342,9 +340,9 @@ def check_run(workdir, config):
     """Raises `RunConfigMismatchError` when ``workdir`` holds a run (its record or resume state) of
     another configuration than ``config``; reads only, so a refused command changes nothing."""
     wanted = _normalized(config.to_dict())
-    record = os.path.join(workdir, RUN_RECORD)
-    if os.path.exists(record):
-        _check_same_run(workdir, checkpoints.read_json(record).get("config", {}), wanted)
+    record = rundir.read_record(workdir)
+    if record is not None:
+        _check_same_run(workdir, record.get("config", {}), wanted)
     resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
     if checkpoints.exists(resume_dir):
         _check_same_run(workdir, checkpoints.read_meta(resume_dir).get("config", {}), wanted)
@@ -404,15 +402,14 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
     state = dict(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var)
     meta_base = {"config": _normalized(config.to_dict()), "model": config.model}
     resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
-    run_record = os.path.join(workdir, RUN_RECORD)
     history = []
     # The run's configuration is recorded before anything else is written, and checked on every
     # start, so a work directory never mixes checkpoints of two runs.
-    if os.path.exists(run_record):
-        _check_same_run(workdir, checkpoints.read_json(run_record).get("config", {}),
-                        meta_base["config"])
+    record = rundir.read_record(workdir)
+    if record is not None:
+        _check_same_run(workdir, record.get("config", {}), meta_base["config"])
     else:
-        checkpoints.write_json(run_record, meta_base)
+        rundir.write_record(workdir, meta_base)
     if checkpoints.exists(resume_dir):
         saved = checkpoints.read_meta(resume_dir)
         _check_same_run(workdir, saved.get("config", {}), meta_base["config"])
@@ -485,7 +482,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
             _emit_kernel(float(epoch + 1))
         checkpoints.write(resume_dir, {**meta_base, "history": history,
                                        "steps_per_epoch": steps_per_epoch}, **state)
-        checkpoints.write_json(os.path.join(workdir, "history.json"), history)
+        rundir.write_json(rundir.join(workdir, rundir.HISTORY), history)
         for cb in callbacks:
             cb.on_epoch_end(epoch + 1, row)
     return history
@@ -499,8 +496,9 @@ def _first_local(batch, strategy):
     return x, y
 
 
-def is_finished(workdir, config=None):
-    """Whether ``workdir`` holds a run that trained all its epochs (of ``config`` when given)."""
+def is_trained(workdir, config=None):
+    """Whether ``workdir`` holds a run that trained all its epochs (of ``config`` when given); it is
+    finished (`tf_ntk.rundir.is_finished`) once its final evaluation is recorded too."""
     resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
     if not checkpoints.exists(resume_dir):
         return False
