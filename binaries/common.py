@@ -15,8 +15,25 @@ from tf_ntk import rundir
 
 # Errors that mean "the user asked for something impossible": reported in one line, exit status 2.
 # (CheckpointError and RunConfigMismatchError are ValueErrors.)
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, data.DatasetNotPreparedError,
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError, rundir.WriteError, data.DatasetNotPreparedError,
                functional.ParamsMismatchError)
+
+
+def _environment_error(e):
+    """A one-line message for an OS-level failure outside the project's own writers (a full disk
+    under TensorFlow's event writer, say), or None for anything else (a bug: its traceback shows)."""
+    import errno  # noqa: PLC0415
+
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+    if isinstance(e, OSError) and e.errno in codes:
+        return f"{e.filename or 'a file'}: {os.strerror(e.errno)}"
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(e, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+                                         tf.errors.DataLossError)):
+        text = str(getattr(e, "message", "") or e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
+    return None
 
 
 def program_name():
@@ -72,6 +89,11 @@ def run(main):
             print(f"{program_name()}: interrupted by {e}; the last checkpoint is kept: rerun the same "
                   "command to resume", file=sys.stderr)
             sys.exit(128 + e.signum)
+        except Exception as e:
+            message = _environment_error(e)
+            if message is None:
+                raise
+            _fail(message)
 
     app.run(guarded, flags_parser=_parse_flags)
 
@@ -190,6 +212,11 @@ def execute(module_name, args, log_path=None):
             return message
         except Exception as e:  # noqa: BLE001  (a bug: its traceback goes to the log)
             import traceback  # noqa: PLC0415
+
+            message = _environment_error(e)
+            if message is not None:
+                print(f"{program}: error: {message}", file=sys.stderr)
+                return message
 
             traceback.print_exc()
             return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

@@ -39,7 +39,7 @@ def main(argv):
     del argv
     if not FLAGS.checkpoint:
         raise ValueError("--checkpoint is required")
-    meta = checkpoints.read_meta(FLAGS.checkpoint)
+    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     num_classes = meta["model"]["num_classes"]
     common.check_logit(FLAGS.logit, num_classes)
     workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "kernels")

@@ -123,7 +123,7 @@ def main(argv):
     del argv
     if not FLAGS.checkpoint:
         raise ValueError("--checkpoint is required")
-    meta = checkpoints.read_meta(FLAGS.checkpoint)
+    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     chosen = attacks_from_flags()
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
     if FLAGS.save_adversarial and not FLAGS.save_adversarial.endswith(".npz"):

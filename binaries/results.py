@@ -10,12 +10,12 @@ from binaries import quiet  # noqa: F401  (must precede TensorFlow)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import glob
-import json
 import os
 
 from absl import flags
 
 from binaries import common
+from tf_ntk import rundir
 
 flags.DEFINE_string("root", "runs", "Directory holding the run directories.")
 
@@ -23,20 +23,24 @@ FLAGS = flags.FLAGS
 
 
 def _read(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON: {e}") from e
+    r = rundir.read_json(path, what="results file")
+    if "benign_accuracy" not in r:
+        raise rundir.RecordError(f"corrupt results file {path}: no benign_accuracy")
+    return r
 
 
-def evaluations(run_dir, epoch):
+def evaluations(run_dir, epoch, skipped):
     """{attack name: robust accuracy, "worst": their worst case} of the newest binaries.evaluate
     result for the run's checkpoint at ``epoch`` (RUN/eval/*/evaluation.json); one file, so the
-    numbers share their ε and data."""
+    numbers share their ε and data. Unreadable files are skipped, their one-line errors appended
+    to ``skipped``."""
     paths = glob.glob(os.path.join(run_dir, "eval", "*", "evaluation.json"))
     for path in sorted(paths, key=os.path.getmtime, reverse=True):
-        r = _read(path)
+        try:
+            r = rundir.read_json(path, what="evaluation file")
+        except rundir.RecordError as e:
+            skipped.append(str(e))
+            continue
         if r.get("epoch") != epoch or not r.get("robust"):
             continue
         out = {name: value["accuracy"] for name, value in r["robust"].items()}
@@ -46,11 +50,17 @@ def evaluations(run_dir, epoch):
     return {}
 
 
-def rows(root):
-    """One dict per run directory under ``root`` with a results.json, sorted by path."""
+def rows(root, skipped=None):
+    """One dict per run directory under ``root`` with a readable results.json, sorted by path; the
+    one-line errors of unreadable results or evaluation files are appended to ``skipped``."""
+    skipped = [] if skipped is None else skipped
     out = []
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
-        r = _read(path)
+        try:
+            r = _read(path)
+        except rundir.RecordError as e:
+            skipped.append(str(e))
+            continue
         spawn = r.get("spawn")
         quick = r.get("quick_attack") or {}
         out.append({
@@ -64,7 +74,7 @@ def rows(root):
             "benign": r["benign_accuracy"],
             "quick": r.get("robust_accuracy_quick"),
             "quick_steps": quick.get("steps"),
-            **evaluations(os.path.dirname(path), r.get("epoch")),
+            **evaluations(os.path.dirname(path), r.get("epoch"), skipped),
         })
     return out
 
@@ -86,10 +96,14 @@ def table(items):
 
 def main(argv):
     del argv
-    items = rows(FLAGS.root)
-    if not items:
+    if not os.path.isdir(FLAGS.root):
+        raise ValueError(f"--root={FLAGS.root} is not a directory")
+    skipped = []
+    items = rows(FLAGS.root, skipped)
+    if not items and not skipped:
         raise ValueError(f"no results.json under {FLAGS.root}")
-    print(table(items))
+    if items:
+        print(table(items))
     steps = sorted({r["quick_steps"] for r in items if r.get("quick_steps")})
     print(f"\nquick: the estimate logged during training (PGD-{'/'.join(map(str, steps)) or '?'}, one start), "
           "not a reported number.")
@@ -98,6 +112,9 @@ def main(argv):
               "worst case per example over them.")
     else:
         print("Robust accuracy: run binaries.evaluate on each final checkpoint (protocol and strong).")
+    if skipped:  # the readable runs are listed; the command still fails, naming the first bad file
+        more = f" (and {len(skipped) - 1} more unreadable files)" if len(skipped) > 1 else ""
+        raise ValueError(f"skipped {skipped[0]}{more}")
 
 
 if __name__ == "__main__":

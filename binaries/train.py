@@ -94,7 +94,7 @@ def _resolve():
     spec = models.spec(FLAGS.model, info.num_classes, info.image_shape,
                        **common_flags.model_options(FLAGS))
     if phase2:
-        meta = checkpoints.read_meta(FLAGS.spawn)
+        meta = checkpoints.read_meta(FLAGS.spawn, require_model=True)
         if not (FLAGS["model"].present or FLAGS["width"].present):
             spec = meta.get("model") or spec  # the spawn decides the architecture
         common.check_input_shape(f"checkpoint {FLAGS.spawn}", spec, info.image_shape, FLAGS.dataset)

@@ -51,7 +51,7 @@ def main(argv):
     del argv
     if not FLAGS.checkpoint:
         raise ValueError("--checkpoint is required")
-    meta = checkpoints.read_meta(FLAGS.checkpoint)
+    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     num_classes = meta["model"]["num_classes"]
     logit = 0 if FLAGS.logit is None else FLAGS.logit
     common.check_logit(logit, num_classes)

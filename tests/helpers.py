@@ -52,9 +52,9 @@ def run_binary(module, argv):
         flags.FLAGS.unparse_flags()
 
 
-def run_app(module, argv, capsys):
+def run_app(module, argv, capsys, stdout=False):
     """Runs a binary like the command line does (absl app, one-line errors); returns (exit code,
-    stderr)."""
+    stderr), or (exit code, stderr, stdout) with ``stdout``."""
     from binaries import common  # noqa: PLC0415
 
     flags.FLAGS.unparse_flags()
@@ -66,4 +66,5 @@ def run_app(module, argv, capsys):
     finally:
         sys.argv = saved
         flags.FLAGS.unparse_flags()
-    return exit_info.value.code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return (exit_info.value.code, captured.err) + ((captured.out,) if stdout else ())

@@ -58,7 +58,7 @@ def write(directory, meta, **objects):
     renamed into place; a crash between the two renames leaves the old checkpoint, which every
     reader restores (`_recover`). On object stores (no directory rename) the files are written in
     place, ``meta.json`` last, and a checkpoint counts only once it is there. A write that fails (disk
-    full) raises OSError naming ``directory`` and leaves the previous checkpoint as it was.
+    full) raises `tf_ntk.rundir.WriteError` naming ``directory`` and leaves the previous checkpoint as it was.
     """
     directory = _abs(directory)
     parent, base = os.path.split(directory)
@@ -91,7 +91,7 @@ def write(directory, meta, **objects):
         for stale in _siblings(parent, f".tmp-{base}-"):  # left by killed writers
             rundir.rmtree(stale)
     except (OSError, tf.errors.OpError) as e:
-        raise OSError(f"cannot write checkpoint {directory}: {_one_line(e)}") from e
+        raise rundir.WriteError(f"cannot write checkpoint {directory}: {rundir.one_line(e)}") from e
 
 
 def _write_files(directory, meta_text, objects):
@@ -99,11 +99,6 @@ def _write_files(directory, meta_text, objects):
     tf.train.Checkpoint(**objects).write(os.path.join(directory, _PREFIX))
     with gfile.GFile(os.path.join(directory, _META), "w") as f:
         f.write(meta_text)
-
-
-def _one_line(error):
-    text = str(getattr(error, "message", "") or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _complete(directory):
@@ -126,9 +121,10 @@ def exists(directory):
     return _complete(directory)
 
 
-def read_meta(directory):
+def read_meta(directory, require_model=False):
     """The ``meta.json`` record of a checkpoint directory; `CheckpointError` if missing, corrupt or
-    of another shape (its "model" and "config", when present, must be JSON objects)."""
+    of another shape (its "model" and "config", when present, must be JSON objects; with
+    ``require_model`` the model must be recorded, as every checkpoint `tf_ntk.training` writes does)."""
     path = os.path.join(directory, _META)
     _recover(directory)
     if not gfile.isdir(directory):
@@ -143,11 +139,26 @@ def read_meta(directory):
         if not isinstance(meta.get(key, {}), dict):
             raise CheckpointError(f"corrupt checkpoint record {path}: \"{key}\" is not a JSON object")
     spec = meta.get("model")
+    if require_model and not spec:
+        raise CheckpointError(f"checkpoint {directory} does not record its model")
     if spec and not (isinstance(spec.get("name"), str) and isinstance(spec.get("num_classes"), int)
                      and isinstance(spec.get("input_shape"), list)):
         raise CheckpointError(f"corrupt checkpoint record {path}: \"model\" lacks name, num_classes "
                               "or input_shape")
     return meta
+
+
+def verify(directory):
+    """Reads every tensor of the checkpoint in ``directory``: `CheckpointError` when a file is
+    truncated or damaged. Lets a command refuse a corrupt resume checkpoint before it writes anything."""
+    read_meta(directory)
+    try:
+        reader = tf.train.load_checkpoint(os.path.join(directory, _PREFIX))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (IndexError, ValueError, tf.errors.OpError) as e:
+        raise CheckpointError(f"corrupt checkpoint {directory} (truncated or damaged files: "
+                              f"{rundir.one_line(e)})") from e
 
 
 def restore(directory, **objects):
@@ -161,12 +172,12 @@ def restore(directory, **objects):
         status = tf.train.Checkpoint(**objects).read(os.path.join(directory, _PREFIX))
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError) as e:
-        raise CheckpointError(f"checkpoint {directory} does not fit this model: {_one_line(e)}") from e
+        raise CheckpointError(f"checkpoint {directory} does not fit this model: {rundir.one_line(e)}") from e
     except (IndexError, tf.errors.OpError) as e:  # IndexError: "Read less bytes than requested"
         if isinstance(e, tf.errors.NotFoundError) and "Key " in str(e):
-            raise CheckpointError(f"checkpoint {directory} does not fit this model: {_one_line(e)}") from e
+            raise CheckpointError(f"checkpoint {directory} does not fit this model: {rundir.one_line(e)}") from e
         raise CheckpointError(f"corrupt checkpoint {directory} (truncated or damaged files: "
-                              f"{_one_line(e)})") from e
+                              f"{rundir.one_line(e)})") from e
     return meta
 
 

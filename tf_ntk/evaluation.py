@@ -10,6 +10,7 @@ attacks and gradient masking in `tf_ntk.sanity`.
 
 import json
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -127,8 +128,9 @@ def load_adversarial(path):
         with np.load(path, allow_pickle=False) as f:
             out = {k: f[k] for k in ("x", "x_adv", "y")}
             out["meta"] = json.loads(str(f["meta"]))
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} is not a tf_ntk adversarial set: {e}") from e
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated file"
+        raise ValueError(f"{path} is not a tf_ntk adversarial set: {reason}") from e
     if out["x"].shape != out["x_adv"].shape or out["x"].shape[0] != out["y"].shape[0]:
         raise ValueError(f"{path}: inconsistent shapes {out['x'].shape}, {out['x_adv'].shape}, "
                          f"{out['y'].shape}")

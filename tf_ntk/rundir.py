@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -43,6 +44,11 @@ class LockedError(FileExistsError):
     """The work directory is in use by another live process."""
 
 
+class WriteError(OSError):
+    """A file of the run could not be written (disk full, permissions); the previous version of the
+    file, if any, is intact."""
+
+
 class RecordError(ValueError):
     """A record file (JSON) of a run that is missing, unreadable, or not the expected shape."""
 
@@ -56,9 +62,13 @@ def join(*parts):
     return os.path.join(*parts)
 
 
-def _one_line(error):
+def one_line(error):
+    """The first line of an error's message, without TensorFlow's op decorations."""
     text = str(getattr(error, "message", "") or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:\w+\]", "", text)
+    text = re.sub(r"^(/|\w+://)\S*; ", "", text)  # "<temporary file>; No space left on device"
+    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def check_directory_path(path, what="--workdir"):
@@ -80,8 +90,8 @@ def makedirs(path):
 
 
 def write_bytes(path, data):
-    """Writes ``data`` (bytes) to ``path`` atomically; OSError naming ``path`` when it cannot (disk
-    full, permissions)."""
+    """Writes ``data`` (bytes) to ``path`` atomically; `WriteError` naming ``path`` when it cannot
+    (disk full, permissions)."""
     path = str(path)
     directory = os.path.dirname(path) or "."
     try:
@@ -101,7 +111,7 @@ def write_bytes(path, data):
                 gfile.remove(tmp)
             raise
     except (OSError, tf.errors.OpError) as e:
-        raise OSError(f"cannot write {path}: {_one_line(e)}") from e
+        raise WriteError(f"cannot write {path}: {one_line(e)}") from e
 
 
 def write_text(path, text):
@@ -124,7 +134,7 @@ def read_json(path, what="run record", expect=dict):
         with gfile.GFile(str(path), "r") as f:
             value = json.loads(f.read())
     except (OSError, tf.errors.OpError, ValueError, UnicodeDecodeError) as e:
-        raise RecordError(f"corrupt {what} {path}: {_one_line(e)}") from None
+        raise RecordError(f"corrupt {what} {path}: {one_line(e)}") from None
     if expect is not None and not isinstance(value, expect):
         raise RecordError(f"corrupt {what} {path}: expected a JSON {expect.__name__}, got "
                           f"{type(value).__name__}")
@@ -176,8 +186,12 @@ def _take(path):
             f.write(record)
         return
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(record)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(record)
+    except OSError as e:
+        os.remove(path)
+        raise WriteError(f"cannot write the lock {path}: {one_line(e)}") from e
 
 
 def _mtime(path):
@@ -273,7 +287,7 @@ def open_run(workdir, *, overwrite=False, finished=None, keep_if=None):
     try:
         gfile.makedirs(workdir)
     except (OSError, tf.errors.OpError) as e:
-        raise OSError(f"cannot create --workdir={workdir}: {_one_line(e)}") from e
+        raise WriteError(f"cannot create --workdir={workdir}: {one_line(e)}") from e
     try:
         with lock(workdir):
             if finished is not None and finished(workdir):

@@ -346,6 +346,7 @@ def check_run(workdir, config):
     resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
     if checkpoints.exists(resume_dir):
         _check_same_run(workdir, checkpoints.read_meta(resume_dir).get("config", {}), wanted)
+        checkpoints.verify(resume_dir)
 
 
 def _check_same_run(workdir, saved, config):

@@ -1,0 +1,322 @@
+"""Every binary, handed bad input, ends in one line on stderr and exit status 2, leaves nothing
+behind, and leaves good data byte-identical.
+
+Each case runs in-process through absl parsing and `binaries.common.run` (as the command line does),
+against a shared finished run (``good``) and a per-case scratch directory; the whole of both is
+hashed before and after. The disk-full case needs a small tmpfs, which only a subprocess in its own
+mount namespace can have: it is skipped, with the reason, where the machine does not allow one.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from binaries import compute_kernel
+from binaries import evaluate
+from binaries import kernel_dynamics
+from binaries import reproduce
+from binaries import results
+from binaries import train
+from binaries import visualize_features
+from tests import helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
+GOOD = TINY + ["--epochs=1", "--save_epochs=0,1", "--eval_every=0"]
+
+pytestmark = pytest.mark.xdist_group("bad_inputs")  # one worker builds the shared run
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A finished phase-1 run (spawns at epochs 0 and 1) and an evaluation of its last checkpoint."""
+    root = tmp_path_factory.mktemp("good")
+    helpers.run_binary(train, [f"--workdir={root}/run"] + GOOD)
+    helpers.run_binary(evaluate, [f"--checkpoint={root}/run/spawn/epoch_1", "--attack=protocol",
+                                  "--attack_steps=2", "--max_examples=16",
+                                  f"--workdir={root}/run/eval/epoch_1"])
+    return root
+
+
+def _snapshot(*roots):
+    """{path: sha256 or "dir"} of everything under ``roots``."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for d in dirnames:
+                out[os.path.join(dirpath, d)] = "dir"
+            for f in filenames:
+                path = os.path.join(dirpath, f)
+                with open(path, "rb") as fh:
+                    out[path] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _copy_checkpoint(good, tmp, name):
+    dst = tmp / name
+    shutil.copytree(good / "run" / "spawn" / "epoch_1", dst)
+    return dst
+
+
+def _data_file(checkpoint):
+    return next(p for p in checkpoint.iterdir() if p.name.startswith("ckpt.data"))
+
+
+def _truncated(good, tmp):
+    ckpt = _copy_checkpoint(good, tmp, "truncated")
+    with open(_data_file(ckpt), "r+b") as f:
+        f.truncate(10)
+
+
+def _empty_data(good, tmp):
+    _data_file(_copy_checkpoint(good, tmp, "empty_data")).write_bytes(b"")
+
+
+def _truncated_index(good, tmp):
+    ckpt = _copy_checkpoint(good, tmp, "truncated_index")
+    with open(ckpt / "ckpt.index", "r+b") as f:
+        f.truncate(5)
+
+
+def _meta(text):
+    def setup(good, tmp):
+        (_copy_checkpoint(good, tmp, "meta") / "meta.json").write_text(text)
+    return setup
+
+
+def _a_file(good, tmp):
+    (tmp / "afile").write_text("not a directory\n")
+
+
+def _empty_npz(good, tmp):
+    (tmp / "empty.npz").write_bytes(b"")
+
+
+def _other_shape_npz(good, tmp):
+    x = np.zeros((4, 4, 4, 1), np.float32)
+    np.savez(tmp / "other.npz", x=x, x_adv=x, y=np.zeros(4, np.int64), meta=json.dumps({}))
+
+
+def _unfinished_copy(good, tmp):
+    shutil.copytree(good / "run", tmp / "unfinished")
+    (tmp / "unfinished" / "results.json").unlink()
+
+
+def _locked(good, tmp):
+    shutil.copytree(good / "run", tmp / "locked")
+    (tmp / "locked" / "results.json").unlink()
+    (tmp / "locked" / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename}))
+
+
+def _corrupt_results(good, tmp):
+    shutil.copytree(good / "run", tmp / "root" / "ok")
+    (tmp / "root" / "broken").mkdir()
+    (tmp / "root" / "broken" / "results.json").write_text('{"benign_accuracy": 0.5')
+
+
+def _corrupt_run_record(good, tmp):
+    shutil.copytree(good / "run", tmp / "badrecord")
+    (tmp / "badrecord" / "results.json").unlink()
+    (tmp / "badrecord" / "run.json").write_text("[1, 2]")
+
+
+def _corrupt_resume(good, tmp):
+    shutil.copytree(good / "run", tmp / "badresume")
+    (tmp / "badresume" / "results.json").unlink()
+    _data_file(tmp / "badresume" / "resume").write_bytes(b"\0" * 7)
+
+
+def _no_spawns(good, tmp):
+    (tmp / "empty_run").mkdir()
+
+
+def _not_a_sweep(good, tmp):
+    (tmp / "busy").mkdir()
+    (tmp / "busy" / "notes.txt").write_text("mine\n")
+
+
+CKPT = "--checkpoint={good}/run/spawn/epoch_1"
+# (id, binary, argv, setup(good, tmp) or None, the error line's expected text)
+CASES = [
+    # train: flags
+    ("train-eps-range", train, ["--eps=1.5"], None, "--eps=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
+    ("train-unknown-flag", train, ["--no_such_flag=1"], None, "Unknown command line flag 'no_such_flag'"),
+    ("train-eps-zero-division", train, ["--eps=4/0"], None, "'4/0' is not a number or a fraction like 4/255"),
+    ("train-lr-nan", train, ["--lr=nan"], None, "'nan' is not a finite number"),
+    ("train-lr-inf", train, ["--lr=inf"], None, "'inf' is not a finite number"),
+    ("train-momentum-nan", train, ["--momentum=nan"], None, "'nan' is not a finite number"),
+    ("train-lr-factor-inf", train, ["--lr_factor=-inf"], None, "not a finite number"),
+    ("train-step-size-inf", train, ["--attack_step_size=inf"], None, "not a finite number"),
+    ("train-epochs-zero", train, ["--epochs=0"], None, "--epochs=0: 0 is not a positive integer"),
+    ("train-batch-zero", train, ["--batch_size=0"], None, "--batch_size=0"),
+    ("train-save-epochs", train, ["--epochs=1", "--save_epochs=0,x"], None,
+     "--save_epochs must be numbers separated by commas, got 0,x"),
+    ("train-lr-boundaries", train, ["--epochs=1", "--lr_boundaries=a"], None,
+     "--lr_boundaries must be numbers separated by commas, got a"),
+    ("train-positional", train, ["--epochs=1", "extra"], None, "unexpected arguments: extra"),
+    ("train-centered-without-spawn", train, ["--epochs=1", "--dynamics=centered"], None,
+     "--dynamics=centered needs --spawn (phase 2 starts from a checkpoint)"),
+    # train: files
+    ("train-spawn-missing", train, ["--epochs=1", "--spawn={tmp}/nowhere"], None, "no checkpoint at {tmp}/nowhere"),
+    ("train-spawn-not-a-checkpoint", train, ["--epochs=1", "--spawn={tmp}"], None,
+     "{tmp} is not a tf_ntk checkpoint (no meta.json or ckpt.index)"),
+    ("train-spawn-truncated-data", train, ["--epochs=1", "--spawn={tmp}/truncated"], _truncated,
+     "corrupt checkpoint {tmp}/truncated (truncated or damaged files"),
+    ("train-spawn-empty-data", train, ["--epochs=1", "--spawn={tmp}/empty_data"], _empty_data,
+     "corrupt checkpoint {tmp}/empty_data (truncated or damaged files"),
+    ("train-spawn-meta-list", train, ["--epochs=1", "--spawn={tmp}/meta"], _meta("[]"),
+     "corrupt checkpoint record {tmp}/meta/meta.json: expected a JSON dict, got list"),
+    ("train-spawn-meta-model-string", train, ["--epochs=1", "--spawn={tmp}/meta"], _meta('{"model": "cnn"}'),
+     "corrupt checkpoint record {tmp}/meta/meta.json: \"model\" is not a JSON object"),
+    ("train-spawn-other-model", train, ["--epochs=1", "--spawn={good}/run/spawn/epoch_1", "--model=mlp"],
+     None, "holds cnn(width=4)"),
+    ("train-workdir-is-a-file", train, ["--epochs=1"], _a_file, "--workdir={tmp}/afile is a file, not a directory",
+     "{tmp}/afile"),
+    ("train-workdir-under-a-file", train, ["--epochs=1"], _a_file,
+     "--workdir={tmp}/afile/sub: {tmp}/afile is a file, not a directory", "{tmp}/afile/sub"),
+    ("train-finished-run", train, GOOD, None, "{good}/run holds a finished run; pass --overwrite",
+     "{good}/run"),
+    ("train-unfinished-other-seed", train, GOOD + ["--seed=5"], _unfinished_copy,
+     "holds a run with another configuration (differs in: seed)", "{tmp}/unfinished"),
+    ("train-locked", train, GOOD, _locked, "{tmp}/locked is in use by process", "{tmp}/locked"),
+    ("train-corrupt-run-record", train, GOOD, _corrupt_run_record,
+     "corrupt run record {tmp}/badrecord/run.json: expected a JSON dict, got list", "{tmp}/badrecord"),
+    ("train-corrupt-resume", train, GOOD, _corrupt_resume,
+     "corrupt checkpoint {tmp}/badresume/resume (truncated or damaged files", "{tmp}/badresume"),
+    ("train-data-not-prepared", train, ["--dataset=mnist", "--data_dir={tmp}/tfds"], None,
+     "data set 'mnist' is not prepared"),
+    # evaluate
+    ("evaluate-no-checkpoint", evaluate, [], None, "--checkpoint is required"),
+    ("evaluate-norm", evaluate, ["--attack_norm=l1"], None, "--attack_norm=l1: value should be one of <linf|l2>"),
+    ("evaluate-unknown-attack", evaluate, [CKPT, "--attack=fgsm"], None, "--attack: unknown attack fgsm"),
+    ("evaluate-not-a-checkpoint", evaluate, ["--checkpoint={tmp}"], None,
+     "{tmp} is not a tf_ntk checkpoint (no meta.json or ckpt.index)"),
+    ("evaluate-truncated-index", evaluate, ["--checkpoint={tmp}/truncated_index"], _truncated_index,
+     "corrupt checkpoint {tmp}/truncated_index (truncated or damaged files"),
+    ("evaluate-meta-empty-object", evaluate, ["--checkpoint={tmp}/meta"], _meta("{}"),
+     "checkpoint {tmp}/meta does not record its model"),
+    ("evaluate-transfer-empty", evaluate, [CKPT, "--transfer_from={tmp}/empty.npz"], _empty_npz,
+     "{tmp}/empty.npz is not a tf_ntk adversarial set"),
+    ("evaluate-transfer-other-shape", evaluate, [CKPT, "--transfer_from={tmp}/other.npz"], _other_shape_npz,
+     "--transfer_from={tmp}/other.npz holds images of shape (4, 4, 1), the model takes (8, 8, 1)"),
+    ("evaluate-save-into-a-file", evaluate, [CKPT, "--save_adversarial={tmp}/afile/adv.npz"], _a_file,
+     "--save_adversarial: {tmp}/afile is not a directory"),
+    ("evaluate-save-not-npz", evaluate, [CKPT, "--save_adversarial={tmp}/adv.txt"], None,
+     "--save_adversarial must name a .npz file"),
+    ("evaluate-existing-output", evaluate, [CKPT, "--attack=protocol"], None,
+     "{good}/run/eval/epoch_1/evaluation.json exists; pass --overwrite", "{good}/run/eval/epoch_1"),
+    ("evaluate-output-terms-standard", evaluate, [CKPT, "--output_terms"], None,
+     "--output_terms needs a linearized or centered model"),
+    # compute_kernel, kernel_dynamics, visualize_features
+    ("compute-kernel-no-checkpoint", compute_kernel, [], None, "--checkpoint is required"),
+    ("compute-kernel-logit-range", compute_kernel, [CKPT, "--logit=10"], None, "--logit=10 out of range for 10 classes"),
+    ("compute-kernel-truncated", compute_kernel, ["--checkpoint={tmp}/truncated"], _truncated,
+     "corrupt checkpoint {tmp}/truncated (truncated or damaged files"),
+    ("compute-kernel-workdir-is-a-file", compute_kernel, [CKPT], _a_file,
+     "--workdir={tmp}/afile is a file, not a directory", "{tmp}/afile"),
+    ("kernel-dynamics-no-spawns", kernel_dynamics, ["--run={tmp}/empty_run"], _no_spawns,
+     "no spawn checkpoints in {tmp}/empty_run"),
+    ("kernel-dynamics-missing-run", kernel_dynamics, ["--run={tmp}/nowhere"], None, "{tmp}/nowhere"),
+    ("visualize-meta-list", visualize_features, ["--checkpoint={tmp}/meta"], _meta("[]"),
+     "expected a JSON dict, got list"),
+    ("visualize-logit-range", visualize_features, [CKPT, "--logit=-1"], None, "--logit"),
+    # results, reproduce
+    ("results-corrupt-file", results, ["--root={tmp}/root"], _corrupt_results,
+     "skipped corrupt results file {tmp}/root/broken/results.json", None),
+    ("results-root-missing", results, ["--root={tmp}/nowhere"], None, "--root={tmp}/nowhere is not a directory", None),
+    ("reproduce-preset", reproduce, ["--preset=huge"], None, "--preset=huge: value should be one of"),
+    ("reproduce-not-a-sweep", reproduce, ["--preset=smoke"], _not_a_sweep,
+     "{tmp}/busy exists and holds no sweep (sweep.json); choose another --workdir", "{tmp}/busy"),
+    ("reproduce-spawn-epochs", reproduce, ["--preset=smoke", "--spawn_epochs=a"], None,
+     "--spawn_epochs must be numbers separated by commas"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_left_and_good_data_untouched(case, good, tmp_path, capsys):
+    name, module, argv, setup, message, *workdir = case
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if setup is not None:
+        setup(good, scratch)
+    fill = lambda s: s.format(good=good, tmp=scratch)  # noqa: E731
+    workdir = workdir[0] if workdir else "{tmp}/out"
+    argv = [fill(a) for a in argv] + ([f"--workdir={fill(workdir)}"] if workdir else [])
+    before = _snapshot(good, scratch)
+    code, err = helpers.run_app(module, argv, capsys)
+    program = module.__name__.rsplit(".", 1)[-1]
+    assert code == 2, (name, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"{program}: error: ") and fill(message) in err, err
+    assert _snapshot(good, scratch) == before, "files were written, changed or left behind"
+
+
+def test_there_are_at_least_30_cases_over_every_binary():
+    assert len(CASES) >= 30
+    assert {c[1] for c in CASES} == {train, evaluate, compute_kernel, kernel_dynamics,
+                                     visualize_features, results, reproduce}
+
+
+def test_results_lists_the_readable_runs_before_naming_the_corrupt_file(good, tmp_path, capsys):
+    _corrupt_results(good, tmp_path)
+    code, err, out = helpers.run_app(results, [f"--root={tmp_path}/root"], capsys, stdout=True)
+    assert code == 2 and f"{tmp_path}/root/broken/results.json" in err
+    listed = [line.split()[0] for line in out.split("\n\n")[0].splitlines()[2:]]
+    assert listed == ["ok"]
+
+
+def _tmpfs_allowed():
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, text=True, check=False) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+def test_a_full_disk_is_one_line_loses_nothing_and_the_rerun_finishes_bit_identical(good, tmp_path):
+    """Training onto a nearly full tmpfs: a checkpoint does not fit. One line naming the file, exit 2,
+    another run on that disk byte-identical; once space is freed the same command finishes, with the
+    weights of an uninterrupted run."""
+    if not _tmpfs_allowed():
+        pytest.skip("this machine does not allow mounting a tmpfs in a user namespace "
+                    "(unshare --user --map-root-user --mount)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    argv = TINY + ["--epochs=3", "--save_epochs=0,1,2,3", "--eval_every=0"]
+    command = f"{sys.executable} -m binaries.train --workdir={disk}/new {' '.join(argv)}"
+    hashes = f"cd {disk}/good && find . -type f | sort | xargs sha256sum"
+    script = f"""
+mount -t tmpfs -o size=400k tmpfs {disk} || exit 99
+cp -r {good}/run {disk}/good
+dd if=/dev/zero of={disk}/filler bs=1k count=100000 2>/dev/null
+truncate -s -100k {disk}/filler
+before=$({hashes})
+{command} >/dev/null 2>{tmp_path}/stderr.txt
+echo "exit=$?"
+[ "$before" = "$({hashes})" ] && echo "good: same" || echo "good: changed"
+rm {disk}/filler
+{command} >/dev/null 2>{tmp_path}/stderr2.txt
+echo "rerun=$?"
+cp -r {disk}/new/spawn/epoch_3 {tmp_path}/final
+"""
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=300, check=False)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "exit=2" in proc.stdout.splitlines(), (proc.stdout, proc.stderr, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("train: error: cannot write ") and f"{disk}/new" in err, err
+    assert err.strip().endswith("No space left on device"), err
+    assert "good: same" in proc.stdout.splitlines(), proc.stdout
+    assert "rerun=0" in proc.stdout.splitlines(), (tmp_path / "stderr2.txt").read_text()
+    helpers.run_binary(train, [f"--workdir={tmp_path}/straight"] + argv)
+    a = tf.train.load_checkpoint(str(tmp_path / "final" / "ckpt"))
+    b = tf.train.load_checkpoint(str(tmp_path / "straight" / "spawn" / "epoch_3" / "ckpt"))
+    names = [n for n in a.get_variable_to_shape_map() if "model" in n]
+    assert names and all(np.array_equal(a.get_tensor(n), b.get_tensor(n)) for n in names)
