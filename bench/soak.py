@@ -2,6 +2,7 @@ r"""Kill -9 soak of a training run: bench/results/soak.json and a table.
 
     python -m bench.soak                  # N = 20 kills of an adversarial digits run
     python -m bench.soak --n=5 --epochs=2
+    python -m bench.soak --signal=TERM --output=bench/results/soak_term.json
 
 First one uninterrupted run of the command gives the reference. Then N trials, each on a fresh work
 directory: start the same command, SIGKILL it at a random point, rerun the command until it exits 0,
@@ -35,6 +36,8 @@ from tf_ntk import rundir
 flags.DEFINE_integer("n", 20, "Kills (trials).", lower_bound=1)
 flags.DEFINE_integer("epochs", 3, "Epochs of the soaked run.", lower_bound=1)
 flags.DEFINE_float("window_share", 1 / 3, "Share of the kills aimed at the final-evaluation window.")
+flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM", "INT"], "The signal: KILL (no chance to clean "
+                  "up) or TERM / INT (the run checkpoints the step it reached).")
 flags.DEFINE_integer("seed", 0, "Seed of the kill times (the run's own seed is 0).")
 flags.DEFINE_string("workdir", None, "Scratch directory (default: a temporary one, removed after).")
 flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results", "soak.json"),
@@ -124,7 +127,7 @@ def _trial(workdir, rng, duration, aim_window):
             time.sleep(0.005)
     landed = proc.poll() is None
     if landed:
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(getattr(signal, f"SIG{FLAGS.signal}"))
     proc.communicate()
     state = _state(workdir) if landed else "after the run finished"
     t_kill = time.time() - started
@@ -172,10 +175,10 @@ def main(argv):
     for t in trials:
         states[t["state"]] = states.get(t["state"], 0) + 1
     ok = sum(t["weights_bit_identical"] and t["results_identical"] for t in trials)
-    result = {"n": FLAGS.n, "epochs": FLAGS.epochs, "command": " ".join(_argv("WORKDIR")[1:]),
+    result = {"n": FLAGS.n, "epochs": FLAGS.epochs, "signal": FLAGS.signal, "command": " ".join(_argv("WORKDIR")[1:]),
               "reference_seconds": duration, "identical": ok, "states": states, "trials": trials}
     rundir.write_json(FLAGS.output, result)
-    lines = [f"kill -9 soak: {ok}/{FLAGS.n} trials bit-identical to the uninterrupted run "
+    lines = [f"SIG{FLAGS.signal} soak: {ok}/{FLAGS.n} trials bit-identical to the uninterrupted run "
              f"(weights of every checkpoint and results.json)", "",
              f"{'where the kill landed':<45} {'kills':>5}"]
     lines += [f"{s:<45} {c:>5}" for s, c in sorted(states.items())]

@@ -1,5 +1,6 @@
 """What every binary shares: one-line errors, run directories, resolved flags, progress, probes."""
 
+import contextlib
 import json
 import os
 import signal
@@ -61,16 +62,49 @@ class Interrupted(Exception):  # noqa: N818  (a signal, not an error)
         self.signum = signum
 
 
+_deferred = {"depth": 0, "signum": None}
+
+
 def _interrupt(signum, frame):
     del frame
-    raise Interrupted(signum)
+    if _deferred["depth"] and _deferred["signum"] is None:
+        _deferred["signum"] = signum  # the training loop stops at its next step boundary
+        return
+    raise Interrupted(signum)  # not deferred, or a second signal: at once
+
+
+def stop_requested():
+    """Whether SIGTERM or SIGINT arrived inside `deferred_interrupts` (pass it to
+    `tf_ntk.training.train` as ``stop_requested``)."""
+    return _deferred["signum"] is not None
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Inside the body, a first SIGTERM / SIGINT does not interrupt at once: it is recorded for
+    `stop_requested`, so training can finish its step and write a resumable checkpoint there. A
+    `tf_ntk.training.StopRequested` from the body, or a signal recorded by its end, becomes
+    `Interrupted`; a second signal interrupts at once."""
+    from tf_ntk import training  # noqa: PLC0415
+
+    _deferred["depth"] += 1
+    try:
+        yield
+    except training.StopRequested:
+        raise Interrupted(_deferred["signum"] or signal.SIGTERM) from None
+    finally:
+        _deferred["depth"] -= 1
+        signum, _deferred["signum"] = _deferred["signum"], None
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 def run(main):
     """`absl.app.run(main)`, turning flag and user errors into ``<program>: error: <message>`` on
     stderr and exit status 2, and SIGTERM / SIGINT into one line and exit status 128 + the signal's
-    number. An interrupted run keeps its last resumable checkpoint (every write is atomic), so the
-    same command resumes it."""
+    number. Training (inside `deferred_interrupts`) finishes its step and checkpoints there; anywhere
+    else the command stops at once, keeping what it wrote (every write is atomic), so the same
+    command resumes."""
 
     def guarded(argv):
         if not flags.FLAGS["verbosity"].present:
@@ -86,8 +120,9 @@ def run(main):
         except Interrupted as e:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one line, however many signals follow
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            print(f"{program_name()}: interrupted by {e}; the last checkpoint is kept: rerun the same "
-                  "command to resume", file=sys.stderr)
+            print(f"{program_name()}: interrupted by {e}; the work done is kept (train checkpoints the "
+                  "step it reached): rerun the same command to resume", file=sys.stderr)
+            sys.stderr.flush()
             sys.exit(128 + e.signum)
         except Exception as e:
             message = _environment_error(e)

@@ -232,8 +232,10 @@ def main(argv):
                 kernel_fn=lambda m, x: ntk.empirical_ntk(m, x, logit=FLAGS.logit,
                                                          implementation=FLAGS.implementation,
                                                          dtype=FLAGS.kernel_dtype))
-        history = training.train(model, train_data, config, workdir, strategy=strategy,
-                                 callbacks=[logger], kernel_tracker=tracker)
+        with common.deferred_interrupts():  # SIGTERM: finish the step, checkpoint there, exit
+            history = training.train(model, train_data, config, workdir, strategy=strategy,
+                                     callbacks=[logger], kernel_tracker=tracker,
+                                     stop_requested=common.stop_requested)
         final = logger.last_eval if (logger.last_eval and logger.last_eval["epoch"] == config.epochs) \
             else logger.evaluate(config.epochs)
         results = {**final, "final_train_loss": history[-1]["loss"] if history else None,

@@ -314,8 +314,11 @@ def test_sigterm_keeps_the_run_resumable_and_the_rerun_is_bit_identical(tmp_path
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines() == [
-        "train: interrupted by SIGTERM; the last checkpoint is kept: rerun the same command to resume"]
+        "train: interrupted by SIGTERM; the work done is kept (train checkpoints the step it reached): "
+        "rerun the same command to resume"]
     assert not (workdir / "results.json").exists()
+    meta = json.loads((workdir / "resume" / "meta.json").read_text())
+    assert 1 <= len(meta["history"]) < 6  # stopped during training, at a step boundary
     _run(train, [f"--workdir={workdir}"] + argv)
     _run(train, [f"--workdir={tmp_path}/straight"] + argv)
     a = tf.train.load_checkpoint(str(workdir / "spawn" / "epoch_6" / "ckpt"))

@@ -29,7 +29,7 @@ def _digits(batch_size=64, seed=0):
 
 
 def _run(workdir, *, model="cnn", width=8, epochs=3, batch_size=64, callbacks=(), strategy=None,
-         kernel_tracker=None, **overrides):
+         kernel_tracker=None, stop_requested=None, **overrides):
     training.set_seed(overrides.get("seed", 0))
     spec = models.spec(model, 10, (8, 8, 1), width=width)
     strategy = strategy or tf.distribute.get_strategy()
@@ -38,7 +38,8 @@ def _run(workdir, *, model="cnn", width=8, epochs=3, batch_size=64, callbacks=()
     config = training.TrainConfig.phase1(epochs=epochs, batch_size=batch_size, model=spec,
                                          **{"save_epochs": (), **overrides})
     history = training.train(net, _digits(batch_size, config.seed), config, str(workdir),
-                             strategy=strategy, callbacks=callbacks, kernel_tracker=kernel_tracker)
+                             strategy=strategy, callbacks=callbacks, kernel_tracker=kernel_tracker,
+                             stop_requested=stop_requested)
     return net, history
 
 
@@ -150,6 +151,36 @@ def test_resume_after_an_interruption_reproduces_the_run_bit_for_bit(tmp_path):
     assert history3 == history2
     with pytest.raises(training.RunConfigMismatchError, match="differs in: lr"):
         _run(tmp_path / "resumed", lr=0.05, **kw)
+
+
+def test_a_requested_stop_checkpoints_mid_epoch_and_resumes_bit_for_bit(tmp_path):
+    """A stop requested at step 23 + 5 (mid epoch 2, adversarial; 23 steps per epoch) writes the
+    resume checkpoint at that very step; the rerun replays none of the epoch's first 5 steps and
+    ends with the weights, spawns and history of the run never stopped."""
+    kw = dict(model="mlp", width=16, epochs=3, data_mode="flip", flip_epoch=1, seed=3,
+              attack=attacks.PGDConfig(eps=0.1, steps=3), save_epochs=(0, 1.5, 3))
+    straight, history = _run(tmp_path / "straight", **kw)
+    steps = []
+
+    class Count(training.Callback):
+        def on_batch_end(self, step, logs):
+            steps.append(step)
+
+    with pytest.raises(training.StopRequested, match="stopped at epoch 2, step 28"):
+        _run(tmp_path / "stopped", stop_requested=lambda: len(steps) >= 28, callbacks=[Count()], **kw)
+    meta = checkpoints.read_meta(str(tmp_path / "stopped" / "resume"))
+    assert meta["partial"]["epoch"] == 1 and meta["partial"]["batches"] == 5
+    steps.clear()
+    resumed, history2 = _run(tmp_path / "stopped", callbacks=[Count()], **kw)
+    assert steps[0] == 29 and steps[-1] == 69  # resumed at the next step, not at the epoch's start
+    for a, b in zip(_weights(straight), _weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert [r["loss"] for r in history] == [r["loss"] for r in history2]
+    for e in (1.5, 3):
+        x = tf.train.load_checkpoint(os.path.join(checkpoints.spawn_path(str(tmp_path / "straight"), e), "ckpt"))
+        y = tf.train.load_checkpoint(os.path.join(checkpoints.spawn_path(str(tmp_path / "stopped"), e), "ckpt"))
+        for name in x.get_variable_to_shape_map():
+            np.testing.assert_array_equal(x.get_tensor(name), y.get_tensor(name))
 
 
 def test_mirrored_strategy_matches_one_device(tmp_path):

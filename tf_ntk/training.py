@@ -313,6 +313,11 @@ class RunConfigMismatchError(ValueError):
     """The work directory holds a run with another configuration."""
 
 
+class StopRequested(Exception):  # noqa: N818  (a request, not an error)
+    """`train` stopped at a step boundary because ``stop_requested()`` said so (e.g. on SIGTERM);
+    its resume checkpoint holds that step, and the same call resumes from it."""
+
+
 class DivergedError(ValueError):
     """Training produced a non-finite loss or weights; nothing after the last good checkpoint was
     written."""
@@ -371,7 +376,8 @@ def _check_dynamics(model, config):
                          f"dynamics={config.dynamics!r}, batchnorm={config.batchnorm!r}")
 
 
-def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), kernel_tracker=None):
+def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), kernel_tracker=None,
+          stop_requested=None):
     """Trains ``model`` per ``config``, writing spawn checkpoints and resume state in ``workdir``.
 
     Args:
@@ -386,6 +392,10 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
       strategy: a `tf.distribute.Strategy` (default: the current one).
       callbacks: `Callback` instances.
       kernel_tracker: a `KernelTracker`; its kernels go to ``Callback.on_kernel``.
+      stop_requested: ``() -> bool``, polled after every step: when true, the resume checkpoint is
+        written at that step (mid-epoch: the epoch's batch position and running sums are recorded)
+        and `StopRequested` is raised. Rerunning resumes at that step, bit for bit, as if never
+        stopped (batches come from ``dataset_fn(epoch)``, skipped up to the position).
 
     Returns:
       The history: a list of per-epoch dicts {"epoch", "loss", "accuracy", "lr", "adversarial",
@@ -404,6 +414,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
     meta_base = {"config": _normalized(config.to_dict()), "model": config.model}
     resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
     history = []
+    partial = None  # the position and running sums of an epoch stopped midway
     # The run's configuration is recorded before anything else is written, and checked on every
     # start, so a work directory never mixes checkpoints of two runs.
     record = rundir.read_record(workdir)
@@ -416,6 +427,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
         _check_same_run(workdir, saved.get("config", {}), meta_base["config"])
         checkpoints.restore(resume_dir, **state)
         history = saved.get("history", [])
+        partial = saved.get("partial")
 
     step_fns = {}
     start_epoch = int(epoch_var.numpy())
@@ -459,7 +471,14 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
                 mid_epoch.setdefault(batches_before(e, steps_per_epoch), []).append(e)
         started = time.time()
         loss_sum = correct = count = 0.0
-        for b, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
+        first = 0
+        if partial is not None and partial["epoch"] == epoch:  # resume inside the epoch
+            first = partial["batches"]
+            loss_sum, correct, count = partial["loss_sum"], partial["correct"], partial["count"]
+            started -= partial["seconds"]
+            dataset = dataset.skip(first)
+        partial = None
+        for b, batch in enumerate(strategy.experimental_distribute_dataset(dataset), start=first):
             seed = tf.constant([config.seed, int(step_var.numpy())], tf.int64)
             l, c = step_fn(batch, seed)
             step_var.assign_add(1)
@@ -471,6 +490,12 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
                 cb.on_batch_end(int(step_var.numpy()), {"loss": float(l) / n, "accuracy": float(c) / n})
             for e in mid_epoch.get(epoch * steps_per_epoch + b + 1, ()):
                 save_spawn(e)
+            if stop_requested is not None and stop_requested() and b + 1 < steps_per_epoch:
+                position = {"epoch": epoch, "batches": b + 1, "loss_sum": loss_sum,
+                            "correct": correct, "count": count, "seconds": time.time() - started}
+                checkpoints.write(resume_dir, {**meta_base, "history": history, "partial": position,
+                                               "steps_per_epoch": steps_per_epoch}, **state)
+                raise StopRequested(f"stopped at epoch {epoch + 1}, step {int(step_var.numpy())}")
         _check_finite(model, epoch, int(step_var.numpy()))
         epoch_var.assign(epoch + 1)
         row = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
@@ -486,6 +511,8 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
         rundir.write_json(rundir.join(workdir, rundir.HISTORY), history)
         for cb in callbacks:
             cb.on_epoch_end(epoch + 1, row)
+        if stop_requested is not None and stop_requested() and epoch + 1 < config.epochs:
+            raise StopRequested(f"stopped after epoch {epoch + 1}")
     return history
 
 
