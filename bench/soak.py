@@ -59,13 +59,16 @@ def _start(workdir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _epochs_recorded(workdir):
-    path = os.path.join(workdir, "resume", "meta.json")
+def _resume_record(workdir):
     try:
-        with open(path, encoding="utf-8") as f:
-            return len(json.load(f).get("history", []))
+        with open(os.path.join(workdir, "resume", "meta.json"), encoding="utf-8") as f:
+            return json.load(f)
     except (OSError, ValueError):
-        return 0
+        return {}
+
+
+def _epochs_recorded(workdir):
+    return len(_resume_record(workdir).get("history", []))
 
 
 def _in_window(workdir):
@@ -80,6 +83,9 @@ def _state(workdir):
     epochs = _epochs_recorded(workdir)
     if epochs >= FLAGS.epochs:
         return "final-evaluation window"
+    partial = _resume_record(workdir).get("partial")
+    if partial:  # a SIGTERM / SIGINT checkpointed the step it reached
+        return f"training, checkpointed mid-epoch {partial['epoch'] + 1}"
     if epochs:
         return f"training, {epochs} epoch(s) recorded"
     if os.path.isdir(os.path.join(workdir, "spawn")):
