@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 install: $(STAMP)
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
@@ -29,7 +29,9 @@ RUN_ARGS ?=
 run: $(STAMP)
 	$(PY) -m binaries.reproduce --preset=quick --workdir=$(RUN_DIR) $(RUN_ARGS)
 
+# `make test`: lint (ruff, configured in pyproject.toml), then the suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -29,7 +29,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "gpu": ["tensorflow[and-cuda]==2.21.0"],
-    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
 }
 
 setuptools.setup(

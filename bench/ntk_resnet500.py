@@ -11,9 +11,6 @@ bench/results/ntk_resnet500.json.
 import os
 import time
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
 import numpy as np
 import tensorflow as tf

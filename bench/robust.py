@@ -14,15 +14,12 @@ import os
 import tempfile
 import time
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
 
 from tf_ntk import attacks
-from tf_ntk import checkpoints
 from tf_ntk import data
+from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import models
 from tf_ntk import robustness
@@ -57,7 +54,7 @@ def centered_cnn(workdir):
     spawn = os.path.join(workdir, "adv", "spawn", "epoch_1")
     phase2 = training.TrainConfig.phase2(dynamics="centered", spawn=spawn, epochs=3, model=spec,
                                          save_epochs=(3,))
-    centered, _ = checkpoints.load_model(spawn, dynamics="centered")
+    centered, _ = dynamics.load_model(spawn, dynamics="centered")
     training.train(centered, train_data(phase2), phase2, os.path.join(workdir, "centered"))
     return centered
 
@@ -77,7 +74,7 @@ def main(argv):
         model = centered_cnn(workdir)
     fn = evaluation.inference_fn(model)
     x, y = data.load_arrays("digits", "test")
-    benign = evaluation.accuracy(fn, evaluation._as_dataset(x, y, 256))  # noqa: SLF001
+    benign = evaluation.accuracy(fn, evaluation._as_dataset(x, y, 256))
     runs = [("protocol", lambda: robustness.evaluate(fn, x, y, robustness.protocol(FLAGS.eps)).accuracy),
             ("strong", lambda: robustness.evaluate(fn, x, y, robustness.strong(FLAGS.eps)).accuracy)]
     if FLAGS.sanity:
@@ -95,7 +92,8 @@ def main(argv):
         print(f"{name}: robust {accuracy:.4f} in {rows[-1]['seconds']:.1f} s", flush=True)
     for r in rows:
         r["ratio_to_protocol"] = r["seconds"] / rows[0]["seconds"]
-    result = {"model": "centered CNN, clean phase 2 (3 epochs) from an adversarial spawn (epoch 1)", "examples": len(y), "eps": FLAGS.eps,
+    result = {"model": "centered CNN, clean phase 2 (3 epochs) from an adversarial spawn (epoch 1)",
+              "examples": len(y), "eps": FLAGS.eps,
               "benign_accuracy": benign, "rows": rows}
     rundir.write_json(FLAGS.output, result)
     text = table(rows)

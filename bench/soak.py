@@ -23,9 +23,6 @@ import sys
 import tempfile
 import time
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
 import numpy as np
 import tensorflow as tf

@@ -17,9 +17,6 @@ import os
 import statistics
 import time
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
 import keras
 import numpy as np
@@ -29,6 +26,7 @@ from binaries import common
 import tf_ntk
 from tf_ntk import attacks
 from tf_ntk import models
+from tf_ntk import rundir
 from tf_ntk import training
 
 flags.DEFINE_bool("quick", False, "Only the MLP and the CNN.")
@@ -129,7 +127,6 @@ def main(argv):
     result = {"batch_size": FLAGS.batch_size, "jit_compile": FLAGS.jit_compile,
               "attack_steps": ATTACK_STEPS, "floors": FLOORS, "rows": rows,
               "cpu_count": os.cpu_count()}
-    from tf_ntk import rundir  # atomic JSON writer
     rundir.write_json(FLAGS.output, result)
     text = table(rows)
     with open(os.path.splitext(FLAGS.output)[0] + ".txt", "w", encoding="utf-8") as f:

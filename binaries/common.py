@@ -1,18 +1,24 @@
 """What every binary shares: one-line errors, run directories, resolved flags, progress, probes."""
 
 import contextlib
+import errno
+import importlib
 import json
 import os
 import signal
 import sys
+import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
+import keras
 
+from binaries import common_flags
 from tf_ntk import data
 from tf_ntk import functional
 from tf_ntk import rundir
+from tf_ntk import training
 
 # Errors that mean "the user asked for something impossible": reported in one line, exit status 2.
 # (CheckpointError and RunConfigMismatchError are ValueErrors.)
@@ -24,7 +30,6 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 def _environment_error(e):
     """A one-line message for an OS-level failure outside the project's own writers (a full disk
     under TensorFlow's event writer, say), or None for anything else (a bug: its traceback shows)."""
-    import errno  # noqa: PLC0415
 
     codes = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
     if isinstance(e, OSError) and e.errno in codes:
@@ -85,7 +90,6 @@ def deferred_interrupts():
     `stop_requested`, so training can finish its step and write a resumable checkpoint there. A
     `tf_ntk.training.StopRequested` from the body, or a signal recorded by its end, becomes
     `Interrupted`; a second signal interrupts at once."""
-    from tf_ntk import training  # noqa: PLC0415
 
     _deferred["depth"] += 1
     try:
@@ -155,7 +159,6 @@ def check_new_output(path, overwrite):
 
 def probe_set(FLAGS, split=None, per_class=None):  # noqa: N803
     """The class-balanced probe set (x (P, H, W, C), y (P,)) the kernel flags describe, class by class."""
-    from binaries import common_flags  # noqa: PLC0415
 
     x, y = data.load_arrays(FLAGS.dataset, split or FLAGS.probe_split,
                             **common_flags.data_options(FLAGS))
@@ -184,7 +187,6 @@ def check_logit(logit, num_classes):
 
 def checkpoint_probe(FLAGS, meta):  # noqa: N803
     """The probe set (x, y, indices) the kernel flags describe, checked against a checkpoint's model."""
-    from binaries import common_flags  # noqa: PLC0415
 
     x_all, y_all = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **common_flags.data_options(FLAGS))
     check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], x_all.shape[1:], FLAGS.dataset)
@@ -195,7 +197,6 @@ def checkpoint_probe(FLAGS, meta):  # noqa: N803
 
 def progress(total, unit="block"):
     """A progress callback ``(done, total)`` drawing a Keras progress bar on stdout."""
-    import keras  # noqa: PLC0415
 
     bar = keras.utils.Progbar(total, unit_name=unit)
 
@@ -215,9 +216,7 @@ def execute(module_name, args, log_path=None):
     stdout and stderr (TensorFlow's C++ output included) go to that file. Returns None on success,
     else the one-line error the command line would print. Used by the sweep's worker processes, which
     import TensorFlow once and run many jobs."""
-    import importlib  # noqa: PLC0415
 
-    import keras  # noqa: PLC0415
 
     module = importlib.import_module(module_name)
     program = module_name.rsplit(".", 1)[-1]
@@ -245,8 +244,7 @@ def execute(module_name, args, log_path=None):
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"{program}: error: {message}", file=sys.stderr)
             return message
-        except Exception as e:  # noqa: BLE001  (a bug: its traceback goes to the log)
-            import traceback  # noqa: PLC0415
+        except Exception as e:
 
             message = _environment_error(e)
             if message is not None:

@@ -10,6 +10,7 @@ import math
 
 from absl import flags
 
+from tf_ntk import attacks
 from tf_ntk import data
 from tf_ntk import distribute
 from tf_ntk import models
@@ -154,7 +155,6 @@ def model_options(FLAGS):  # noqa: N803
 
 def attack_config(FLAGS, default_steps):  # noqa: N803
     """A `tf_ntk.attacks.PGDConfig` from the attack flags."""
-    from tf_ntk import attacks  # noqa: PLC0415
 
     return attacks.PGDConfig(eps=FLAGS.eps, steps=FLAGS.attack_steps or default_steps,
                              step_size=FLAGS.attack_step_size, norm=FLAGS.attack_norm,

@@ -7,9 +7,6 @@ indices into the split, logit or -1 for the trace kernel, epoch), flags.json, an
 with the kernel's heat map (examples ordered class by class), spectrum and scalar metrics.
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
 
 from absl import flags
@@ -19,6 +16,7 @@ import tensorflow as tf
 from binaries import common
 from binaries import common_flags
 from tf_ntk import checkpoints
+from tf_ntk import dynamics
 from tf_ntk import metrics
 from tf_ntk import ntk
 from tf_ntk import rundir
@@ -46,7 +44,7 @@ def main(argv):
     out = os.path.join(workdir, "kernel.npz")
     common.check_new_output(out, FLAGS.overwrite)
     x, y, idx = common.checkpoint_probe(FLAGS, meta)
-    model, _ = checkpoints.load_model(FLAGS.checkpoint)
+    model, _ = dynamics.load_model(FLAGS.checkpoint)
     plan = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)

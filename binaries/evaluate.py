@@ -25,9 +25,6 @@ Square attack break more examples. A phase-1 checkpoint can be evaluated under a
 evaluation.json and TensorBoard events.
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
 
 from absl import flags
@@ -38,6 +35,7 @@ from binaries import common
 from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
+from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import robustness
 from tf_ntk import rundir
@@ -148,10 +146,10 @@ def main(argv):
     if transfer is not None and tuple(transfer["x"].shape[1:]) != tuple(info.image_shape):
         raise ValueError(f"--transfer_from={FLAGS.transfer_from} holds images of shape "
                          f"{tuple(transfer['x'].shape[1:])}, the model takes {tuple(info.image_shape)}")
-    model, _ = checkpoints.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics)
-    dynamics = getattr(model, "centered", None)
-    dynamics = "standard" if dynamics is None else ("centered" if dynamics else "linearized")
-    if FLAGS.output_terms and dynamics == "standard":
+    model, _ = dynamics.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics)
+    centered = getattr(model, "centered", None)
+    kind = "standard" if centered is None else ("centered" if centered else "linearized")
+    if FLAGS.output_terms and kind == "standard":
         raise ValueError("--output_terms needs a linearized or centered model (--eval_dynamics)")
     workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "eval")
     results_path = os.path.join(workdir, "evaluation.json")
@@ -160,10 +158,10 @@ def main(argv):
     x, y = robustness.arrays(dataset)
     with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
-        print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {dynamics} dynamics) on "
+        print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {kind} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
         results = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
-                   "dynamics": dynamics, "examples": len(y), "flags": resolved, "robust": {}}
+                   "dynamics": kind, "examples": len(y), "flags": resolved, "robust": {}}
         results["benign_accuracy"] = evaluation.accuracy(fn, dataset)
         outcomes = []
         for name, attack in chosen.items():
@@ -187,7 +185,7 @@ def main(argv):
         if FLAGS.save_adversarial:
             evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, protocol,
                                         attacks={n: a.to_dict() for n, a in chosen.items()},
-                                        checkpoint=results["checkpoint"], dynamics=dynamics)
+                                        checkpoint=results["checkpoint"], dynamics=kind)
             results["saved_adversarial"] = os.path.abspath(FLAGS.save_adversarial)
         if transfer is not None:
             results["transfer_accuracy"] = evaluation.transfer_accuracy(fn, transfer)

@@ -15,9 +15,6 @@ missing or was retrained), and these are logged (TensorBoard step = milli-epochs
 Writes WORKDIR/tb/<run>, WORKDIR/tb/comparison, kernel_dynamics.csv, comparison.csv, flags.json.
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import csv
 import hashlib
 import io
@@ -31,6 +28,7 @@ from binaries import common
 from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
+from tf_ntk import dynamics
 from tf_ntk import metrics
 from tf_ntk import ntk
 from tf_ntk import rundir
@@ -172,7 +170,7 @@ def main(argv):
             run_kernels, params0, previous = [], None, None
             for epoch, path in spawns[run]:
                 print(f"  epoch {epoch:g}")
-                model, _ = checkpoints.load_model(path)
+                model, _ = dynamics.load_model(path)
                 params = [v.numpy() for v in model.trainable_variables]
                 params0 = params if params0 is None else params0
                 cache = os.path.join(FLAGS.kernel_cache or os.path.join(workdir, "kernels"), label,

@@ -36,8 +36,9 @@ def silence(argv=None):
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-        import keras  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+        # The point of this module: TensorFlow's import-time C++ chatter goes to /dev/null.
+        import tensorflow  # noqa: PLC0415
+        import keras  # noqa: F401, PLC0415
 
         # TensorFlow's Python warnings (e.g. pfor's "uses a while_loop") only on request too.
         tensorflow.get_logger().setLevel("ERROR")

@@ -13,9 +13,6 @@ Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, and every run, kernel 
 under WORKDIR (see tf_ntk/study.py for the layout); each job's output goes to WORKDIR/logs/.
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import json
 import os
 import shutil
@@ -27,6 +24,7 @@ from absl import flags
 from binaries import common
 from binaries import common_flags
 from tf_ntk import data
+from tf_ntk import report
 from tf_ntk import rundir
 from tf_ntk import study
 from tf_ntk import sweep
@@ -131,7 +129,6 @@ def _print_plan(preset, jobs):
 
 
 def _report(preset, workdir, outcome_line=""):
-    from tf_ntk import report  # noqa: PLC0415
 
     verdicts, paths = report.write(preset, workdir, outcome_line)
     print()

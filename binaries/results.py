@@ -6,9 +6,6 @@ case per example over those that ran ("worst").
     python -m binaries.results --root=runs
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import glob
 import os
 

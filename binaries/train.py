@@ -13,12 +13,10 @@ spawn checkpoints, resume state, history.json and results.json. A run directory 
 run resumes; a finished one is refused unless --overwrite.
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
 
 from absl import flags
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +25,7 @@ from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import distribute
+from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import metrics
 from tf_ntk import models
@@ -137,7 +136,6 @@ class _Logger(training.Callback):
     def on_epoch_begin(self, epoch, steps_per_epoch):
         print(f"epoch {epoch + 1}/{self.config.epochs}"
               f"{' (adversarial)' if self.config.adversarial_at(epoch) else ''}")
-        import keras  # noqa: PLC0415
 
         self.bar = keras.utils.Progbar(steps_per_epoch)  # running means over the epoch
         self.epoch_start = epoch * steps_per_epoch
@@ -199,7 +197,7 @@ def main(argv):
     strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     with strategy.scope():
         if config.spawn:
-            model, _ = checkpoints.load_model(config.spawn, dynamics=config.dynamics,
+            model, _ = dynamics.load_model(config.spawn, dynamics=config.dynamics,
                                               batchnorm=config.batchnorm, expected_model=config.model)
         else:
             model = models.build(config.model)

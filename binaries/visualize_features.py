@@ -9,9 +9,6 @@ direction v = Σ_j u_i[j] ∇θ f_c(x_j); 600 signed-gradient steps of 0.001 fro
 flags.json and TensorBoard images to --workdir (default RUN/features/<checkpoint name>).
 """
 
-from binaries import quiet  # noqa: F401  (must precede TensorFlow)
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
 
 from absl import flags
@@ -21,6 +18,7 @@ import tensorflow as tf
 from binaries import common
 from binaries import common_flags
 from tf_ntk import checkpoints
+from tf_ntk import dynamics
 from tf_ntk import eigenimages
 from tf_ntk import ntk
 from tf_ntk import rundir
@@ -59,7 +57,7 @@ def main(argv):
     out = os.path.join(workdir, "eigen_images.npz")
     common.check_new_output(out, FLAGS.overwrite)
     x, y, _ = common.checkpoint_probe(FLAGS, meta)
-    model, _ = checkpoints.load_model(FLAGS.checkpoint)
+    model, _ = dynamics.load_model(FLAGS.checkpoint)
     with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__, logit=logit)
         print(f"eigen-images of logit {logit} of {FLAGS.checkpoint}: kernel on {len(x)} examples, "

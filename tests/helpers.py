@@ -1,10 +1,18 @@
 """Shared test utilities."""
 
+import csv
+import json
 import sys
 
 from absl import flags
+import keras
 import numpy as np
 import pytest
+
+from binaries import common
+from tf_ntk import data
+from tf_ntk import models
+from tf_ntk import training
 
 
 def randomize_bn_statistics(model, seed=0):
@@ -28,9 +36,7 @@ def relative_error(a, b):
 def trained_digits_mlp(test_examples, width=32, epochs=4):
     """An MLP trained ``epochs`` clean epochs on digits (benign ≈ 0.9), and the first
     ``test_examples`` test images (x (N, 8, 8, 1), y (N,))."""
-    import keras  # noqa: PLC0415  (helpers stays importable without TensorFlow for plain tests)
 
-    from tf_ntk import data, models, training  # noqa: PLC0415
 
     training.set_seed(0)
     model = models.get("mlp", 10, (8, 8, 1), width=width)
@@ -40,6 +46,17 @@ def trained_digits_mlp(test_examples, width=32, epochs=4):
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False)
     xt, yt = data.load_arrays("digits", "test")
     return model, xt[:test_examples], yt[:test_examples]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_csv(path):
+    """The rows of a CSV file, as dicts."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def run_binary(module, argv):
@@ -55,7 +72,6 @@ def run_binary(module, argv):
 def run_app(module, argv, capsys, stdout=False):
     """Runs a binary like the command line does (absl app, one-line errors); returns (exit code,
     stderr), or (exit code, stderr, stdout) with ``stdout``."""
-    from binaries import common  # noqa: PLC0415
 
     flags.FLAGS.unparse_flags()
     saved = sys.argv

@@ -1,11 +1,14 @@
 """PGD: feasibility, the closed-form optimum on a linear model, restarts and the loss functions."""
 
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_ntk
 from tf_ntk import attacks
+from tf_ntk import models
 
 
 def _linear_model(weights):
@@ -75,12 +78,10 @@ def test_protocol_step_size_default():
 
 def _small_cnn():
     keras.utils.set_random_seed(0)
-    from tf_ntk import models
     return models.get("cnn", 3, (6, 6, 1), width=3, zero_head=False)
 
 
 def test_without_random_start_equals_cleverhans_projected_gradient_descent():
-    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
     model = _small_cnn()
     fn = lambda t: model(t, training=False)  # noqa: E731
     rng = np.random.default_rng(3)
@@ -124,7 +125,6 @@ def test_l2_random_start_is_uniform_in_the_ball():
 
 @pytest.mark.parametrize("centered", [False, True])
 def test_attack_on_linearized_models_under_xla_raises_the_loss(centered):
-    import tf_ntk
     model = _small_cnn()
     lin = tf_ntk.linearize(model, centered=centered)
     rng = np.random.default_rng(5)

@@ -216,7 +216,8 @@ CASES = [
      "--output_terms needs a linearized or centered model"),
     # compute_kernel, kernel_dynamics, visualize_features
     ("compute-kernel-no-checkpoint", compute_kernel, [], None, "--checkpoint is required"),
-    ("compute-kernel-logit-range", compute_kernel, [CKPT, "--logit=10"], None, "--logit=10 out of range for 10 classes"),
+    ("compute-kernel-logit-range", compute_kernel, [CKPT, "--logit=10"], None,
+     "--logit=10 out of range for 10 classes"),
     ("compute-kernel-truncated", compute_kernel, ["--checkpoint={tmp}/truncated"], _truncated,
      "corrupt checkpoint {tmp}/truncated (truncated or damaged files"),
     ("compute-kernel-workdir-is-a-file", compute_kernel, [CKPT], _a_file,

@@ -2,7 +2,6 @@
 files read back; flag and input errors asserted by message and exit code; TensorBoard serves the logs.
 One subprocess checks the terminal stays free of TensorFlow's C++ noise."""
 
-import csv
 import glob
 import json
 import os
@@ -64,10 +63,10 @@ def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
     std = os.path.join(runs, "std")
     assert sorted(os.listdir(os.path.join(std, "spawn"))) == [
         "epoch_0", "epoch_0.5", "epoch_1", "epoch_2"]
-    results = json.load(open(os.path.join(std, "results.json")))
+    results = helpers.read_json(os.path.join(std, "results.json"))
     assert 0.0 <= results["robust_accuracy_quick"] <= results["benign_accuracy"] <= 1.0
     assert results["quick_attack"]["steps"] == 2 and "robust_accuracy" not in results  # --eval_attack_steps
-    resolved = json.load(open(os.path.join(std, "flags.json")))
+    resolved = helpers.read_json(os.path.join(std, "flags.json"))
     assert resolved["epochs"] == 2 and resolved["resolved_config"]["lr"] == 0.1
     values, plugins = _events(std)
     assert set(values["train/loss"]) == {1000, 2000}
@@ -92,26 +91,26 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     cen = os.path.join(runs, "adv-centered")
     _run(train, [f"--workdir={cen}", f"--spawn={adv}/spawn/epoch_0.5", "--dynamics=centered",
                  "--epochs=1", "--save_epochs=0,1"] + TINY)
-    meta = json.load(open(os.path.join(cen, "spawn", "epoch_1", "meta.json")))
+    meta = helpers.read_json(os.path.join(cen, "spawn", "epoch_1", "meta.json"))
     assert meta["config"]["dynamics"] == "centered" and meta["config"]["lr"] == 0.01
     assert meta["config"]["spawn"].endswith("adv/spawn/epoch_0.5")
     # evaluate: protocol-style attack (shortened), sanity report, saved set, transfer.
     adv_set = os.path.join(runs, "std_adv.npz")
     _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=3",
                     f"--save_adversarial={adv_set}", "--max_examples=64", "--attack=protocol"])
-    std_eval = json.load(open(os.path.join(std, "eval", "epoch_2", "evaluation.json")))
+    std_eval = helpers.read_json(os.path.join(std, "eval", "epoch_2", "evaluation.json"))
     assert std_eval["robust_accuracy"] <= std_eval["benign_accuracy"]
     _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=3",
                     f"--transfer_from={adv_set}", "--max_examples=64", f"--workdir={runs}/self_transfer",
                     "--attack=protocol"])
-    self_transfer = json.load(open(os.path.join(runs, "self_transfer", "evaluation.json")))
+    self_transfer = helpers.read_json(os.path.join(runs, "self_transfer", "evaluation.json"))
     # Replaying a set against the model that made it reproduces its robust accuracy.
     assert self_transfer["transfer_accuracy"] == pytest.approx(std_eval["robust_accuracy"])
     # Protocol and strong side by side (a shortened strong ensemble), and the sanity report on it.
     _run(evaluate, [f"--checkpoint={cen}/spawn/epoch_1", "--eps=0.2", "--attack_steps=3",
                     "--max_examples=64", "--output_terms", "--sanity_checks", "--strong_restarts=1",
                     "--square_queries=20", "--blackbox_queries=20"])
-    cen_eval = json.load(open(os.path.join(cen, "eval", "epoch_1", "evaluation.json")))
+    cen_eval = helpers.read_json(os.path.join(cen, "eval", "epoch_1", "evaluation.json"))
     assert cen_eval["dynamics"] == "centered" and "checks" in cen_eval["sanity_checks"]
     robust = cen_eval["robust"]
     assert set(robust) == {"protocol", "strong"} and robust["strong"]["attack"]["name"] == "strong"
@@ -148,7 +147,7 @@ def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):
     assert set(comparison["comparison/distance"]) == {0, 500, 1000, 2000}
     # Both runs start from the same seed: identical initial kernels.
     assert comparison["comparison/distance"][0] == pytest.approx(0.0, abs=1e-6)
-    rows = list(csv.DictReader(open(os.path.join(out, "kernel_dynamics.csv"))))
+    rows = helpers.read_csv(os.path.join(out, "kernel_dynamics.csv"))
     assert [(r["run"], float(r["epoch"])) for r in rows] == [
         (run, e) for run in ("std", "adv") for e in (0, 0.5, 1, 2)]
     # The cached kernels make a rerun skip the computation and reproduce the CSV.
@@ -156,7 +155,7 @@ def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):
     stamp = os.path.getmtime(cached)
     _run(kernel_dynamics, argv)
     assert os.path.getmtime(cached) == stamp
-    assert list(csv.DictReader(open(os.path.join(out, "kernel_dynamics.csv")))) == rows
+    assert helpers.read_csv(os.path.join(out, "kernel_dynamics.csv")) == rows
 
 
 def test_visualize_features_writes_images(runs):
@@ -190,7 +189,7 @@ def test_results_table_lists_every_run(runs, capsys):
     _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eps=0.2", "--attack_steps=2",
                     "--max_examples=32", "--strong_restarts=1", "--square_queries=10",
                     f"--workdir={std}/eval/table", "--overwrite"])
-    measured = json.load(open(os.path.join(std, "eval", "table", "evaluation.json")))
+    measured = helpers.read_json(os.path.join(std, "eval", "table", "evaluation.json"))
     capsys.readouterr()
     _run(results, [f"--root={runs}"])
     out = capsys.readouterr().out
@@ -198,7 +197,7 @@ def test_results_table_lists_every_run(runs, capsys):
     assert lines[0].split() == ["run", "phase", "dynamics", "data", "from", "benign", "quick",
                                 "protocol", "strong", "worst"]
     by_run = {line.split()[0]: line.split() for line in lines[2:]}
-    want = json.load(open(os.path.join(std, "results.json")))
+    want = helpers.read_json(os.path.join(std, "results.json"))
     assert by_run["std"][1:4] == ["1", "standard", "clean"]
     assert float(by_run["std"][4]) == pytest.approx(want["benign_accuracy"], abs=5e-4)
     assert float(by_run["std"][5]) == pytest.approx(want["robust_accuracy_quick"], abs=5e-4)

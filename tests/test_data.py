@@ -96,7 +96,7 @@ def test_mocked_cifar10_pipeline(tmp_path):
     assert [b.shape for b in xs] == [(8, 32, 32, 3), (8, 32, 32, 3), (4, 32, 32, 3)]
     assert all(b.dtype == np.float32 and b.min() >= 0 and b.max() <= 1 for b in xs)
     assert all(b.dtype == np.int32 and b.min() >= 0 and b.max() < 10 for b in ys)
-    assert x.shape == (20, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (20, 32, 32, 3) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     assert y.dtype == np.int32
 
 

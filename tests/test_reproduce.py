@@ -109,7 +109,8 @@ def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
     assert claim["difference_mean"] == pytest.approx(mean, abs=1e-12)
     assert (claim["ci95_low"], claim["ci95_high"]) == pytest.approx((mean - half, mean + half), abs=1e-9)
     # report.md: every run's row shows its own numbers; the claims table shows the interval.
-    text = open(os.path.join(pool_sweep, "report.md"), encoding="utf-8").read()
+    with open(os.path.join(pool_sweep, "report.md"), encoding="utf-8") as f:
+        text = f.read()
     for run, r in evals.items():
         line = next(x for x in text.splitlines() if x.startswith(f"| {run} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -133,14 +134,16 @@ def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
         "fig1_kernel_distance.png", "fig2_standard_vs_adversarial.png", "fig3_phase2_vs_spawn.png",
         "fig4_alignment_rank.png", "fig5_eigen_images.png"]
     for path in pngs:
-        raw = open(path, "rb").read()
+        with open(path, "rb") as f:
+            raw = f.read()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n"
         image = tf.io.decode_png(raw).numpy()
         assert image.shape[:2] == (400, 1000), path
         gray = image[..., :3].mean(axis=-1)
         assert (gray < 200).mean() > 0.01, f"{path} is (nearly) blank"
         assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20, path
-        assert open(path[:-4] + ".pdf", "rb").read(5) == b"%PDF-"
+        with open(path[:-4] + ".pdf", "rb") as f:
+            assert f.read(5) == b"%PDF-"
 
 
 def test_interrupted_sweep_resumes_to_the_same_numbers(pool_sweep, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 import tf_ntk
 from tests import helpers
+from tf_ntk import autoattack
 from tf_ntk import data
 from tf_ntk import evaluation
 from tf_ntk import robustness
@@ -96,7 +97,7 @@ def test_ensemble_worst_case_is_never_above_any_member(trained_mlp):
 def test_robust_accuracy_takes_attack_names(trained_mlp):
     model, x, y = trained_mlp
     fn = evaluation.inference_fn(model)
-    dataset = evaluation._as_dataset(x[:64], y[:64], 32)  # noqa: SLF001
+    dataset = evaluation._as_dataset(x[:64], y[:64], 32)
     strong = evaluation.robust_accuracy(fn, dataset, "strong", eps=0.1, steps=20, restarts=1,
                                         square_queries=50)
     protocol = evaluation.robust_accuracy(fn, dataset, "protocol", eps=0.1)
@@ -109,8 +110,6 @@ def test_robust_accuracy_takes_attack_names(trained_mlp):
 
 @pytest.mark.parametrize("dynamics", ["standard", "centered"])
 def test_autoattack_runs_on_standard_and_centered_models(trained_mlp, dynamics):
-    from tf_ntk import autoattack
-
     model, x, y = trained_mlp
     if dynamics == "centered":
         model = tf_ntk.linearize(model, centered=True)

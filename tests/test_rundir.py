@@ -30,9 +30,9 @@ def test_a_live_owner_refuses_and_the_lock_is_released_after_use(tmp_path):
     with rundir.lock(str(tmp_path)):
         owner = json.loads((tmp_path / rundir.LOCK).read_text())
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-        with pytest.raises(rundir.LockedError, match=f"in use by process {os.getpid()} on"):
-            with rundir.lock(str(tmp_path)):
-                pass
+        with pytest.raises(rundir.LockedError, match=f"in use by process {os.getpid()} on"), \
+                rundir.lock(str(tmp_path)):
+            pass
         assert (tmp_path / rundir.LOCK).exists()  # the refused one did not remove it
     assert not (tmp_path / rundir.LOCK).exists()
 
@@ -42,9 +42,8 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_host_is_not(tmp_path):
     with rundir.lock(str(tmp_path)):
         assert json.loads((tmp_path / rundir.LOCK).read_text())["pid"] == os.getpid()
     _hold(tmp_path, _dead_pid(), host="another-host")
-    with pytest.raises(rundir.LockedError, match="on another-host"):
-        with rundir.lock(str(tmp_path)):
-            pass
+    with pytest.raises(rundir.LockedError, match="on another-host"), rundir.lock(str(tmp_path)):
+        pass
 
 
 def test_train_refused_by_a_lock_writes_nothing(tmp_path, capsys):
@@ -101,26 +100,24 @@ def test_open_run_refuses_or_clears_a_finished_run_and_removes_what_a_failure_cr
     with rundir.open_run(str(run)):
         rundir.write_json(str(run / rundir.RESULTS), {"done": 1})
     assert sorted(os.listdir(run)) == [rundir.RESULTS]  # the lock is gone
-    with pytest.raises(FileExistsError, match="holds a finished run; pass --overwrite"):
-        with rundir.open_run(str(run), finished=rundir.is_finished):
-            pass
+    with pytest.raises(FileExistsError, match="holds a finished run; pass --overwrite"), \
+            rundir.open_run(str(run), finished=rundir.is_finished):
+        pass
     assert sorted(os.listdir(run)) == [rundir.RESULTS]
     with rundir.open_run(str(run), overwrite=True, finished=rundir.is_finished):
         assert os.listdir(run) == [rundir.LOCK]  # cleared, under the lock
     new = tmp_path / "new"
-    with pytest.raises(RuntimeError):
-        with rundir.open_run(str(new)):
-            (new / "partial").write_text("x")
-            raise RuntimeError("the command failed")
+    with pytest.raises(RuntimeError), rundir.open_run(str(new)):
+        (new / "partial").write_text("x")
+        raise RuntimeError("the command failed")
     assert not new.exists()
-    with pytest.raises(RuntimeError):
-        with rundir.open_run(str(new), keep_if=lambda d: os.path.exists(os.path.join(d, "keep"))):
-            (new / "keep").write_text("x")
-            raise RuntimeError("the command failed after a resumable checkpoint")
+    keep = lambda d: os.path.exists(os.path.join(d, "keep"))  # noqa: E731
+    with pytest.raises(RuntimeError), rundir.open_run(str(new), keep_if=keep):
+        (new / "keep").write_text("x")
+        raise RuntimeError("the command failed after a resumable checkpoint")
     assert sorted(os.listdir(new)) == ["keep"]
     (tmp_path / "afile").write_text("x")
     for bad, message in [(tmp_path / "afile", "is a file, not a directory"),
                          (tmp_path / "afile" / "sub", f"{tmp_path}/afile is a file")]:
-        with pytest.raises(ValueError, match=message):
-            with rundir.open_run(str(bad)):
-                pass
+        with pytest.raises(ValueError, match=message), rundir.open_run(str(bad)):
+            pass

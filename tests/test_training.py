@@ -13,6 +13,7 @@ from tests import helpers
 from tf_ntk import attacks
 from tf_ntk import checkpoints
 from tf_ntk import data
+from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import models
 from tf_ntk import training
@@ -115,8 +116,8 @@ def test_spawn_checkpoints_land_at_the_expected_epochs_and_steps(tmp_path):
     assert meta["epoch"] == 0.125 and meta["config"]["data_mode"] == "flip"
     assert meta["model"]["name"] == "cnn" and meta["steps_per_epoch"] == 12
     # The final spawn holds the final weights; epoch 0 holds the initialisation.
-    final, _ = checkpoints.load_model(spawns[-1][1])
-    init, _ = checkpoints.load_model(spawns[0][1])
+    final, _ = dynamics.load_model(spawns[-1][1])
+    init, _ = dynamics.load_model(spawns[0][1])
     training.set_seed(0)
     fresh = models.build(meta["model"])
     for a, b in zip(_weights(init), _weights(fresh)):
@@ -249,28 +250,28 @@ def test_phase2_from_a_spawn_checkpoint(tmp_path):
     # A checkpoint that does not fit the chosen model is a clear error.
     other = models.spec("cnn", 10, (8, 8, 1), width=16)
     with pytest.raises(checkpoints.CheckpointError, match=r"holds cnn\(width=8\).*not cnn\(width=16\)"):
-        checkpoints.load_model(path, expected_model=other)
+        dynamics.load_model(path, expected_model=other)
     with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
         checkpoints.restore(path, model=models.build(other))
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at"):
-        checkpoints.load_model(str(tmp_path / "nope"))
-    cen, _ = checkpoints.load_model(path, dynamics="centered", expected_model=meta["model"])
+        dynamics.load_model(str(tmp_path / "nope"))
+    cen, _ = dynamics.load_model(path, dynamics="centered", expected_model=meta["model"])
     x = data.load_arrays("digits", "test")[0][:16]
     np.testing.assert_array_equal(cen(x).numpy(), np.zeros((16, 10), np.float32))
-    spawn_net, _ = checkpoints.load_model(path)
+    spawn_net, _ = dynamics.load_model(path)
     config = training.TrainConfig.phase2(epochs=2, batch_size=64, dynamics="centered", spawn=path,
                                          model=meta["model"], save_epochs=(0, 2))
     history = training.train(cen, _digits(), config, str(tmp_path / "p2"))
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(row["lr"] == 0.01 for row in history)
     # The phase-2 checkpoint rebuilds the centered model with its trained θ, kernel still the spawn's.
-    loaded, meta2 = checkpoints.load_model(checkpoints.spawn_path(tmp_path / "p2", 2))
+    loaded, meta2 = dynamics.load_model(checkpoints.spawn_path(tmp_path / "p2", 2))
     assert meta2["config"]["dynamics"] == "centered" and isinstance(loaded, tf_ntk.dynamics.LinearizedModel)
     np.testing.assert_allclose(loaded(x).numpy(), cen(x).numpy(), rtol=1e-5, atol=1e-6)
     k_spawn = tf_ntk.empirical_ntk(spawn_net, x[:6])
     assert helpers.relative_error(tf_ntk.empirical_ntk(loaded, x[:6]), k_spawn) < 1e-5
     with pytest.raises(checkpoints.CheckpointError, match="trained with centered dynamics"):
-        checkpoints.load_model(checkpoints.spawn_path(tmp_path / "p2", 2), dynamics="linearized")
+        dynamics.load_model(checkpoints.spawn_path(tmp_path / "p2", 2), dynamics="linearized")
 
 
 def test_kernel_tracker_hands_the_probe_kernel_of_each_checkpoint(tmp_path):
@@ -286,7 +287,7 @@ def test_kernel_tracker_hands_the_probe_kernel_of_each_checkpoint(tmp_path):
          callbacks=[Record()])
     assert sorted(kernels) == [0.0, 0.5, 1.0, 2.0]  # every 2 epochs (0, 2) and the spawns
     for epoch in (0.5, 1.0):
-        model, _ = checkpoints.load_model(checkpoints.spawn_path(tmp_path, epoch))
+        model, _ = dynamics.load_model(checkpoints.spawn_path(tmp_path, epoch))
         want = tf_ntk.empirical_ntk(model, probe, implementation="jacobian").numpy()
         assert kernels[epoch].shape == (10, 10)
         assert helpers.relative_error(kernels[epoch], want) < 1e-5
@@ -338,11 +339,11 @@ def test_a_workdir_never_mixes_two_runs_and_dynamics_must_match(tmp_path):
         _run(tmp_path, model="mlp", width=8, epochs=1, save_epochs=(0.25,), seed=2)
     spec = models.spec("mlp", 10, (8, 8, 1), width=8)
     lin = tf_ntk.linearize(models.build(spec), centered=True)
-    for dynamics, message in (("linearized", "the model is centered"),
-                              ("standard", "is a tf_ntk.linearize model")):
+    for kind, message in (("linearized", "the model is centered"),
+                          ("standard", "is a tf_ntk.linearize model")):
         with pytest.raises(ValueError, match=message):
-            training.train(lin, _digits(), training.TrainConfig.phase2(dynamics=dynamics, model=spec),
-                           str(tmp_path / dynamics))
+            training.train(lin, _digits(), training.TrainConfig.phase2(dynamics=kind, model=spec),
+                           str(tmp_path / kind))
     with pytest.raises(ValueError, match="needs a tf_ntk.linearize model"):
         training.train(models.build(spec), _digits(),
                        training.TrainConfig.phase2(dynamics="centered", model=spec), str(tmp_path / "c"))

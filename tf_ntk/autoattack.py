@@ -42,11 +42,11 @@ def _import_art():
 _import_art()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from art.attacks.evasion import AutoAttack as _ArtAutoAttack  # noqa: E402
-    from art.attacks.evasion import AutoProjectedGradientDescent  # noqa: E402
-    from art.attacks.evasion import DeepFool  # noqa: E402
-    from art.attacks.evasion import SquareAttack  # noqa: E402
-    from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
+    from art.attacks.evasion import AutoAttack as _ArtAutoAttack
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.attacks.evasion import DeepFool
+    from art.attacks.evasion import SquareAttack
+    from art.estimators.classification import TensorFlowV2Classifier
 
 _ART_NORMS = {"linf": np.inf, "l2": 2}
 

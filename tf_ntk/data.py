@@ -16,7 +16,10 @@ import functools
 from typing import Optional
 
 import numpy as np
+from sklearn import datasets as sk_datasets
+from sklearn import model_selection
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 DIGITS_TEST_FRACTION = 0.2
 # The digits split is fixed for the project, independent of any experiment's seed.
@@ -117,9 +120,6 @@ def _transform(images, image_size, channels):
 
 @functools.lru_cache(maxsize=None)
 def _digits_arrays():
-    # Imported lazily: scikit-learn is only needed for this data set.
-    from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
-    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
 
     bunch = sk_datasets.load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[..., None]  # pixels are 0..16
@@ -152,15 +152,11 @@ def check_prepared(name, *, data_dir=None, download=False):
     src = _source(name)
     if src.tfds_name is None or download:
         return
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
     if not tfds.builder(src.tfds_name, data_dir=data_dir).is_prepared():
         raise DatasetNotPreparedError(_not_prepared_message(src.tfds_name, data_dir))
 
 
 def _tfds_load(tfds_name, split, data_dir, download, **kwargs):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
     try:
         return tfds.load(
             tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True, **kwargs

@@ -12,15 +12,17 @@ Gradients: both output terms come from one `tf.custom_gradient` whose forward pa
 forward-mode product (ForwardAccumulator over the spawn weights, recorded by a tape inside the
 custom gradient) and whose backward pass is that tape's vector-Jacobian product at θ_s:
 dL/dθ = J_{θ_s}ᵀ dL/df. The train step's own tape never wraps the accumulator, so a train step
-traces and compiles once under ``jit_compile=True`` (checked in the XLA logs). The input gradient dL/dx (what PGD needs to
-attack the model under its own dynamics) is the forward-mode derivative along θ − θ_s of the
-spawn's input gradient; graphs that never ask for it prune it.
+traces and compiles once under ``jit_compile=True`` (checked in the XLA logs). The input gradient
+dL/dx (what PGD needs to attack the model under its own dynamics) is the forward-mode derivative
+along θ − θ_s of the spawn's input gradient; graphs that never ask for it prune it.
 """
 
 import keras
 import tensorflow as tf
 
+from tf_ntk import checkpoints
 from tf_ntk import functional
+from tf_ntk import models
 
 BATCHNORM_POLICIES = ("frozen", "batch")
 
@@ -166,3 +168,51 @@ def linearize(model, *, centered=False, batchnorm="frozen"):
       A `LinearizedModel`: a Keras model, trainable with `model.fit` or tf_ntk's own loop.
     """
     return LinearizedModel(model, centered=centered, batchnorm=batchnorm)
+
+
+def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=None):
+    """The model a checkpoint holds, rebuilt from its recorded spec, under its or the given dynamics.
+
+    Args:
+      directory: a spawn (or resume) checkpoint directory.
+      dynamics: for a phase-1 (standard) checkpoint, the phase-2 dynamics to wrap it in:
+        None/``"standard"`` (the network), ``"linearized"`` or ``"centered"`` (`linearize`
+        around the checkpoint's weights). A phase-2 checkpoint is always rebuilt under the dynamics
+        that trained it; asking for another is an error.
+      batchnorm: phase-2 BN policy for ``linearize`` (``"frozen"`` or ``"batch"``).
+      expected_model: a `tf_ntk.models.spec` the checkpoint must hold (e.g. the one the flags ask for).
+
+    Returns:
+      (model, meta): a Keras model (a `LinearizedModel` for linearized/centered dynamics) and the
+      checkpoint's record. Build it under ``strategy.scope()`` for distributed training.
+    """
+    meta = checkpoints.read_meta(directory)
+    spec = meta.get("model")
+    if not spec:
+        raise checkpoints.CheckpointError(f"checkpoint {directory} does not record its model")
+    if expected_model is not None and dict(expected_model) != spec:
+        raise checkpoints.CheckpointError(f"checkpoint {directory} holds {_describe(spec)}, "
+                                          f"not {_describe(expected_model)}")
+    config = meta.get("config", {})
+    recorded = config.get("dynamics", "standard")
+    base = models.build(spec)
+    if recorded != "standard":
+        if dynamics not in (None, recorded):
+            raise checkpoints.CheckpointError(f"checkpoint {directory} was trained with {recorded} dynamics, "
+                                  f"not {dynamics}")
+        model = linearize(base, centered=recorded == "centered",
+                                       batchnorm=config.get("batchnorm", "frozen"))
+        checkpoints.restore(directory, model=model)
+        return model, meta
+    checkpoints.restore(directory, model=base)
+    if dynamics in (None, "standard"):
+        return base, meta
+    if dynamics not in ("linearized", "centered"):
+        raise ValueError(f"unknown dynamics {dynamics!r}; known: standard, linearized, centered")
+    return linearize(base, centered=dynamics == "centered", batchnorm=batchnorm), meta
+
+
+def _describe(spec):
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(spec.get("options", {}).items()))
+    return (f"{spec.get('name')}({opts}) for {spec.get('num_classes')} classes on "
+            f"{tuple(spec.get('input_shape', ()))} inputs")

@@ -9,11 +9,11 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tf_ntk import study  # noqa: E402
+from tf_ntk import rundir
+from tf_ntk import study
 
 DPI = 100
 SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
@@ -22,14 +22,10 @@ STYLES = {"clean": "-", "adv": "--"}
 
 
 def _save(fig, path_png):
-    tf.io.gfile.makedirs(os.path.dirname(path_png))
     for path, fmt in ((path_png, "png"), (path_png[:-4] + ".pdf", "pdf")):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=DPI)
-        tmp = path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        rundir.write_bytes(path, buf.getvalue())
     plt.close(fig)
 
 
@@ -159,9 +155,8 @@ def alignment_and_rank(preset, collected, path):
 
 
 def eigen_images(preset, collected, path):
-    from tf_ntk import report  # noqa: PLC0415
 
-    loaded = {source: report.load_array(collected.features[study.phase1_name(source, 0)])
+    loaded = {source: rundir.read_npz(collected.features[study.phase1_name(source, 0)])
               for source in study.SOURCES if study.phase1_name(source, 0) in collected.features}
     if not loaded:
         return False

@@ -24,9 +24,10 @@ import io
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 
+from tf_ntk import figures
+from tf_ntk import rundir
 from tf_ntk import stats
 from tf_ntk import study
 
@@ -36,14 +37,6 @@ C3_MARGIN = -0.10  # phase-2 AT on a fixed kernel "reaches high robust accuracy"
 def _read_text(path):
     with tf.io.gfile.GFile(path, "r") as f:
         return f.read()
-
-
-def _write_text(path, text):
-    """Atomic write through tf.io.gfile (a temporary file renamed into place)."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _read_csv(path):
@@ -299,7 +292,7 @@ def results_rows(preset, collected, verdicts):
             rows.append({"kind": "comparison", "run": f"{a}_vs_{b}", "phase": "1", "source": "",
                          "seed": "", "dynamics": "", "data": "", "spawn_epoch": "", "epoch": epoch,
                          "metric": "kernel_distance", "value": value})
-    for claim, (verdict, tests) in verdicts.items():
+    for claim, (_, tests) in verdicts.items():
         for i, t in enumerate(tests):
             if t.interval is None:
                 continue
@@ -328,7 +321,7 @@ def _num(value):
     return "–" if value is None else f"{value:.3f}"
 
 
-def markdown(preset, sweep_dir, collected, verdicts, figures, outcome_line=""):
+def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
     """report.md's text."""
     lines = [f"# Reproduction report: preset `{preset.name}`", "",
              preset.description, "",
@@ -345,14 +338,14 @@ def markdown(preset, sweep_dir, collected, verdicts, figures, outcome_line=""):
                   f"({', '.join(collected.missing[:8])}{' …' if len(collected.missing) > 8 else ''}).",
                   ""]
     lines += ["## Figures", ""]
-    for title, path in figures:
+    for title, path in drawn:
         lines.append(f"- [{title}]({os.path.relpath(path, sweep_dir)})")
     lines += ["", "## Accuracy over seeds", "",
               "Mean ± sample standard deviation over the seeds measured (n).", "",
               "| phase | source | spawn | dynamics | data | n | benign | robust (protocol) | "
               "robust |", "|---|---|---|---|---|---|---|---|---|"]
     groups = {}
-    for run, phase, source, seed, dynamics, data_mode, spawn in _run_rows(preset, collected):
+    for run, phase, source, _, dynamics, data_mode, spawn in _run_rows(preset, collected):
         if run in collected.evals:
             groups.setdefault((phase, source, spawn, dynamics, data_mode), []).append(
                 collected.evals[run])
@@ -402,16 +395,15 @@ def _examples_text(preset):
 def write(preset, sweep_dir, outcome_line=""):
     """Collects, computes the claims, draws the figures and writes results.csv and report.md
     (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
-    from tf_ntk import figures as figures_lib  # noqa: PLC0415  (matplotlib only when reporting)
 
     collected = collect(preset, sweep_dir)
     verdicts = claims(preset, collected)
     figure_dir = os.path.join(sweep_dir, "figures")
-    drawn = figures_lib.draw_all(preset, collected, figure_dir)
+    drawn = figures.draw_all(preset, collected, figure_dir)
     results_path = os.path.join(sweep_dir, "results.csv")
     report_path = os.path.join(sweep_dir, "report.md")
-    _write_text(results_path, _csv_text(results_rows(preset, collected, verdicts)))
-    _write_text(report_path, markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line))
+    rundir.write_text(results_path, _csv_text(results_rows(preset, collected, verdicts)))
+    rundir.write_text(report_path, markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line))
     return verdicts, {"report": report_path, "results": results_path,
                       "figures": [p for _, p in drawn]}
 
@@ -424,9 +416,3 @@ def summary_lines(verdicts):
         for t in tests:
             lines.append(f"    {t.verdict:<28} {str(t.interval) if t.interval else '–':<28} {t.test}")
     return lines
-
-
-def load_array(path):
-    with tf.io.gfile.GFile(path, "rb") as f:
-        with np.load(io.BytesIO(f.read())) as z:
-            return {k: z[k] for k in z.files}

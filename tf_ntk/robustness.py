@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ntk import attacks
+from tf_ntk import autoattack
 
 NAMES = ("protocol", "strong", "autoattack")
 ROBUST, CLEAN_WRONG = -1, -2  # `AttackResult.broken_by` codes
@@ -97,12 +98,10 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     members += [attacks.PGDConfig(loss=loss, restarts=restarts, **cosine) for loss in ("ce", "margin", "dlr")]
     members += [attacks.PGDConfig(loss="margin", target_rank=k, **cosine) for k in range(1, targets + 1)]
     if apgd and eps > 0:
-        from tf_ntk import autoattack  # noqa: PLC0415  (ART is imported only when asked for)
 
         members += [autoattack.APGDConfig(eps=eps, norm=norm, loss=loss, steps=steps,
                                           restarts=apgd_restarts) for loss in ("ce", "dlr")]
     if square_queries and eps > 0:
-        from tf_ntk import autoattack  # noqa: PLC0415
 
         members.append(autoattack.SquareConfig(eps=eps, norm=norm, queries=square_queries))
     return Ensemble(tuple(members), "strong")
@@ -121,7 +120,6 @@ def named(name, eps, norm="linf", **options):
     if name == "strong":
         return strong(eps, norm, **options)
     if name == "autoattack":
-        from tf_ntk import autoattack  # noqa: PLC0415  (ART is imported only when asked for)
 
         return autoattack.AutoAttackConfig(eps=eps, norm=norm, **options)
     raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(NAMES)}")

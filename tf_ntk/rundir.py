@@ -29,6 +29,7 @@ import socket
 import time
 import uuid
 
+import numpy as np
 import tensorflow as tf
 
 LOCK = ".lock"
@@ -143,11 +144,16 @@ def read_json(path, what="run record", expect=dict):
 
 def write_npz(path, compressed=False, **arrays):
     """Writes NumPy ``arrays`` to ``path`` (.npz) atomically."""
-    import numpy as np  # noqa: PLC0415
 
     buffer = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     write_bytes(path, buffer.getvalue())
+
+
+def read_npz(path):
+    """{name: array} of the .npz file at ``path`` (any file system)."""
+    with gfile.GFile(str(path), "rb") as f, np.load(io.BytesIO(f.read())) as z:
+        return {k: z[k] for k in z.files}
 
 
 def rmtree(path):

@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from tf_ntk import metrics
+
 EPOCH_SCALE = 1000
 
 
@@ -59,7 +61,6 @@ def write_hparams(config):
 
 def write_kernel(tag, kernel, epoch, *, top=10):
     """Heat map, spectrum histogram and top eigenvalues of a kernel (N, N) at ``epoch``."""
-    from tf_ntk import metrics  # noqa: PLC0415  (metrics is NumPy only; keeps imports light)
 
     step = epoch_step(epoch)
     tf.summary.image(f"{tag}/heat_map", heat_map(kernel), step=step)

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tf_ntk import attacks
 from tf_ntk import checkpoints
+from tf_ntk import ntk
 from tf_ntk import rundir
 
 DATA_MODES = ("clean", "adv", "flip")
@@ -202,8 +203,6 @@ class KernelTracker:
     """
 
     def __init__(self, probe, *, every=1, at_spawns=False, kernel_fn=None):
-        from tf_ntk import ntk  # local: keeps training importable without the NTK engine's cost
-
         self.probe = tf.convert_to_tensor(probe, tf.float32)
         self.every = int(every)
         self.at_spawns = bool(at_spawns)
