@@ -5,6 +5,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -51,12 +52,38 @@ def _fail(message):
     sys.exit(2)
 
 
+def _flag_error(error):
+    """absl's flag error in one line ("--checkpoint is required" for a missing required flag)."""
+    text = str(error).strip().splitlines()[0]
+    missing = re.search(r"Flag --(\w+) must have a value other than None", text)
+    return f"--{missing.group(1)} is required" if missing else text
+
+
 def _parse_flags(argv):
     """absl flag parsing with one-line errors (absl's own parser prints usage and exits 1)."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        _fail(str(e).strip().splitlines()[0])
+        _fail(_flag_error(e))
+
+
+@contextlib.contextmanager
+def _requiring(module_name):
+    """`flags.mark_flags_as_required` for the flags the binary lists in ``REQUIRED_FLAGS``, for one
+    command: the validators are removed afterwards, since binaries imported into one process (the
+    tests, a sweep worker) share their flags, and another binary may not require them."""
+    names = getattr(sys.modules.get(module_name), "REQUIRED_FLAGS", ())
+    added = {}
+    for name in names:
+        before = list(flags.FLAGS[name].validators)
+        flags.mark_flag_as_required(name)
+        added[name] = [v for v in flags.FLAGS[name].validators if v not in before]
+    try:
+        yield
+    finally:
+        for name, validators in added.items():
+            flags.FLAGS[name].validators = [v for v in flags.FLAGS[name].validators
+                                            if v not in validators]
 
 
 class Interrupted(Exception):  # noqa: N818  (a signal, not an error)
@@ -134,7 +161,8 @@ def run(main):
                 raise
             _fail(message)
 
-    app.run(guarded, flags_parser=_parse_flags)
+    with _requiring(getattr(main, "__module__", None)):
+        app.run(guarded, flags_parser=_parse_flags)
 
 
 def resolved_flags(module_name):
@@ -185,10 +213,25 @@ def check_logit(logit, num_classes):
         raise ValueError(f"--logit={logit} out of range for {num_classes} classes")
 
 
-def checkpoint_probe(FLAGS, meta):  # noqa: N803
-    """The probe set (x, y, indices) the kernel flags describe, checked against a checkpoint's model."""
+def recorded_data(FLAGS, meta):  # noqa: N803
+    """(data set name, `tf_ntk.data.load` options) for a command on a checkpoint: the data set it
+    was trained on (its record), unless --dataset, --image_size or --channels say otherwise. Sets
+    FLAGS.dataset, so flags.json records what was used."""
+    opts = common_flags.data_options(FLAGS)
+    recorded = (meta.get("config") or {}).get("data") or {}
+    if not FLAGS["dataset"].present and recorded.get("dataset"):
+        FLAGS.dataset = recorded["dataset"]
+        for key in ("image_size", "channels"):
+            if not FLAGS[key].present and recorded.get(key) is not None:
+                opts[key] = recorded[key]
+    return FLAGS.dataset, opts
 
-    x_all, y_all = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **common_flags.data_options(FLAGS))
+
+def checkpoint_probe(FLAGS, meta):  # noqa: N803
+    """The probe set (x, y, indices) the kernel flags describe, on the checkpoint's data set (see
+    `recorded_data`), checked against its model."""
+    dataset, opts = recorded_data(FLAGS, meta)
+    x_all, y_all = data.load_arrays(dataset, FLAGS.probe_split, **opts)
     check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], x_all.shape[1:], FLAGS.dataset)
     idx = data.class_balanced_indices(y_all, FLAGS.per_class, seed=FLAGS.probe_seed,
                                       num_classes=meta["model"]["num_classes"])
@@ -233,9 +276,10 @@ def execute(module_name, args, log_path=None):
         print(f"$ python -m {module_name} {' '.join(args)}", flush=True)
         flags.FLAGS.unparse_flags()
         try:
-            flags.FLAGS([program, *args])
+            with _requiring(module_name):
+                flags.FLAGS([program, *args])
         except flags.Error as e:
-            return str(e).strip().splitlines()[0]
+            return _flag_error(e)
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)
         try:

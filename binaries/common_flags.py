@@ -57,14 +57,25 @@ def _once(first_flag):
 
 @_once("dataset")
 def define_data_flags():
-    """--dataset, --data_dir, --download, --image_size, --channels, --batch_size."""
+    """--dataset, --data_dir, --download."""
     flags.DEFINE_enum("dataset", "digits", data.names(),
                       "Data set. digits ships with scikit-learn and works offline; the others come "
-                      "from tensorflow-datasets and must be prepared (or --download).")
+                      "from tensorflow-datasets and must be prepared (or --download). Commands on a "
+                      "checkpoint default to the data set it was trained on.")
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory (a gs:// bucket on Cloud TPU).")
     flags.DEFINE_bool("download", False, "Let tensorflow-datasets download and prepare the data set.")
+
+
+@_once("image_size")
+def define_image_flags():
+    """--image_size, --channels (the data set's images as a model takes them)."""
     flags.DEFINE_integer("image_size", None, "Resize images to this square side.", lower_bound=1)
     flags.DEFINE_enum("channels", None, ["1", "3"], "Tile grey images to 3 channels.")
+
+
+@_once("batch_size")
+def define_batch_flag():
+    """--batch_size."""
     flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
 
 
@@ -75,11 +86,16 @@ def define_model_flags():
     flags.DEFINE_integer("width", None, "Model width (model default when unset).", lower_bound=1)
 
 
-@_once("eps")
-def define_attack_flags():
-    """--eps, --attack_steps, --attack_step_size, --attack_norm, --attack_loss, --restarts."""
+def define_eps_flag():
+    """--eps."""
     define_fraction("eps", 4 / 255, "PGD radius in [0, 1] pixel units (L∞) or L2 units; accepts "
                     "fractions (4/255).", lower=0.0, upper=1.0)
+
+
+@_once("attack_steps")
+def define_attack_flags():
+    """--eps, --attack_steps, --attack_step_size, --attack_norm, --attack_loss, --restarts."""
+    define_eps_flag()
     flags.DEFINE_integer("attack_steps", None, "PGD steps (default: 20 to train, 100 to evaluate).",
                          lower_bound=1)
     define_fraction("attack_step_size", None,
@@ -139,7 +155,13 @@ def define_kernel_flags():
     flags.DEFINE_enum("probe_split", "train", list(data.SPLITS), "Split the probe set is drawn from.")
     flags.DEFINE_integer("probe_seed", 0, "Seed of the class-balanced probe sample.")
     flags.DEFINE_enum("implementation", "auto", list(ntk.IMPLEMENTATIONS), "NTK implementation.")
-    flags.DEFINE_enum("kernel_dtype", "float32", ["float32", "float64"], "Kernel precision.")
+    flags.DEFINE_enum("kernel_dtype", None, ["float32", "float64"], "Kernel precision (default: "
+                      "float32; float64 for eigen-images, whose image search needs it).")
+
+
+def kernel_dtype(FLAGS, default="float32"):  # noqa: N803
+    """--kernel_dtype, or this binary's default when unset."""
+    return FLAGS.kernel_dtype or default
 
 
 def data_options(FLAGS):  # noqa: N803  (absl's FLAGS object)

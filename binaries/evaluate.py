@@ -43,7 +43,8 @@ from tf_ntk import sanity
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
-common_flags.define_model_flags()
+common_flags.define_image_flags()
+common_flags.define_batch_flag()
 common_flags.define_attack_flags()
 common_flags.define_seed_flag()
 common_flags.define_run_flags()
@@ -70,6 +71,7 @@ flags.DEFINE_bool("output_terms", False, "For linearized/centered models, save t
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
+REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (binaries.common.run)
 
 
 def strong_from_flags():
@@ -119,8 +121,6 @@ def worst_case(results):
 
 def main(argv):
     del argv
-    if not FLAGS.checkpoint:
-        raise ValueError("--checkpoint is required")
     meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     chosen = attacks_from_flags()
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
@@ -132,11 +132,7 @@ def main(argv):
         if not os.path.isdir(parent):
             raise ValueError(f"--save_adversarial: {parent} is not a directory")
     transfer = evaluation.load_adversarial(FLAGS.transfer_from) if FLAGS.transfer_from else None
-    opts = common_flags.data_options(FLAGS)
-    recorded = (meta.get("config") or {}).get("data") or {}
-    if not FLAGS["dataset"].present and recorded.get("dataset"):
-        FLAGS.dataset = recorded["dataset"]  # evaluate on the data the checkpoint was trained on
-        opts.update({k: recorded.get(k) for k in ("image_size", "channels") if k in recorded})
+    _, opts = common.recorded_data(FLAGS, meta)  # the data the checkpoint was trained on
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
     common.check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], info.image_shape,
                              FLAGS.dataset)

@@ -35,8 +35,7 @@ from tf_ntk import rundir
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
-common_flags.define_model_flags()
-common_flags.define_seed_flag()
+common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_kernel_flags()
 flags.DEFINE_string("run", None, "Run directory whose spawn checkpoints to walk (binaries.train --workdir).")
@@ -55,6 +54,7 @@ flags.DEFINE_bool("compare_only", False, "With --compare_run, write only the com
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
+REQUIRED_FLAGS = ("run",)  # marked required when the binary runs (binaries.common.run)
 
 
 def _label(run, taken):
@@ -86,7 +86,7 @@ def _kernel(model, x, cache_path, probe_key):
             pass  # unreadable cache entry: recompute
     p = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
-                               dtype=FLAGS.kernel_dtype, progress=common.progress(p.num_blocks)).numpy()
+                               dtype=common_flags.kernel_dtype(FLAGS), progress=common.progress(p.num_blocks)).numpy()
     rundir.write_npz(cache_path, kernel=kernel, probe_key=np.array(probe_key))
     return kernel
 
@@ -117,8 +117,6 @@ def _write_csv(path, rows):
 
 def main(argv):
     del argv
-    if not FLAGS.run:
-        raise ValueError("--run is required")
     if FLAGS.compare_only and not FLAGS.compare_run:
         raise ValueError("--compare_only needs --compare_run")
     runs = [FLAGS.run] + ([FLAGS.compare_run] if FLAGS.compare_run else [])
@@ -130,13 +128,7 @@ def main(argv):
         if other["input_shape"] != spec["input_shape"] or other["num_classes"] != spec["num_classes"]:
             raise ValueError(f"{run} and {runs[0]} differ in inputs or classes; kernels on one probe "
                              "set need both")
-    recorded = (metas[runs[0]].get("config") or {}).get("data") or {}
-    if not FLAGS["dataset"].present and recorded.get("dataset"):
-        FLAGS.dataset = recorded["dataset"]
-    opts = common_flags.data_options(FLAGS)
-    for key in ("image_size", "channels"):
-        if not FLAGS[key].present and recorded.get(key) is not None:
-            opts[key] = recorded[key]
+    _, opts = common.recorded_data(FLAGS, metas[runs[0]])
     num_classes = spec["num_classes"]
     common.check_logit(FLAGS.logit, num_classes)
     x_tr, y_tr = data.load_arrays(FLAGS.dataset, FLAGS.probe_split, **opts)
@@ -152,7 +144,7 @@ def main(argv):
     x_all = np.concatenate([x_p, x_q])
     n = len(x_p)
     probe_key = (f"{FLAGS.dataset}|{FLAGS.probe_split}|{FLAGS.per_class}|{FLAGS.test_per_class}|"
-                 f"{FLAGS.probe_seed}|{FLAGS.logit}|{FLAGS.kernel_dtype}|{opts}")
+                 f"{FLAGS.probe_seed}|{FLAGS.logit}|{common_flags.kernel_dtype(FLAGS)}|{opts}")
     workdir = FLAGS.workdir or os.path.join(FLAGS.run, "kernel_dynamics")
     labels = {}
     for run in runs:
@@ -182,6 +174,7 @@ def main(argv):
                 continue
             init_k = run_kernels[0][1][:n, :n]
             final_k = run_kernels[-1][1][:n, :n]
+            scale = summaries.colour_scale([k_all[:n, :n] for _, k_all, _ in run_kernels])
             for epoch, k_all, params in run_kernels:
                 k = k_all[:n, :n]
                 values = metrics.kernel_summary(
@@ -197,7 +190,7 @@ def main(argv):
                     for name, value in values.items():
                         tf.summary.scalar(f"kernel/{name}", value)
                     if FLAGS.heat_maps:
-                        summaries.write_kernel("kernel", k, epoch)
+                        summaries.write_kernel("kernel", k, epoch, scale=scale, labels=y_p)
                 rows.append({"run": label, "epoch": epoch, **values})
                 previous = (epoch, k)
             writer.flush()

@@ -32,7 +32,7 @@ from tf_ntk import sweep
 common_flags.define_run_flags()
 common_flags.define_data_flags()
 common_flags.define_model_flags()
-common_flags.define_attack_flags()
+common_flags.define_eps_flag()
 common_flags.define_strong_flags()
 flags.DEFINE_enum("preset", "quick", list(study.PRESETS), "The study's configuration: smoke (plumbing "
                   "only), quick (make run), digits (the full digits study), cifar10 (the paper's).")

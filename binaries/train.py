@@ -35,6 +35,8 @@ from tf_ntk import summaries
 from tf_ntk import training
 
 common_flags.define_data_flags()
+common_flags.define_image_flags()
+common_flags.define_batch_flag()
 common_flags.define_model_flags()
 common_flags.define_attack_flags()
 common_flags.define_seed_flag()
@@ -72,6 +74,7 @@ flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps of the quick robust-acc
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
+REQUIRED_FLAGS = ("workdir",)  # marked required when the binary runs (binaries.common.run)
 
 
 def _floats(values, name):
@@ -86,8 +89,6 @@ def _resolve():
     phase2 = FLAGS.spawn is not None
     if FLAGS.dynamics != "standard" and not phase2:
         raise ValueError(f"--dynamics={FLAGS.dynamics} needs --spawn (phase 2 starts from a checkpoint)")
-    if not FLAGS.workdir:
-        raise ValueError("--workdir is required")
     opts = common_flags.data_options(FLAGS)
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
     spec = models.spec(FLAGS.model, info.num_classes, info.image_shape,
@@ -175,9 +176,9 @@ class _Logger(training.Callback):
                                         dt=None if prev_epoch is None else epoch - prev_epoch)
         self.kernels.append((epoch, k))
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
-            for name, value in values.items():
-                tf.summary.scalar(f"kernel/{name}", value)
-            summaries.write_kernel("kernel", k, epoch)
+            for name, value in values.items():  # online: not the kernel/* of binaries.kernel_dynamics
+                tf.summary.scalar(f"online_kernel/{name}", value)
+            summaries.write_kernel("online_kernel", k, epoch, labels=self.probe_labels)
         self.writer.flush()
 
 
@@ -229,7 +230,7 @@ def main(argv):
                 probe[0], every=FLAGS.kernel_every, at_spawns=FLAGS.kernel_at_spawns,
                 kernel_fn=lambda m, x: ntk.empirical_ntk(m, x, logit=FLAGS.logit,
                                                          implementation=FLAGS.implementation,
-                                                         dtype=FLAGS.kernel_dtype))
+                                                         dtype=common_flags.kernel_dtype(FLAGS)))
         with common.deferred_interrupts():  # SIGTERM: finish the step, checkpoint there, exit
             history = training.train(model, train_data, config, workdir, strategy=strategy,
                                      callbacks=[logger], kernel_tracker=tracker,

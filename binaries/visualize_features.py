@@ -20,13 +20,13 @@ from binaries import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import dynamics
 from tf_ntk import eigenimages
+from tf_ntk import figures
 from tf_ntk import ntk
 from tf_ntk import rundir
 from tf_ntk import summaries
 
 common_flags.define_data_flags()
-common_flags.define_model_flags()
-common_flags.define_seed_flag()
+common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_checkpoint_flag()
 common_flags.define_kernel_flags()
@@ -38,20 +38,19 @@ flags.DEFINE_integer("png_scale", 8, "Nearest-neighbour upscaling of the PNGs.",
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
+REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (binaries.common.run)
 
 
 def _png(path, image, scale):
     img = np.kron(np.asarray(image, np.float32), np.ones((scale, scale, 1), np.float32))
-    tf.io.write_file(path, tf.io.encode_png(tf.cast(tf.round(255 * img), tf.uint8)))
+    rundir.write_bytes(path, tf.io.encode_png(tf.cast(tf.round(255 * img), tf.uint8)).numpy())
 
 
 def main(argv):
     del argv
-    if not FLAGS.checkpoint:
-        raise ValueError("--checkpoint is required")
     meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     num_classes = meta["model"]["num_classes"]
-    logit = 0 if FLAGS.logit is None else FLAGS.logit
+    logit = 0 if FLAGS.logit is None else FLAGS.logit  # eigen-images need one logit's kernel
     common.check_logit(logit, num_classes)
     workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "features")
     out = os.path.join(workdir, "eigen_images.npz")
@@ -59,32 +58,59 @@ def main(argv):
     x, y, _ = common.checkpoint_probe(FLAGS, meta)
     model, _ = dynamics.load_model(FLAGS.checkpoint)
     with rundir.open_run(workdir):
-        resolved = common.write_flags(workdir, __name__, logit=logit)
-        print(f"eigen-images of logit {logit} of {FLAGS.checkpoint}: kernel on {len(x)} examples, "
-              f"{FLAGS.num_eigen} eigenvectors ±, and w; {FLAGS.feature_steps} steps each")
+        dtype = common_flags.kernel_dtype(FLAGS, default="float64")
+        resolved = common.write_flags(workdir, __name__, logit=logit, kernel_dtype=dtype)
+        which = "--logit" if FLAGS.logit is not None else "the default; --logit chooses another"
+        print(f"eigen-images of logit {logit} ({which}) of {FLAGS.checkpoint}: {dtype} kernel on "
+              f"{len(x)} examples, {FLAGS.num_eigen} eigenvectors ±, and w; {FLAGS.feature_steps} "
+              "steps each from grey and from the best probe image")
         kernel = ntk.empirical_ntk(model, x, logit=logit, implementation=FLAGS.implementation,
-                                   dtype="float64").numpy()
+                                   dtype=dtype).numpy()
         images = eigenimages.eigen_images(model, x, kernel, logit, labels=y, num_eigen=FLAGS.num_eigen,
                                           steps=FLAGS.feature_steps, step_size=FLAGS.feature_step_size)
+        failed = []
         for item in images:
             _png(os.path.join(workdir, f"{item['name']}.png"), item["image"], FLAGS.png_scale)
             ev = "" if item["eigenvalue"] is None else f"eigenvalue {item['eigenvalue']:.4g}, "
-            print(f"  {item['name']:>6}: {ev}cosine {item['cosine']:+.4f}")
+            note = "" if item["reached"] else "  NOT REACHED (the cosine has the wrong sign)"
+            print(f"  {item['name']:>6}: {ev}cosine {item['cosine']:+.4f} (from {item['start']}){note}")
+            if not item["reached"]:
+                failed.append(f"{item['name']} (cosine {item['cosine']:+.3f})")
         stack = np.stack([item["image"] for item in images])
-        rundir.write_npz(out, images=stack, names=np.array([i["name"] for i in images]),
-                                   cosines=np.array([i["cosine"] for i in images]), kernel=kernel,
-                                   labels=y, logit=np.int64(logit))
+        arrays = dict(images=stack, names=np.array([i["name"] for i in images]),
+                      cosines=np.array([i["cosine"] for i in images]),
+                      eigenvalues=np.array([np.nan if i["eigenvalue"] is None else i["eigenvalue"]
+                                            for i in images]),
+                      reached=np.array([i["reached"] for i in images]),
+                      starts=np.array([i["start"] for i in images]))
+        panel = figures.eigen_image_panel(
+            [(f"logit {logit}", arrays)],
+            f"eigen-images of {FLAGS.checkpoint} (epoch {meta.get('epoch')}), logit {logit}")
+        panel_png = figures.png_bytes(panel)
+        rundir.write_bytes(os.path.join(workdir, "eigen_images.png"), panel_png)
+        rundir.write_npz(out, kernel=kernel, labels=y, logit=np.int64(logit), **arrays)
         writer = tf.summary.create_file_writer(workdir)
         epoch = meta.get("epoch") or 0
         with writer.as_default(step=summaries.epoch_step(epoch)):
-            tf.summary.image(f"eigen_images/logit_{logit}", summaries.image_grid(stack, columns=2),
-                             step=summaries.epoch_step(epoch))
+            tf.summary.image(f"eigen_images/logit_{logit}", tf.io.decode_png(panel_png)[None],
+                             description="Each image labelled with its eigenvector and sign (or w = "
+                             "K⁻¹y), eigenvalue and achieved cosine; red: the search did not reach "
+                             "the sign sought.")
             for item in images:
-                tf.summary.image(f"eigen_images/logit_{logit}/{item['name']}", item["image"][None])
+                label = "w = K⁻¹y" if item["name"] == "w" else f"eigenvector {item['name'][3:-1]}, " \
+                    f"{'positive' if item['name'].endswith('+') else 'negative'} image"
+                tf.summary.image(f"eigen_images/logit_{logit}/{item['name']}", item["image"][None],
+                                 description=f"{label}; cosine {item['cosine']:+.4f}"
+                                 f"{'' if item['reached'] else ' (NOT REACHED)'}")
                 tf.summary.scalar(f"eigen_images/logit_{logit}/{item['name']}_cosine", item["cosine"])
             summaries.write_config(resolved)
         writer.flush()
-    print(f"images: {workdir}/*.png   tensorboard --logdir {workdir}")
+    if failed:
+        print(f"warning: the search did not reach the sign sought for {', '.join(failed)}: those "
+              "images are the best found, not eigen-images (more --feature_steps or a larger "
+              "--feature_step_size may help)")
+    print(f"images: {workdir}/eigen_images.png, {workdir}/<name>.png   "
+          f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
 
 
 if __name__ == "__main__":

@@ -72,11 +72,11 @@ def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
     assert set(values["train/loss"]) == {1000, 2000}
     assert set(values["test/robust_accuracy_quick"]) == {1000, 2000}
     # Kernel metrics at epoch 0, the fractional spawn 0.5 and whole epochs (milli-epoch steps).
-    assert set(values["kernel/distance_to_init"]) == {0, 500, 1000, 2000}
-    assert values["kernel/distance_to_init"][0] == pytest.approx(0.0, abs=1e-6)
-    assert values["kernel/distance_to_init"][2000] > 0
-    assert plugins["kernel/heat_map"] == "images"
-    assert plugins["kernel/spectrum_log10"] == "histograms"
+    assert set(values["online_kernel/distance_to_init"]) == {0, 500, 1000, 2000}
+    assert values["online_kernel/distance_to_init"][0] == pytest.approx(0.0, abs=1e-6)
+    assert values["online_kernel/distance_to_init"][2000] > 0
+    assert plugins["online_kernel/heat_map"] == "images"
+    assert plugins["online_kernel/spectrum_log10"] == "histograms"
     assert plugins["config"] == "text"
     assert any(p == "hparams" for p in plugins.values())
     # A finished run is refused without --overwrite, with one line and exit status 2.
@@ -158,15 +158,24 @@ def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):
     assert helpers.read_csv(os.path.join(out, "kernel_dynamics.csv")) == rows
 
 
-def test_visualize_features_writes_images(runs):
+def test_visualize_features_writes_images(runs, capsys):
     std = os.path.join(runs, "std")
     _run(visualize_features, [f"--checkpoint={std}/spawn/epoch_2", "--per_class=2", "--num_eigen=1",
                               "--feature_steps=5", "--logit=1"])
     out = os.path.join(std, "features", "epoch_2")
-    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["eig0+.png", "eig0-.png", "w.png"]
+    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == [
+        "eig0+.png", "eig0-.png", "eigen_images.png", "w.png"]
     saved = np.load(os.path.join(out, "eigen_images.npz"))
     assert saved["images"].shape == (3, 8, 8, 1)
     assert saved["images"].min() >= 0 and saved["images"].max() <= 1
+    assert saved["kernel"].dtype == np.float64  # eigen-images default to a float64 kernel
+    # Every result says whether its search reached the sign sought, and the output says so too.
+    signs = {"eig0+": 1, "eig0-": -1, "w": 1}
+    for name, cos, reached in zip(saved["names"], saved["cosines"], saved["reached"]):
+        assert bool(reached) == (signs[str(name)] * cos > 0)
+    printed = capsys.readouterr().out
+    assert "logit 1 (--logit)" in printed
+    assert ("warning: the search did not reach" in printed) == (not saved["reached"].all())
     _, plugins = _events(out)
     assert plugins["eigen_images/logit_1"] == "images"
 
@@ -220,29 +229,30 @@ def _free_port():
 
 def test_tensorboard_serves_the_scalars_images_and_histograms(runs):
     port = _free_port()
+    # --reload_task=blocking: TensorBoard reads every event file before it serves, so the first
+    # answer is complete; the only wait is for the server to start.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", f"--logdir={runs}", "--host=127.0.0.1",
-         f"--port={port}", "--load_fast=false"],
+         f"--port={port}", "--load_fast=false", "--reload_task=blocking", "--reload_interval=0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def get(route):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=30) as r:
                 return json.loads(r.read())
 
-        deadline = time.time() + 90
-        tags = {}
-        while time.time() < deadline:
+        for _ in range(600):  # up to ~5 min on a loaded machine; typically ~5 s
+            if proc.poll() is not None:
+                pytest.fail(f"tensorboard exited with status {proc.returncode}")
             try:
-                tags = {p: get(f"/data/plugin/{p}/tags") for p in ("scalars", "images", "histograms")}
-                if "std" in tags["scalars"] and "kernel/heat_map" in tags["images"].get("std", {}):
-                    break
+                get("/data/runs")
+                break
             except OSError:
-                pass
-            time.sleep(1)
+                time.sleep(0.5)
+        tags = {p: get(f"/data/plugin/{p}/tags") for p in ("scalars", "images", "histograms")}
         assert "train/loss" in tags["scalars"]["std"]
-        assert "kernel/distance_to_init" in tags["scalars"]["std"]
-        assert "kernel/heat_map" in tags["images"]["std"]
-        assert "kernel/spectrum_log10" in tags["histograms"]["std"]
+        assert "online_kernel/distance_to_init" in tags["scalars"]["std"]
+        assert "online_kernel/heat_map" in tags["images"]["std"]
+        assert "online_kernel/spectrum_log10" in tags["histograms"]["std"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

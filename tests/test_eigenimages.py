@@ -72,3 +72,21 @@ def test_eigen_images_raise_and_lower_the_cosine():
     for item in images:
         assert item["image"].shape == (3, 3, 1)
         assert item["image"].min() >= 0 and item["image"].max() <= 1
+
+
+def test_the_search_keeps_the_better_start_and_says_whether_the_sign_was_reached():
+    model = _model()
+    probe = np.random.default_rng(3).uniform(size=(5, 3, 3, 1)).astype(np.float32)
+    u = np.abs(np.random.default_rng(4).normal(size=5)).astype(np.float32)  # one sign: Perron-like
+    direction = eigenimages.tangent_direction(model, probe, u, 1)
+    fn = eigenimages.cosine_fn(model, direction, 1)
+    for sign in (1.0, -1.0):
+        found = eigenimages.search(model, direction, 1, probe, sign=sign, steps=20, step_size=0.01)
+        start_cos = [float(fn(tf.constant(p[None]))[0]) for p in probe]
+        j = int(np.argmax(sign * np.asarray(start_cos)))
+        ends = {name: eigenimages.optimise_image(model, direction, 1, input_shape=(3, 3, 1), sign=sign,
+                                                 steps=20, step_size=0.01, start=start)[1]
+                for name, start in (("grey", 0.5), (f"probe {j}", probe[j]))}
+        assert found["start"] == max(ends, key=lambda k: sign * ends[k])
+        assert found["cosine"] == ends[found["start"]]
+        assert found["reached"] == (sign * found["cosine"] > 0)

@@ -11,6 +11,12 @@ The eigen-image starts from a grey image (0.5) and takes ``steps`` signed-gradie
 minimise (negative image) the cosine between ∇θ f_c(x) and v:
 
     cos(x) = ⟨∇θ f_c(x), v⟩ / (‖∇θ f_c(x)‖ ‖v‖).
+
+The grey start can fail: for the top eigenvector of a kernel with positive entries (its Perron
+vector, all of one sign) every image near grey may have a positive cosine, and 600 steps of 0.001
+cannot leave that region. So the search also starts from the probe image whose cosine is already
+best for the sign sought, keeps the better end point, and reports whether the cosine has the sign
+sought (``reached``); a search that does not is reported, never passed off as an eigen-image.
 """
 
 import numpy as np
@@ -55,19 +61,45 @@ def cosine_fn(model, direction, logit):
 
 
 def optimise_image(model, direction, logit, *, input_shape, sign=1.0, steps=600, step_size=0.001,
-                   start=0.5):
-    """The image (H, W, C) in [0, 1] that maximises (sign=+1) or minimises (sign=−1) the cosine.
+                   start=0.5, fn=None):
+    """The image (H, W, C) in [0, 1] that maximises (sign=+1) or minimises (sign=−1) the cosine,
+    by signed-gradient steps from ``start`` (a grey level, or an image (H, W, C)).
 
     Returns:
       (image (H, W, C) float32 NumPy, final cosine).
     """
-    fn = cosine_fn(model, direction, logit)
-    x = tf.fill((1,) + tuple(input_shape), tf.constant(start, tf.float32))
+    fn = fn or cosine_fn(model, direction, logit)
+    if np.ndim(start) == 0:
+        x = tf.fill((1,) + tuple(input_shape), tf.constant(float(start), tf.float32))
+    else:
+        x = tf.convert_to_tensor(np.asarray(start, np.float32)[None])
     for _ in range(int(steps)):
         _, g = fn(x)
         x = tf.clip_by_value(x + sign * step_size * tf.sign(g), 0.0, 1.0)
     cos, _ = fn(x)
     return x[0].numpy(), float(cos)
+
+
+def search(model, direction, logit, probe, *, sign=1.0, steps=600, step_size=0.001):
+    """`optimise_image` from grey and from the probe image whose cosine is best for ``sign``; the
+    better end point wins.
+
+    Returns:
+      {"image" (H, W, C), "cosine", "start" ("grey" or "probe <j>"), "reached" (the cosine has the
+      sign sought)}.
+    """
+    fn = cosine_fn(model, direction, logit)
+    probe = np.asarray(probe, np.float32)
+    start_cos = [float(fn(tf.constant(p[None]))[0]) for p in probe]
+    j = int(np.argmax(sign * np.asarray(start_cos)))
+    best = None
+    for name, start in (("grey", 0.5), (f"probe {j}", probe[j])):
+        image, cos = optimise_image(model, direction, logit, input_shape=probe.shape[1:], sign=sign,
+                                    steps=steps, step_size=step_size, start=start, fn=fn)
+        if best is None or sign * cos > sign * best["cosine"]:
+            best = {"image": image, "cosine": cos, "start": name}
+    best["reached"] = bool(sign * best["cosine"] > 0)
+    return best
 
 
 def eigen_images(model, probe, kernel, logit, *, labels=None, num_eigen=3, steps=600,
@@ -85,26 +117,22 @@ def eigen_images(model, probe, kernel, logit, *, labels=None, num_eigen=3, steps
 
     Returns:
       A list of dicts {"name" ("eig0+", "eig0-", …, "w"), "eigenvalue" (or None), "image" (H, W, C),
-      "cosine"}.
+      "cosine", "start", "reached"} (see `search`).
     """
     k = np.asarray(kernel, np.float64)
     n = k.shape[0]
     lam, vecs = np.linalg.eigh(0.5 * (k + k.T))
     order = np.argsort(lam)[::-1][:num_eigen]
-    shape = tuple(np.asarray(probe).shape[1:])
     out = []
     for rank, i in enumerate(order):
         direction = tangent_direction(model, probe, vecs[:, i], logit)
         for sign, tag in ((1.0, "+"), (-1.0, "-")):
-            image, cos = optimise_image(model, direction, logit, input_shape=shape, sign=sign,
-                                        steps=steps, step_size=step_size)
-            out.append({"name": f"eig{rank}{tag}", "eigenvalue": float(lam[i]), "image": image,
-                        "cosine": cos})
+            found = search(model, direction, logit, probe, sign=sign, steps=steps, step_size=step_size)
+            out.append({"name": f"eig{rank}{tag}", "eigenvalue": float(lam[i]), **found})
     if labels is not None:
         y = (np.asarray(labels) == logit).astype(np.float64)
         alpha = np.linalg.solve(k + ridge * np.trace(k) / n * np.eye(n), y)
         direction = tangent_direction(model, probe, alpha, logit)
-        image, cos = optimise_image(model, direction, logit, input_shape=shape, steps=steps,
-                                    step_size=step_size)
-        out.append({"name": "w", "eigenvalue": None, "image": image, "cosine": cos})
+        found = search(model, direction, logit, probe, steps=steps, step_size=step_size)
+        out.append({"name": "w", "eigenvalue": None, **found})
     return out

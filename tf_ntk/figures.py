@@ -154,29 +154,59 @@ def alignment_and_rank(preset, collected, path):
                    "Fig. 4: kernel-target alignment and effective rank (mean ± sd over seeds)")
 
 
-def eigen_images(preset, collected, path):
+def _eigen_label(name, eigenvalue, cosine, reached):
+    """``eig0+`` → "eigenvector 0, + / λ 1.2e+03 / cos +0.81"; a failed search says so."""
+    head = "w = K⁻¹y" if name == "w" else f"eigvec {name[3:-1]}, {name[-1]}"
+    lam = "" if eigenvalue is None or not np.isfinite(eigenvalue) else f"λ {eigenvalue:.3g}\n"
+    return f"{head}\n{lam}cos {cosine:+.2f}{'' if reached else ' NOT REACHED'}"
 
-    loaded = {source: rundir.read_npz(collected.features[study.phase1_name(source, 0)])
-              for source in study.SOURCES if study.phase1_name(source, 0) in collected.features}
-    if not loaded:
-        return False
-    columns = max(len(v["images"]) for v in loaded.values())
-    fig, axes = plt.subplots(len(loaded), columns, figsize=SIZE, squeeze=False)
-    for row, (source, arrays) in enumerate(loaded.items()):
+
+def eigen_image_panel(rows, title):
+    """A figure of eigen-images, one row per (row label, arrays of `tf_ntk.eigenimages` results as
+    saved by binaries.visualize_features: images, names, cosines, eigenvalues, reached), each image
+    labelled with its eigenvector index and sign, eigenvalue and achieved cosine (red when the search
+    did not reach the sign sought)."""
+    columns = max(len(arrays["images"]) for _, arrays in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(SIZE[0], 2.6 * len(rows)), squeeze=False)
+    for row, (label, arrays) in enumerate(rows):
+        n = len(arrays["images"])
+        eigenvalues = arrays.get("eigenvalues", np.full(n, np.nan))
+        reached = arrays.get("reached", np.ones(n, bool))
         for col in range(columns):
             ax = axes[row][col]
             ax.set_xticks([])
             ax.set_yticks([])
-            if col >= len(arrays["images"]):
+            if col >= n:
                 ax.axis("off")
                 continue
             image = arrays["images"][col]
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{arrays['names'][col]} (cos {arrays['cosines'][col]:+.2f})", fontsize=8)
+            ax.set_title(_eigen_label(str(arrays["names"][col]), float(eigenvalues[col]),
+                                      float(arrays["cosines"][col]), bool(reached[col])),
+                         fontsize=7, color="black" if reached[col] else "red")
             if col == 0:
-                ax.set_ylabel(f"{source}\nlogit {int(arrays['logit'])}")
-    fig.suptitle(f"Fig. 5: eigen-images of the final (epoch {preset.phase1_epochs}) kernels, seed 0")
+                ax.set_ylabel(label)
+    fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def png_bytes(fig):
+    """The figure as PNG bytes (then closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def eigen_images(preset, collected, path):
+    loaded = {source: rundir.read_npz(collected.features[study.phase1_name(source, 0)])
+              for source in study.SOURCES if study.phase1_name(source, 0) in collected.features}
+    if not loaded:
+        return False
+    rows = [(f"{source}\nlogit {int(arrays['logit'])}", arrays) for source, arrays in loaded.items()]
+    fig = eigen_image_panel(rows, f"Fig. 5: eigen-images of the final (epoch {preset.phase1_epochs}) "
+                                  "kernels, seed 0")
     _save(fig, path)
     return True
 

@@ -6,6 +6,7 @@ Every summary of tf_ntk is logged against the epoch in **milli-epochs**: TensorB
 
 import json
 
+from matplotlib import colormaps
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
@@ -20,18 +21,40 @@ def epoch_step(epoch):
     return int(round(float(epoch) * EPOCH_SCALE))
 
 
-def heat_map(kernel, *, min_pixels=256):
-    """A kernel (N, N) as a (1, S, S, 3) uint8 image: white = max, black = min, nearest upscaled
-    so S ≥ ``min_pixels``; examples in the kernel's order (class by class for the probe sets)."""
+BOUNDARY = (255, 255, 255)  # class boundaries in heat maps: white lines
+
+
+def colour_scale(kernels):
+    """(lo, hi): one colour scale for several kernels (e.g. a run's epochs), so heat maps compare."""
+    return (min(float(np.min(k)) for k in kernels), max(float(np.max(k)) for k in kernels))
+
+
+def heat_map(kernel, *, scale=None, labels=None, min_pixels=256, cmap="viridis"):
+    """A kernel (N, M) as a (1, S·N/max, S·M/max, 3) uint8 image through a matplotlib colour map.
+
+    Args:
+      kernel: (N, M) values, examples in the kernel's order (class by class for the probe sets).
+      scale: (lo, hi) mapped to the colour map's ends (values outside are clipped); default the
+        kernel's own min and max. Pass `colour_scale` of a run's kernels to compare its epochs.
+      labels: (N,) class labels of square kernels in class order: a white line is drawn between
+        classes (the image is one pixel taller and wider per boundary).
+      min_pixels: nearest-neighbour upscaling so the longer side has at least this many pixels.
+      cmap: a matplotlib colour-map name (viridis: dark = low, yellow = high).
+    """
     k = np.asarray(kernel, np.float64)
     if k.ndim != 2:
         raise ValueError(f"expected an (N, N) kernel, got shape {k.shape}")
-    lo, hi = k.min(), k.max()
-    scaled = (k - lo) / (hi - lo) if hi > lo else np.zeros_like(k)
+    lo, hi = scale if scale is not None else (k.min(), k.max())
+    scaled = np.clip((k - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(k)
     rep = max(1, -(-min_pixels // max(k.shape)))
-    img = np.kron(scaled, np.ones((rep, rep)))
-    img = (255 * img).round().astype(np.uint8)
-    return np.repeat(img[None, :, :, None], 3, axis=-1)
+    rgb = colormaps[cmap](np.kron(scaled, np.ones((rep, rep))))[..., :3]
+    img = (255 * rgb).round().astype(np.uint8)
+    if labels is not None:
+        labels = np.asarray(labels)
+        cuts = [i * rep for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+        if cuts:  # rows first, then columns: both at the same positions of the unlined image
+            img = np.insert(np.insert(img, cuts, BOUNDARY, axis=0), cuts, BOUNDARY, axis=1)
+    return img[None]
 
 
 def image_grid(images, columns=None):
@@ -59,11 +82,16 @@ def write_hparams(config):
     hparams_api.hparams(flat)
 
 
-def write_kernel(tag, kernel, epoch, *, top=10):
-    """Heat map, spectrum histogram and top eigenvalues of a kernel (N, N) at ``epoch``."""
-
+def write_kernel(tag, kernel, epoch, *, top=10, scale=None, labels=None):
+    """Heat map (`heat_map` with ``scale`` and class ``labels``), spectrum histogram and top
+    eigenvalues of a kernel (N, N) at ``epoch``."""
     step = epoch_step(epoch)
-    tf.summary.image(f"{tag}/heat_map", heat_map(kernel), step=step)
+    lo, hi = scale if scale is not None else (float(np.min(kernel)), float(np.max(kernel)))
+    tf.summary.image(f"{tag}/heat_map", heat_map(kernel, scale=(lo, hi), labels=labels), step=step,
+                     description=f"viridis from {lo:.4g} (dark) to {hi:.4g} (yellow)"
+                     f"{' for every epoch of the run' if scale is not None else ' (this epoch)'}; "
+                     "examples class by class, white lines between classes. TensorBoard keeps 10 "
+                     "images per tag unless launched with --samples_per_plugin=images=0.")
     lam = metrics.spectrum(kernel)
     tf.summary.histogram(f"{tag}/spectrum_log10", np.log10(np.maximum(lam, 1e-30)), step=step)
     for i, value in enumerate(lam[:top]):
