@@ -214,10 +214,14 @@ def main(argv):
         if not resuming:
             with writer.as_default(step=0):
                 summaries.write_config(resolved)
-                summaries.write_hparams({**config.to_dict(), "eps": config.attack.eps,
-                                         "attack_steps": config.attack.steps,
-                                         "model_name": config.model["name"],
-                                         "width": config.model["options"].get("width", 0)})
+                spawn = {"spawn_epoch": float(checkpoints.read_meta(config.spawn).get("epoch", -1))
+                         } if config.spawn else {}
+                summaries.write_hparams(
+                    {**config.to_dict(), "phase": 2 if config.spawn else 1, **spawn,
+                     "eps": config.attack.eps, "attack_steps": config.attack.steps,
+                     "model_name": config.model["name"],
+                     "width": config.model["options"].get("width", 0)},
+                    trial_id=os.path.basename(os.path.abspath(workdir)))
         phase = f"phase 2 ({config.dynamics} from {config.spawn})" if config.spawn else "phase 1"
         print(f"{config.model['name']} ({models.num_params(model):,} parameters) on {FLAGS.dataset} "
               f"{info.image_shape}, {phase}, {config.data_mode} data"

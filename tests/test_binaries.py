@@ -14,6 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from tensorboard.plugins.hparams import plugin_data_pb2
 import tensorflow as tf
 
 from binaries import compute_kernel
@@ -48,6 +49,21 @@ def _events(directory):
     return values, plugins
 
 
+def _hparams(directory):
+    """(session start info, experiment) of the HParams summaries in ``directory``'s event files."""
+    session = experiment = None
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "hparams":
+                    content = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    if content.HasField("session_start_info"):
+                        session = content.session_start_info
+                    if content.HasField("experiment"):
+                        experiment = content.experiment
+    return session, experiment
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Phase-1 standard and adversarial runs (2 epochs, spawns at 0, 0.5, 1, 2, online kernels)."""
@@ -78,6 +94,15 @@ def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
     assert plugins["online_kernel/heat_map"] == "images"
     assert plugins["online_kernel/spectrum_log10"] == "histograms"
     assert plugins["config"] == "text"
+    # HParams: the trial is named after the run; phase and dynamics are columns; test/* metrics
+    # come first and the eigenvalue scalars are not metrics.
+    session, experiment = _hparams(std)
+    assert session.group_name == "std"
+    assert session.hparams["phase"].number_value == 1 and session.hparams["dynamics"].string_value == "standard"
+    metrics = [m.name.tag for m in experiment.metric_infos]
+    assert metrics[:2] == ["test/benign_accuracy", "test/robust_accuracy_quick"]
+    assert not any("eigenvalue" in m for m in metrics)
+    assert [h.name for h in experiment.hparam_infos][:4] == ["phase", "dynamics", "data_mode", "adv_mode"]
     assert any(p == "hparams" for p in plugins.values())
     # A finished run is refused without --overwrite, with one line and exit status 2.
     code, err = _run_app(train, [f"--workdir={std}"] + TINY + ["--epochs=2"], capsys)

@@ -146,6 +146,45 @@ def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
             assert f.read(5) == b"%PDF-"
 
 
+def _scalars(directory):
+    """{tag: {step: value}} of the event files directly in ``directory``, and the plugins seen."""
+    values, plugins = {}, set()
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                plugins.add(v.metadata.plugin_data.plugin_name)
+                if v.metadata.plugin_data.plugin_name == "scalars":
+                    values.setdefault(v.tag, {})[event.step] = float(tf.make_ndarray(v.tensor))
+    return values, plugins
+
+
+def test_the_summary_runs_draw_phase2_curves_and_kernel_comparisons(pool_sweep):
+    """summary/<source>: phase-2 accuracy at every spawn epoch (milli-epochs), the mean over seeds of
+    the runs' own evaluations; summary/comparison: the Custom Scalars layout and the mean
+    standard-vs-adversarial kernel distance per epoch."""
+    evals = _evaluations(pool_sweep)
+    preset = study.PRESETS["smoke"]
+    for source in study.SOURCES:
+        values, _ = _scalars(os.path.join(pool_sweep, "summary", source))
+        for dynamics in preset.phase2_dynamics:
+            for data_mode in preset.phase2_data:
+                curve = values[f"phase2_{dynamics}_{data_mode}/robust_accuracy"]
+                assert sorted(curve) == [round(1000 * e) for e in preset.spawn_epochs]
+                for spawn in preset.spawn_epochs:
+                    runs = [study.phase2_name(dynamics, data_mode, source, s, spawn)
+                            for s in range(preset.seeds)]
+                    want = np.mean([evals[r]["robust_accuracy"] for r in runs])
+                    assert curve[round(1000 * spawn)] == pytest.approx(want, abs=1e-6)
+    values, plugins = _scalars(os.path.join(pool_sweep, "summary", "comparison"))
+    assert "custom_scalars" in plugins
+    distances = values["kernel_comparison/standard_vs_adversarial"]
+    assert sorted(distances) == [round(1000 * e) for e in preset.kernel_epochs]
+    rows = [helpers.read_csv(os.path.join(pool_sweep, "kernels", f"standard-s{s}_vs_adversarial-s{s}",
+                                          "comparison.csv")) for s in range(preset.seeds)]
+    want = np.mean([float(next(r for r in rs if float(r["epoch"]) == 2.0)["distance"]) for rs in rows])
+    assert distances[2000] == pytest.approx(want, rel=1e-5)
+
+
 def test_interrupted_sweep_resumes_to_the_same_numbers(pool_sweep, tmp_path):
     """A sweep whose process is killed (SIGKILL) mid-way, then rerun: its workers end with it,
     finished jobs are not redone, and every number equals the uninterrupted pool's."""

@@ -24,11 +24,15 @@ import io
 import json
 import os
 
+import numpy as np
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import summary as custom_scalars
 import tensorflow as tf
 
 from tf_ntk import figures
 from tf_ntk import rundir
 from tf_ntk import stats
+from tf_ntk import summaries
 from tf_ntk import study
 
 C3_MARGIN = -0.10  # phase-2 AT on a fixed kernel "reaches high robust accuracy": within 10 points
@@ -392,6 +396,71 @@ def _examples_text(preset):
             else "the whole test set")
 
 
+SUMMARY_DIR = "summary"
+
+
+def _layout():
+    """TensorBoard's Custom Scalars layout: standard and adversarial curves side by side."""
+    def chart(title, *tags):
+        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags)))
+
+    return layout_pb2.Layout(category=[
+        layout_pb2.Category(title="Phase 2 against the spawn epoch (mean over seeds; standard and "
+                                  "adversarial spawns)", chart=[
+            chart("robust accuracy (worst of protocol and strong)", r"^phase2_.*/robust_accuracy$"),
+            chart("benign accuracy", r"^phase2_.*/benign_accuracy$")]),
+        layout_pb2.Category(title="Kernels: standard vs adversarial (every seed)", chart=[
+            chart("distance to init", r"^kernel/distance_to_init$"),
+            chart("target alignment", r"^kernel/target_alignment$"),
+            chart("effective rank", r"^kernel/effective_rank$"),
+            chart("CKA between the two runs", r"^comparison/cka$"),
+            chart("standard vs adversarial distance, and seed-to-seed baselines",
+                  r"^kernel_comparison/")]),
+        layout_pb2.Category(title="Training", chart=[
+            chart("test accuracy (benign, quick robust estimate)", r"^test/"),
+            chart("training loss", r"^train/loss$")]),
+    ])
+
+
+def write_tensorboard(preset, sweep_dir, collected):
+    """The study's summary runs under ``sweep_dir/summary`` (rewritten on every report): phase-2
+    accuracy against the spawn epoch, one run per phase-1 source so that the standard and the
+    adversarial curves share a chart; kernel distances standard-vs-adversarial and seed-to-seed
+    against the epoch (means over seeds); and the Custom Scalars layout pairing the curves."""
+    root = os.path.join(sweep_dir, SUMMARY_DIR)
+    rundir.rmtree(root)
+    groups = {}
+    for run, phase, source, _, dynamics, data_mode, spawn in _run_rows(preset, collected):
+        r = collected.evals.get(run)
+        if phase == "2" and r is not None:
+            groups.setdefault((source, f"phase2_{dynamics}_{data_mode}", spawn), []).append(r)
+    for source in study.SOURCES:
+        writer = tf.summary.create_file_writer(os.path.join(root, source))
+        with writer.as_default():
+            for (src, tag, spawn), rows in sorted(groups.items()):
+                if src != source:
+                    continue
+                step = summaries.epoch_step(spawn)
+                tf.summary.scalar(f"{tag}/robust_accuracy", float(np.mean([r["robust"] for r in rows])), step)
+                tf.summary.scalar(f"{tag}/benign_accuracy", float(np.mean([r["benign"] for r in rows])), step)
+        writer.close()
+    series = {}
+    for a, b in study.comparison_pairs(preset.seeds):
+        kind = ("standard_vs_adversarial" if "adversarial" in b and "standard" in a
+                else f"seed_to_seed_{'adversarial' if 'adversarial' in a else 'standard'}")
+        for epoch, distance in (collected.comparisons.get((a, b)) or {}).items():
+            series.setdefault(kind, {}).setdefault(epoch, []).append(distance)
+    writer = tf.summary.create_file_writer(os.path.join(root, "comparison"))
+    with writer.as_default():
+        tf.summary.experimental.write_raw_pb(custom_scalars.pb(_layout()).SerializeToString(), step=0)
+        for kind, by_epoch in series.items():
+            for epoch, values in sorted(by_epoch.items()):
+                tf.summary.scalar(f"kernel_comparison/{kind}", float(np.mean(values)),
+                                  summaries.epoch_step(epoch))
+    writer.close()
+    return root
+
+
 def write(preset, sweep_dir, outcome_line=""):
     """Collects, computes the claims, draws the figures and writes results.csv and report.md
     (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
@@ -400,6 +469,7 @@ def write(preset, sweep_dir, outcome_line=""):
     verdicts = claims(preset, collected)
     figure_dir = os.path.join(sweep_dir, "figures")
     drawn = figures.draw_all(preset, collected, figure_dir)
+    write_tensorboard(preset, sweep_dir, collected)
     results_path = os.path.join(sweep_dir, "results.csv")
     report_path = os.path.join(sweep_dir, "report.md")
     rundir.write_text(results_path, _csv_text(results_rows(preset, collected, verdicts)))

@@ -76,10 +76,31 @@ def write_config(config, step=0):
     tf.summary.text("config", text, step=step)
 
 
-def write_hparams(config):
-    """HParams for run comparison: the scalar-valued entries (bool, int, float, str) of ``config``."""
+# The HParams dashboard's metric columns, in this order: test accuracies first. Naming them keeps
+# the dashboard from listing every scalar (ten eigenvalue_i among them).
+HPARAMS_METRICS = (
+    ("test/benign_accuracy", "benign test accuracy"),
+    ("test/robust_accuracy_quick", "robust test accuracy (quick PGD estimate)"),
+    ("train/loss", "training loss"),
+    ("train/accuracy", "training accuracy"),
+    ("online_kernel/distance_to_init", "kernel distance to init"),
+    ("online_kernel/target_alignment", "kernel-target alignment"),
+    ("online_kernel/effective_rank", "kernel effective rank"),
+)
+# The columns a researcher sorts runs by, first.
+HPARAMS_FIRST = ("phase", "spawn_epoch", "dynamics", "data_mode", "adv_mode", "eps", "seed")
+
+
+def write_hparams(config, trial_id=None):
+    """HParams for run comparison: the scalar-valued entries (bool, int, float, str) of ``config``,
+    as the trial ``trial_id`` (e.g. the run's name; TensorBoard shows a hash otherwise), with the
+    experiment's columns and `HPARAMS_METRICS`."""
     flat = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
-    hparams_api.hparams(flat)
+    order = [k for k in HPARAMS_FIRST if k in flat] + sorted(k for k in flat if k not in HPARAMS_FIRST)
+    hparams_api.hparams_config(
+        hparams=[hparams_api.HParam(k) for k in order],
+        metrics=[hparams_api.Metric(tag, display_name=name) for tag, name in HPARAMS_METRICS])
+    hparams_api.hparams({k: flat[k] for k in order}, trial_id=trial_id)
 
 
 def write_kernel(tag, kernel, epoch, *, top=10, scale=None, labels=None):
