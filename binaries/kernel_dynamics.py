@@ -220,7 +220,7 @@ def main(argv):
         print(f"{comparison_rows[-1]['run']} @ epoch {comparison_rows[-1]['epoch']:g}: "
               f"distance {comparison_rows[-1]['distance']:.4f}")
     print(f"csv: {os.path.join(workdir, 'kernel_dynamics.csv')}   "
-          f"tensorboard --logdir {os.path.join(workdir, 'tb')}")
+          f"tensorboard --logdir {os.path.join(workdir, 'tb')} --samples_per_plugin=images=0")
 
 
 if __name__ == "__main__":

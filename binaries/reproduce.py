@@ -137,7 +137,7 @@ def _report(preset, workdir, outcome_line=""):
     print(f"report:  {paths['report']}")
     print(f"numbers: {paths['results']}")
     print(f"figures: {os.path.join(workdir, 'figures')}/ ({len(paths['figures'])} PNG + PDF)")
-    print(f"TensorBoard:  tensorboard --logdir {workdir}")
+    print(f"TensorBoard:  tensorboard --logdir {workdir} --samples_per_plugin=images=0")
 
 
 def _preset_flags():

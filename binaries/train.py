@@ -250,7 +250,8 @@ def main(argv):
     print(f"benign accuracy {final['benign_accuracy']:.4f}")
     print(f"robust accuracy {final['robust_accuracy_quick']:.4f}  (quick estimate: "
           f"{logger.eval_attack.describe()}; binaries.evaluate for the strong attack)")
-    print(f"results: {os.path.join(workdir, 'results.json')}   tensorboard --logdir {workdir}")
+    print(f"results: {os.path.join(workdir, 'results.json')}   "
+          f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
 
 
 if __name__ == "__main__":
