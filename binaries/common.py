@@ -3,7 +3,6 @@
 import contextlib
 import errno
 import importlib
-import json
 import os
 import re
 import signal
@@ -247,10 +246,6 @@ def progress(total, unit="block"):
         bar.update(done)
 
     return update
-
-
-def print_json(obj):
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def execute(module_name, args, log_path=None):

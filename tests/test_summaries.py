@@ -36,13 +36,3 @@ def test_class_boundaries_are_white_lines_between_classes():
     assert (img[4] == white).all() and (img[:, 4] == white).all()
     np.testing.assert_array_equal(img[0, 0], _rgb(0.0))  # k[0, 0] = min
     np.testing.assert_array_equal(img[5, 5], _rgb(1.0))  # k[3, 3] = max
-
-
-def test_image_grid_places_images_row_by_row():
-    images = np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.1, 0.2, 0.3)])
-    grid = summaries.image_grid(images, columns=2)
-    assert grid.shape == (1, 4, 4, 1)
-    np.testing.assert_allclose(grid[0, :2, :2, 0], 0.1)
-    np.testing.assert_allclose(grid[0, :2, 2:, 0], 0.2)
-    np.testing.assert_allclose(grid[0, 2:, :2, 0], 0.3)
-    np.testing.assert_allclose(grid[0, 2:, 2:, 0], 1.0)  # padding is white

@@ -69,11 +69,6 @@ class LinearizedModel(keras.Model):
             spawn_state=[v.value for v in self.spawn_state])
         self.built = True
 
-    @property
-    def functional_view(self):
-        """The `FunctionalModel` of the spawn network (use with ``self.spawn_values()``)."""
-        return self._f
-
     def spawn_values(self):
         """(θ_s, BN state) as tensors."""
         return [v.value for v in self.spawn_params], [v.value for v in self.spawn_state]

@@ -135,11 +135,6 @@ class FunctionalModel:
         """The model's current trainable weights, as tf.Variables, in ``trainable_variables`` order."""
         return trainable_values(self.model)
 
-    @property
-    def shapes(self):
-        """The shape of every trainable weight."""
-        return [tuple(v.shape) for v in self.model.trainable_variables]
-
     def check_inputs(self, x):
         """Raises ValueError when ``x`` (N, *input_shape) does not fit the model."""
         shape = tuple(x.shape)
@@ -184,20 +179,10 @@ class FunctionalModel:
             zip(self.network.non_trainable_variables, self.non_trainable()))
 
 
-def functional_view(model):
-    """Shorthand for `FunctionalModel(model)`."""
-    return FunctionalModel(model)
-
-
 def assign(model, params):
     """Writes ``params`` (checked against the model) into the model's trainable weights."""
     for v, p in zip(model.trainable_variables, check_params(model, params)):
         v.assign(p)
-
-
-def copy_params(params):
-    """Independent copies of ``params`` (``tf.identity``; a Keras variable built on another shares storage)."""
-    return [tf.identity(p) for p in params]
 
 
 __all__ = [
@@ -205,7 +190,5 @@ __all__ = [
     "ParamsMismatchError",
     "assign",
     "check_params",
-    "copy_params",
-    "functional_view",
     "trainable_values",
 ]

@@ -57,19 +57,6 @@ def heat_map(kernel, *, scale=None, labels=None, min_pixels=256, cmap="viridis")
     return img[None]
 
 
-def image_grid(images, columns=None):
-    """Images (M, H, W, C) in [0, 1] as one (1, rows·H, cols·W, C) grid."""
-    images = np.asarray(images, np.float32)
-    m, h, w, c = images.shape
-    cols = columns or int(np.ceil(np.sqrt(m)))
-    rows = -(-m // cols)
-    grid = np.ones((rows * h, cols * w, c), np.float32)
-    for i, im in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = im
-    return grid[None]
-
-
 def write_config(config, step=0):
     """The resolved configuration as text (a JSON code block) under ``config``."""
     text = "```\n" + json.dumps(config, indent=2, sort_keys=True, default=str) + "\n```"
