@@ -195,32 +195,34 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in h1], [r["loss"] for r in h2], rtol=1e-5)
 
 
-def test_pgd_under_mirrored_strategy_matches_per_shard_attacks():
+def test_training_pgd_under_mirrored_strategy_equals_one_device_attack_of_the_global_batch():
+    """The adversarial examples training makes on two replicas (TrainSteps.adversarial_examples: the
+    batch_slice path, each shard's starts taken at its global rows) equal an independent one-device
+    attack of the whole batch with the same seed."""
     cpus = tf.config.list_logical_devices("CPU")
     strategy = tf.distribute.MirroredStrategy([d.name for d in cpus])
     training.set_seed(0)
+    spec = models.spec("cnn", 10, (8, 8, 1), width=4)
     with strategy.scope():
-        model = models.get("cnn", 10, (8, 8, 1), width=4)
+        model = models.build(spec)
+        optimizer = keras.optimizers.SGD(0.1)
+    config = training.TrainConfig.phase1(model=spec, data_mode="adv",
+                                         attack=attacks.PGDConfig(eps=0.1, steps=3))
+    steps = training.TrainSteps(model, optimizer, config, strategy)
     x, y = data.load_arrays("digits", "test")
-    x, y = x[:32], y[:32]
-    config = attacks.PGDConfig(eps=0.1, steps=3)
-    fn = evaluation.inference_fn(model)
-    dist = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices((x, y)).batch(32))
+    x, y = x[:30], y[:30]  # 15 rows per replica
+    seed = tf.constant([5, 7], tf.int64)
+    dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(30))
 
     @tf.function
     def run(batch):
-        def replica(xb, yb):
-            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-            return config.attack(fn, xb, yb, seed=tf.stack([tf.constant(5, tf.int64), tf.cast(rid, tf.int64)]))
-        return strategy.run(replica, args=batch)
+        return strategy.run(steps.adversarial_examples, args=(*batch, seed))
 
-    out = strategy.experimental_local_results(run(next(iter(dist))))
-    for r, shard in enumerate(out):
-        sl = slice(16 * r, 16 * (r + 1))
-        want = config.attack(fn, x[sl], y[sl], seed=[5, r])
-        np.testing.assert_allclose(shard.numpy(), want.numpy(), atol=1e-6)
-
+    shards = strategy.experimental_local_results(run(next(iter(dist))))
+    assert [len(s) for s in shards] == [15, 15]
+    want = config.attack.attack(evaluation.inference_fn(model), tf.constant(x), tf.constant(y), seed=seed)
+    np.testing.assert_allclose(np.concatenate([s.numpy() for s in shards]), want.numpy(), atol=1e-6)
+    assert np.abs(want.numpy() - x).max() > 0.05  # the attack moved the images
 
 def test_step_functions_trace_once_under_xla(tmp_path):
     training.set_seed(0)

@@ -267,19 +267,27 @@ class TrainSteps:
         self.optimizer.apply_gradients(zip(g, self.variables))
         return loss_sum, correct
 
-    def replica_step(self, x, y, seed, adversarial):
+    @staticmethod
+    def _rows(y):
+        """(offset, global size): this replica's rows of the global batch (in a replica context)."""
         ctx = tf.distribute.get_replica_context()
-        # This replica's rows of the global batch: the loss is a mean over the global batch and
-        # each PGD start is the global batch's start at these rows, whatever the replica count.
         sizes = ctx.all_gather(tf.shape(y)[:1], axis=0)
-        total = tf.reduce_sum(sizes)
-        offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
+        return tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group]), tf.reduce_sum(sizes)
+
+    def adversarial_examples(self, x, y, seed):
+        """PGD examples of this replica's shard (x, y), each started where the one-device attack of
+        the global batch starts at that row: the same examples whatever the replica count."""
+        offset, total = self._rows(y)
+        return tf.stop_gradient(self.attack(x, y, seed, offset, total))
+
+    def replica_step(self, x, y, seed, adversarial):
+        # The loss is a mean over the global batch, whatever the replica count.
+        _, total = self._rows(y)
         if not adversarial:
             return self._apply(x, y, total)
         if self.config.adv_mode == "clean_then_adv":
             self._apply(x, y, total)
-        x_adv = tf.stop_gradient(self.attack(x, y, seed, offset, total))
-        return self._apply(x_adv, y, total)
+        return self._apply(self.adversarial_examples(x, y, seed), y, total)
 
     def make(self, adversarial):
         strategy = self.strategy
