@@ -394,7 +394,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
         global batches; must give the same batches for the same epoch (e.g. `tf_ntk.data.load` with
         ``shuffle=True, seed=config.seed, epoch=epoch``).
       config: a `TrainConfig`.
-      workdir: the run directory. A run found there resumes from its last whole epoch; a finished
+      workdir: the run directory. A run found there resumes from its resume checkpoint; a finished
         one is returned as is. A run with another configuration raises `RunConfigMismatchError`.
       strategy: a `tf.distribute.Strategy` (default: the current one).
       callbacks: `Callback` instances.
@@ -409,118 +409,149 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
       "seconds"}; loss and accuracy are those of the batch each step last trained on (the PGD batch
       in adversarial epochs), averaged over the epoch with BN in training mode.
     """
-    strategy = strategy or tf.distribute.get_strategy()
-    _check_dynamics(model, config)
-    with strategy.scope():
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        lr_var = tf.Variable(config.lr_at(0), dtype=tf.float32, trainable=False, name="lr")
-        optimizer = keras.optimizers.SGD(learning_rate=lambda: lr_var, momentum=config.momentum)
-    steps = TrainSteps(model, optimizer, config, strategy)  # builds the optimizer's slots
-    state = dict(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var)
-    meta_base = {"config": _normalized(config.to_dict()), "model": config.model}
-    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
-    history = []
-    partial = None  # the position and running sums of an epoch stopped midway
-    # The run's configuration is recorded before anything else is written, and checked on every
-    # start, so a work directory never mixes checkpoints of two runs.
-    record = rundir.read_record(workdir)
-    if record is not None:
-        _check_same_run(workdir, record.get("config", {}), meta_base["config"])
-    else:
-        rundir.write_record(workdir, meta_base)
-    if checkpoints.exists(resume_dir):
-        saved = checkpoints.read_meta(resume_dir)
-        _check_same_run(workdir, saved.get("config", {}), meta_base["config"])
-        checkpoints.restore(resume_dir, **state)
-        history = saved.get("history", [])
-        partial = saved.get("partial")
+    return _Run(model, dataset_fn, config, workdir, strategy=strategy, callbacks=callbacks,
+                kernel_tracker=kernel_tracker, stop_requested=stop_requested).run()
 
-    step_fns = {}
-    start_epoch = int(epoch_var.numpy())
-    spawn_epochs = config.spawn_epochs()
-    steps_per_epoch = None
 
-    def save_spawn(epoch):
-        path = checkpoints.spawn_path(workdir, epoch)
-        _check_finite(model, int(epoch), int(step_var.numpy()))
+class _Run:
+    """One `train` call: the training state, its checkpoints, and the epoch loop."""
+
+    def __init__(self, model, dataset_fn, config, workdir, *, strategy, callbacks, kernel_tracker,
+                 stop_requested):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        _check_dynamics(model, config)
+        self.model, self.dataset_fn, self.config, self.workdir = model, dataset_fn, config, workdir
+        self.callbacks, self.tracker, self.stop_requested = callbacks, kernel_tracker, stop_requested
+        with self.strategy.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.lr = tf.Variable(config.lr_at(0), dtype=tf.float32, trainable=False, name="lr")
+            optimizer = keras.optimizers.SGD(learning_rate=lambda: self.lr, momentum=config.momentum)
+        self.steps = TrainSteps(model, optimizer, config, self.strategy)  # builds the optimizer's slots
+        self.state = dict(model=model, optimizer=optimizer, step=self.step, epoch=self.epoch)
+        self.meta = {"config": _normalized(config.to_dict()), "model": config.model}
+        self.resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+        self.history = []
+        self.partial = None  # the position and running sums of an epoch stopped midway
+        self.steps_per_epoch = None
+        self.step_fns = {}  # adversarial (bool) -> the compiled step
+
+    def _restore(self):
+        """Records the run's configuration before anything else is written (and checks it on every
+        start, so a work directory never mixes checkpoints of two runs); resumes saved state."""
+        record = rundir.read_record(self.workdir)
+        if record is not None:
+            _check_same_run(self.workdir, record.get("config", {}), self.meta["config"])
+        else:
+            rundir.write_record(self.workdir, self.meta)
+        if checkpoints.exists(self.resume_dir):
+            saved = checkpoints.read_meta(self.resume_dir)
+            _check_same_run(self.workdir, saved.get("config", {}), self.meta["config"])
+            checkpoints.restore(self.resume_dir, **self.state)
+            self.history = saved.get("history", [])
+            self.partial = saved.get("partial")
+
+    def _current_step(self):
+        return int(self.step.numpy())
+
+    def _save_spawn(self, epoch):
+        path = checkpoints.spawn_path(self.workdir, epoch)
+        _check_finite(self.model, int(epoch), self._current_step())
         if not checkpoints.exists(path):  # a replayed partial epoch re-creates identical ones
-            checkpoints.write(path, {**meta_base, "epoch": float(epoch), "step": int(step_var.numpy()),
-                                     "steps_per_epoch": steps_per_epoch}, model=model)
-        for cb in callbacks:
+            checkpoints.write(path, {**self.meta, "epoch": float(epoch), "step": self._current_step(),
+                                     "steps_per_epoch": self.steps_per_epoch}, model=self.model)
+        for cb in self.callbacks:
             cb.on_checkpoint(float(epoch), path)
-        if kernel_tracker is not None and kernel_tracker.wants(epoch, True):
-            _emit_kernel(epoch)
+        if self.tracker is not None and self.tracker.wants(epoch, True):
+            self._emit_kernel(epoch)
 
-    def _emit_kernel(epoch):
-        kernel = kernel_tracker(model)
-        for cb in callbacks:
+    def _emit_kernel(self, epoch):
+        kernel = self.tracker(self.model)
+        for cb in self.callbacks:
             cb.on_kernel(float(epoch), kernel)
 
-    for epoch in range(start_epoch, config.epochs):
-        dataset = dataset_fn(epoch)
-        steps_per_epoch = steps_per_epoch or _steps_per_epoch(dataset)
-        if epoch == 0 and int(step_var.numpy()) == 0:
+    def _write_resume(self, position=None):
+        meta = {**self.meta, "history": self.history, "steps_per_epoch": self.steps_per_epoch}
+        if position is not None:
+            meta["partial"] = position
+        checkpoints.write(self.resume_dir, meta, **self.state)
+
+    def _stop_now(self):
+        return self.stop_requested is not None and self.stop_requested()
+
+    def run(self):
+        self._restore()
+        for epoch in range(int(self.epoch.numpy()), self.config.epochs):
+            self._run_epoch(epoch)
+            if self._stop_now() and epoch + 1 < self.config.epochs:
+                raise StopRequested(f"stopped after epoch {epoch + 1}")
+        return self.history
+
+    def _run_epoch(self, epoch):
+        config, spawn_epochs = self.config, self.config.spawn_epochs()
+        dataset = self.dataset_fn(epoch)
+        self.steps_per_epoch = self.steps_per_epoch or _steps_per_epoch(dataset)
+        per_epoch = self.steps_per_epoch
+        if epoch == 0 and self._current_step() == 0:
             if 0.0 in spawn_epochs:
-                save_spawn(0.0)
-            elif kernel_tracker is not None and kernel_tracker.wants(0, False):
-                _emit_kernel(0.0)
+                self._save_spawn(0.0)
+            elif self.tracker is not None and self.tracker.wants(0, False):
+                self._emit_kernel(0.0)
         adversarial = config.adversarial_at(epoch)
-        if adversarial not in step_fns:
-            step_fns[adversarial] = steps.make(adversarial)
-        step_fn = step_fns[adversarial]
-        lr_var.assign(config.lr_at(epoch))
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch, steps_per_epoch)
-        mid_epoch = {}  # step -> fractional epochs taken there (several when an epoch is short)
-        for e in spawn_epochs:
-            if epoch < e < epoch + 1:
-                mid_epoch.setdefault(batches_before(e, steps_per_epoch), []).append(e)
+        if adversarial not in self.step_fns:
+            self.step_fns[adversarial] = self.steps.make(adversarial)
+        step_fn = self.step_fns[adversarial]
+        self.lr.assign(config.lr_at(epoch))
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, per_epoch)
+        spawns_at = {}  # global step -> fractional spawn epochs taken there (several if epochs are short)
+        for spawn in spawn_epochs:
+            if epoch < spawn < epoch + 1:
+                spawns_at.setdefault(batches_before(spawn, per_epoch), []).append(spawn)
         started = time.time()
-        loss_sum = correct = count = 0.0
-        first = 0
-        if partial is not None and partial["epoch"] == epoch:  # resume inside the epoch
-            first = partial["batches"]
-            loss_sum, correct, count = partial["loss_sum"], partial["correct"], partial["count"]
-            started -= partial["seconds"]
-            dataset = dataset.skip(first)
-        partial = None
-        for b, batch in enumerate(strategy.experimental_distribute_dataset(dataset), start=first):
-            seed = tf.constant([config.seed, int(step_var.numpy())], tf.int64)
-            l, c = step_fn(batch, seed)
-            step_var.assign_add(1)
-            n = _count_examples(_first_local(batch, strategy))
-            if not math.isfinite(float(l)):
-                _check_finite(model, epoch, int(step_var.numpy()), float(l))
-            loss_sum, correct, count = loss_sum + float(l), correct + float(c), count + n
-            for cb in callbacks:
-                cb.on_batch_end(int(step_var.numpy()), {"loss": float(l) / n, "accuracy": float(c) / n})
-            for e in mid_epoch.get(epoch * steps_per_epoch + b + 1, ()):
-                save_spawn(e)
-            if stop_requested is not None and stop_requested() and b + 1 < steps_per_epoch:
-                position = {"epoch": epoch, "batches": b + 1, "loss_sum": loss_sum,
-                            "correct": correct, "count": count, "seconds": time.time() - started}
-                checkpoints.write(resume_dir, {**meta_base, "history": history, "partial": position,
-                                               "steps_per_epoch": steps_per_epoch}, **state)
-                raise StopRequested(f"stopped at epoch {epoch + 1}, step {int(step_var.numpy())}")
-        _check_finite(model, epoch, int(step_var.numpy()))
-        epoch_var.assign(epoch + 1)
-        row = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
-               "lr": config.lr_at(epoch), "adversarial": bool(adversarial),
-               "seconds": time.time() - started}
-        history.append(row)
+        loss_sum = correct_sum = example_count = 0.0
+        first_batch = 0
+        if self.partial is not None and self.partial["epoch"] == epoch:  # resume inside the epoch
+            first_batch = self.partial["batches"]
+            loss_sum, correct_sum = self.partial["loss_sum"], self.partial["correct"]
+            example_count = self.partial["count"]
+            started -= self.partial["seconds"]
+            dataset = dataset.skip(first_batch)
+        self.partial = None
+        batches = self.strategy.experimental_distribute_dataset(dataset)
+        for batch_index, batch in enumerate(batches, start=first_batch):
+            seed = tf.constant([config.seed, self._current_step()], tf.int64)
+            batch_loss, batch_correct = (float(v) for v in step_fn(batch, seed))
+            self.step.assign_add(1)
+            examples = _count_examples(_first_local(batch, self.strategy))
+            if not math.isfinite(batch_loss):
+                _check_finite(self.model, epoch, self._current_step(), batch_loss)
+            loss_sum, correct_sum = loss_sum + batch_loss, correct_sum + batch_correct
+            example_count += examples
+            for cb in self.callbacks:
+                cb.on_batch_end(self._current_step(), {"loss": batch_loss / examples,
+                                                       "accuracy": batch_correct / examples})
+            for spawn in spawns_at.get(epoch * per_epoch + batch_index + 1, ()):
+                self._save_spawn(spawn)
+            if self._stop_now() and batch_index + 1 < per_epoch:
+                self._write_resume({"epoch": epoch, "batches": batch_index + 1, "loss_sum": loss_sum,
+                                    "correct": correct_sum, "count": example_count,
+                                    "seconds": time.time() - started})
+                raise StopRequested(f"stopped at epoch {epoch + 1}, step {self._current_step()}")
+        _check_finite(self.model, epoch, self._current_step())
+        self.epoch.assign(epoch + 1)
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(example_count, 1),
+               "accuracy": correct_sum / max(example_count, 1), "lr": config.lr_at(epoch),
+               "adversarial": bool(adversarial), "seconds": time.time() - started}
+        self.history.append(row)
         if float(epoch + 1) in spawn_epochs:
-            save_spawn(float(epoch + 1))
-        elif kernel_tracker is not None and kernel_tracker.wants(epoch + 1, False):
-            _emit_kernel(float(epoch + 1))
-        checkpoints.write(resume_dir, {**meta_base, "history": history,
-                                       "steps_per_epoch": steps_per_epoch}, **state)
-        rundir.write_json(rundir.join(workdir, rundir.HISTORY), history)
-        for cb in callbacks:
+            self._save_spawn(float(epoch + 1))
+        elif self.tracker is not None and self.tracker.wants(epoch + 1, False):
+            self._emit_kernel(float(epoch + 1))
+        self._write_resume()
+        rundir.write_json(rundir.join(self.workdir, rundir.HISTORY), self.history)
+        for cb in self.callbacks:
             cb.on_epoch_end(epoch + 1, row)
-        if stop_requested is not None and stop_requested() and epoch + 1 < config.epochs:
-            raise StopRequested(f"stopped after epoch {epoch + 1}")
-    return history
 
 
 def _first_local(batch, strategy):
