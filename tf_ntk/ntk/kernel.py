@@ -1,8 +1,4 @@
-"""The empirical neural tangent kernel k(x, x') = ∇θf(x)·∇θf(x') of a Keras model.
-
-    K = tf_ntk.empirical_ntk(model, x1)                        # (N1, N1) trace kernel
-    K = tf_ntk.empirical_ntk(model, x1, x2, kind="full")       # (N1, N2, O, O)
-    K = tf_ntk.empirical_ntk(model, x1, logit=3, params=spawn) # (N1, N1), logit 3 at the spawn weights
+"""`empirical_ntk` and `plan`: the kernel k(x, x') = ∇θf(x)·∇θf(x') of a Keras model, in blocks.
 
 The gradient is with respect to the model's trainable weights θ (``model.trainable_variables``, or
 ``params`` in that order); BatchNormalization runs in inference mode with the model's running
@@ -17,10 +13,11 @@ import psutil
 import tensorflow as tf
 
 from tf_ntk import functional
-from tf_ntk import ntk_cost
-from tf_ntk import ntk_jacobian
-from tf_ntk import ntk_ntvp
-from tf_ntk import ntk_structured
+from tf_ntk.ntk import cost
+from tf_ntk.ntk import jacobian
+from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import ntvp
+from tf_ntk.ntk import structured
 
 KINDS = ("full", "diagonal", "trace")
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
@@ -28,8 +25,8 @@ IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
 DEFAULT_BUDGET_FRACTION = 0.25
 
 _BLOCK_FNS = {
-    "jacobian": ntk_jacobian.jacobian_block,
-    "structured": ntk_structured.structured_block,
+    "jacobian": jacobian.jacobian_block,
+    "structured": structured.structured_block,
 }
 
 # Compiled block functions per model (eager calls), so repeated kernels do not retrace.
@@ -44,7 +41,7 @@ def default_memory_budget():
 
 def _stats(model):
     if model not in _STATS:
-        _STATS[model] = ntk_cost.model_stats(model)
+        _STATS[model] = cost.model_stats(model)
     return _STATS[model]
 
 
@@ -77,14 +74,14 @@ TIE_ORDER = ("structured", "jacobian", "ntvp")
 
 
 def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, block_size):
-    """The `ntk_cost.Plan` to run: the given implementation, or the cheapest that fits."""
+    """The `cost.Plan` to run: the given implementation, or the cheapest that fits."""
     stats = _stats(f.model)
     itemsize = f.dtype.size
     names = ("jacobian", "ntvp", "structured") if implementation == "auto" else (implementation,)
     plans, errors = [], []
     for name in names:
         try:
-            p = ntk_cost.plan(stats, name, n1, n2, num_logits, diagonal, symmetric, itemsize, budget,
+            p = cost.plan(stats, name, n1, n2, num_logits, diagonal, symmetric, itemsize, budget,
                               block_size)
         except MemoryError as e:
             errors.append(str(e))
@@ -92,8 +89,8 @@ def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, 
         if p is None:
             if implementation != "auto":
                 # Let the structured walker explain why it cannot handle this model.
-                ntk_structured.weighted_layers(f.network)
-                raise ntk_structured.UnsupportedModelError(
+                keras_graph.weighted_layers(f.network)
+                raise keras_graph.UnsupportedModelError(
                     "implementation='structured' cannot handle this model")
             continue
         plans.append(p)
@@ -109,7 +106,7 @@ def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, 
 
 def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
          memory_budget_bytes=None, dtype=None, block_size=None):
-    """The `ntk_cost.Plan` that `empirical_ntk` would follow for N1 x N2 inputs (no computation)."""
+    """The `cost.Plan` that `empirical_ntk` would follow for N1 x N2 inputs (no computation)."""
     f = functional.FunctionalModel(model, dtype=dtype)
     num_logits, diagonal = (1, True) if logit is not None else (
         f.num_outputs, kind != "full")
@@ -119,7 +116,7 @@ def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
 
 def _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block, compiled):
     if implementation == "ntvp":
-        raw = lambda p, a, b: ntk_ntvp.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
+        raw = lambda p, a, b: ntvp.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
     else:
         fn = _BLOCK_FNS[implementation]
         raw = lambda p, a, b: fn(f, p, a, b, logits, diagonal)  # noqa: E731

@@ -24,18 +24,19 @@ other layer with weights (and nested models) gets a ForwardAccumulator vectorize
 models the walker cannot enter (subclassed models) get one over the whole model.
 
 The tangents of a chunk of whole examples come from one structured backward pass
-(`ntk_structured.per_example_gradients`). With x2 = x1, the columns go in `SYMMETRIC_GROUPS` groups of
+(`tf_ntk.ntk.structured.per_example_gradients`). With x2 = x1, the columns go in `SYMMETRIC_GROUPS` groups of
 examples, each against the rows up to its last example (the rest is mirrored): (G + 1) / 2G of the
 forward-mode work.
 
-Block shapes and conventions are those of `tf_ntk.ntk_jacobian`: (B1, B2, L, L), or (B1, B2, L)
+Block shapes and conventions are those of `tf_ntk.ntk.jacobian`: (B1, B2, L, L), or (B1, B2, L)
 when ``diagonal``.
 """
 
 import keras
 import tensorflow as tf
 
-from tf_ntk import ntk_structured
+from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import structured
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -104,15 +105,14 @@ class _Forward:
         self.values = {id(v): value for v, value in f.state_mapping(params)}
         self.tangents = {}
         self.graph_values = set()
-        self.bn_after = _conv_then_batchnorm(ntk_structured._graph(f.network))  # pylint: disable=protected-access
+        self.bn_after = conv_then_batchnorm(keras_graph.functional_graph(f.network))
         self.folded = {}  # id(conv output) -> tangent of the BatchNormalization output after it
 
     # -- the walk ------------------------------------------------------------------------------
 
     def wrap(self, op):
         def call(*args, **kwargs):
-            if "training" in getattr(op, "_call_context_args", {}):
-                kwargs["training"] = False
+            kwargs = keras_graph.inference_kwargs(op, kwargs)
             flat = tf.nest.flatten((args, kwargs))
             in_tangents = [self.tangents.get(id(v)) if self._is_value(v) else None for v in flat]
             own = [v for v in getattr(op, "trainable_variables", ()) if id(v) in self.weight_tangent]
@@ -124,14 +124,14 @@ class _Forward:
                 out = op(*args, **kwargs)
                 self._record(out, None)
                 return out
-            rule = ntk_structured.layer_rule(op) if own else None
+            rule = keras_graph.layer_rule(op) if own else None
             single = (len(args) == 1 and tf.is_tensor(args[0]) and not {
                 k for k, v in kwargs.items() if v is not None and k != "training"})
-            if own and single and rule == ntk_structured.DENSE:
+            if own and single and rule == keras_graph.DENSE:
                 out, tangent = self._dense(op, args[0], in_tangents[0])
-            elif own and single and rule == ntk_structured.CONV:
+            elif own and single and rule == keras_graph.CONV:
                 out, tangent = self._conv(op, args[0], in_tangents[0])
-            elif own and single and rule == ntk_structured.BATCHNORM:
+            elif own and single and rule == keras_graph.BATCHNORM:
                 out, tangent = self._batchnorm(op, args[0], in_tangents[0])
             elif own:
                 out, tangent = self._vectorized(op, own, args, kwargs, flat, in_tangents)
@@ -170,12 +170,10 @@ class _Forward:
                     self.tangents[id(o)] = t
 
     def run(self, x):
-        graph = ntk_structured._graph(self.f.network)  # pylint: disable=protected-access
+        graph = keras_graph.functional_graph(self.f.network)
         self.graph_values.add(id(x))
         with keras.StatelessScope(state_mapping=self.f.state_mapping(self.params)):
-            out = graph._run_through_graph(x, operation_fn=self.wrap)  # pylint: disable=protected-access
-        if isinstance(out, (list, tuple)):
-            out = out[0]
+            out = keras_graph.run(graph, x, self.wrap)
         tangent = self.tangents.get(id(out))
         if tangent is None:
             return out, tf.zeros([self.num_tangents] + tf.unstack(tf.shape(out)), out.dtype)
@@ -207,7 +205,7 @@ class _Forward:
         return out, dz * acc.jvp(out, unconnected_gradients=_ZERO)
 
     def _activation(self, layer, z, dz):
-        if ntk_structured._is_linear(layer.activation):  # pylint: disable=protected-access
+        if keras_graph.is_linear(layer.activation):
             return z, dz
         if layer.activation in _ELEMENTWISE_ACTIVATIONS:
             return self._elementwise(layer.activation, z, dz)
@@ -240,7 +238,7 @@ class _Forward:
 
     def _dense(self, layer, a, da):
         num = self.num_tangents
-        z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
+        z = keras_graph.linear_part(layer, a)
         dw = self._wt(layer.kernel)  # (T, n, m)
         n, m = dw.shape[1], dw.shape[2]
         wide = tf.reshape(tf.transpose(dw, [1, 0, 2]), [n, num * m])
@@ -257,7 +255,7 @@ class _Forward:
         output tangent is conv(da_t, W s) + conv(a, dW_t s + W dγ_t/σ) + db_t s + (b - μ) dγ_t/σ + dβ_t,
         so its per-channel terms ride in the convolutions instead of extra passes over the tangents."""
         num = self.num_tangents
-        z = ntk_structured._linear_part(layer, a)  # pylint: disable=protected-access
+        z = keras_graph.linear_part(layer, a)
         kernel = self.values[id(layer.kernel)]
         dw = self._wt(layer.kernel)  # (T, kh, kw, Cin, Cout)
         shift = self._wt(layer.bias) if layer.use_bias else None  # (T, Cout)
@@ -317,24 +315,20 @@ def _is_plain_relu(fn):
     return type(fn) is _L.ReLU and fn.max_value is None and not fn.negative_slope and not fn.threshold
 
 
-def _conv_then_batchnorm(graph):
+def conv_then_batchnorm(graph):
     """{id(conv layer): BatchNormalization layer} for every Conv2D (no activation, called once)
     whose output feeds a BatchNormalization layer (called once, channels last) and nothing else."""
-    consumers, outputs = {}, {id(t) for t in graph.outputs}
-    for nodes in graph._nodes_by_depth.values():  # pylint: disable=protected-access
-        for node in nodes:
-            for t in node.input_tensors:
-                consumers.setdefault(id(t), []).append(node.operation)
+    consumers, outputs = keras_graph.consumers(graph), {id(t) for t in graph.outputs}
     out = {}
-    for layer in graph._flatten_layers(include_self=False, recursive=False):  # pylint: disable=protected-access
-        if (ntk_structured.layer_rule(layer) != ntk_structured.CONV
-                or not ntk_structured._is_linear(layer.activation)  # pylint: disable=protected-access
-                or len(layer._inbound_nodes) != 1):  # pylint: disable=protected-access
+    for layer in keras_graph.layers(graph):
+        if (keras_graph.layer_rule(layer) != keras_graph.CONV
+                or not keras_graph.is_linear(layer.activation)
+                or keras_graph.call_count(layer) != 1):
             continue
         users = consumers.get(id(layer.output), [])
         if (len(users) == 1 and id(layer.output) not in outputs
-                and ntk_structured.layer_rule(users[0]) == ntk_structured.BATCHNORM
-                and len(users[0]._inbound_nodes) == 1):  # pylint: disable=protected-access
+                and keras_graph.layer_rule(users[0]) == keras_graph.BATCHNORM
+                and keras_graph.call_count(users[0]) == 1):
             out[id(layer)] = users[0]
     return out
 
@@ -358,7 +352,7 @@ def batched_jvp(f, params, x, weight_tangents):
       (T, B, O): entry [t, i] = J(x_i) v_t, the directional derivative of the logits along tangent t.
 
     Raises:
-      ntk_structured.UnsupportedModelError: the model is not a functional or Sequential Keras model.
+      keras_graph.UnsupportedModelError: the model is not a functional or Sequential Keras model.
     """
     num = weight_tangents[0].shape[0]
     walker = _Forward(f, params, weight_tangents, num)
@@ -384,25 +378,17 @@ def _example_tangents(f, params, xe, logits):
     a list of (E·L, *shape), one per weight.
 
     One forward pass and L vectorized backward passes give per-layer cotangents; each layer's
-    structured rule turns them into per-example gradients (`ntk_structured.per_example_gradients`).
+    structured rule turns them into per-example gradients (`tf_ntk.ntk.structured.per_example_gradients`).
     Models the rules cannot walk take a vectorized per-column gradient.
     """
     try:
-        grads = ntk_structured.per_example_gradients(f, params, xe, logits)  # (L, E, *shape)
-    except ntk_structured.UnsupportedModelError:
+        grads = structured.per_example_gradients(f, params, xe, logits)  # (L, E, *shape)
+    except keras_graph.UnsupportedModelError:
         logits_t = tf.constant(list(logits), tf.int32)
         return _column_tangents(f, params, tf.repeat(xe, len(logits), axis=0),
                                 tf.tile(logits_t, [tf.shape(xe)[0]]))
     return [tf.reshape(tf.transpose(g, [1, 0] + list(range(2, len(g.shape)))),
                        [-1] + g.shape[2:].as_list()) for g in grads]
-
-
-def _walkable(f):
-    try:
-        ntk_structured._graph(f.network)  # pylint: disable=protected-access
-        return True
-    except ntk_structured.UnsupportedModelError:
-        return False
 
 
 def _jvp_columns_generic(f, params, x1, tangents):
@@ -484,7 +470,7 @@ def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
     num_logits = len(logits)
     b1, b2 = x1.shape[0], x2.shape[0]
     chunk = b2 * num_logits if chunk is None else max(1, int(chunk))
-    walkable = _walkable(f)
+    walkable = keras_graph.is_walkable(f.network)
     if symmetric:
         groups = min(SYMMETRIC_GROUPS, b2)
         ends = [round((g + 1) * b2 / groups) for g in range(groups)]
