@@ -14,7 +14,7 @@ tangent (it falls back to a loop, ~100x slower), so each layer with weights gets
     batch, the second as ONE convolution whose filters are the T tangent filters side by side along
     the output channels;
   * BatchNormalization (inference): dy_t = da_t γ/σ + x̂ dγ_t + dβ_t; after a Conv2D whose output
-    only it consumes, folded into the convolutions' filters and bias (see `_Forward._conv`).
+    only it consumes, folded into the convolutions' filters and bias (`fold_batchnorm`).
 
 Element-wise activations multiply the tangents by their derivative (ReLU: a mask); linear layers
 without weights (reshapes, average pooling, padding, Add) act on the tangents directly. Other ops
@@ -24,9 +24,9 @@ other layer with weights (and nested models) gets a ForwardAccumulator vectorize
 models the walker cannot enter (subclassed models) get one over the whole model.
 
 The tangents of a chunk of whole examples come from one structured backward pass
-(`tf_ntk.ntk.structured.per_example_gradients`). With x2 = x1, the columns go in `SYMMETRIC_GROUPS` groups of
-examples, each against the rows up to its last example (the rest is mirrored): (G + 1) / 2G of the
-forward-mode work.
+(`tf_ntk.ntk.structured.per_example_gradients`). With x2 = x1, the columns go in `SYMMETRIC_GROUPS`
+groups of examples, each against the rows up to its last example (the rest is mirrored): (G + 1) / 2G
+of the forward-mode work.
 
 Block shapes and conventions are those of `tf_ntk.ntk.jacobian`: (B1, B2, L, L), or (B1, B2, L)
 when ``diagonal``.
@@ -81,238 +81,17 @@ def _tile(t, num_tangents):
 
 
 def _add(*terms):
+    """The sum of the terms that are not None; None when all are."""
     terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
     out = terms[0]
     for t in terms[1:]:
         out = out + t
     return out
 
 
-class _Forward:
-    """Runs the graph on the primal inputs, carrying (T, B, ...) tangents beside every value.
-
-    ``tangents`` holds the tangent of every graph value with one (keyed by id of the value); a value
-    without an entry has a zero tangent (the inputs, and anything computed from them alone).
-    """
-
-    def __init__(self, f, params, weight_tangents, num_tangents):
-        self.f = f
-        self.params = params
-        self.num_tangents = num_tangents
-        variables = f.network.trainable_variables
-        self.weight_tangent = {id(v): t for v, t in zip(variables, weight_tangents)}
-        self.index = {id(v): k for k, v in enumerate(variables)}
-        self.values = {id(v): value for v, value in f.state_mapping(params)}
-        self.tangents = {}
-        self.graph_values = set()
-        self.bn_after = conv_then_batchnorm(keras_graph.functional_graph(f.network))
-        self.folded = {}  # id(conv output) -> tangent of the BatchNormalization output after it
-
-    # -- the walk ------------------------------------------------------------------------------
-
-    def wrap(self, op):
-        def call(*args, **kwargs):
-            kwargs = keras_graph.inference_kwargs(op, kwargs)
-            flat = tf.nest.flatten((args, kwargs))
-            in_tangents = [self.tangents.get(id(v)) if self._is_value(v) else None for v in flat]
-            own = [v for v in getattr(op, "trainable_variables", ()) if id(v) in self.weight_tangent]
-            if flat and id(flat[0]) in self.folded:  # BN after a conv: its tangent is computed
-                out = op(*args, **kwargs)
-                self._record(out, self.folded.pop(id(flat[0])))
-                return out
-            if not own and all(t is None for t in in_tangents):
-                out = op(*args, **kwargs)
-                self._record(out, None)
-                return out
-            rule = keras_graph.layer_rule(op) if own else None
-            single = (len(args) == 1 and tf.is_tensor(args[0]) and not {
-                k for k, v in kwargs.items() if v is not None and k != "training"})
-            if own and single and rule == keras_graph.DENSE:
-                out, tangent = self._dense(op, args[0], in_tangents[0])
-            elif own and single and rule == keras_graph.CONV:
-                out, tangent = self._conv(op, args[0], in_tangents[0])
-            elif own and single and rule == keras_graph.BATCHNORM:
-                out, tangent = self._batchnorm(op, args[0], in_tangents[0])
-            elif own:
-                out, tangent = self._vectorized(op, own, args, kwargs, flat, in_tangents)
-            elif _is_elementwise(op) and single:
-                out, tangent = self._elementwise(op, args[0], in_tangents[0], kwargs)
-            elif type(op) in _LINEAR and single:
-                out = op(*args, **kwargs)
-                tangent = _unfold(op(_fold(in_tangents[0]), **kwargs), self.num_tangents)
-            elif type(op) is _L.Add and len(args) == 1 and not kwargs.keys() - {"training"}:
-                out = op(*args, **kwargs)
-                tangent = _add(*in_tangents)
-            else:
-                out, tangent = self._tiled(op, args, kwargs, flat, in_tangents)
-            self._record(out, tangent)
-            return out
-
-        return call
-
-    def _wt(self, variable):
-        """The (T, *shape) tangent of a weight; zeros for a weight that is not trainable."""
-        t = self.weight_tangent.get(id(variable))
-        if t is None:
-            t = tf.zeros([self.num_tangents] + list(variable.shape), self.f.dtype)
-        return t
-
-    def _is_value(self, v):
-        return tf.is_tensor(v) and id(v) in self.graph_values
-
-    def _record(self, out, tangent):
-        outs = tf.nest.flatten(out)
-        tangents = [None] * len(outs) if tangent is None else tf.nest.flatten(tangent)
-        for o, t in zip(outs, tangents):
-            if tf.is_tensor(o):
-                self.graph_values.add(id(o))
-                if t is not None:
-                    self.tangents[id(o)] = t
-
-    def run(self, x):
-        graph = keras_graph.functional_graph(self.f.network)
-        self.graph_values.add(id(x))
-        with keras.StatelessScope(state_mapping=self.f.state_mapping(self.params)):
-            out = keras_graph.run(graph, x, self.wrap)
-        tangent = self.tangents.get(id(out))
-        if tangent is None:
-            return out, tf.zeros([self.num_tangents] + tf.unstack(tf.shape(out)), out.dtype)
-        return out, tangent
-
-    # -- layers and ops without batched rules --------------------------------------------------
-
-    def _tiled(self, op, args, kwargs, flat, in_tangents):
-        """JVP of an op without weights: its inputs tiled T times, the tangents as the batch."""
-        num = self.num_tangents
-        tiled = [_tile(v, num) if self._is_value(v) else v for v in flat]
-        primals = [tiled[k] for k, t in enumerate(in_tangents) if t is not None]
-        tangents = [_fold(t) for t in in_tangents if t is not None]
-        with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
-            a, kw = tf.nest.pack_sequence_as((args, kwargs), tiled)
-            out_tiled = op(*a, **kw)
-        batch = tf.shape(flat[[k for k, v in enumerate(flat) if self._is_value(v)][0]])[0]
-        out = tf.nest.map_structure(lambda o: o[:batch], out_tiled)
-        tangent = tf.nest.map_structure(
-            lambda o: _unfold(acc.jvp(o, unconnected_gradients=_ZERO), num), out_tiled)
-        return out, tangent
-
-    def _elementwise(self, fn, z, dz, kwargs=None):
-        """An element-wise function: its derivative on the primal (B, ...) times the tangents."""
-        if _is_plain_relu(fn):
-            return fn(z, **(kwargs or {})), tf.where(z > 0, dz, tf.zeros([], dz.dtype))
-        with tf.autodiff.ForwardAccumulator(z, tf.ones_like(z)) as acc:
-            out = fn(z, **(kwargs or {}))
-        return out, dz * acc.jvp(out, unconnected_gradients=_ZERO)
-
-    def _activation(self, layer, z, dz):
-        if keras_graph.is_linear(layer.activation):
-            return z, dz
-        if layer.activation in _ELEMENTWISE_ACTIVATIONS:
-            return self._elementwise(layer.activation, z, dz)
-        self.graph_values.add(id(z))
-        return self._tiled(layer.activation, (z,), {}, [z], [dz])
-
-    def _vectorized(self, op, own, args, kwargs, flat, in_tangents):
-        """JVP of a layer with weights and no batched rule, vectorized over the tangents by pfor."""
-        mapping = self.f.state_mapping(self.params)
-        weights = [self.values[id(v)] for v in own]
-        dweights = [self.weight_tangent[id(v)] for v in own]
-        inputs = [k for k, t in enumerate(in_tangents) if t is not None]
-        dinputs = [in_tangents[k] for k in inputs]
-
-        def one(tangents):
-            dw, dx = tangents
-            primals = weights + [flat[k] for k in inputs]
-            with tf.autodiff.ForwardAccumulator(primals, list(dw) + list(dx)) as acc:
-                local = list(zip(own, weights))
-                with keras.StatelessScope(state_mapping=mapping + local):
-                    a, kw = tf.nest.pack_sequence_as((args, kwargs), flat)
-                    out = op(*a, **kw)
-            return tf.nest.map_structure(lambda o: acc.jvp(o, unconnected_gradients=_ZERO), out)
-
-        tangent = tf.vectorized_map(one, (dweights, dinputs))
-        a, kw = tf.nest.pack_sequence_as((args, kwargs), flat)
-        return op(*a, **kw), tangent
-
-    # -- batched rules -------------------------------------------------------------------------
-
-    def _dense(self, layer, a, da):
-        num = self.num_tangents
-        z = keras_graph.linear_part(layer, a)
-        dw = self._wt(layer.kernel)  # (T, n, m)
-        n, m = dw.shape[1], dw.shape[2]
-        wide = tf.reshape(tf.transpose(dw, [1, 0, 2]), [n, num * m])
-        dz = tf.transpose(tf.reshape(tf.matmul(a, wide), [-1, num, m]), [1, 0, 2])
-        if da is not None:
-            dz = dz + _unfold(tf.matmul(_fold(da), layer.kernel), num)
-        if layer.use_bias:
-            dz = dz + self._wt(layer.bias)[:, None, :]
-        return self._activation(layer, z, dz)
-
-    def _conv(self, layer, a, da):
-        """dz_t = conv(da_t, W) + conv(a, dW_t) + db_t; folded into the BatchNormalization that
-        alone consumes z when there is one (`_conv_then_batchnorm`): with s = γ/σ, that layer's
-        output tangent is conv(da_t, W s) + conv(a, dW_t s + W dγ_t/σ) + db_t s + (b - μ) dγ_t/σ + dβ_t,
-        so its per-channel terms ride in the convolutions instead of extra passes over the tangents."""
-        num = self.num_tangents
-        z = keras_graph.linear_part(layer, a)
-        kernel = self.values[id(layer.kernel)]
-        dw = self._wt(layer.kernel)  # (T, kh, kw, Cin, Cout)
-        shift = self._wt(layer.bias) if layer.use_bias else None  # (T, Cout)
-        bn = self.bn_after.get(id(layer))
-        if bn is not None:
-            inv = tf.math.rsqrt(self.values[id(bn.moving_variance)] + bn.epsilon)
-            scale = inv * self.values[id(bn.gamma)] if bn.scale else inv
-            terms = [None if shift is None else shift * scale]
-            kernel, dw = kernel * scale, dw * scale
-            if bn.scale:
-                dgamma = self._wt(bn.gamma) * inv  # (T, Cout)
-                dw = dw + self.values[id(layer.kernel)][None] * dgamma[:, None, None, None, :]
-                offset = self.values[id(layer.bias)] if layer.use_bias else 0.0
-                terms.append((offset - self.values[id(bn.moving_mean)]) * dgamma)
-            if bn.center:
-                terms.append(self._wt(bn.beta))
-            shift = _add(*terms) if any(t is not None for t in terms) else None
-        # conv(a, dW_t) for every t: ONE convolution with the T tangent filters side by side along
-        # the output channels (its per-tangent shift fused in as a bias), then (B, H, W, T, Cout)
-        # -> (T, B, H, W, Cout).
-        kh, kw, cin, cout = dw.shape[1:]
-        wide = tf.reshape(tf.transpose(dw, [1, 2, 3, 0, 4]), [kh, kw, cin, num * cout])
-        y = layer.convolution_op(a, wide)
-        if shift is not None:
-            y = tf.nn.bias_add(y, tf.reshape(shift, [num * cout]))
-        dz = tf.transpose(tf.reshape(y, [-1, y.shape[1], y.shape[2], num, cout]), [3, 0, 1, 2, 4])
-        if da is not None:
-            dz = dz + _unfold(layer.convolution_op(_fold(da), kernel), num)
-        if bn is not None:
-            self.folded[id(z)] = dz
-            return z, None
-        return self._activation(layer, z, dz)
-
-    def _batchnorm(self, layer, a, da):
-        num = self.num_tangents
-        out = layer(a, training=False)
-        inv = tf.math.rsqrt(self.values[id(layer.moving_variance)] + layer.epsilon)
-        channels = a.shape[-1]
-        per_tangent = [num] + [1] * (len(a.shape) - 1) + [channels]
-        terms = []
-        if da is not None:
-            terms.append(da * (inv * self.values[id(layer.gamma)] if layer.scale else inv))
-        if layer.scale:
-            xhat = (a - self.values[id(layer.moving_mean)]) * inv
-            terms.append(xhat * tf.reshape(self._wt(layer.gamma), per_tangent))
-        if layer.center:
-            terms.append(tf.reshape(self._wt(layer.beta), per_tangent))
-        tangent = _add(*terms)
-        if da is None and not layer.scale:
-            tangent = tangent + tf.zeros_like(out)  # a bare dβ: broadcast to (T, B, ...)
-        return out, tangent
-
-
-def _is_plain_relu(fn):
-    if fn is keras.activations.relu:
-        return True
-    return type(fn) is _L.ReLU and fn.max_value is None and not fn.negative_slope and not fn.threshold
+# -- BatchNormalization folded into the convolution before it --------------------------------------
 
 
 def conv_then_batchnorm(graph):
@@ -333,10 +112,351 @@ def conv_then_batchnorm(graph):
     return out
 
 
-def _is_elementwise(op):
-    if type(op) in _ELEMENTWISE_LAYERS:
+def fold_batchnorm(kernel, dkernel, bias, dbias, inv, gamma, dgamma, mean, dbeta):
+    """An inference-mode BatchNormalization folded into the Conv2D before it, on the tangent side.
+
+    The pair computes y = s (conv(a, W) + b − μ) + β with s = γ/σ, σ = sqrt(var + ε). Its tangent
+    along (da, dW, db, dγ, dβ) is
+
+        dy = conv(da, W s) + conv(a, dW s + W dγ/σ) + db s + (b − μ) dγ/σ + dβ,
+
+    so the BN's per-channel terms ride in the two convolutions (filters W s and dW s + W dγ/σ) and
+    one per-tangent shift instead of extra passes over the (T, B, H, W, C) tangents. Channels are
+    last everywhere; T is the number of tangents.
+
+    Args:
+      kernel: W, the conv filters (kh, kw, Cin, C).
+      dkernel: dW, their tangents (T, kh, kw, Cin, C).
+      bias: b (C,), or None for a conv without bias.
+      dbias: db (T, C), or None for a conv without bias.
+      inv: 1/σ (C,).
+      gamma: γ (C,), or None for a BN without scale (then s = 1/σ and dγ is None).
+      dgamma: dγ (T, C), or None.
+      mean: μ, the moving mean (C,).
+      dbeta: dβ (T, C), or None for a BN without center.
+
+    Returns:
+      (filters, dfilters, shift): W s (kh, kw, Cin, C) for conv(da, ·); dW s + W dγ/σ
+      (T, kh, kw, Cin, C) for conv(a, ·); the shift db s + (b − μ) dγ/σ + dβ (T, C), or None when
+      every term is absent.
+    """
+    scale = inv if gamma is None else inv * gamma
+    terms = [None if dbias is None else dbias * scale]
+    filters, dfilters = kernel * scale, dkernel * scale
+    if gamma is not None:
+        dg = dgamma * inv  # (T, C)
+        dfilters = dfilters + kernel[None] * dg[:, None, None, None, :]
+        terms.append(((0.0 if bias is None else bias) - mean) * dg)
+    terms.append(dbeta)
+    return filters, dfilters, _add(*terms)
+
+
+class _BatchNormFolds:
+    """The conv -> BN pairs of a graph (`conv_then_batchnorm`) and the BN output tangents that the
+    conv rule computed for them (`fold_batchnorm`), held until the walk reaches the BN."""
+
+    def __init__(self, graph):
+        self.after = conv_then_batchnorm(graph)
+        self.held = {}  # id(conv output) -> tangent of the BN output after it
+
+    def batchnorm_after(self, conv):
+        return self.after.get(id(conv))
+
+    def hold(self, conv_output, tangent):
+        self.held[id(conv_output)] = tangent
+
+    def take(self, bn_input):
+        """The held tangent of the BN applied to ``bn_input``, or None."""
+        return self.held.pop(id(bn_input), None)
+
+
+# -- the forward-mode walk -------------------------------------------------------------------------
+
+
+class _Walk:
+    """One forward-mode pass: the graph runs on the primal inputs and every value carries (T, B, ...)
+    tangents along the T weight tangents.
+
+    ``tangents`` holds the tangent of every graph value with one (keyed by id of the value); a value
+    without an entry has a zero tangent (the inputs, and anything computed from them alone).
+    """
+
+    def __init__(self, f, params, weight_tangents):
+        self.f = f
+        self.params = params
+        self.num_tangents = weight_tangents[0].shape[0]
+        variables = f.network.trainable_variables
+        self.weight_tangents = {id(v): t for v, t in zip(variables, weight_tangents)}
+        self.values = {id(v): value for v, value in f.state_mapping(params)}
+        self.tangents = {}
+        self.graph_values = set()
+        self.graph = keras_graph.functional_graph(f.network)
+        self.folds = _BatchNormFolds(self.graph)
+
+    def value(self, variable):
+        return self.values[id(variable)]
+
+    def weight_tangent(self, variable):
+        """The (T, *shape) tangent of a weight; zeros for a weight that is not trainable."""
+        t = self.weight_tangents.get(id(variable))
+        if t is None:
+            t = tf.zeros([self.num_tangents] + list(variable.shape), self.f.dtype)
+        return t
+
+    def is_value(self, v):
+        return tf.is_tensor(v) and id(v) in self.graph_values
+
+    def record(self, out, tangent):
+        outs = tf.nest.flatten(out)
+        tangents = [None] * len(outs) if tangent is None else tf.nest.flatten(tangent)
+        for o, t in zip(outs, tangents):
+            if tf.is_tensor(o):
+                self.graph_values.add(id(o))
+                if t is not None:
+                    self.tangents[id(o)] = t
+
+    def operation(self, op):
+        """``op`` as the graph calls it: its output, its tangent recorded by the rule for ``op``."""
+
+        def call(*args, **kwargs):
+            c = _Call(self, op, args, keras_graph.inference_kwargs(op, kwargs))
+            out, tangent = _apply_rule(self, c)
+            self.record(out, tangent)
+            return out
+
+        return call
+
+    def run(self, x):
+        """(output (B, O), its tangents (T, B, O)) on inputs ``x``."""
+        self.graph_values.add(id(x))
+        with keras.StatelessScope(state_mapping=self.f.state_mapping(self.params)):
+            out = keras_graph.run(self.graph, x, self.operation)
+        tangent = self.tangents.get(id(out))
+        if tangent is None:
+            return out, tf.zeros([self.num_tangents] + tf.unstack(tf.shape(out)), out.dtype)
+        return out, tangent
+
+
+class _Call:
+    """One operation call in the walk: the op, its arguments and their tangents."""
+
+    def __init__(self, walk, op, args, kwargs, in_tangents=None):
+        self.op, self.args, self.kwargs = op, args, kwargs
+        self.flat = tf.nest.flatten((args, kwargs))
+        if in_tangents is None:
+            in_tangents = [walk.tangents.get(id(v)) if walk.is_value(v) else None for v in self.flat]
+        self.in_tangents = in_tangents
+        # The op's own weights that have tangents (trainable weights of the model).
+        self.own = [v for v in getattr(op, "trainable_variables", ())
+                    if id(v) in walk.weight_tangents]
+        # One tensor input and no other tensor arguments: the batched rules' form.
+        self.single = len(args) == 1 and tf.is_tensor(args[0]) and not {
+            k for k, v in kwargs.items() if v is not None and k != "training"}
+
+    @property
+    def x(self):
+        return self.args[0]
+
+    @property
+    def dx(self):
+        return self.in_tangents[0]
+
+    def primal(self):
+        return self.op(*self.args, **self.kwargs)
+
+
+# -- rules: (walk, call) -> (output, output tangent), or None when the rule does not apply ---------
+
+
+def _dense(walk, c):
+    if not c.single:
+        return None
+    layer, a, da, num = c.op, c.x, c.dx, walk.num_tangents
+    z = keras_graph.linear_part(layer, a)
+    dw = walk.weight_tangent(layer.kernel)  # (T, n, m)
+    n, m = dw.shape[1], dw.shape[2]
+    wide = tf.reshape(tf.transpose(dw, [1, 0, 2]), [n, num * m])
+    dz = tf.transpose(tf.reshape(tf.matmul(a, wide), [-1, num, m]), [1, 0, 2])
+    if da is not None:
+        dz = dz + _unfold(tf.matmul(_fold(da), layer.kernel), num)
+    if layer.use_bias:
+        dz = dz + walk.weight_tangent(layer.bias)[:, None, :]
+    return _activation(walk, layer, z, dz)
+
+
+def _conv(walk, c):
+    """dz_t = conv(da_t, W) + conv(a, dW_t) + db_t; with the BatchNormalization that alone consumes
+    z folded in (`fold_batchnorm`), that BN's output tangent instead, held for its step."""
+    if not c.single:
+        return None
+    layer, a, da, num = c.op, c.x, c.dx, walk.num_tangents
+    z = keras_graph.linear_part(layer, a)
+    kernel = walk.value(layer.kernel)
+    dw = walk.weight_tangent(layer.kernel)  # (T, kh, kw, Cin, Cout)
+    shift = walk.weight_tangent(layer.bias) if layer.use_bias else None  # (T, Cout)
+    bn = walk.folds.batchnorm_after(layer)
+    if bn is not None:
+        kernel, dw, shift = fold_batchnorm(
+            kernel, dw, walk.value(layer.bias) if layer.use_bias else None, shift,
+            inv=tf.math.rsqrt(walk.value(bn.moving_variance) + bn.epsilon),
+            gamma=walk.value(bn.gamma) if bn.scale else None,
+            dgamma=walk.weight_tangent(bn.gamma) if bn.scale else None,
+            mean=walk.value(bn.moving_mean),
+            dbeta=walk.weight_tangent(bn.beta) if bn.center else None)
+    # conv(a, dW_t) for every t: ONE convolution with the T tangent filters side by side along the
+    # output channels (its per-tangent shift fused in as a bias), then (B, H, W, T, Cout)
+    # -> (T, B, H, W, Cout).
+    kh, kw, cin, cout = dw.shape[1:]
+    wide = tf.reshape(tf.transpose(dw, [1, 2, 3, 0, 4]), [kh, kw, cin, num * cout])
+    y = layer.convolution_op(a, wide)
+    if shift is not None:
+        y = tf.nn.bias_add(y, tf.reshape(shift, [num * cout]))
+    dz = tf.transpose(tf.reshape(y, [-1, y.shape[1], y.shape[2], num, cout]), [3, 0, 1, 2, 4])
+    if da is not None:
+        dz = dz + _unfold(layer.convolution_op(_fold(da), kernel), num)
+    if bn is not None:
+        walk.folds.hold(z, dz)
+        return z, None
+    return _activation(walk, layer, z, dz)
+
+
+def _batchnorm(walk, c):
+    if not c.single:
+        return None
+    layer, a, da, num = c.op, c.x, c.dx, walk.num_tangents
+    out = layer(a, training=False)
+    inv = tf.math.rsqrt(walk.value(layer.moving_variance) + layer.epsilon)
+    channels = a.shape[-1]
+    per_tangent = [num] + [1] * (len(a.shape) - 1) + [channels]
+    terms = []
+    if da is not None:
+        terms.append(da * (inv * walk.value(layer.gamma) if layer.scale else inv))
+    if layer.scale:
+        xhat = (a - walk.value(layer.moving_mean)) * inv
+        terms.append(xhat * tf.reshape(walk.weight_tangent(layer.gamma), per_tangent))
+    if layer.center:
+        terms.append(tf.reshape(walk.weight_tangent(layer.beta), per_tangent))
+    tangent = _add(*terms)
+    if da is None and not layer.scale:
+        tangent = tangent + tf.zeros_like(out)  # a bare dβ: broadcast to (T, B, ...)
+    return out, tangent
+
+
+def _vectorized(walk, c):
+    """A layer with weights and no batched rule: its JVP vectorized over the tangents by pfor."""
+    mapping = walk.f.state_mapping(walk.params)
+    weights = [walk.value(v) for v in c.own]
+    dweights = [walk.weight_tangents[id(v)] for v in c.own]
+    inputs = [k for k, t in enumerate(c.in_tangents) if t is not None]
+    dinputs = [c.in_tangents[k] for k in inputs]
+
+    def one(tangents):
+        dw, dx = tangents
+        primals = weights + [c.flat[k] for k in inputs]
+        with tf.autodiff.ForwardAccumulator(primals, list(dw) + list(dx)) as acc:
+            local = list(zip(c.own, weights))
+            with keras.StatelessScope(state_mapping=mapping + local):
+                out = c.primal()
+        return tf.nest.map_structure(lambda o: acc.jvp(o, unconnected_gradients=_ZERO), out)
+
+    tangent = tf.vectorized_map(one, (dweights, dinputs))
+    return c.primal(), tangent
+
+
+def _tiled(walk, c):
+    """An op without weights and without a rule: its inputs tiled T times, the tangents as the batch,
+    through a ForwardAccumulator."""
+    num = walk.num_tangents
+    tiled = [_tile(v, num) if walk.is_value(v) else v for v in c.flat]
+    primals = [tiled[k] for k, t in enumerate(c.in_tangents) if t is not None]
+    tangents = [_fold(t) for t in c.in_tangents if t is not None]
+    with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
+        a, kw = tf.nest.pack_sequence_as((c.args, c.kwargs), tiled)
+        out_tiled = c.op(*a, **kw)
+    batch = tf.shape(c.flat[[k for k, v in enumerate(c.flat) if walk.is_value(v)][0]])[0]
+    out = tf.nest.map_structure(lambda o: o[:batch], out_tiled)
+    tangent = tf.nest.map_structure(
+        lambda o: _unfold(acc.jvp(o, unconnected_gradients=_ZERO), num), out_tiled)
+    return out, tangent
+
+
+def _elementwise(fn, z, dz, kwargs=None):
+    """An element-wise function: its derivative on the primal (B, ...) times the tangents."""
+    if _is_plain_relu(fn):
+        return fn(z, **(kwargs or {})), tf.where(z > 0, dz, tf.zeros([], dz.dtype))
+    with tf.autodiff.ForwardAccumulator(z, tf.ones_like(z)) as acc:
+        out = fn(z, **(kwargs or {}))
+    return out, dz * acc.jvp(out, unconnected_gradients=_ZERO)
+
+
+def _is_plain_relu(fn):
+    if fn is keras.activations.relu:
         return True
-    return type(op) is _L.Activation and op.activation in _ELEMENTWISE_ACTIVATIONS
+    return type(fn) is _L.ReLU and fn.max_value is None and not fn.negative_slope and not fn.threshold
+
+
+def _activation(walk, layer, z, dz):
+    """A Dense / Conv2D layer's activation on its pre-activation z and tangents dz."""
+    if keras_graph.is_linear(layer.activation):
+        return z, dz
+    if layer.activation in _ELEMENTWISE_ACTIVATIONS:
+        return _elementwise(layer.activation, z, dz)
+    walk.graph_values.add(id(z))
+    return _tiled(walk, _Call(walk, layer.activation, (z,), {}, in_tangents=[dz]))
+
+
+def _elementwise_layer(walk, c):
+    return _elementwise(c.op, c.x, c.dx, c.kwargs) if c.single else None
+
+
+def _activation_layer(walk, c):
+    if c.single and c.op.activation in _ELEMENTWISE_ACTIVATIONS:
+        return _elementwise(c.op, c.x, c.dx, c.kwargs)
+    return None
+
+
+def _linear(walk, c):
+    if not c.single:
+        return None
+    return c.primal(), _unfold(c.op(_fold(c.dx), **c.kwargs), walk.num_tangents)
+
+
+def _sum(walk, c):
+    if len(c.args) != 1 or c.kwargs.keys() - {"training"}:
+        return None
+    return c.primal(), _add(*c.in_tangents)
+
+
+# Layers with trainable weights, by `keras_graph.layer_rule`; the others, and calls that do not fit
+# a rule, take `_vectorized`.
+WEIGHTED_RULES = {
+    keras_graph.DENSE: _dense,
+    keras_graph.CONV: _conv,
+    keras_graph.BATCHNORM: _batchnorm,
+}
+# Operations without trainable weights, by type; the others, and calls that do not fit a rule,
+# take `_tiled`.
+WEIGHTLESS_RULES = {
+    **dict.fromkeys(_LINEAR, _linear),
+    **dict.fromkeys(_ELEMENTWISE_LAYERS, _elementwise_layer),
+    _L.Activation: _activation_layer,
+    _L.Add: _sum,
+}
+
+
+def _apply_rule(walk, c):
+    """(output, output tangent) of the call ``c``, by the rule for its operation."""
+    folded = walk.folds.take(c.flat[0]) if c.flat else None
+    if folded is not None:  # a BN after a conv: the conv rule computed its tangent
+        return c.primal(), folded
+    if not c.own and all(t is None for t in c.in_tangents):
+        return c.primal(), None  # nothing here depends on the weights
+    if c.own:
+        rule, fallback = WEIGHTED_RULES.get(keras_graph.layer_rule(c.op)), _vectorized
+    else:
+        rule, fallback = WEIGHTLESS_RULES.get(type(c.op)), _tiled
+    result = rule(walk, c) if rule is not None else None
+    return fallback(walk, c) if result is None else result
 
 
 def batched_jvp(f, params, x, weight_tangents):
@@ -354,9 +474,7 @@ def batched_jvp(f, params, x, weight_tangents):
     Raises:
       keras_graph.UnsupportedModelError: the model is not a functional or Sequential Keras model.
     """
-    num = weight_tangents[0].shape[0]
-    walker = _Forward(f, params, weight_tangents, num)
-    _, tangent = walker.run(tf.cast(x, f.dtype))
+    _, tangent = _Walk(f, params, weight_tangents).run(tf.cast(x, f.dtype))
     return tangent
 
 
