@@ -1,5 +1,6 @@
-"""The empirical NTK against an independent oracle: a float64 loop of per-example, per-logit
-``tape.gradient`` calls on the model's own variables, dot products taken in NumPy."""
+"""The empirical NTK against an independent oracle (`tf_ntk.ntk.oracle`): a float64 loop of
+per-example, per-logit ``tape.gradient`` calls on an independently built float64 twin holding the
+model's own weights, dot products taken in NumPy."""
 
 import keras
 import numpy as np
@@ -13,11 +14,12 @@ from tf_ntk import functional
 from tf_ntk import models
 from tf_ntk.ntk import cost
 from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import oracle
 
 NUM_CLASSES = ntk_cases.NUM_CLASSES
 N1 = ntk_cases.N1
 MODELS = ntk_cases.MODELS
-_case = ntk_cases._case  # pylint: disable=protected-access
+_case = ntk_cases.case
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured")
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
@@ -171,19 +173,7 @@ def _nested_with_ops(dtype):
 
 def _own_gradients_kernel(model64, x1, x2):
     """Oracle built from a model constructed in float64 (not through tf_ntk's float64 copy)."""
-    def jac(x):
-        rows = []
-        for xi in x:
-            per_logit = []
-            for c in range(NUM_CLASSES):
-                with tf.GradientTape() as tape:
-                    out = model64(xi[None], training=False)[0, c]
-                per_logit.append(np.concatenate(
-                    [g.numpy().ravel() for g in tape.gradient(out, model64.trainable_variables)]))
-            rows.append(per_logit)
-        return np.array(rows)
-
-    return np.einsum("iap,jbp->ijab", jac(x1), jac(x2))
+    return oracle.kernel(oracle.jacobian(model64, x1), oracle.jacobian(model64, x2))
 
 
 def test_float64_with_nested_models_plain_ops_and_float64_params():
