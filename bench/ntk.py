@@ -24,6 +24,7 @@ import tensorflow as tf
 from binaries import common
 import tf_ntk
 from tf_ntk import models
+from tf_ntk.ntk import oracle
 
 flags.DEFINE_bool("quick", False, "Only the small models at N=64 and 128.")
 flags.DEFINE_float("max_seconds", 90.0, "Skip a configuration estimated to take longer than this.")
@@ -93,18 +94,10 @@ def matmul_flops():
 
 
 def naive_kernel(model, x, kind):
-    """The slow reference: one tape.gradient per example and logit, dot products in NumPy."""
-    rows = []
-    for xi in x:
-        per_logit = []
-        for c in range(model.output_shape[-1]):
-            with tf.GradientTape() as tape:
-                out = model(xi[None], training=False)[0, c]
-            grads = tape.gradient(out, model.trainable_variables)
-            per_logit.append(np.concatenate([g.numpy().ravel() for g in grads]))
-        rows.append(per_logit)
-    jac = np.array(rows)
-    full = np.einsum("iap,jbp->ijab", jac, jac)
+    """The slow reference (`tf_ntk.ntk.oracle`): one tape.gradient per example and logit, dot
+    products in NumPy."""
+    jac = oracle.jacobian(model, x)
+    full = oracle.kernel(jac, jac)
     return full if kind == "full" else np.einsum("ijaa->ija", full).mean(-1)
 
 

@@ -1,15 +1,15 @@
 """Shared NTK test cases: small models with non-trivial BN statistics and weights, and their float64
-oracle kernels from a loop of per-example, per-logit ``tape.gradient`` calls (NumPy dot products)."""
+oracle kernels from a loop of per-example, per-logit ``tape.gradient`` calls (NumPy dot products) on
+an independently built float64 twin holding the model's own weights (`tf_ntk.ntk.oracle`)."""
 
 import functools
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tests import helpers
-from tf_ntk import functional
 from tf_ntk import models
+from tf_ntk.ntk import oracle
 
 NUM_CLASSES = 3
 N1, N2 = 5, 3
@@ -35,7 +35,7 @@ MODELS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _case(name):
+def case(name):
     """(model, x1, x2, oracle full kernels K11 (N1, N1, O, O) and K12 (N1, N2, O, O) in float64)."""
     keras.utils.set_random_seed(7)
     model = MODELS[name]()
@@ -47,23 +47,11 @@ def _case(name):
     shape = model.input_shape[1:]
     x1 = rng.uniform(size=(N1, *shape)).astype(np.float32)
     x2 = rng.uniform(size=(N2, *shape)).astype(np.float32)
-    jac1, jac2 = _oracle_jacobian(model, x1), _oracle_jacobian(model, x2)
-    return model, x1, x2, np.einsum("iap,jbp->ijab", jac1, jac1), np.einsum("iap,jbp->ijab", jac1, jac2)
+    jac1, jac2 = oracle_jacobian(model, x1, MODELS[name]), oracle_jacobian(model, x2, MODELS[name])
+    return model, x1, x2, oracle.kernel(jac1, jac1), oracle.kernel(jac1, jac2)
 
 
-def _oracle_jacobian(model, x):
-    """(N, O, P) float64: one tape.gradient per example and logit, through a float64 twin model."""
-    f64 = functional.FunctionalModel(model, dtype="float64")
-    twin = f64.network  # a float64 structural copy; load the model's weights into its variables
-    for v, value in f64.state_mapping(f64.params):
-        v.assign(value)
-    rows = []
-    for xi in x.astype(np.float64):
-        per_logit = []
-        for c in range(NUM_CLASSES):
-            with tf.GradientTape() as tape:
-                out = twin(xi[None], training=False)[0, c]
-            grads = tape.gradient(out, twin.trainable_variables)
-            per_logit.append(np.concatenate([g.numpy().ravel() for g in grads]))
-        rows.append(per_logit)
-    return np.array(rows)
+def oracle_jacobian(model, x, build):
+    """(N, O, P) float64: one tape.gradient per example and logit, through a float64 twin that
+    ``build`` makes and that holds the model's own weights cast to float64 (`tf_ntk.ntk.oracle`)."""
+    return oracle.jacobian(oracle.float64_twin(model, build), x)

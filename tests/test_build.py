@@ -60,6 +60,15 @@ def _python_files():
     return sorted(out)
 
 
+def _module_file(name):
+    """The file of a project module or package (its __init__.py) named ``name``, or None."""
+    base = name.replace(".", "/")
+    for candidate in (base + ".py", base + "/__init__.py"):
+        if os.path.exists(os.path.join(ROOT, candidate)):
+            return candidate
+    return None
+
+
 def _imports(path):
     """(project module paths, third-party requirement names) imported by ``path``."""
     with open(os.path.join(ROOT, path), encoding="utf-8") as f:
@@ -70,18 +79,19 @@ def _imports(path):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # ``from M import a`` names the module or package M.a when there is one (``from tf_ntk
+            # import data`` names tf_ntk/data.py, ``from tf_ntk import ntk`` the package
+            # tf_ntk/ntk/__init__.py), else the attribute a of M (``from tf_ntk.ntk import
+            # empirical_ntk`` names tf_ntk/ntk/__init__.py).
+            inner = [f"{node.module}.{a.name}" for a in node.names]
+            names = [n for n in inner if _module_file(n)]
+            if len(names) < len(inner):
+                names.append(node.module)
         for name in names:
             top = name.split(".")[0]
             if top in PACKAGES:
-                # A module file, or a package's __init__.py when the package itself is imported.
-                # (``from tf_ntk import data`` names the module tf_ntk/data.py, not the package.)
-                base = name.replace(".", "/")
-                for candidate in (base + ".py", base + "/__init__.py"):
-                    if os.path.exists(os.path.join(ROOT, candidate)) and not (
-                        isinstance(node, ast.ImportFrom) and candidate.endswith("__init__.py")
-                    ):
-                        project.add(candidate)
+                if _module_file(name):
+                    project.add(_module_file(name))
             elif top in REQUIREMENTS:
                 external.add(REQUIREMENTS[top])
             elif top not in sys.stdlib_module_names:

@@ -10,7 +10,7 @@ import tf_ntk
 from tests import helpers
 from tf_ntk import functional
 from tf_ntk import models
-from tf_ntk import ntk_jacobian
+from tf_ntk.ntk import jacobian
 
 
 def _spawn():
@@ -44,7 +44,7 @@ def test_output_is_spawn_plus_jacobian_times_delta():
     lin = tf_ntk.linearize(model)
     deltas = _shift(lin)
     f = functional.FunctionalModel(model)
-    jac = ntk_jacobian.per_example_jacobians(f, f.params, tf.constant(x), range(3))
+    jac = jacobian.per_example_jacobians(f, f.params, tf.constant(x), range(3))
     want = model(x, training=False).numpy() + sum(
         np.einsum("iap,p->ia", j.numpy(), d.ravel()) for j, d in zip(jac, deltas))
     np.testing.assert_allclose(lin(x).numpy(), want, rtol=1e-4, atol=1e-5)
@@ -77,7 +77,7 @@ def test_gradient_is_jacobian_transpose_times_the_output_gradient():
         loss = tf.reduce_sum(lin(x, training=True) * weights)
     grads = tape.gradient(loss, lin.trainable_variables)
     f = functional.FunctionalModel(model)
-    jac = ntk_jacobian.per_example_jacobians(f, f.params, tf.constant(x), range(3))
+    jac = jacobian.per_example_jacobians(f, f.params, tf.constant(x), range(3))
     for g, j in zip(grads, jac):
         np.testing.assert_allclose(g.numpy().ravel(), np.einsum("iap,ia->p", j.numpy(), weights),
                                    rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
-"""The empirical NTK against an independent oracle: a float64 loop of per-example, per-logit
-``tape.gradient`` calls on the model's own variables, dot products taken in NumPy."""
+"""The empirical NTK against an independent oracle (`tf_ntk.ntk.oracle`): a float64 loop of
+per-example, per-logit ``tape.gradient`` calls on an independently built float64 twin holding the
+model's own weights, dot products taken in NumPy."""
 
 import keras
 import numpy as np
@@ -11,13 +12,14 @@ from tests import helpers
 from tests import ntk_cases
 from tf_ntk import functional
 from tf_ntk import models
-from tf_ntk import ntk_cost
-from tf_ntk import ntk_structured
+from tf_ntk.ntk import cost
+from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import oracle
 
 NUM_CLASSES = ntk_cases.NUM_CLASSES
 N1 = ntk_cases.N1
 MODELS = ntk_cases.MODELS
-_case = ntk_cases._case  # pylint: disable=protected-access
+_case = ntk_cases.case
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured")
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
@@ -65,13 +67,13 @@ def test_kernels_match_the_oracle(name, dtype, implementation):
 
 def test_unknown_layers_take_the_fallback_rule():
     model, *_ = _case("unknown_layer")
-    rules = {layer.name: rule for layer, rule in ntk_structured.weighted_layers(model)}
-    assert rules["layer_norm"] == ntk_structured.FALLBACK
-    assert rules["dense_rank3"] == ntk_structured.FALLBACK
-    assert ntk_structured.DENSE in rules.values()
+    rules = {layer.name: rule for layer, rule in keras_graph.weighted_layers(model)}
+    assert rules["layer_norm"] == keras_graph.FALLBACK
+    assert rules["dense_rank3"] == keras_graph.FALLBACK
+    assert keras_graph.DENSE in rules.values()
     cnn, *_ = _case("cnn")
-    assert {ntk_structured.CONV, ntk_structured.BATCHNORM, ntk_structured.DENSE} == {
-        r for _, r in ntk_structured.weighted_layers(cnn)}
+    assert {keras_graph.CONV, keras_graph.BATCHNORM, keras_graph.DENSE} == {
+        r for _, r in keras_graph.weighted_layers(cnn)}
 
 
 def test_identities_and_the_model_is_untouched():
@@ -171,19 +173,7 @@ def _nested_with_ops(dtype):
 
 def _own_gradients_kernel(model64, x1, x2):
     """Oracle built from a model constructed in float64 (not through tf_ntk's float64 copy)."""
-    def jac(x):
-        rows = []
-        for xi in x:
-            per_logit = []
-            for c in range(NUM_CLASSES):
-                with tf.GradientTape() as tape:
-                    out = model64(xi[None], training=False)[0, c]
-                per_logit.append(np.concatenate(
-                    [g.numpy().ravel() for g in tape.gradient(out, model64.trainable_variables)]))
-            rows.append(per_logit)
-        return np.array(rows)
-
-    return np.einsum("iap,jbp->ijab", jac(x1), jac(x2))
+    return oracle.kernel(oracle.jacobian(model64, x1), oracle.jacobian(model64, x2))
 
 
 def test_float64_with_nested_models_plain_ops_and_float64_params():
@@ -209,10 +199,10 @@ def test_planned_blocks_never_exceed_the_budget():
     inputs = keras.Input((5, 5, 3))
     x = keras.layers.Flatten()(keras.layers.Conv2D(16, 3)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(10)(x))
-    stats = ntk_cost.model_stats(model)
+    stats = cost.model_stats(model)
     for n in range(2, 40, 3):
         for b in (2, 5, 8, 13):
-            budget = int(ntk_cost.block_cost(stats, "structured", b, b, 10, True, True, 4).bytes)
+            budget = int(cost.block_cost(stats, "structured", b, b, 10, True, True, 4).bytes)
             plan = tf_ntk.ntk.plan(model, n, implementation="structured", memory_budget_bytes=budget)
             assert plan.peak_bytes <= budget, (n, b, plan)
 
@@ -222,9 +212,9 @@ def test_auto_takes_the_cheapest_estimate_and_ties_go_to_structured(monkeypatch)
     costs = {}
 
     def fake_plan(stats, implementation, *args, **kwargs):
-        return ntk_cost.Plan(implementation, 4, 1, costs[implementation], 0.0, 1.0)
+        return cost.Plan(implementation, 4, 1, costs[implementation], 0.0, 1.0)
 
-    monkeypatch.setattr(ntk_cost, "plan", fake_plan)
+    monkeypatch.setattr(cost, "plan", fake_plan)
     costs.update(jacobian=100.0, ntvp=300.0, structured=104.0)  # within 5%: a tie
     assert tf_ntk.ntk.plan(model, 4).implementation == "structured"
     costs.update(structured=110.0)

@@ -1,6 +1,7 @@
 """ntvp's building blocks against independent oracles: the batched forward-mode pass against central
-finite differences in float64, per-example gradients against a tape.gradient loop, and the chunked,
-grouped kernel columns against the float64 per-example oracle of tests/ntk_cases.py."""
+finite differences in float64, per-example gradients against the tape.gradient loop of
+`tf_ntk.ntk.oracle`, and the chunked, grouped kernel columns against the float64 per-example oracle
+of tests/ntk_cases.py."""
 
 import keras
 import numpy as np
@@ -10,8 +11,10 @@ import tensorflow as tf
 from tests import helpers
 from tests import ntk_cases
 from tf_ntk import functional
-from tf_ntk import ntk_ntvp
-from tf_ntk import ntk_structured
+from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import ntvp
+from tf_ntk.ntk import oracle
+from tf_ntk.ntk import structured
 
 NUM_CLASSES = ntk_cases.NUM_CLASSES
 
@@ -50,10 +53,13 @@ def _frozen():
     return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x), name="frozen")
 
 
+def _builder(name):
+    return {"every_path": _every_path, "frozen": _frozen}.get(name) or ntk_cases.MODELS[name]
+
+
 def _model(name):
     keras.utils.set_random_seed(11)
-    builders = {"every_path": _every_path, "frozen": _frozen}
-    model = builders[name]() if name in builders else ntk_cases.MODELS[name]()
+    model = _builder(name)()
     helpers.randomize_bn_statistics(model, seed=4)
     rng = np.random.default_rng(2)
     frozen = [v for v in model.non_trainable_variables if v.path.endswith(("gamma", "beta", "kernel"))]
@@ -70,7 +76,7 @@ def test_batched_jvp_matches_central_differences(name):
     theta = [tf.constant(p.numpy().astype(np.float64)) for p in f.params]
     x = tf.constant(rng.uniform(size=(3, *model.input_shape[1:])))
     tangents = [tf.constant(rng.normal(size=(4, *t.shape))) for t in theta]
-    got = ntk_ntvp.batched_jvp(f, theta, x, tangents).numpy()  # (T, B, O)
+    got = ntvp.batched_jvp(f, theta, x, tangents).numpy()  # (T, B, O)
     assert got.shape == (4, 3, NUM_CLASSES)
     eps = 1e-6
     for t in range(4):
@@ -82,10 +88,10 @@ def test_batched_jvp_matches_central_differences(name):
 
 def test_conv_batchnorm_pairs_are_folded_only_when_bn_is_the_sole_consumer():
     cnn = _model("cnn")
-    pairs = ntk_ntvp._conv_then_batchnorm(cnn)  # pylint: disable=protected-access
+    pairs = ntvp.conv_then_batchnorm(cnn)
     assert sorted(bn.name for bn in pairs.values()) == ["bn1", "bn2", "bn3"]
     every = _model("every_path")
-    pairs = ntk_ntvp._conv_then_batchnorm(every)  # pylint: disable=protected-access
+    pairs = ntvp.conv_then_batchnorm(every)
     assert [bn.name for bn in pairs.values()] == ["bn_no_center"]
 
 
@@ -96,28 +102,25 @@ def test_per_example_gradients_match_a_gradient_loop(name):
     theta = [tf.cast(p, tf.float64) for p in f.params]
     x = np.random.default_rng(1).uniform(size=(3, *model.input_shape[1:]))
     logits = [2, 0]
-    got = ntk_structured.per_example_gradients(f, theta, tf.constant(x), logits)
+    got = structured.per_example_gradients(f, theta, tf.constant(x), logits)  # (L, B, *shape)
+    want = oracle.per_example_gradients(oracle.float64_twin(model, _builder(name)), x, logits)
     for i in range(3):
-        for a, c in enumerate(logits):
-            with tf.GradientTape() as tape:
-                tape.watch(theta)
-                out = f(theta, x[i:i + 1])[0, c]
-            want = tape.gradient(out, theta)
+        for a in range(len(logits)):
             for g, w in zip(got, want):
-                assert helpers.relative_error(g[a, i], w) < 1e-12
+                assert helpers.relative_error(g[a, i], w[i, a]) < 1e-12
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7, None])
 def test_chunked_and_grouped_columns_match_the_oracle(chunk):
     # With L = 3 logits: chunk 1 takes single columns, 4 one whole example, 7 two examples (the last
     # chunk of x2's three padded), None every column at once. x2 = None runs the symmetric groups.
-    model, x1, x2, k11, k12 = ntk_cases._case("cnn")  # pylint: disable=protected-access
+    model, x1, x2, k11, k12 = ntk_cases.case("cnn")
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
     a, b = tf.constant(x1, tf.float64), tf.constant(x2, tf.float64)
     for diagonal in (False, True):
         for symmetric in (True, False):
-            got = ntk_ntvp.ntvp_block(f, theta, a, None if symmetric else b, range(NUM_CLASSES),
+            got = ntvp.ntvp_block(f, theta, a, None if symmetric else b, range(NUM_CLASSES),
                                       diagonal, chunk).numpy()
             full = k11 if symmetric else k12
             want = np.einsum("ijaa->ija", full) if diagonal else full
@@ -128,23 +131,23 @@ def test_models_the_walkers_cannot_enter_take_the_generic_paths(monkeypatch):
     # A model without a functional graph gets a ForwardAccumulator vectorized over the tangents and
     # per-column gradients for the tangents: forced here on the CNN, checked against the oracle.
     def cannot_walk(*args, **kwargs):
-        raise ntk_structured.UnsupportedModelError("no graph")
+        raise keras_graph.UnsupportedModelError("no graph")
 
-    monkeypatch.setattr(ntk_ntvp, "_walkable", lambda f: False)
-    monkeypatch.setattr(ntk_structured, "per_example_gradients", cannot_walk)
-    model, x1, x2, _, k12 = ntk_cases._case("cnn")  # pylint: disable=protected-access
+    monkeypatch.setattr(keras_graph, "is_walkable", lambda network: False)
+    monkeypatch.setattr(structured, "per_example_gradients", cannot_walk)
+    model, x1, x2, _, k12 = ntk_cases.case("cnn")
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
-    got = ntk_ntvp.ntvp_block(f, theta, tf.constant(x1, tf.float64), tf.constant(x2, tf.float64),
+    got = ntvp.ntvp_block(f, theta, tf.constant(x1, tf.float64), tf.constant(x2, tf.float64),
                               range(NUM_CLASSES), False, 6)
     assert helpers.relative_error(got, k12) < 1e-12
 
 
 def test_chunk_loop_and_symmetric_groups_under_xla():
-    model, x1, x2, k11, k12 = ntk_cases._case("cnn")  # pylint: disable=protected-access
+    model, x1, x2, k11, k12 = ntk_cases.case("cnn")
     f = functional.FunctionalModel(model)
     # x2's three examples in three chunks (a map_fn loop); x1 with itself in five groups.
-    block = tf.function(lambda a, b: ntk_ntvp.ntvp_block(f, f.params, a, b, range(NUM_CLASSES),
+    block = tf.function(lambda a, b: ntvp.ntvp_block(f, f.params, a, b, range(NUM_CLASSES),
                                                          False, 4), jit_compile=True)
     assert helpers.relative_error(block(tf.constant(x1), tf.constant(x2)), k12) < 1e-5
     assert helpers.relative_error(block(tf.constant(x1), None), k11) < 1e-5

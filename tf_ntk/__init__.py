@@ -4,8 +4,8 @@ Architecture, in dependency order:
   data        tf.data pipelines (digits offline by default; TFDS data sets on request)
   models      Keras classifiers by name (resnet18, mlp, cnn)
   functional  the functional view f(θ, x) of a model, BN in inference mode
-  ntk         the empirical NTK (implementations in ntk_jacobian, ntk_ntvp, ntk_structured; costs in
-              ntk_cost)
+  ntk         the empirical NTK, a package (implementations in ntk.jacobian, ntk.ntvp,
+              ntk.structured; costs in ntk.cost; the Keras graph in ntk.keras_graph)
   dynamics    linearized and centered models around spawn weights
   attacks     PGD on top of cleverhans
   training    SGD train steps (clean or PGD-adversarial)

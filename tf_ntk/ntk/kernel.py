@@ -1,8 +1,4 @@
-"""The empirical neural tangent kernel k(x, x') = ∇θf(x)·∇θf(x') of a Keras model.
-
-    K = tf_ntk.empirical_ntk(model, x1)                        # (N1, N1) trace kernel
-    K = tf_ntk.empirical_ntk(model, x1, x2, kind="full")       # (N1, N2, O, O)
-    K = tf_ntk.empirical_ntk(model, x1, logit=3, params=spawn) # (N1, N1), logit 3 at the spawn weights
+"""`empirical_ntk` and `plan`: the kernel k(x, x') = ∇θf(x)·∇θf(x') of a Keras model, in blocks.
 
 The gradient is with respect to the model's trainable weights θ (``model.trainable_variables``, or
 ``params`` in that order); BatchNormalization runs in inference mode with the model's running
@@ -17,10 +13,11 @@ import psutil
 import tensorflow as tf
 
 from tf_ntk import functional
-from tf_ntk import ntk_cost
-from tf_ntk import ntk_jacobian
-from tf_ntk import ntk_ntvp
-from tf_ntk import ntk_structured
+from tf_ntk.ntk import cost
+from tf_ntk.ntk import jacobian
+from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import ntvp
+from tf_ntk.ntk import structured
 
 KINDS = ("full", "diagonal", "trace")
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
@@ -28,8 +25,8 @@ IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
 DEFAULT_BUDGET_FRACTION = 0.25
 
 _BLOCK_FNS = {
-    "jacobian": ntk_jacobian.jacobian_block,
-    "structured": ntk_structured.structured_block,
+    "jacobian": jacobian.jacobian_block,
+    "structured": structured.structured_block,
 }
 
 # Compiled block functions per model (eager calls), so repeated kernels do not retrace.
@@ -44,7 +41,7 @@ def default_memory_budget():
 
 def _stats(model):
     if model not in _STATS:
-        _STATS[model] = ntk_cost.model_stats(model)
+        _STATS[model] = cost.model_stats(model)
     return _STATS[model]
 
 
@@ -77,14 +74,14 @@ TIE_ORDER = ("structured", "jacobian", "ntvp")
 
 
 def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, block_size):
-    """The `ntk_cost.Plan` to run: the given implementation, or the cheapest that fits."""
+    """The `cost.Plan` to run: the given implementation, or the cheapest that fits."""
     stats = _stats(f.model)
     itemsize = f.dtype.size
     names = ("jacobian", "ntvp", "structured") if implementation == "auto" else (implementation,)
     plans, errors = [], []
     for name in names:
         try:
-            p = ntk_cost.plan(stats, name, n1, n2, num_logits, diagonal, symmetric, itemsize, budget,
+            p = cost.plan(stats, name, n1, n2, num_logits, diagonal, symmetric, itemsize, budget,
                               block_size)
         except MemoryError as e:
             errors.append(str(e))
@@ -92,8 +89,8 @@ def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, 
         if p is None:
             if implementation != "auto":
                 # Let the structured walker explain why it cannot handle this model.
-                ntk_structured.weighted_layers(f.network)
-                raise ntk_structured.UnsupportedModelError(
+                keras_graph.weighted_layers(f.network)
+                raise keras_graph.UnsupportedModelError(
                     "implementation='structured' cannot handle this model")
             continue
         plans.append(p)
@@ -109,7 +106,7 @@ def _choose(f, implementation, n1, n2, num_logits, diagonal, symmetric, budget, 
 
 def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
          memory_budget_bytes=None, dtype=None, block_size=None):
-    """The `ntk_cost.Plan` that `empirical_ntk` would follow for N1 x N2 inputs (no computation)."""
+    """The `cost.Plan` that `empirical_ntk` would follow for N1 x N2 inputs (no computation)."""
     f = functional.FunctionalModel(model, dtype=dtype)
     num_logits, diagonal = (1, True) if logit is not None else (
         f.num_outputs, kind != "full")
@@ -117,30 +114,119 @@ def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
                    memory_budget_bytes or default_memory_budget(), block_size)
 
 
-def _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block, compiled):
-    if implementation == "ntvp":
-        raw = lambda p, a, b: ntk_ntvp.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
-    else:
-        fn = _BLOCK_FNS[implementation]
-        raw = lambda p, a, b: fn(f, p, a, b, logits, diagonal)  # noqa: E731
-    if symmetric_block:
-        inner = raw
-        axes = [1, 0, 2] if diagonal else [1, 0, 3, 2]
+# -- graph assembly: one block, then the blocks of a whole kernel ---------------------------------
 
-        def raw(p, a, b):
-            # A diagonal block is symmetric up to rounding; make it exactly so (compiled with it).
-            del b
-            block = inner(p, a, None)
-            return 0.5 * (block + tf.transpose(block, axes))
-    if not compiled:
+
+def _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block):
+    """fn(params, a, b): the kernel block of inputs a against b (b ignored for a diagonal block of a
+    symmetric kernel, computed as a against itself and made exactly symmetric)."""
+    if implementation == "ntvp":
+        raw = lambda p, a, b: ntvp.ntvp_block(f, p, a, b, logits, diagonal, chunk)  # noqa: E731
+    else:
+        block = _BLOCK_FNS[implementation]
+        raw = lambda p, a, b: block(f, p, a, b, logits, diagonal)  # noqa: E731
+    if not symmetric_block:
         return raw
+    axes = [1, 0, 2] if diagonal else [1, 0, 3, 2]
+
+    def symmetric(p, a, b):
+        # A diagonal block is symmetric up to rounding; make it exactly so (compiled with it).
+        del b
+        block = raw(p, a, None)
+        return 0.5 * (block + tf.transpose(block, axes))
+
+    return symmetric
+
+
+def _compiled_block_fn(f, implementation, logits, diagonal, chunk, symmetric_block):
+    """`_block_fn` as a tf.function, compiled once per model and configuration (eager calls)."""
     cache = _COMPILED.setdefault(f.model, {})
     key = (f.dtype.name, implementation, tuple(logits), diagonal, chunk, symmetric_block)
     if key not in cache:
         # No autograph: the block functions have no tensor-dependent Python control flow, and
         # converting Keras internals recursively makes tracing several times slower.
-        cache[key] = tf.function(raw, autograph=False)
+        cache[key] = tf.function(
+            _block_fn(f, implementation, logits, diagonal, chunk, symmetric_block), autograph=False)
     return cache[key]
+
+
+class _Blocks:
+    """The block layout of an (N1, N2) kernel: block (i, j) holds rows i… and columns j… of at most
+    ``size`` examples each; a symmetric kernel computes the blocks with j >= i and mirrors the rest.
+
+    Attributes:
+      pairs: the (row start, column start) of every block to compute, row-major.
+      tail: the trailing shape of a block: (L,) when ``diagonal``, else (L, L).
+    """
+
+    def __init__(self, n1, n2, size, symmetric, num_logits, diagonal):
+        self.n1, self.n2, self.symmetric, self.diagonal = n1, n2, symmetric, diagonal
+        self.b1, self.b2 = min(size, n1), min(size, n2)
+        self.starts1, self.starts2 = list(range(0, n1, size)), list(range(0, n2, size))
+        self.pairs = [(i, j) for i in self.starts1 for j in self.starts2 if not symmetric or j >= i]
+        self.tail = (num_logits,) if diagonal else (num_logits, num_logits)
+
+    def is_diagonal_block(self, i, j):
+        return self.symmetric and i == j
+
+    def mirror(self, block):
+        """Block (j, i) from block (i, j) of a symmetric kernel."""
+        return tf.transpose(block, [1, 0, 2] if self.diagonal else [1, 0, 3, 2])
+
+
+def _kernel_in_graph(f, params, x1, x2, chosen, logits, diagonal, blocks):
+    """The whole kernel inside a tf.function (or under XLA): the block loop unrolled at trace time."""
+    out = {}
+    for i, j in blocks.pairs:
+        fn = _block_fn(f, chosen.implementation, logits, diagonal, chosen.chunk,
+                       blocks.is_diagonal_block(i, j))
+        out[(i, j)] = fn(params, x1[i:i + blocks.b1], x2[j:j + blocks.b2])
+    rows = []
+    for i in blocks.starts1:
+        row = [out[(i, j)] if (i, j) in out else blocks.mirror(out[(j, i)]) for j in blocks.starts2]
+        rows.append(tf.concat(row, axis=1))
+    return tf.concat(rows, axis=0)
+
+
+# -- eager orchestration: compiled blocks, progress, the kernel assembled in host memory ----------
+
+
+def _padded(x, start, size):
+    """Rows start… of x, a short last block padded to ``size`` so that one compiled function serves
+    every block (the padding rows are cut from the result)."""
+    part = x[start:start + size]
+    if part.shape[0] < size:
+        part = tf.pad(part, [[0, size - part.shape[0]]] + [[0, 0]] * (len(part.shape) - 1))
+    return part
+
+
+def _kernel_eagerly(f, params, x1, x2, chosen, logits, diagonal, blocks, progress):
+    """The kernel block by block through compiled block functions, assembled in host memory."""
+
+    def compute(i, j):
+        fn = _compiled_block_fn(f, chosen.implementation, logits, diagonal, chosen.chunk,
+                                blocks.is_diagonal_block(i, j))
+        block = fn(params, _padded(x1, i, blocks.b1), _padded(x2, j, blocks.b2))
+        rows, cols = min(blocks.b1, blocks.n1 - i), min(blocks.b2, blocks.n2 - j)
+        if block.shape[0] != rows or block.shape[1] != cols:
+            block = block[:rows, :cols]
+        return block
+
+    if len(blocks.pairs) == 1:
+        kernel = compute(0, 0)
+        if progress is not None:
+            progress(1, 1)
+        return kernel
+    out = np.empty((blocks.n1, blocks.n2) + blocks.tail, f.dtype.as_numpy_dtype)
+    b1, b2 = blocks.b1, blocks.b2
+    for done, (i, j) in enumerate(blocks.pairs, 1):
+        block = compute(i, j)
+        out[i:i + b1, j:j + b2] = block.numpy()
+        if blocks.symmetric and i != j:
+            out[j:j + b2, i:i + b1] = blocks.mirror(block).numpy()
+        if progress is not None:
+            progress(done, len(blocks.pairs))
+    return tf.constant(out)
 
 
 def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
@@ -197,55 +283,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
     budget = memory_budget_bytes or default_memory_budget()
     chosen = _choose(f, implementation, n1, n2, len(logits), diagonal, symmetric, budget,
                      block_size)
-    eager = tf.executing_eagerly()
-    b = chosen.block_size
-    b1, b2 = min(b, n1), min(b, n2)
-    starts1 = list(range(0, n1, b))
-    starts2 = list(range(0, n2, b))
-    pairs = [(i, j) for i in starts1 for j in starts2 if not symmetric or j >= i]
-    tail = (len(logits),) if diagonal else (len(logits), len(logits))
-
-    def mirror(block):
-        return tf.transpose(block, [1, 0, 2] if diagonal else [1, 0, 3, 2])
-
-    def padded(x, start, size):
-        # Eagerly, a short last block is padded to the block size so that one compiled function
-        # serves every block; the padding rows are cut from the result.
-        part = x[start:start + size]
-        if eager and part.shape[0] < size:
-            part = tf.pad(part, [[0, size - part.shape[0]]] + [[0, 0]] * (len(part.shape) - 1))
-        return part
-
-    def compute(i, j):
-        sym_block = symmetric and i == j
-        fn = _block_fn(f, chosen.implementation, logits, diagonal, chosen.chunk, sym_block, eager)
-        block = fn(params, padded(x1, i, b1), padded(x2, j, b2))
-        rows, cols = min(b1, n1 - i), min(b2, n2 - j)
-        if block.shape[0] != rows or block.shape[1] != cols:
-            block = block[:rows, :cols]
-        return block
-
-    if eager and len(pairs) == 1:
-        kernel = compute(0, 0)
-        if progress is not None:
-            progress(1, 1)
-    elif eager:
-        out = np.empty((n1, n2) + tail, f.dtype.as_numpy_dtype)
-        for done, (i, j) in enumerate(pairs, 1):
-            block = compute(i, j)
-            out[i:i + b1, j:j + b2] = block.numpy()
-            if symmetric and i != j:
-                out[j:j + b2, i:i + b1] = mirror(block).numpy()
-            if progress is not None:
-                progress(done, len(pairs))
-        kernel = tf.constant(out)
+    blocks = _Blocks(n1, n2, chosen.block_size, symmetric, len(logits), diagonal)
+    if tf.executing_eagerly():
+        kernel = _kernel_eagerly(f, params, x1, x2, chosen, logits, diagonal, blocks, progress)
     else:
-        blocks = {(i, j): compute(i, j) for i, j in pairs}
-        rows = []
-        for i in starts1:
-            row = [blocks[(i, j)] if (i, j) in blocks else mirror(blocks[(j, i)]) for j in starts2]
-            rows.append(tf.concat(row, axis=1))
-        kernel = tf.concat(rows, axis=0)
+        kernel = _kernel_in_graph(f, params, x1, x2, chosen, logits, diagonal, blocks)
     if logit is not None:
         return kernel[..., 0]
     if kind == "trace":

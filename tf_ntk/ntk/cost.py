@@ -10,8 +10,9 @@ import math
 
 import keras
 
-from tf_ntk import ntk_ntvp
-from tf_ntk import ntk_structured
+from tf_ntk.ntk import keras_graph
+from tf_ntk.ntk import ntvp
+from tf_ntk.ntk import structured
 
 # Relative speed of the work that is not one large matmul, calibrated on CPU with bench/ntk.py:
 # per-example gradients vectorized with pfor, batched forward/backward passes, and forward-mode passes
@@ -81,7 +82,7 @@ def model_stats(model):
     num_params = sum(_size(v.shape) for v in model.trainable_variables)
     forward = activations = largest = 0.0
     has_conv = False
-    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    for layer in keras_graph.layers(model, recursive=True):
         try:
             out = _size(layer.output.shape[1:])
         except (AttributeError, ValueError):
@@ -98,15 +99,15 @@ def model_stats(model):
     forward = max(forward, num_params)
     try:
         layers = []
-        for layer, rule, in_shape, out_shape, n in ntk_structured.layer_shapes(model):
+        for layer, rule, in_shape, out_shape, n in keras_graph.layer_shapes(model):
             stats = dict(rule=rule, input_size=_size(in_shape), output_size=_size(out_shape),
                          num_params=n, channels=int(out_shape[-1]))
-            if rule == ntk_structured.CONV:
+            if rule == keras_graph.CONV:
                 stats.update(positions=_size(out_shape[:-1]),
                              patch_size=_size(layer.kernel.shape[:-1]))
             layers.append(LayerStats(**stats))
         layers = tuple(layers)
-    except (ntk_structured.UnsupportedModelError, AttributeError, ValueError):
+    except (keras_graph.UnsupportedModelError, AttributeError, ValueError):
         layers = None
     return ModelStats(num_params, forward, activations, has_conv, layers, largest)
 
@@ -143,7 +144,7 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
         columns = b2 * num_logits
         chunk = columns if chunk is None else chunk
         # A symmetric block runs column group g against the rows up to its last example only.
-        groups = min(ntk_ntvp.SYMMETRIC_GROUPS, b1)
+        groups = min(ntvp.SYMMETRIC_GROUPS, b1)
         rows = b1 * (groups + 1) / (2 * groups) if symmetric else b1
         work = columns * (3 * f / grad_eff + 2 * f * rows / jvp_eff + p * GRADIENT_FLOAT_COST)
         raw = columns * f * (3 + 2 * rows)
@@ -157,12 +158,12 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
         live = nb * a * (1 + 2 * num_logits)
         extra = 0.0
         for layer in stats.layers:
-            if layer.rule == ntk_structured.DENSE:
+            if layer.rule == keras_graph.DENSE:
                 work = b1 * b2 * (layer.input_size + pairs * layer.output_size)
                 mem = 0.0
-            elif layer.rule == ntk_structured.CONV:
+            elif layer.rule == keras_graph.CONV:
                 s, k, c = layer.positions, layer.patch_size, layer.channels
-                if ntk_structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, diagonal):
+                if structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, diagonal):
                     work = b1 * b2 * s * s * (k + pairs * c)
                     mem = b1 * b2 * s * s * (1 + num_logits) + nb * s * k
                 else:
@@ -170,7 +171,7 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
                     mem = nb * (num_logits * k * c + s * k)
                     macs += nb * num_logits * k * c * GRADIENT_FLOAT_COST
                 macs += work * (1 / CONV_RULE_EFFICIENCY - 1)
-            elif layer.rule == ntk_structured.BATCHNORM:
+            elif layer.rule == keras_graph.BATCHNORM:
                 work = nb * num_logits * 2 * layer.output_size + b1 * b2 * pairs * 2 * layer.channels
                 mem = nb * num_logits * 2 * layer.channels
             else:

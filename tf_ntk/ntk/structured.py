@@ -14,73 +14,13 @@ with respect to z holds each example's own cotangent. The kernel is then a sum o
   * Any other layer with trainable weights: per-example gradients of its own weights only, as
     vectorized vector-Jacobian products of that layer alone.
 
-Block shapes and conventions are those of `tf_ntk.ntk_jacobian` (the same (B1, B2, L[, L]) layout).
+Block shapes and conventions are those of `tf_ntk.ntk.jacobian` (the same (B1, B2, L[, L]) layout).
 """
-
-import math
 
 import keras
 import tensorflow as tf
 
-
-DENSE, CONV, BATCHNORM, FALLBACK = "dense", "conv2d", "batchnorm", "fallback"
-
-
-class UnsupportedModelError(ValueError):
-    """The structured implementation cannot walk this model (use implementation="jacobian")."""
-
-
-def _graph(network):
-    """The Functional graph behind a Keras model (Sequential models build one)."""
-    if isinstance(network, keras.Sequential):
-        network = getattr(network, "_functional", None)
-    if network is None or not hasattr(network, "_run_through_graph") or not hasattr(
-        network, "_nodes_by_depth"
-    ):
-        raise UnsupportedModelError(
-            "implementation='structured' needs a functional or Sequential Keras model")
-    return network
-
-
-def _is_linear(activation):
-    return activation is None or activation is keras.activations.linear
-
-
-def layer_rule(layer):
-    """Which rule computes ``layer``'s contribution: DENSE, CONV, BATCHNORM or FALLBACK."""
-    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
-        return FALLBACK
-    if type(layer) is keras.layers.Dense and len(layer.input.shape) == 2:
-        return DENSE
-    if (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last"
-            and layer.groups == 1 and layer.padding in ("same", "valid")):
-        return CONV
-    if (type(layer) is keras.layers.BatchNormalization and layer.axis in (-1, len(layer.input.shape) - 1)
-            and not getattr(layer, "renorm", False)):
-        return BATCHNORM
-    return FALLBACK
-
-
-def weighted_layers(network):
-    """[(layer, rule)] for every layer with trainable weights, in graph order.
-
-    Raises:
-      UnsupportedModelError: a layer with weights is called more than once (shared weights).
-    """
-    graph = _graph(network)
-    out, seen = [], set()
-    for depth in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
-        for node in graph._nodes_by_depth[depth]:  # pylint: disable=protected-access
-            op = node.operation
-            if op is None or node.is_input or not getattr(op, "trainable_weights", None):
-                continue
-            if id(op) in seen:
-                raise UnsupportedModelError(
-                    f"layer {op.name!r} is called more than once (shared weights); use "
-                    "implementation='jacobian'")
-            seen.add(id(op))
-            out.append((op, layer_rule(op)))
-    return out
+from tf_ntk.ntk import keras_graph
 
 
 def _param_index(network):
@@ -99,18 +39,18 @@ class _Recorder:
         rule = self.rules.get(id(op))
 
         def call(*args, **kwargs):
-            if "training" in getattr(op, "_call_context_args", {}):
-                kwargs["training"] = False
+            kwargs = keras_graph.inference_kwargs(op, kwargs)
             if rule is None:
                 return op(*args, **kwargs)
             extra = {k for k, v in kwargs.items() if v is not None and k != "training"}
             if len(args) != 1 or not tf.is_tensor(args[0]) or extra:
-                raise UnsupportedModelError(
+                raise keras_graph.UnsupportedModelError(
                     f"layer {op.name!r} takes several inputs; use implementation='jacobian'")
             a = args[0]
             self.inputs[id(op)] = a
-            if rule in (DENSE, CONV) and not _is_linear(op.activation):
-                pre = _linear_part(op, a)
+            if (rule in (keras_graph.DENSE, keras_graph.CONV)
+                    and not keras_graph.is_linear(op.activation)):
+                pre = keras_graph.linear_part(op, a)
                 self.taps[id(op)] = pre
                 return op.activation(pre)
             out = op(a, **kwargs)
@@ -120,17 +60,6 @@ class _Recorder:
         return call
 
 
-def _linear_part(layer, a):
-    """Dense / Conv2D output before the activation (the layer's own ops)."""
-    if isinstance(layer, keras.layers.Dense):
-        z = tf.matmul(a, layer.kernel)
-    else:
-        z = layer.convolution_op(a, layer.kernel)
-    if layer.use_bias:
-        z = z + layer.bias
-    return z
-
-
 def record(f, params, x, logits, rules):
     """Forward pass with taps and the per-logit cotangents.
 
@@ -138,7 +67,7 @@ def record(f, params, x, logits, rules):
       (inputs, deltas): dicts keyed by id(layer): the layer input (B, ...) and the cotangents at its
       tap (L, B, ...) for the logits ``logits``.
     """
-    graph = _graph(f.network)
+    graph = keras_graph.functional_graph(f.network)
     rec = _Recorder(rules)
     logits_t = tf.constant(list(logits), tf.int32)
     x = tf.cast(x, f.dtype)
@@ -146,9 +75,7 @@ def record(f, params, x, logits, rules):
         # Eager tapes record only what depends on a watched tensor: watch the inputs.
         tape.watch(x)
         with keras.StatelessScope(state_mapping=f.state_mapping(params)):
-            out = graph._run_through_graph(x, operation_fn=rec.wrap)  # pylint: disable=protected-access
-        if isinstance(out, (list, tuple)):
-            out = out[0]
+            out = keras_graph.run(graph, x, rec.wrap)
         total = tf.reduce_sum(tf.gather(out, logits_t, axis=1), axis=0)  # (L,)
     keys = list(rec.taps)
     taps = [rec.taps[k] for k in keys]
@@ -308,9 +235,10 @@ def per_example_gradients(f, params, x, logits):
       A list, one per weight tensor in ``params`` order, of (L, B, *weight shape) tensors.
 
     Raises:
-      UnsupportedModelError: the model cannot be walked (see `weighted_layers`).
+      keras_graph.UnsupportedModelError: the model cannot be walked (see
+        `keras_graph.weighted_layers`).
     """
-    rules = weighted_layers(f.network)
+    rules = keras_graph.weighted_layers(f.network)
     index = _param_index(f.network)
     values = {id(v): value for v, value in f.state_mapping(params)}
     inputs, deltas = record(f, params, x, logits, rules)
@@ -319,18 +247,18 @@ def per_example_gradients(f, params, x, logits):
     for layer, rule in rules:
         a, d = inputs[id(layer)], deltas[id(layer)]
         batch = tf.shape(a)[0]
-        if rule == DENSE:
+        if rule == keras_graph.DENSE:
             out[index[id(layer.kernel)]] = tf.einsum("bi,lbo->lbio", a, d)
             if layer.use_bias:
                 out[index[id(layer.bias)]] = d
-        elif rule == CONV:
+        elif rule == keras_graph.CONV:
             cout = d.shape[-1]
             d = tf.reshape(d, [num_logits, batch, -1, cout])  # (L, B, S, Cout)
             g = tf.einsum("bsk,lbsn->lbkn", _patches(layer, a), d)
             out[index[id(layer.kernel)]] = tf.reshape(g, [num_logits, batch] + list(layer.kernel.shape))
             if layer.use_bias:
                 out[index[id(layer.bias)]] = tf.reduce_sum(d, 2)
-        elif rule == BATCHNORM:
+        elif rule == keras_graph.BATCHNORM:
             channels = d.shape[-1]
             d = tf.reshape(d, [num_logits, batch, -1, channels])
             if layer.scale:
@@ -347,7 +275,7 @@ def per_example_gradients(f, params, x, logits):
 
 def structured_block(f, params, x1, x2, logits, diagonal):
     """The kernel block as a sum of per-layer structured contributions."""
-    rules = weighted_layers(f.network)
+    rules = keras_graph.weighted_layers(f.network)
     index = _param_index(f.network)
     values = {id(v): value for v, value in f.state_mapping(params)}
     in1, del1 = record(f, params, x1, logits, rules)
@@ -357,24 +285,15 @@ def structured_block(f, params, x1, x2, logits, diagonal):
         key = id(layer)
         a1, d1, d2 = in1[key], del1[key], del2[key]
         a2 = None if x2 is None else in2[key]
-        if rule == DENSE:
+        if rule == keras_graph.DENSE:
             term = _dense(layer, a1, d1, a1 if a2 is None else a2, d2, diagonal)
-        elif rule == CONV:
+        elif rule == keras_graph.CONV:
             term = _conv(layer, a1, d1, a2, d2, diagonal)
-        elif rule == BATCHNORM:
+        elif rule == keras_graph.BATCHNORM:
             term = _batchnorm(layer, values, a1, d1, a2, d2, diagonal)
         else:
             term = _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal)
         total = term if total is None else total + term
     if total is None:
-        raise UnsupportedModelError("the model has no trainable weights")
+        raise keras_graph.UnsupportedModelError("the model has no trainable weights")
     return _from_working_layout(total, diagonal)
-
-
-def layer_shapes(network):
-    """[(layer, rule, per-example input shape, per-example tap shape, number of weights)]."""
-    out = []
-    for layer, rule in weighted_layers(network):
-        n = sum(math.prod(v.shape) for v in layer.trainable_variables)
-        out.append((layer, rule, tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:]), n))
-    return out

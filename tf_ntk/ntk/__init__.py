@@ -1,0 +1,34 @@
+"""The empirical neural tangent kernel k(x, x') = ∇θf(x)·∇θf(x') of a Keras model.
+
+    K = tf_ntk.empirical_ntk(model, x1)                        # (N1, N1) trace kernel
+    K = tf_ntk.empirical_ntk(model, x1, x2, kind="full")       # (N1, N2, O, O)
+    K = tf_ntk.empirical_ntk(model, x1, logit=3, params=spawn) # (N1, N1), logit 3 at the spawn weights
+    p = tf_ntk.ntk.plan(model, 500)                            # the plan, without computing
+
+Modules:
+  kernel       `empirical_ntk` and `plan`: validation, the choice of implementation, blocking
+  jacobian     blocks from per-example Jacobians
+  structured   blocks from per-layer structured rules
+  ntvp         blocks from NTK-vector products (a forward-mode pass batched over tangents)
+  cost         cost and memory estimates, the planner
+  keras_graph  the model's functional graph (the only user of Keras' private graph API) and the
+               classification of layers by rule
+"""
+
+from tf_ntk.ntk.kernel import DEFAULT_BUDGET_FRACTION
+from tf_ntk.ntk.kernel import IMPLEMENTATIONS
+from tf_ntk.ntk.kernel import KINDS
+from tf_ntk.ntk.kernel import default_memory_budget
+from tf_ntk.ntk.kernel import empirical_ntk
+from tf_ntk.ntk.kernel import plan
+from tf_ntk.ntk.keras_graph import UnsupportedModelError
+
+__all__ = [
+    "DEFAULT_BUDGET_FRACTION",
+    "IMPLEMENTATIONS",
+    "KINDS",
+    "UnsupportedModelError",
+    "default_memory_budget",
+    "empirical_ntk",
+    "plan",
+]
