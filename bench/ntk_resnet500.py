@@ -1,7 +1,7 @@
 r"""ResNet-18 at full width (11.2 M parameters) on 500 CIFAR-shaped images, in bounded memory.
 
     python -m bench.ntk_resnet500                        # logit-0 kernel, 2 GiB budget
-    python -m bench.ntk_resnet500 --kind=trace --memory_budget_gib=4
+    python -m bench.ntk_resnet500 --kernel_kind=trace --memory_budget_gib=4
 
 One timed call (tens of minutes on 2 CPU cores), with the plan, a progress line per block, the wall
 time and the process's peak resident memory above its resident memory before the call. Writes
