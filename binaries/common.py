@@ -180,7 +180,7 @@ def write_flags(workdir, module_name, **extra):
 
 def check_new_output(path, overwrite):
     """Refuses to replace an existing output file unless ``overwrite``."""
-    if os.path.exists(path) and not overwrite:
+    if rundir.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
@@ -196,7 +196,7 @@ def probe_set(FLAGS, split=None, per_class=None):  # noqa: N803
 
 def default_workdir(checkpoint, kind):
     """RUN/<kind>/<checkpoint name> for a checkpoint RUN/spawn/<checkpoint name>."""
-    ckpt = os.path.abspath(checkpoint)
+    ckpt = rundir.abspath(checkpoint).rstrip("/")
     return os.path.join(os.path.dirname(os.path.dirname(ckpt)), kind, os.path.basename(ckpt))
 
 

@@ -128,8 +128,8 @@ def main(argv):
         raise ValueError(f"--save_adversarial must name a .npz file, got {FLAGS.save_adversarial}")
     if FLAGS.save_adversarial:
         common.check_new_output(FLAGS.save_adversarial, FLAGS.overwrite)
-        parent = os.path.dirname(os.path.abspath(FLAGS.save_adversarial))
-        if not os.path.isdir(parent):
+        parent = os.path.dirname(rundir.abspath(FLAGS.save_adversarial))
+        if not rundir.isdir(parent):
             raise ValueError(f"--save_adversarial: {parent} is not a directory")
     transfer = evaluation.load_adversarial(FLAGS.transfer_from) if FLAGS.transfer_from else None
     _, opts = common.recorded_data(FLAGS, meta)  # the data the checkpoint was trained on
@@ -156,7 +156,7 @@ def main(argv):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {kind} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
-        results = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
+        results = {"checkpoint": rundir.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
                    "dynamics": kind, "examples": len(y), "flags": resolved, "robust": {}}
         results["benign_accuracy"] = evaluation.accuracy(fn, dataset)
         outcomes = []
@@ -182,10 +182,10 @@ def main(argv):
             evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, protocol,
                                         attacks={n: a.to_dict() for n, a in chosen.items()},
                                         checkpoint=results["checkpoint"], dynamics=kind)
-            results["saved_adversarial"] = os.path.abspath(FLAGS.save_adversarial)
+            results["saved_adversarial"] = rundir.abspath(FLAGS.save_adversarial)
         if transfer is not None:
             results["transfer_accuracy"] = evaluation.transfer_accuracy(fn, transfer)
-            results["transfer_from"] = os.path.abspath(FLAGS.transfer_from)
+            results["transfer_from"] = rundir.abspath(FLAGS.transfer_from)
         if FLAGS.sanity_checks:
             white = [n for n in ("strong", "protocol") if n in chosen] or ["strong"]
             target = chosen.get(white[0]) or strong_from_flags()

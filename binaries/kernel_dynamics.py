@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import os
+import zipfile
 
 from absl import flags
 import numpy as np
@@ -77,12 +78,12 @@ def _spawns(run):
 
 def _kernel(model, x, cache_path, probe_key):
     """The (P+M, P+M) kernel on the train and test probes, from the cache when it matches."""
-    if os.path.exists(cache_path):
+    if rundir.exists(cache_path):
         try:
-            with np.load(cache_path) as f:
-                if str(f["probe_key"]) == probe_key:
-                    return f["kernel"]
-        except (OSError, KeyError, ValueError):
+            cached = rundir.read_npz(cache_path)
+            if str(cached["probe_key"]) == probe_key:
+                return cached["kernel"]
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, tf.errors.OpError):
             pass  # unreadable cache entry: recompute
     p = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
@@ -96,8 +97,7 @@ def _fingerprint(checkpoint):
     kernel is reused only for the very checkpoint it was computed from."""
     digest = hashlib.sha256()
     for name in ("meta.json", "ckpt.index"):
-        with open(os.path.join(checkpoint, name), "rb") as f:
-            digest.update(f.read())
+        digest.update(rundir.read_bytes(os.path.join(checkpoints.files(checkpoint), name)))
     return digest.hexdigest()[:16]
 
 
@@ -109,10 +109,7 @@ def _write_csv(path, rows):
     w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
     w.writerows(rows)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    rundir.write_text(path, buf.getvalue())
 
 
 def main(argv):
@@ -157,7 +154,7 @@ def main(argv):
             if not FLAGS.compare_only:
                 writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", label))
                 with writer.as_default(step=0):
-                    summaries.write_config({**resolved, "run": os.path.abspath(run)})
+                    summaries.write_config({**resolved, "run": rundir.abspath(run)})
             print(f"{label}: {len(spawns[run])} spawn checkpoints, kernels on {n} + {len(x_q)} probe examples")
             run_kernels, params0, previous = [], None, None
             for epoch, path in spawns[run]:

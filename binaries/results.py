@@ -6,7 +6,6 @@ case per example over those that ran ("worst").
     python -m binaries.results --root=runs
 """
 
-import glob
 import os
 
 from absl import flags
@@ -31,8 +30,8 @@ def evaluations(run_dir, epoch, skipped):
     result for the run's checkpoint at ``epoch`` (RUN/eval/*/evaluation.json); one file, so the
     numbers share their ε and data. Unreadable files are skipped, their one-line errors appended
     to ``skipped``."""
-    paths = glob.glob(os.path.join(run_dir, "eval", "*", "evaluation.json"))
-    for path in sorted(paths, key=os.path.getmtime, reverse=True):
+    paths = rundir.glob(os.path.join(run_dir, "eval", "*", "evaluation.json"))
+    for path in sorted(paths, key=rundir.mtime, reverse=True):
         try:
             r = rundir.read_json(path, what="evaluation file")
         except rundir.RecordError as e:
@@ -52,7 +51,7 @@ def rows(root, skipped=None):
     one-line errors of unreadable results or evaluation files are appended to ``skipped``."""
     skipped = [] if skipped is None else skipped
     out = []
-    for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
+    for path in rundir.walk_files(root, rundir.RESULTS):
         try:
             r = _read(path)
         except rundir.RecordError as e:
@@ -93,7 +92,7 @@ def table(items):
 
 def main(argv):
     del argv
-    if not os.path.isdir(FLAGS.root):
+    if not rundir.isdir(FLAGS.root):
         raise ValueError(f"--root={FLAGS.root} is not a directory")
     skipped = []
     items = rows(FLAGS.root, skipped)

@@ -113,7 +113,7 @@ def _resolve():
         data_mode=FLAGS.data_mode, flip_epoch=FLAGS.flip_epoch, adv_mode=FLAGS.adv_mode,
         attack=common_flags.attack_config(FLAGS, default_steps=20), seed=FLAGS.seed,
         dynamics=FLAGS.dynamics, batchnorm=FLAGS.batchnorm,
-        spawn=os.path.abspath(FLAGS.spawn) if phase2 else None, jit_compile=FLAGS.jit_compile,
+        spawn=rundir.abspath(FLAGS.spawn) if phase2 else None, jit_compile=FLAGS.jit_compile,
         model=spec, data={"dataset": FLAGS.dataset, **opts}, **overrides)
     return config, info, opts
 
@@ -221,7 +221,7 @@ def main(argv):
                      "eps": config.attack.eps, "attack_steps": config.attack.steps,
                      "model_name": config.model["name"],
                      "width": config.model["options"].get("width", 0)},
-                    trial_id=os.path.basename(os.path.abspath(workdir)))
+                    trial_id=os.path.basename(rundir.abspath(workdir).rstrip("/")))
         phase = f"phase 2 ({config.dynamics} from {config.spawn})" if config.spawn else "phase 1"
         print(f"{config.model['name']} ({models.num_params(model):,} parameters) on {FLAGS.dataset} "
               f"{info.image_shape}, {phase}, {config.data_mode} data"

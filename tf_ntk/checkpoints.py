@@ -40,8 +40,7 @@ gfile = tf.io.gfile
 
 
 def _abs(directory):
-    directory = str(directory).rstrip("/")
-    return os.path.abspath(directory) if rundir.is_local(directory) else directory
+    return rundir.abspath(str(directory).rstrip("/"))
 
 
 def _siblings(parent, prefix):
@@ -56,9 +55,11 @@ def write(directory, meta, **objects):
     Atomic on local disks: the directory appears complete or not at all. It is written to a hidden
     ``.tmp-`` sibling; an existing one is then renamed to a hidden ``.old-`` sibling and the new one
     renamed into place; a crash between the two renames leaves the old checkpoint, which every
-    reader restores (`_recover`). On object stores (no directory rename) the files are written in
-    place, ``meta.json`` last, and a checkpoint counts only once it is there. A write that fails (disk
-    full) raises `tf_ntk.rundir.WriteError` naming ``directory`` and leaves the previous checkpoint as it was.
+    reader restores (`_recover`). On object stores (gs://, ram://: no atomic rename) each write
+    goes to a new version ``directory/v-<n>/`` with ``meta.json`` written last as its commit marker;
+    readers use the newest committed version, and a write deletes the older and the uncommitted
+    ones (left by a killed writer) only after its own commit. A write that fails (disk full) raises
+    `tf_ntk.rundir.WriteError` naming ``directory`` and leaves the previous checkpoint as it was.
     """
     directory = _abs(directory)
     parent, base = os.path.split(directory)
@@ -70,9 +71,11 @@ def write(directory, meta, **objects):
     try:
         gfile.makedirs(parent)
         if not rundir.is_local(directory):
-            if gfile.exists(directory):
-                gfile.rmtree(directory)
-            _write_files(directory, meta_text, objects)
+            versions = _versions(directory)
+            number = max((n for n, _ in versions), default=0) + 1
+            _write_files(os.path.join(directory, f"{_VERSION}{number}"), meta_text, objects)
+            for _, path in versions:  # older versions and uncommitted leftovers
+                rundir.rmtree(path)
             return
         _recover(directory)
         tmp = os.path.join(parent, f".tmp-{base}-{uuid.uuid4().hex}")
@@ -101,6 +104,32 @@ def _write_files(directory, meta_text, objects):
         f.write(meta_text)
 
 
+_VERSION = "v-"
+
+
+def _versions(directory):
+    """[(n, path)] of the version directories ``directory/v-<n>`` (object stores), committed or not."""
+    if not gfile.isdir(directory):
+        return []
+    out = []
+    for name in gfile.listdir(directory):
+        name = name.rstrip("/")
+        if name.startswith(_VERSION) and name[len(_VERSION):].isdigit():
+            out.append((int(name[len(_VERSION):]), os.path.join(directory, name)))
+    return sorted(out)
+
+
+def files(directory):
+    """The directory holding the checkpoint's files (``ckpt.*``, ``meta.json``): ``directory``
+    itself on local disks, its newest committed version on object stores (None when none is)."""
+    directory = _abs(directory)
+    if rundir.is_local(directory):
+        _recover(directory)
+        return directory if _complete(directory) else None
+    committed = [path for _, path in _versions(directory) if _complete(path)]
+    return committed[-1] if committed else None
+
+
 def _complete(directory):
     return gfile.exists(os.path.join(directory, _META)) and gfile.exists(
         os.path.join(directory, _PREFIX + ".index"))
@@ -117,20 +146,21 @@ def _recover(directory):
 
 
 def exists(directory):
-    _recover(directory)
-    return _complete(directory)
+    return files(directory) is not None
 
 
 def read_meta(directory, require_model=False):
     """The ``meta.json`` record of a checkpoint directory; `CheckpointError` if missing, corrupt or
     of another shape (its "model" and "config", when present, must be JSON objects; with
     ``require_model`` the model must be recorded, as every checkpoint `tf_ntk.training` writes does)."""
-    path = os.path.join(directory, _META)
-    _recover(directory)
+    if rundir.is_local(directory):
+        _recover(directory)
     if not gfile.isdir(directory):
         raise CheckpointError(f"no checkpoint at {directory}")
-    if not exists(directory):
+    where = files(directory)
+    if where is None:
         raise CheckpointError(f"{directory} is not a tf_ntk checkpoint (no {_META} or {_PREFIX}.index)")
+    path = os.path.join(where, _META)
     try:
         meta = rundir.read_json(path, what="checkpoint record")
     except rundir.RecordError as e:
@@ -153,7 +183,7 @@ def verify(directory):
     truncated or damaged. Lets a command refuse a corrupt resume checkpoint before it writes anything."""
     read_meta(directory)
     try:
-        reader = tf.train.load_checkpoint(os.path.join(directory, _PREFIX))
+        reader = tf.compat.v1.train.NewCheckpointReader(os.path.join(files(directory), _PREFIX))
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (IndexError, ValueError, tf.errors.OpError) as e:
@@ -169,7 +199,7 @@ def restore(directory, **objects):
     """
     meta = read_meta(directory)
     try:
-        status = tf.train.Checkpoint(**objects).read(os.path.join(directory, _PREFIX))
+        status = tf.train.Checkpoint(**objects).read(os.path.join(files(directory), _PREFIX))
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError) as e:
         raise CheckpointError(f"checkpoint {directory} does not fit this model: {rundir.one_line(e)}") from e

@@ -125,10 +125,10 @@ def save_adversarial(path, x, x_adv, y, config, **record):
 def load_adversarial(path):
     """{"x", "x_adv", "y", "meta"} of a set written by `save_adversarial`; ValueError if unreadable."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            out = {k: f[k] for k in ("x", "x_adv", "y")}
-            out["meta"] = json.loads(str(f["meta"]))
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        arrays = rundir.read_npz(path)
+        out = {k: arrays[k] for k in ("x", "x_adv", "y")}
+        out["meta"] = json.loads(str(arrays["meta"]))
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated file"
         raise ValueError(f"{path} is not a tf_ntk adversarial set: {reason}") from e
     if out["x"].shape != out["x_adv"].shape or out["x"].shape[0] != out["y"].shape[0]:

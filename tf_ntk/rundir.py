@@ -63,6 +63,48 @@ def join(*parts):
     return os.path.join(*parts)
 
 
+def abspath(path):
+    """``path`` made absolute when local; URLs (gs://, ram://) as they are."""
+    return os.path.abspath(path) if is_local(path) and "://" not in str(path) else str(path)
+
+
+def exists(path):
+    return gfile.exists(str(path))
+
+
+def isdir(path):
+    return gfile.isdir(str(path))
+
+
+def glob(pattern):
+    """Paths matching ``pattern`` (``*`` within one directory level), on any file system."""
+    return sorted(gfile.glob(str(pattern)))
+
+
+def walk_files(root, name):
+    """Every file called ``name`` under ``root`` (any depth), sorted."""
+    found = []
+    for directory, _, files in gfile.walk(str(root)):
+        if name in files:
+            found.append(join(directory, name))
+    return sorted(found)
+
+
+def mtime(path):
+    """Modification time in seconds."""
+    return gfile.stat(str(path)).mtime_nsec / 1e9
+
+
+def read_text(path):
+    with gfile.GFile(str(path), "r") as f:
+        return f.read()
+
+
+def read_bytes(path):
+    with gfile.GFile(str(path), "rb") as f:
+        return f.read()
+
+
 def one_line(error):
     """The first line of an error's message, without TensorFlow's op decorations."""
     text = str(getattr(error, "message", "") or error).strip()
@@ -202,7 +244,7 @@ def _take(path):
 
 def _mtime(path):
     try:
-        return gfile.stat(path).mtime_nsec / 1e9
+        return mtime(path)
     except (OSError, tf.errors.OpError):
         return time.time()
 
