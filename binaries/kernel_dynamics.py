@@ -16,7 +16,6 @@ Writes WORKDIR/tb/<run>, WORKDIR/tb/comparison, kernel_dynamics.csv, comparison.
 """
 
 import csv
-import hashlib
 import io
 import os
 import zipfile
@@ -92,15 +91,6 @@ def _kernel(model, x, cache_path, probe_key):
     return kernel
 
 
-def _fingerprint(checkpoint):
-    """A digest of a checkpoint's record and index (which holds every tensor's checksum): a cached
-    kernel is reused only for the very checkpoint it was computed from."""
-    digest = hashlib.sha256()
-    for name in ("meta.json", "ckpt.index"):
-        digest.update(rundir.read_bytes(os.path.join(checkpoints.files(checkpoint), name)))
-    return digest.hexdigest()[:16]
-
-
 def _write_csv(path, rows):
     if not rows:
         return
@@ -164,7 +154,7 @@ def main(argv):
                 params0 = params if params0 is None else params0
                 cache = os.path.join(FLAGS.kernel_cache or os.path.join(workdir, "kernels"), label,
                                      f"{checkpoints.spawn_name(epoch)}.npz")
-                k_all = _kernel(model, x_all, cache, f"{probe_key}|{_fingerprint(path)}")
+                k_all = _kernel(model, x_all, cache, f"{probe_key}|{checkpoints.fingerprint(path)}")
                 run_kernels.append((epoch, k_all, params))
             kernels[run] = {e: k_all[:n, :n] for e, k_all, _ in run_kernels}
             if FLAGS.compare_only:

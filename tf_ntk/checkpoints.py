@@ -9,6 +9,7 @@ half-written checkpoint. Spawn checkpoints of a run live in ``<workdir>/spawn/ep
 the (possibly fractional) epoch, ``epoch_0`` being the initialisation.
 """
 
+import hashlib
 import json
 import os
 import uuid
@@ -209,6 +210,18 @@ def restore(directory, **objects):
         raise CheckpointError(f"corrupt checkpoint {directory} (truncated or damaged files: "
                               f"{rundir.one_line(e)})") from e
     return meta
+
+
+def fingerprint(directory):
+    """A digest of a checkpoint's record and index (which holds every tensor's checksum): names the
+    very checkpoint a derived result (a cached kernel, kernel tiles) was computed from."""
+    where = files(directory)
+    if where is None:
+        raise CheckpointError(f"{directory} is not a tf_ntk checkpoint (no {_META} or {_PREFIX}.index)")
+    digest = hashlib.sha256()
+    for name in (_META, _PREFIX + ".index"):
+        digest.update(rundir.read_bytes(os.path.join(where, name)))
+    return digest.hexdigest()[:16]
 
 
 def list_spawns(workdir):

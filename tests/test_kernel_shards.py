@@ -1,0 +1,64 @@
+"""A kernel as tiles: three shards run separately, one of them killed and rerun, assemble exactly the
+kernel one process computes; that kernel equals the library's; tiles of another kernel are refused."""
+
+import os
+
+import numpy as np
+import pytest
+
+from binaries import compute_kernel
+from binaries import train
+from tests import helpers
+from tf_ntk import data
+from tf_ntk import dynamics
+from tf_ntk import kernel_shards
+from tf_ntk import ntk
+
+TINY = ["--width=4", "--batch_size=256", "--epochs=1", "--save_epochs=1", "--eval_every=0"]
+KERNEL = ["--per_class=2", "--block_size=7", "--kernel_dtype=float64"]  # 20 examples: 3x3 tiles, 6 above
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    helpers.run_binary(train, [f"--workdir={root}/run"] + TINY)
+    return f"{root}/run/spawn/epoch_1"
+
+
+def test_three_shards_with_one_killed_and_rerun_give_the_one_process_kernel(checkpoint, tmp_path, capsys):
+    one = tmp_path / "one"
+    helpers.run_binary(compute_kernel, [f"--checkpoint={checkpoint}", f"--workdir={one}"] + KERNEL)
+    want = np.load(one / "kernel.npz")["kernel"]
+    assert not (one / "tiles").exists()  # removed once assembled
+    sharded = tmp_path / "sharded"
+    argv = [f"--checkpoint={checkpoint}", f"--workdir={sharded}", "--num_shards=3"] + KERNEL
+    helpers.run_binary(compute_kernel, argv + ["--shard=0"])
+    helpers.run_binary(compute_kernel, argv + ["--shard=1"])
+    mine = [t for k, t in enumerate(kernel_shards.tiles(20, 7)) if k % 3 == 1]
+    os.remove(kernel_shards.tile_path(sharded / "tiles", *mine[-1]))  # killed before its last tile
+    helpers.run_binary(compute_kernel, argv + ["--shard=2"])
+    assert not (sharded / "kernel.npz").exists()  # a tile is missing: nothing assembled
+    capsys.readouterr()
+    helpers.run_binary(compute_kernel, argv + ["--shard=1"])  # the rerun computes only that tile
+    printed = capsys.readouterr().out
+    assert "1 tile(s) computed, 1 already there" in printed
+    np.testing.assert_array_equal(np.load(sharded / "kernel.npz")["kernel"], want)
+    assert not (sharded / "tiles").exists() and (sharded / "heat_map.png").exists()
+    helpers.run_binary(compute_kernel, argv + ["--shard=0"])  # a late shard: nothing to do
+    assert "already assembled" in capsys.readouterr().out
+
+
+def test_the_tiled_kernel_equals_the_library_kernel_and_other_tiles_are_refused(checkpoint, tmp_path,
+                                                                               capsys):
+    out = tmp_path / "k"
+    helpers.run_binary(compute_kernel, [f"--checkpoint={checkpoint}", f"--workdir={out}"] + KERNEL)
+    saved = np.load(out / "kernel.npz")
+    model, _ = dynamics.load_model(checkpoint)
+    x, _ = data.load_arrays("digits", "train")
+    want = ntk.empirical_ntk(model, x[saved["indices"]], dtype="float64").numpy()
+    np.testing.assert_allclose(saved["kernel"], want, rtol=1e-10, atol=1e-12)
+    # Tiles of another kernel (another logit) in the same directory are refused, not mixed.
+    argv = [f"--checkpoint={checkpoint}", f"--workdir={tmp_path}/mixed", "--num_shards=2"] + KERNEL
+    helpers.run_binary(compute_kernel, argv + ["--shard=0"])
+    code, err = helpers.run_app(compute_kernel, argv + ["--shard=1", "--logit=3"], capsys)
+    assert code == 2 and "holds tiles of another kernel (differs in: key)" in err
