@@ -145,6 +145,16 @@ def define_checkpoint_flag():
     flags.DEFINE_string("checkpoint", None, "A checkpoint directory, e.g. RUN/spawn/epoch_10.")
 
 
+@_once("num_shards")
+def define_shard_flags():
+    """--num_shards, --shard: one share of a kernel computation, as an independent process."""
+    flags.DEFINE_integer("num_shards", 1, "Split the kernel work over this many independent, "
+                         "preemptible processes (one command each, --shard=0 … K-1, same flags "
+                         "otherwise); the last to finish assembles the result.", lower_bound=1)
+    flags.DEFINE_integer("shard", 0, "This process's share of the work (with --num_shards).",
+                         lower_bound=0)
+
+
 @_once("per_class")
 def define_kernel_flags():
     """--per_class, --logit, --probe_split, --probe_seed, --implementation, --kernel_dtype."""

@@ -39,10 +39,7 @@ common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_checkpoint_flag()
 common_flags.define_kernel_flags()
-flags.DEFINE_integer("num_shards", 1, "Split the kernel's tiles over this many independent processes "
-                     "(one command each, --shard=0 … K-1); the last to finish assembles the kernel.",
-                     lower_bound=1)
-flags.DEFINE_integer("shard", 0, "This process's share of the tiles (with --num_shards).", lower_bound=0)
+common_flags.define_shard_flags()
 flags.DEFINE_integer("block_size", None, "Tile side in examples (default: the largest the memory "
                      "budget allows).", lower_bound=1)
 flags.adopt_module_key_flags(common_flags)

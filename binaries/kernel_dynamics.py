@@ -38,6 +38,7 @@ common_flags.define_data_flags()
 common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_kernel_flags()
+common_flags.define_shard_flags()
 flags.DEFINE_string("run", None, "Run directory whose spawn checkpoints to walk (binaries.train --workdir).")
 flags.DEFINE_string("compare_run", None, "A second run on the same model and data, to compare with.")
 flags.DEFINE_integer("test_per_class", 10, "Test examples per class for kernel-regression accuracy "
@@ -75,8 +76,8 @@ def _spawns(run):
     return spawns
 
 
-def _kernel(model, x, cache_path, probe_key):
-    """The (P+M, P+M) kernel on the train and test probes, from the cache when it matches."""
+def _cached(cache_path, probe_key):
+    """The cached kernel at ``cache_path`` if it was computed for ``probe_key``, else None."""
     if rundir.exists(cache_path):
         try:
             cached = rundir.read_npz(cache_path)
@@ -84,6 +85,14 @@ def _kernel(model, x, cache_path, probe_key):
                 return cached["kernel"]
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, tf.errors.OpError):
             pass  # unreadable cache entry: recompute
+    return None
+
+
+def _kernel(model, x, cache_path, probe_key):
+    """The (P+M, P+M) kernel on the train and test probes, from the cache when it matches."""
+    cached = _cached(cache_path, probe_key)
+    if cached is not None:
+        return cached
     p = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
                                dtype=common_flags.kernel_dtype(FLAGS), progress=common.progress(p.num_blocks)).numpy()
@@ -136,6 +145,41 @@ def main(argv):
     labels = {}
     for run in runs:
         labels[run] = _label(run, set(labels.values()) | {"comparison"})
+    def cache_path(run, epoch):
+        return os.path.join(FLAGS.kernel_cache or os.path.join(workdir, "kernels"), labels[run],
+                            f"{checkpoints.spawn_name(epoch)}.npz")
+
+    if FLAGS.shard >= FLAGS.num_shards:
+        raise ValueError(f"--shard={FLAGS.shard} must be below --num_shards={FLAGS.num_shards}")
+    if FLAGS.num_shards > 1:
+        walk = [(run, epoch, path) for run in runs for epoch, path in spawns[run]]
+        mine = [w for k, w in enumerate(walk) if k % FLAGS.num_shards == FLAGS.shard]
+        shard_dir = os.path.join(workdir, "shards", f"{FLAGS.shard}-of-{FLAGS.num_shards}")
+        with rundir.open_run(shard_dir):
+            common.write_flags(shard_dir, __name__)
+            print(f"shard {FLAGS.shard} of {FLAGS.num_shards}: {len(mine)} of {len(walk)} checkpoint kernels")
+            for run, epoch, path in mine:
+                print(f"  {labels[run]} epoch {epoch:g}")
+                model, _ = dynamics.load_model(path)
+                _kernel(model, x_all, cache_path(run, epoch),
+                        f"{probe_key}|{checkpoints.fingerprint(path)}")
+        left = [w for w in walk if _cached(cache_path(w[0], w[1]),
+                                           f"{probe_key}|{checkpoints.fingerprint(w[2])}") is None]
+        if left:
+            print(f"shard {FLAGS.shard} done; {len(left)} kernel(s) of other shards missing: the last "
+                  "shard to finish writes the metrics")
+            return
+    try:
+        _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, probe_key, num_classes)
+    except rundir.LockedError:
+        if FLAGS.num_shards > 1:
+            print("another shard is writing the metrics")
+            return
+        raise
+
+
+def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, probe_key, num_classes):
+    """Every checkpoint's kernel (cached ones reused), the metrics, comparison, CSVs and TensorBoard."""
     with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
         rows, comparison_rows, kernels = [], [], {}
@@ -152,9 +196,8 @@ def main(argv):
                 model, _ = dynamics.load_model(path)
                 params = [v.numpy() for v in model.trainable_variables]
                 params0 = params if params0 is None else params0
-                cache = os.path.join(FLAGS.kernel_cache or os.path.join(workdir, "kernels"), label,
-                                     f"{checkpoints.spawn_name(epoch)}.npz")
-                k_all = _kernel(model, x_all, cache, f"{probe_key}|{checkpoints.fingerprint(path)}")
+                k_all = _kernel(model, x_all, cache_path(run, epoch),
+                                f"{probe_key}|{checkpoints.fingerprint(path)}")
                 run_kernels.append((epoch, k_all, params))
             kernels[run] = {e: k_all[:n, :n] for e, k_all, _ in run_kernels}
             if FLAGS.compare_only:

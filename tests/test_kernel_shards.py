@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from binaries import compute_kernel
+from binaries import kernel_dynamics
 from binaries import train
 from tests import helpers
 from tf_ntk import data
@@ -14,7 +15,7 @@ from tf_ntk import dynamics
 from tf_ntk import kernel_shards
 from tf_ntk import ntk
 
-TINY = ["--width=4", "--batch_size=256", "--epochs=1", "--save_epochs=1", "--eval_every=0"]
+TINY = ["--width=4", "--batch_size=256", "--epochs=1", "--save_epochs=0,0.5,1", "--eval_every=0"]
 KERNEL = ["--per_class=2", "--block_size=7", "--kernel_dtype=float64"]  # 20 examples: 3x3 tiles, 6 above
 
 
@@ -62,3 +63,18 @@ def test_the_tiled_kernel_equals_the_library_kernel_and_other_tiles_are_refused(
     helpers.run_binary(compute_kernel, argv + ["--shard=0"])
     code, err = helpers.run_app(compute_kernel, argv + ["--shard=1", "--logit=3"], capsys)
     assert code == 2 and "holds tiles of another kernel (differs in: key)" in err
+
+
+def test_kernel_dynamics_in_two_shards_equals_one_process(checkpoint, tmp_path, capsys):
+    run = os.path.dirname(os.path.dirname(checkpoint))
+    argv = [f"--run={run}", "--per_class=2", "--test_per_class=1", "--kernel_dtype=float64"]
+    helpers.run_binary(kernel_dynamics, argv + [f"--workdir={tmp_path}/one"])
+    want = helpers.read_csv(tmp_path / "one" / "kernel_dynamics.csv")
+    sharded = argv + [f"--workdir={tmp_path}/two", "--num_shards=2"]
+    capsys.readouterr()
+    helpers.run_binary(kernel_dynamics, sharded + ["--shard=0"])
+    assert "kernel(s) of other shards missing" in capsys.readouterr().out
+    assert not (tmp_path / "two" / "kernel_dynamics.csv").exists()
+    helpers.run_binary(kernel_dynamics, sharded + ["--shard=1"])
+    assert helpers.read_csv(tmp_path / "two" / "kernel_dynamics.csv") == want
+    assert len(want) == 3  # epochs 0, 0.5, 1
