@@ -224,25 +224,31 @@ def test_training_pgd_under_mirrored_strategy_equals_one_device_attack_of_the_gl
     np.testing.assert_allclose(np.concatenate([s.numpy() for s in shards]), want.numpy(), atol=1e-6)
     assert np.abs(want.numpy() - x).max() > 0.05  # the attack moved the images
 
-def test_step_functions_trace_once_under_xla(tmp_path):
+@pytest.mark.parametrize("kind", ["standard", "linearized", "centered"])
+def test_step_functions_compile_under_xla_and_trace_once(kind):
+    """The TPU path: every dynamics' clean and adversarial steps (gradients, PGD, update) compile
+    with jit_compile=True on static shapes and trace once over several batches."""
     training.set_seed(0)
     spec = models.spec("cnn", 10, (8, 8, 1), width=4)
     net = models.build(spec)
-    lin = tf_ntk.linearize(net, centered=True)
-    config = training.TrainConfig.phase2(epochs=1, batch_size=64, data_mode="adv", jit_compile=True,
-                                         dynamics="centered", attack=attacks.PGDConfig(eps=0.1, steps=2),
-                                         model=spec)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    steps = training.TrainSteps(lin, optimizer, config, tf.distribute.get_strategy())
-    step = steps.make(adversarial=True)
+    model = net if kind == "standard" else tf_ntk.linearize(net, centered=kind == "centered")
+    preset = training.TrainConfig.phase1 if kind == "standard" else training.TrainConfig.phase2
+    config = preset(epochs=1, batch_size=64, data_mode="adv", jit_compile=True, dynamics=kind,
+                    attack=attacks.PGDConfig(eps=0.1, steps=2), model=spec, lr=0.05)
+    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    steps = training.TrainSteps(model, optimizer, config, tf.distribute.get_strategy())
+    adversarial, clean = steps.make(adversarial=True), steps.make(adversarial=False)
     ds = data.load("digits", "train", batch_size=64, drop_remainder=True)
+    before = [v.numpy() for v in model.trainable_variables]
     losses = []
     for i, batch in enumerate(ds.take(4)):
-        loss, _ = step(batch, tf.constant([0, i], tf.int64))
+        loss, _ = adversarial(batch, tf.constant([0, i], tf.int64))
+        clean(batch, tf.constant([0, i], tf.int64))
         losses.append(float(loss))
-    counts = [f.experimental_get_tracing_count() for f in (steps.grads, steps.attack, step)]
-    assert counts == [1, 1, 1]
-    assert losses[-1] < losses[0]
+    counts = [f.experimental_get_tracing_count() for f in (steps.grads, steps.attack, adversarial, clean)]
+    assert counts == [1, 1, 1, 1]
+    assert np.isfinite(losses).all()
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
 
 
 def test_phase2_from_a_spawn_checkpoint(tmp_path):
