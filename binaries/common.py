@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import traceback
 
 from absl import app
@@ -253,17 +254,20 @@ def execute(module_name, args, log_path=None):
     process, as its shell command would: absl flag parsing, then its main. With ``log_path`` its
     stdout and stderr (TensorFlow's C++ output included) go to that file. Returns None on success,
     else the one-line error the command line would print. Used by the sweep's worker processes, which
-    import TensorFlow once and run many jobs."""
-
-
+    import TensorFlow once and run many jobs. A log on an object store (gs://) is written locally and
+    appended there when the job ends."""
     module = importlib.import_module(module_name)
     program = module_name.rsplit(".", 1)[-1]
     saved_fds = None
+    local_log = log_path
     if log_path:
-        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        if rundir.is_local(log_path):
+            os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        else:
+            local_log = tempfile.mkstemp(prefix="tf_ntk-log-", suffix=".log")[1]
         sys.stdout.flush()
         sys.stderr.flush()
-        log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
+        log = open(local_log, "a", encoding="utf-8")  # noqa: SIM115  (closed in the finally below)
         saved_fds = (os.dup(1), os.dup(2))
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -284,13 +288,11 @@ def execute(module_name, args, log_path=None):
             print(f"{program}: error: {message}", file=sys.stderr)
             return message
         except Exception as e:
-
             message = _environment_error(e)
             if message is not None:
                 print(f"{program}: error: {message}", file=sys.stderr)
                 return message
-
-            traceback.print_exc()
+            traceback.print_exc()  # a bug: its traceback goes to the log
             return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         return None
     finally:
@@ -304,3 +306,8 @@ def execute(module_name, args, log_path=None):
             os.close(saved_fds[0])
             os.close(saved_fds[1])
             log.close()
+            if local_log != log_path:  # object stores cannot append: rewrite with the new lines
+                old = rundir.read_bytes(log_path) if rundir.exists(log_path) else b""
+                with open(local_log, "rb") as f:
+                    rundir.write_bytes(log_path, old + f.read())
+                os.remove(local_log)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from binaries import common
 from binaries import compute_kernel
 from binaries import evaluate
 from binaries import kernel_dynamics
@@ -43,6 +44,9 @@ def _chain(root, capsys):
     run(results, [f"--root={root}"])
     table = capsys.readouterr().out.split("\n\n")[0].splitlines()[2:]
     return {
+        "history": [{k: v for k, v in row.items() if k != "seconds"}  # wall time differs
+                    for row in rundir.read_json(f"{root}/std/history.json", expect=list)],
+        "flags": rundir.read_json(f"{root}/std/flags.json")["epochs"],
         "train": rundir.read_json(f"{root}/std/results.json")["benign_accuracy"],
         "phase2": rundir.read_json(f"{root}/cen/results.json")["benign_accuracy"],
         "robust": rundir.read_json(f"{root}/std/eval/epoch_2/evaluation.json")["robust_accuracy"],
@@ -76,3 +80,13 @@ def test_object_store_checkpoints_commit_by_version_and_readers_skip_uncommitted
         tf.io.gfile.makedirs(f"{root}-empty/v-1")
         checkpoints.read_meta(f"{root}-empty")
     assert os.path.basename(checkpoints.files(root)) == "v-4"
+
+
+def test_a_sweep_job_log_on_an_object_store_is_appended_job_after_job(tmp_path, capsys):
+    log = f"ram://{uuid.uuid4().hex}/logs/job.log"
+    with capsys.disabled():  # the real stdout and stderr, as in a sweep worker
+        assert common.execute("binaries.results", [f"--root={tmp_path}/none"], log) is not None
+        assert common.execute("binaries.results", [f"--root={tmp_path}/none2"], log) is not None
+    text = rundir.read_text(log)
+    assert text.count("$ python -m binaries.results") == 2
+    assert f"results: error: --root={tmp_path}/none2 is not a directory" in text

@@ -141,6 +141,8 @@ def write_bytes(path, data):
         if not gfile.isdir(directory):
             makedirs(directory)
         if not is_local(path):
+            if path.startswith("ram://") and gfile.exists(path):
+                gfile.remove(path)  # TensorFlow's in-memory file system appends instead of truncating
             with gfile.GFile(path, "wb") as f:
                 f.write(data)
             return
