@@ -17,6 +17,7 @@ REQUIREMENTS = {
     "keras": "keras",
     "matplotlib": "matplotlib",
     "numpy": "numpy",
+    "packaging": "packaging",
     "psutil": "psutil",
     "pytest": "pytest",
     "scipy": "scipy",
