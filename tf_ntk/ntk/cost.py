@@ -122,11 +122,12 @@ class BlockCost:
     bytes: float
 
 
-def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, itemsize, chunk=None):
-    """`BlockCost` of one (b1, b2) block. ``symmetric``: x2 is x1 (b2 == b1, work shared)."""
+def block_cost(stats, implementation, b1, b2, num_logits, kind, symmetric, itemsize, chunk=None):
+    """`BlockCost` of one (b1, b2) block of ``kind`` ("full", "diagonal" or "trace").
+    ``symmetric``: x2 is x1 (b2 == b1, work shared)."""
     nb = b1 if symmetric else b1 + b2
-    pairs = num_logits if diagonal else num_logits**2
-    out = b1 * b2 * pairs
+    pairs = num_logits**2 if kind == "full" else num_logits
+    out = b1 * b2 * {"full": num_logits**2, "diagonal": num_logits, "trace": 1}[kind]
     p, f, a = stats.num_params, stats.forward_macs, stats.activations
     grad_eff = VECTORIZED_GRAD_EFFICIENCY
     if stats.layers is not None:  # ntvp's walker batches the forward-mode pass over tangents
@@ -163,7 +164,7 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
                 mem = 0.0
             elif layer.rule == keras_graph.CONV:
                 s, k, c = layer.positions, layer.patch_size, layer.channels
-                if structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, diagonal):
+                if structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, kind):
                     work = b1 * b2 * s * s * (k + pairs * c)
                     mem = b1 * b2 * s * s * (1 + num_logits) + nb * s * k
                 else:
@@ -204,7 +205,7 @@ def _blocks(n1, n2, b, symmetric):
     return k1 * (k1 + 1) // 2 if symmetric else k1 * k2
 
 
-def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsize, budget_bytes,
+def plan(stats, implementation, n1, n2, num_logits, kind, symmetric, itemsize, budget_bytes,
          block_size=None):
     """The largest block (and, for ntvp, column chunk) whose working set fits ``budget_bytes``.
 
@@ -217,7 +218,7 @@ def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsiz
         # With several blocks, the off-diagonal ones of a symmetric kernel have two sides to
         # differentiate: plan for those.
         one_block = b >= n_max
-        return block_cost(stats, implementation, min(b, n1), min(b, n2), num_logits, diagonal,
+        return block_cost(stats, implementation, min(b, n1), min(b, n2), num_logits, kind,
                           symmetric and one_block, itemsize, chunk)
 
     if cost(1) is None:
