@@ -44,13 +44,16 @@ def contract(j1, j2, kind):
     for the trace, (B1, B2), the sum over the logits."""
     out = None
     for a, b in zip(j1, j2):
+        # With x2 = x1 (b is a), one copy of the Jacobian serves both sides.
         if kind != "full":
             # (L, B1, n) @ (L, n, B2) -> (L, B1, B2)
-            term = tf.matmul(tf.transpose(a, [1, 0, 2]), tf.transpose(b, [1, 2, 0]))
+            at = tf.transpose(a, [1, 0, 2])
+            term = tf.matmul(at, at if b is a else tf.transpose(b, [1, 0, 2]), transpose_b=True)
         else:
             b1, num_logits = tf.shape(a)[0], tf.shape(a)[1]
             b2 = tf.shape(b)[0]
-            flat = tf.matmul(tf.reshape(a, [b1 * num_logits, -1]), tf.reshape(b, [b2 * num_logits, -1]),
+            af = tf.reshape(a, [b1 * num_logits, -1])
+            flat = tf.matmul(af, af if b is a else tf.reshape(b, [b2 * num_logits, -1]),
                              transpose_b=True)
             term = tf.reshape(flat, [b1, num_logits, b2, num_logits])
         out = term if out is None else out + term
