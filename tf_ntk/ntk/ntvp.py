@@ -509,7 +509,7 @@ def _example_tangents(f, params, xe, logits):
                        [-1] + g.shape[2:].as_list()) for g in grads]
 
 
-def _jvp_columns_generic(f, params, x1, tangents):
+def generic_jvp(f, params, x1, tangents):
     """(T, B1, O) by a ForwardAccumulator vectorized over the tangents (any Keras model)."""
 
     def one(tangent):
@@ -556,7 +556,7 @@ def _columns(f, params, rows, x2, logits, diagonal, chunk, walkable):
             xs, cs = chunk_units
             tangents = _column_tangents(f, params, xs, cs)
         jvp = (batched_jvp(f, params, rows, tangents) if walkable
-               else _jvp_columns_generic(f, params, rows, tangents))  # (columns, R, O)
+               else generic_jvp(f, params, rows, tangents))  # (columns, R, O)
         if diagonal:
             return tf.gather(jvp, cs, axis=2, batch_dims=1)  # (columns, R)
         return tf.gather(jvp, logits_t, axis=2)  # (columns, R, L)
