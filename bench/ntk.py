@@ -4,9 +4,10 @@ r"""Benchmark of the empirical NTK implementations: bench/results/ntk.json and n
     python -m bench.ntk --quick      # MLP and CNN only, N=64 and 128
     python -m bench.ntk --models=cnn16_32x32x3 --sizes=64 --output=/tmp/ntk.json   # one cell
 
-For every model, N and kind (a cell): every implementation and ``auto``, each warmed up once, then
-timed in interleaved rounds (one call of each implementation per round, so that a busy machine slows
-them alike); the median wall time per implementation, the peak resident memory its first call added
+For every model, N and kind (a cell): every implementation and ``auto``, each warmed up once and
+timed once, then the contenders (auto and the implementations within 1.5x of the fastest) timed in
+interleaved rounds (one call of each per round, so that a busy machine slows them alike); the median
+wall time per implementation, the peak resident memory its first call added
 (VmHWM, reset before it), the estimated FLOPs of the plan and the achieved FLOP/s as a fraction of a
 large float32 matmul's FLOP/s measured in the same run. ``auto``'s time over the best fixed
 implementation's, in the same cell, is the choice's cost. A naive loop (one tape.gradient per
@@ -49,11 +50,12 @@ MODELS = {
     "resnet18w16_32x32x3": ("resnet18", (32, 32, 3), {"width": 16, "zero_head": False}),
     "resnet18w64_32x32x3": ("resnet18", (32, 32, 3), {"width": 64, "zero_head": False}),
 }
-# A configuration whose warm-up call (tracing included) takes longer than this is timed once.
-SLOW_SECONDS = 10.0
-# Fast configurations get more calls (up to MAX_CALLS, about TARGET_SECONDS in all): medians of a
-# few millisecond-scale calls are noisy on a shared machine.
-TARGET_SECONDS, MAX_CALLS = 1.0, 20
+# Timing: after a warm-up call each, one timed call of every implementation of a cell, then rounds
+# of the contenders only (auto, and the implementations within CONTENDER_RATIO of the fastest so
+# far) until each has --repeats calls and, for fast ones, about TARGET_SECONDS of calls (at most
+# MAX_CALLS): medians of a few millisecond-scale calls are noisy on a shared machine.
+CONTENDER_RATIO = 1.5
+TARGET_SECONDS, MAX_CALLS = 2.0, 25
 
 
 def vm_kib(field):
@@ -81,30 +83,38 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def measure_cell(fns, repeats):
+def measure_cell(fns, repeats, contenders=None):
     """{name: (median seconds, peak MiB added by its first call)} for the functions of one cell.
 
     Each function is warmed up once (tracing and compiling; its peak memory is measured around that
-    call), then the functions are timed in rounds, one call of each per round, so that a change in
-    the machine's load affects them alike. A function whose warm-up took over SLOW_SECONDS is timed
-    once; fast ones get rounds until about TARGET_SECONDS each (at most MAX_CALLS calls).
+    call) and timed once; then the contenders (``contenders(medians)`` -> names; default: all) are
+    timed in rounds, one call of each per round, so that a change in the machine's load affects
+    them alike, until each has ``repeats`` calls and about TARGET_SECONDS (at most MAX_CALLS).
     """
-    peaks, warm = {}, {}
+    peaks = {}
     for name, fn in fns.items():
         can_reset = reset_peak()
         base = vm_kib("VmRSS")
-        warm[name] = _timed(fn)
+        _timed(fn)
         peaks[name] = max((vm_kib("VmHWM") - base) / 1024, 0.0) if can_reset else float("nan")
-    times = {name: [] for name in fns}
-    wanted = {name: 1 if warm[name] > SLOW_SECONDS else repeats for name in fns}
+    times = {name: [_timed(fn)] for name, fn in fns.items()}
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    chosen = set(fns) if contenders is None else set(contenders(medians))
     while True:
-        due = [name for name in fns if len(times[name]) < wanted[name] or (
-            wanted[name] > 1 and sum(times[name]) < TARGET_SECONDS and len(times[name]) < MAX_CALLS)]
+        due = [name for name in fns if name in chosen and (len(times[name]) < repeats or (
+            sum(times[name]) < TARGET_SECONDS and len(times[name]) < MAX_CALLS))]
         if not due:
             break
         for name in due:
             times[name].append(_timed(fns[name]))
     return {name: (statistics.median(times[name]), peaks[name]) for name in fns}
+
+
+def _contenders(medians):
+    """auto and the fixed implementations within CONTENDER_RATIO of the fastest."""
+    fixed = {k: v for k, v in medians.items() if k != "auto"}
+    best = min(fixed.values(), default=0.0)
+    return [k for k, v in medians.items() if k == "auto" or v <= CONTENDER_RATIO * best]
 
 
 def matmul_flops():
@@ -169,14 +179,15 @@ def run_benchmark(log):
             rec.update(chosen=plan.implementation, block_size=plan.block_size,
                        est_gflop=2 * plan.raw_macs / 1e9, est_peak_mib=plan.peak_bytes / 2**20,
                        est_macs=plan.macs)
-            # The plan's efficiency-weighted count at half the matmul peak: a rough forecast.
+            # The plan's efficiency-weighted count (calibrated to the matmul peak, `cost`) at half
+            # the peak: a conservative forecast.
             est_seconds = 2 * plan.macs / (0.5 * peak_flops)
             if est_seconds > FLAGS.max_seconds:
                 rec["skipped"] = f"estimated {est_seconds:.0f} s"
                 log(f"skip {name} n={n} {kind} {impl}: estimated {est_seconds:.0f} s")
                 continue
             fns[impl] = _kernel_fn(model, x, call_kind, logit, impl)
-        for impl, (seconds, peak) in measure_cell(fns, FLAGS.repeats).items():
+        for impl, (seconds, peak) in measure_cell(fns, FLAGS.repeats, _contenders).items():
             rec = cell[impl]
             rec.update(seconds=seconds, peak_mib=peak,
                        gflops=rec["est_gflop"] / seconds,
@@ -192,7 +203,7 @@ def run_benchmark(log):
         x = tf.random.uniform((n, *MODELS[name][1]), seed=1)
         fns = {impl: _kernel_fn(model, x, "trace", None, impl) for impl in IMPLEMENTATIONS}
         fns["naive"] = lambda model=model, x=x: naive_kernel(model, x, "trace")
-        times = measure_cell(fns, FLAGS.repeats)
+        times = measure_cell(fns, FLAGS.repeats, lambda medians: [k for k in medians if k != "naive"])
         naive_s = times["naive"][0]
         entry = dict(model=name, n=n, kind="trace", naive_seconds=naive_s)
         for impl in IMPLEMENTATIONS:

@@ -4,6 +4,13 @@ The gradient is with respect to the model's trainable weights θ (``model.traina
 ``params`` in that order); BatchNormalization runs in inference mode with the model's running
 statistics. The model is never modified. Three implementations give the same numbers (see
 `empirical_ntk`); ``"auto"`` picks the cheapest for the model, N and O within the memory budget.
+
+A call is validated, planned (`cost.plan`: implementation, block size within the memory budget) and
+laid out in blocks (`_Blocks`); then either orchestrated eagerly (`_kernel_eagerly`: one compiled
+block function per configuration, progress, the kernel assembled in host memory) or, inside a
+tf.function or XLA, assembled as one graph (`_kernel_in_graph`: the block loop unrolled). Both run
+the same block functions (`_block_fn`). A trace kernel (or one logit's) is computed from "trace"
+blocks, contracted over the logits inside the implementations.
 """
 
 import weakref
