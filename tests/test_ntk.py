@@ -202,7 +202,7 @@ def test_planned_blocks_never_exceed_the_budget():
     stats = cost.model_stats(model)
     for n in range(2, 40, 3):
         for b in (2, 5, 8, 13):
-            budget = int(cost.block_cost(stats, "structured", b, b, 10, True, True, 4).bytes)
+            budget = int(cost.block_cost(stats, "structured", b, b, 10, "diagonal", True, 4).bytes)
             plan = tf_ntk.ntk.plan(model, n, implementation="structured", memory_budget_bytes=budget)
             assert plan.peak_bytes <= budget, (n, b, plan)
 

@@ -118,13 +118,14 @@ def test_chunked_and_grouped_columns_match_the_oracle(chunk):
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
     a, b = tf.constant(x1, tf.float64), tf.constant(x2, tf.float64)
-    for diagonal in (False, True):
+    for kind in ("full", "diagonal", "trace"):
         for symmetric in (True, False):
             got = ntvp.ntvp_block(f, theta, a, None if symmetric else b, range(NUM_CLASSES),
-                                      diagonal, chunk).numpy()
+                                  kind, chunk).numpy()
             full = k11 if symmetric else k12
-            want = np.einsum("ijaa->ija", full) if diagonal else full
-            assert helpers.relative_error(got, want) < 1e-12, (diagonal, symmetric)
+            diag = np.einsum("ijaa->ija", full)
+            want = {"full": full, "diagonal": diag, "trace": diag.sum(-1)}[kind]
+            assert helpers.relative_error(got, want) < 1e-12, (kind, symmetric)
 
 
 def test_models_the_walkers_cannot_enter_take_the_generic_paths(monkeypatch):
@@ -139,7 +140,7 @@ def test_models_the_walkers_cannot_enter_take_the_generic_paths(monkeypatch):
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
     got = ntvp.ntvp_block(f, theta, tf.constant(x1, tf.float64), tf.constant(x2, tf.float64),
-                              range(NUM_CLASSES), False, 6)
+                          range(NUM_CLASSES), "full", 6)
     assert helpers.relative_error(got, k12) < 1e-12
 
 
@@ -148,6 +149,6 @@ def test_chunk_loop_and_symmetric_groups_under_xla():
     f = functional.FunctionalModel(model)
     # x2's three examples in three chunks (a map_fn loop); x1 with itself in five groups.
     block = tf.function(lambda a, b: ntvp.ntvp_block(f, f.params, a, b, range(NUM_CLASSES),
-                                                         False, 4), jit_compile=True)
+                                                     "full", 4), jit_compile=True)
     assert helpers.relative_error(block(tf.constant(x1), tf.constant(x2)), k12) < 1e-5
     assert helpers.relative_error(block(tf.constant(x1), None), k11) < 1e-5

@@ -14,29 +14,50 @@ from tf_ntk.ntk import keras_graph
 from tf_ntk.ntk import ntvp
 from tf_ntk.ntk import structured
 
-# Relative speed of the work that is not one large matmul, calibrated on CPU with bench/ntk.py:
-# per-example gradients vectorized with pfor, batched forward/backward passes, and forward-mode passes
-# vectorized over many tangents (pfor turns a convolution with a per-tangent filter into a loop).
-VECTORIZED_GRAD_EFFICIENCY = 0.5
-BATCHED_PASS_EFFICIENCY = 0.5
-VECTORIZED_JVP_EFFICIENCY = 0.5
-# ntvp's forward-mode pass batched over tangents by its graph walker (conv nets included): measured at
-# ~0.45 of the matmul peak on the CNN (20 tangents x 16 examples) on a 2-core CPU.
-BATCHED_JVP_EFFICIENCY = 0.4
+# The constants below are rates relative to a 2048² float32 matmul (R multiply-adds per second,
+# timed in the same interleaved rounds as each measured piece), measured by
+# ``python -m bench.ntk_calibrate`` (bench/ntk_calibrate.py documents each measurement; results in
+# bench/results/ntk_calibrate.json) on the project's 2-core x86-64 CPU with AVX-512 (TF 2.21,
+# Keras 3.15, R ≈ 240 G multiply-adds/s), rounded from three runs that agreed within ±10%. The choice
+# of ``auto`` they make is checked on bench/ntk.py's grid (bench/results/ntk.txt).
+
+# Per-example gradients vectorized with pfor (the jacobian method; ntvp's tangents for models the
+# rules cannot walk): 3 x forward multiply-adds per example and logit, at this fraction of R
+# (measured 0.12-0.13 on the 3-conv CNN, 64 examples x 10 logits).
+VECTORIZED_GRAD_EFFICIENCY = 0.125
+# The structured rules' forward pass and L vectorized backward passes of cotangents
+# (`structured.record`; `ModelStats.backward_macs` per logit): measured 0.83-0.86 of R on the
+# 3072-2048-2048-10 MLP (large matmuls) and 0.17 on the CNN (convolutions' input gradients under
+# pfor, BN, pooling); the conv value applies to models with any Conv2D.
+BATCHED_PASS_EFFICIENCY = 0.85
+CONV_BATCHED_PASS_EFFICIENCY = 0.17
+# The generic forward mode (`ntvp.generic_jvp`: a ForwardAccumulator vectorized over tangents, for
+# models the walker cannot enter): 2 x forward multiply-adds per tangent and example, measured
+# 0.33-0.37 of R on the 64-256-256-10 MLP (40 tangents x 64 examples) and 0.19-0.23 on the CNN
+# (20 tangents x 16 examples).
+VECTORIZED_JVP_EFFICIENCY = 0.35
+CONV_VECTORIZED_JVP_EFFICIENCY = 0.2
+# ntvp's forward-mode pass batched over tangents by its graph walker (`ntvp.batched_jvp`, conv nets
+# included): measured 0.35-0.39 of R on the CNN (20 tangents x 16 examples).
+BATCHED_JVP_EFFICIENCY = 0.37
 # ntvp takes its columns in chunks whose largest forward-mode activation (chunk x rows x the largest
 # layer output) stays about this size: the CNN's tangents ran 2.2x faster per tangent in chunks of 20
-# (20 MiB) than all 160 at once (on a CPU with a 32 MiB last-level cache).
+# (20 MiB) than all 160 at once (bench/ntk.py on the same 2-core CPU, 32 MiB last-level cache).
 NTVP_CHUNK_BYTES = 16 * 2**20
-# The conv rule's einsums (patches x cotangents, then their Gram) run below matmul speed; calibrated on
-# bench/results/ntk.json (CNN trace kernels: structured 10-28% faster than jacobian at N = 64-256).
-CONV_RULE_EFFICIENCY = 0.7
+# The conv rule's einsums (patches x cotangents, or the patch Gram), `conv_rule_macs`: the CNN's
+# structured block less its passes and less its Gram matmuls at R, against the einsums'
+# multiply-adds; measured 0.22-0.24 of R for trace blocks and 0.15-0.16 for full ones (64 examples).
+CONV_RULE_EFFICIENCY = 0.2
 # Cost, in multiply-add equivalents, of every float of per-example gradients a method materialises
-# (allocation, pfor's copies, reading it back): measured ~5 ns per float on a 2-core CPU, which makes
-# the jacobian method memory-bound for large models (the 10.5 M-parameter MLP).
-GRADIENT_FLOAT_COST = 250
-CONV_VECTORIZED_JVP_EFFICIENCY = 0.01
-# Fixed cost of one block (dispatch, tracing amortised), in multiply-add equivalents.
-BLOCK_OVERHEAD = 2e6
+# (allocation, pfor's copies, reading it back): per-example gradients of a 3072-1024-1024-10 MLP
+# (one multiply-add per weight), time x R per gradient float less the backward pass's own
+# multiply-adds at VECTORIZED_GRAD_EFFICIENCY; measured 94-98 (0.4 ns per float). It makes the
+# jacobian method memory-bound for large dense models.
+GRADIENT_FLOAT_COST = 95
+# Fixed cost of one block (dispatch of the compiled block function and its many small ops), in
+# multiply-add equivalents: a whole kernel call on a 2-example, 8-unit MLP, time x R; measured
+# 3.4-6.2e8 (1.5-2.5 ms) for the three implementations.
+BLOCK_OVERHEAD = 4e8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +80,9 @@ class ModelStats:
     Attributes:
       num_params: P.
       forward_macs: multiply-adds of one forward pass.
+      backward_macs: multiply-adds of one backward pass of cotangents (no weight gradients) down to
+        the output of the first layer with weights (none below it is needed): the forward pass less
+        that layer's multiply-adds.
       activations: floats of all layer outputs of one forward pass.
       has_conv: the model has convolutions (pfor is slow on their weight gradients).
       layers: `LayerStats` of the weighted layers, or None when the graph cannot be walked.
@@ -71,6 +95,11 @@ class ModelStats:
     has_conv: bool
     layers: tuple = None
     largest_activation: float = 0.0
+    backward_macs: float = None
+
+    def __post_init__(self):
+        if self.backward_macs is None:
+            object.__setattr__(self, "backward_macs", self.forward_macs)
 
 
 def _size(shape):
@@ -82,6 +111,7 @@ def model_stats(model):
     num_params = sum(_size(v.shape) for v in model.trainable_variables)
     forward = activations = largest = 0.0
     has_conv = False
+    macs = {}  # id(layer) -> its forward multiply-adds
     for layer in keras_graph.layers(model, recursive=True):
         try:
             out = _size(layer.output.shape[1:])
@@ -91,12 +121,14 @@ def model_stats(model):
         largest = max(largest, out)
         if isinstance(layer, keras.layers.Conv2D):
             has_conv = True
-            forward += out * _size(layer.kernel.shape[:-1])
+            macs[id(layer)] = out * _size(layer.kernel.shape[:-1])
         elif isinstance(layer, keras.layers.Dense):
-            forward += out * int(layer.kernel.shape[0]) * max(1, _size(layer.input.shape[1:-1]))
+            macs[id(layer)] = out * int(layer.kernel.shape[0]) * max(1, _size(layer.input.shape[1:-1]))
         else:
-            forward += out
+            macs[id(layer)] = out
+        forward += macs[id(layer)]
     forward = max(forward, num_params)
+    backward = forward
     try:
         layers = []
         for layer, rule, in_shape, out_shape, n in keras_graph.layer_shapes(model):
@@ -106,10 +138,12 @@ def model_stats(model):
                 stats.update(positions=_size(out_shape[:-1]),
                              patch_size=_size(layer.kernel.shape[:-1]))
             layers.append(LayerStats(**stats))
+            if len(layers) == 1:
+                backward = max(forward - macs.get(id(layer), 0.0), 0.0)
         layers = tuple(layers)
     except (keras_graph.UnsupportedModelError, AttributeError, ValueError):
         layers = None
-    return ModelStats(num_params, forward, activations, has_conv, layers, largest)
+    return ModelStats(num_params, forward, activations, has_conv, layers, largest, backward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +156,12 @@ class BlockCost:
     bytes: float
 
 
-def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, itemsize, chunk=None):
-    """`BlockCost` of one (b1, b2) block. ``symmetric``: x2 is x1 (b2 == b1, work shared)."""
+def block_cost(stats, implementation, b1, b2, num_logits, kind, symmetric, itemsize, chunk=None):
+    """`BlockCost` of one (b1, b2) block of ``kind`` ("full", "diagonal" or "trace").
+    ``symmetric``: x2 is x1 (b2 == b1, work shared)."""
     nb = b1 if symmetric else b1 + b2
-    pairs = num_logits if diagonal else num_logits**2
-    out = b1 * b2 * pairs
+    pairs = num_logits**2 if kind == "full" else num_logits
+    out = b1 * b2 * {"full": num_logits**2, "diagonal": num_logits, "trace": 1}[kind]
     p, f, a = stats.num_params, stats.forward_macs, stats.activations
     grad_eff = VECTORIZED_GRAD_EFFICIENCY
     if stats.layers is not None:  # ntvp's walker batches the forward-mode pass over tangents
@@ -152,8 +187,9 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
     if implementation == "structured":
         if stats.layers is None:
             return None
-        passes = nb * f * (1 + 2 * num_logits)
-        macs = passes / BATCHED_PASS_EFFICIENCY
+        # One forward pass and L backward passes of cotangents (`structured.record`).
+        passes = nb * (f + num_logits * stats.backward_macs)
+        macs = passes / (CONV_BATCHED_PASS_EFFICIENCY if stats.has_conv else BATCHED_PASS_EFFICIENCY)
         raw = passes
         live = nb * a * (1 + 2 * num_logits)
         extra = 0.0
@@ -163,14 +199,14 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
                 mem = 0.0
             elif layer.rule == keras_graph.CONV:
                 s, k, c = layer.positions, layer.patch_size, layer.channels
-                if structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, diagonal):
-                    work = b1 * b2 * s * s * (k + pairs * c)
+                work, einsums = conv_rule_macs(s, k, c, num_logits, b1, b2, kind, symmetric)
+                if structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, kind):
                     mem = b1 * b2 * s * s * (1 + num_logits) + nb * s * k
                 else:
-                    work = nb * num_logits * s * k * c + b1 * b2 * pairs * k * c
                     mem = nb * (num_logits * k * c + s * k)
                     macs += nb * num_logits * k * c * GRADIENT_FLOAT_COST
-                macs += work * (1 / CONV_RULE_EFFICIENCY - 1)
+                # The einsums below matmul speed; the per-example gradients' Gram is one matmul.
+                macs += einsums * (1 / CONV_RULE_EFFICIENCY - 1)
             elif layer.rule == keras_graph.BATCHNORM:
                 work = nb * num_logits * 2 * layer.output_size + b1 * b2 * pairs * 2 * layer.channels
                 mem = nb * num_logits * 2 * layer.channels
@@ -184,6 +220,20 @@ def block_cost(stats, implementation, b1, b2, num_logits, diagonal, symmetric, i
             extra = max(extra, mem)
         return BlockCost(macs, raw, itemsize * (live + extra + 2 * out))
     raise ValueError(f"unknown implementation {implementation!r}")
+
+
+def conv_rule_macs(positions, patch_size, channels, num_logits, b1, b2, kind, symmetric):
+    """(all, einsums): multiply-adds of the structured conv rule on a (b1, b2) block, and the part of
+    them in einsums (the patch Gram form, or the per-example gradients of the other form, whose Gram
+    is one matmul)."""
+    s, k, c = positions, patch_size, channels
+    nb = b1 if symmetric else b1 + b2
+    pairs = num_logits**2 if kind == "full" else num_logits
+    if structured.conv_uses_patch_gram(s, k, c, num_logits, b1, b2, kind):
+        work = b1 * b2 * s * s * (k + pairs * c)
+        return work, work
+    einsums = nb * num_logits * s * k * c
+    return einsums + b1 * b2 * pairs * k * c, einsums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +254,7 @@ def _blocks(n1, n2, b, symmetric):
     return k1 * (k1 + 1) // 2 if symmetric else k1 * k2
 
 
-def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsize, budget_bytes,
+def plan(stats, implementation, n1, n2, num_logits, kind, symmetric, itemsize, budget_bytes,
          block_size=None):
     """The largest block (and, for ntvp, column chunk) whose working set fits ``budget_bytes``.
 
@@ -217,7 +267,7 @@ def plan(stats, implementation, n1, n2, num_logits, diagonal, symmetric, itemsiz
         # With several blocks, the off-diagonal ones of a symmetric kernel have two sides to
         # differentiate: plan for those.
         one_block = b >= n_max
-        return block_cost(stats, implementation, min(b, n1), min(b, n2), num_logits, diagonal,
+        return block_cost(stats, implementation, min(b, n1), min(b, n2), num_logits, kind,
                           symmetric and one_block, itemsize, chunk)
 
     if cost(1) is None:

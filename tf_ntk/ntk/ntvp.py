@@ -28,8 +28,8 @@ The tangents of a chunk of whole examples come from one structured backward pass
 groups of examples, each against the rows up to its last example (the rest is mirrored): (G + 1) / 2G
 of the forward-mode work.
 
-Block shapes and conventions are those of `tf_ntk.ntk.jacobian`: (B1, B2, L, L), or (B1, B2, L)
-when ``diagonal``.
+Block shapes and conventions are those of `tf_ntk.ntk.jacobian`: (B1, B2, L, L), (B1, B2, L) or,
+for the trace, (B1, B2).
 """
 
 import keras
@@ -509,7 +509,7 @@ def _example_tangents(f, params, xe, logits):
                        [-1] + g.shape[2:].as_list()) for g in grads]
 
 
-def _jvp_columns_generic(f, params, x1, tangents):
+def generic_jvp(f, params, x1, tangents):
     """(T, B1, O) by a ForwardAccumulator vectorized over the tangents (any Keras model)."""
 
     def one(tangent):
@@ -556,7 +556,7 @@ def _columns(f, params, rows, x2, logits, diagonal, chunk, walkable):
             xs, cs = chunk_units
             tangents = _column_tangents(f, params, xs, cs)
         jvp = (batched_jvp(f, params, rows, tangents) if walkable
-               else _jvp_columns_generic(f, params, rows, tangents))  # (columns, R, O)
+               else generic_jvp(f, params, rows, tangents))  # (columns, R, O)
         if diagonal:
             return tf.gather(jvp, cs, axis=2, batch_dims=1)  # (columns, R)
         return tf.gather(jvp, logits_t, axis=2)  # (columns, R, L)
@@ -572,7 +572,7 @@ def _columns(f, params, rows, x2, logits, diagonal, chunk, walkable):
     return tf.reshape(out, [num_chunks * size * unit] + shape[1:])[:columns]
 
 
-def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
+def ntvp_block(f, params, x1, x2, logits, kind, chunk=None):
     """The kernel block from NTK-vector products, holding at most ``chunk`` tangents at a time.
 
     Args:
@@ -580,13 +580,15 @@ def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
       x1, x2: input blocks (B1, ...) and (B2, ...); ``x2=None`` means x1 (column j is computed for
         rows i <= j, in `SYMMETRIC_GROUPS` groups of examples, and mirrored).
       logits: the L logit indices.
-      diagonal: per-logit kernels (B1, B2, L) instead of (B1, B2, L, L).
+      kind: "full" (B1, B2, L, L), "diagonal" (B1, B2, L), the per-logit kernels, or "trace"
+        (B1, B2), their sum (the per-logit columns summed over the logits).
       chunk: columns (j, b) per forward-mode pass (default: all B2·L).
     """
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
     num_logits = len(logits)
     b1, b2 = x1.shape[0], x2.shape[0]
+    diagonal = kind != "full"
     chunk = b2 * num_logits if chunk is None else max(1, int(chunk))
     walkable = keras_graph.is_walkable(f.network)
     if symmetric:
@@ -603,7 +605,10 @@ def ntvp_block(f, params, x1, x2, logits, diagonal, chunk=None):
     else:
         cols = _columns(f, params, x1, x2, logits, diagonal, chunk, walkable)
     # cols: (B2·L, B1[, L]) indexed by (j, b)
-    if diagonal:
+    if kind == "trace":
+        kernel = tf.transpose(tf.reduce_sum(tf.reshape(cols, [b2, num_logits, b1]), 1))
+        axes = [1, 0]
+    elif diagonal:
         kernel = tf.transpose(tf.reshape(cols, [b2, num_logits, b1]), [2, 0, 1])
         axes = [1, 0, 2]
     else:

@@ -14,8 +14,12 @@ with respect to z holds each example's own cotangent. The kernel is then a sum o
   * Any other layer with trainable weights: per-example gradients of its own weights only, as
     vectorized vector-Jacobian products of that layer alone.
 
-Block shapes and conventions are those of `tf_ntk.ntk.jacobian` (the same (B1, B2, L[, L]) layout).
+Block shapes and conventions are those of `tf_ntk.ntk.jacobian`. For the trace kernel every rule
+contracts over the logits before forming anything (B1, B2): a Dense layer contributes
+(a_i·a_j + 1) Σ_c δ_i^c·δ_j^c, one matmul of the cotangents with the logits joined to the features.
 """
+
+import typing
 
 import keras
 import tensorflow as tf
@@ -93,9 +97,12 @@ def record(f, params, x, logits, rules):
 # (L, B1, B2) for diagonal blocks and (B1, L, B2, L) for full ones.
 
 
-def _gram(u1, u2, diagonal):
-    """Inner products of per-logit features u1 (L, B1, n), u2 (L, B2, n), in the working layout."""
-    if diagonal:
+def _gram(u1, u2, kind):
+    """Inner products of per-logit features u1 (L, B1, n), u2 (L, B2, n), in the working layout;
+    for the trace, summed over the logits (Σ_c u1_c u2_cᵀ) before anything (B1, B2) is formed."""
+    if kind == "trace":
+        return _logit_sum_gram(u1, u2)
+    if kind == "diagonal":
         return tf.matmul(u1, u2, transpose_b=True)
     num_logits, b1 = tf.shape(u1)[0], tf.shape(u1)[1]
     b2 = tf.shape(u2)[1]
@@ -104,21 +111,47 @@ def _gram(u1, u2, diagonal):
     return tf.reshape(flat, [b1, num_logits, b2, num_logits])
 
 
-def _expand(gram, diagonal):
+def _logit_sum_gram(u1, u2):
+    """Σ_c u1_c u2_cᵀ (B1, B2) of u1 (L, B1, n), u2 (L, B2, n), the logits contracted with the
+    features.
+
+    Two forms, by shape: per-logit products summed at once (one batched matmul and a sum over L;
+    its (L, B1, B2) products are no larger than the features when B1·B2 <= (B1 + B2)·n), or, for
+    larger blocks, ONE (B1, L·n) x (L·n, B2) matmul of the features with the logits joined (no
+    per-logit (B1, B2) product). On a 2-core CPU (TF 2.21) the long-K single matmul is ~3x slower
+    than the batched one at B = 128, n = 2048 (it parallelises over the small output only).
+    """
+    num_logits, n = u1.shape[0], u1.shape[-1]
+    if num_logits == 1:
+        return tf.matmul(u1[0], u2[0], transpose_b=True)
+    b1, b2 = u1.shape[1], u2.shape[1]
+    if b1 is not None and b2 is not None and b1 * b2 <= (b1 + b2) * n:
+        return tf.reduce_sum(tf.matmul(u1, u2, transpose_b=True), 0)
+    flat = lambda u: tf.reshape(tf.transpose(u, [1, 0, 2]), [-1, num_logits * n])  # noqa: E731
+    v1 = flat(u1)
+    return tf.matmul(v1, v1 if u2 is u1 else flat(u2), transpose_b=True)
+
+
+def _expand(gram, kind):
     """A (B1, B2) example Gram matrix broadcast against the working layout."""
-    return gram[None] if diagonal else gram[:, None, :, None]
+    if kind == "trace":
+        return gram
+    return gram[None] if kind == "diagonal" else gram[:, None, :, None]
 
 
-def _from_working_layout(kernel, diagonal):
-    return tf.transpose(kernel, [1, 2, 0] if diagonal else [0, 2, 1, 3])
+def _from_working_layout(kernel, kind):
+    if kind == "trace":
+        return kernel
+    return tf.transpose(kernel, [1, 2, 0] if kind == "diagonal" else [0, 2, 1, 3])
 
 
-def _dense(layer, a1, d1, a2, d2, diagonal):
-    dgram = _gram(d1, d2, diagonal)
+def _dense(layer, a1, d1, a2, d2, kind):
+    """(a_i·a_j + 1)(δ_i·δ_j) for kernel and bias; for the trace, (a_i·a_j + 1) Σ_c δ_i^c·δ_j^c."""
+    dgram = _gram(d1, d2, kind)
     agram = tf.matmul(a1, a2, transpose_b=True)
     if layer.use_bias:
         agram = agram + 1.0
-    return _expand(agram, diagonal) * dgram
+    return _expand(agram, kind) * dgram
 
 
 def _patches(layer, a):
@@ -131,16 +164,16 @@ def _patches(layer, a):
     return tf.reshape(p, [tf.shape(a)[0], -1, kh * kw * a.shape[-1]])
 
 
-def conv_uses_patch_gram(num_positions, patch_size, channels, num_logits, b1, b2, diagonal):
+def conv_uses_patch_gram(num_positions, patch_size, channels, num_logits, b1, b2, kind):
     """True when the patch-Gram form is cheaper (in multiply-adds) than per-example gradients."""
-    pairs = num_logits if diagonal else num_logits**2
+    pairs = num_logits**2 if kind == "full" else num_logits
     per_example = (b1 + b2) * num_logits * num_positions * patch_size * channels + (
         b1 * b2 * pairs * patch_size * channels)
     patch_gram = b1 * b2 * num_positions**2 * (patch_size + pairs * channels)
     return patch_gram < per_example
 
 
-def _conv(layer, a1, d1, a2, d2, diagonal):
+def _conv(layer, a1, d1, a2, d2, kind):
     p1 = _patches(layer, a1)
     p2 = p1 if a2 is None else _patches(layer, a2)
     num_logits = d1.shape[0]
@@ -150,10 +183,14 @@ def _conv(layer, a1, d1, a2, d2, diagonal):
     s, k = p1.shape[1], p1.shape[2]
     out = 0.0
     if layer.use_bias:
-        out = _gram(tf.reduce_sum(d1, 2), tf.reduce_sum(d2, 2), diagonal)
-    if conv_uses_patch_gram(s, k, cout, num_logits, p1.shape[0], p2.shape[0], diagonal):
+        out = _gram(tf.reduce_sum(d1, 2), tf.reduce_sum(d2, 2), kind)
+    if conv_uses_patch_gram(s, k, cout, num_logits, p1.shape[0], p2.shape[0], kind):
         pgram = tf.einsum("isk,jtk->ijst", p1, p2)
-        if diagonal:
+        if kind == "trace":  # the logits join the channels: Σ_{s,t} P_ijst Σ_{c,n} δ_isn^c δ_jtn^c
+            merged = lambda d: tf.reshape(  # noqa: E731
+                tf.transpose(d, [1, 2, 0, 3]), [tf.shape(d)[1], s, num_logits * cout])
+            return out + tf.einsum("ijst,isn,jtn->ij", pgram, merged(d1), merged(d2))
+        if kind == "diagonal":
             terms = [tf.einsum("ijst,isn,jtn->ij", pgram, d1[c], d2[c]) for c in range(num_logits)]
             return out + tf.stack(terms, axis=0)
         rows = [tf.einsum("ijst,isn,djtn->ijd", pgram, d1[c], d2) for c in range(num_logits)]
@@ -161,10 +198,10 @@ def _conv(layer, a1, d1, a2, d2, diagonal):
     g1 = tf.einsum("bsk,lbsn->lbkn", p1, d1)
     g2 = g1 if a2 is None else tf.einsum("bsk,lbsn->lbkn", p2, d2)
     flat = lambda g: tf.reshape(g, [num_logits, tf.shape(g)[1], k * cout])  # noqa: E731
-    return out + _gram(flat(g1), flat(g2), diagonal)
+    return out + _gram(flat(g1), flat(g2), kind)
 
 
-def _batchnorm(layer, values, a1, d1, a2, d2, diagonal):
+def _batchnorm(layer, values, a1, d1, a2, d2, kind):
     mean = values[id(layer.moving_mean)]
     inv = tf.math.rsqrt(values[id(layer.moving_variance)] + layer.epsilon)
     num_logits = d1.shape[0]
@@ -182,7 +219,7 @@ def _batchnorm(layer, values, a1, d1, a2, d2, diagonal):
 
     u1 = features(a1, d1)
     u2 = u1 if a2 is None else features(a2, d2)
-    return _gram(u1, u2, diagonal)
+    return _gram(u1, u2, kind)
 
 
 def _fallback_gradients(layer, f, params, index, a, d):
@@ -214,17 +251,38 @@ def _fallback_gradients(layer, f, params, index, a, d):
             for k, t in zip(own, g)]
 
 
-def _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal):
+def _fallback(layer, ctx, a1, d1, a2, d2, kind):
     """Per-example gradients of this layer's own weights, then their inner products."""
 
     def features(a, d):
-        grads = _fallback_gradients(layer, f, params, index, a, d)
+        grads = _fallback_gradients(layer, ctx.f, ctx.params, ctx.index, a, d)
         num_logits, batch = d.shape[0], tf.shape(d)[1]
         return tf.concat([tf.reshape(g, [num_logits, batch, -1]) for _, g in grads], axis=-1)
 
     u1 = features(a1, d1)
     u2 = u1 if a2 is None else features(a2, d2)
-    return _gram(u1, u2, diagonal)
+    return _gram(u1, u2, kind)
+
+
+class _Context(typing.NamedTuple):
+    """What the layer rules need besides the layer's inputs and cotangents."""
+
+    f: object  # the FunctionalModel
+    params: list  # its weights
+    index: dict  # id(variable) -> index in params
+    values: dict  # id(variable) -> value (weights and BN statistics)
+
+
+# A layer's contribution to the kernel block, by `keras_graph.layer_rule`:
+# rule(layer, ctx, a1, d1, a2, d2, kind), with a2 None when x2 is x1 (then d2 is d1).
+KERNEL_RULES = {
+    keras_graph.DENSE: lambda layer, ctx, a1, d1, a2, d2, kind: _dense(
+        layer, a1, d1, a1 if a2 is None else a2, d2, kind),
+    keras_graph.CONV: lambda layer, ctx, a1, d1, a2, d2, kind: _conv(layer, a1, d1, a2, d2, kind),
+    keras_graph.BATCHNORM: lambda layer, ctx, a1, d1, a2, d2, kind: _batchnorm(
+        layer, ctx.values, a1, d1, a2, d2, kind),
+    keras_graph.FALLBACK: _fallback,
+}
 
 
 def per_example_gradients(f, params, x, logits):
@@ -273,27 +331,23 @@ def per_example_gradients(f, params, x, logits):
     return out
 
 
-def structured_block(f, params, x1, x2, logits, diagonal):
-    """The kernel block as a sum of per-layer structured contributions."""
+def structured_block(f, params, x1, x2, logits, kind):
+    """The kernel block as a sum of per-layer structured contributions (`KERNEL_RULES`).
+
+    ``kind``: "full" (B1, B2, L, L), "diagonal" (B1, B2, L) or "trace" (B1, B2), the sum over the
+    L logits, contracted over the logits inside every layer's rule.
+    """
     rules = keras_graph.weighted_layers(f.network)
-    index = _param_index(f.network)
-    values = {id(v): value for v, value in f.state_mapping(params)}
+    ctx = _Context(f, params, _param_index(f.network),
+                   {id(v): value for v, value in f.state_mapping(params)})
     in1, del1 = record(f, params, x1, logits, rules)
     in2, del2 = (in1, del1) if x2 is None else record(f, params, x2, logits, rules)
     total = None
     for layer, rule in rules:
         key = id(layer)
-        a1, d1, d2 = in1[key], del1[key], del2[key]
         a2 = None if x2 is None else in2[key]
-        if rule == keras_graph.DENSE:
-            term = _dense(layer, a1, d1, a1 if a2 is None else a2, d2, diagonal)
-        elif rule == keras_graph.CONV:
-            term = _conv(layer, a1, d1, a2, d2, diagonal)
-        elif rule == keras_graph.BATCHNORM:
-            term = _batchnorm(layer, values, a1, d1, a2, d2, diagonal)
-        else:
-            term = _fallback(layer, f, params, index, a1, d1, a2, d2, diagonal)
+        term = KERNEL_RULES[rule](layer, ctx, in1[key], del1[key], a2, del2[key], kind)
         total = term if total is None else total + term
     if total is None:
         raise keras_graph.UnsupportedModelError("the model has no trainable weights")
-    return _from_working_layout(total, diagonal)
+    return _from_working_layout(total, kind)
