@@ -74,7 +74,7 @@ def main(argv):
         model = centered_cnn(workdir)
     fn = evaluation.inference_fn(model)
     x, y = data.load_arrays("digits", "test")
-    benign = evaluation.accuracy(fn, evaluation._as_dataset(x, y, 256))
+    benign = evaluation.accuracy(fn, evaluation.as_dataset(x, y, 256))
     runs = [("protocol", lambda: robustness.evaluate(fn, x, y, robustness.protocol(FLAGS.eps)).accuracy),
             ("strong", lambda: robustness.evaluate(fn, x, y, robustness.strong(FLAGS.eps)).accuracy)]
     if FLAGS.sanity:

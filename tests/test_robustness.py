@@ -97,7 +97,7 @@ def test_ensemble_worst_case_is_never_above_any_member(trained_mlp):
 def test_robust_accuracy_takes_attack_names(trained_mlp):
     model, x, y = trained_mlp
     fn = evaluation.inference_fn(model)
-    dataset = evaluation._as_dataset(x[:64], y[:64], 32)
+    dataset = evaluation.as_dataset(x[:64], y[:64], 32)
     strong = evaluation.robust_accuracy(fn, dataset, "strong", eps=0.1, steps=20, restarts=1,
                                         square_queries=50)
     protocol = evaluation.robust_accuracy(fn, dataset, "protocol", eps=0.1)

@@ -103,7 +103,8 @@ def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_comp
     return correct / total
 
 
-def _as_dataset(x, y, batch_size):
+def as_dataset(x, y, batch_size):
+    """Arrays x (N, ...), y (N,) as a batched tf.data.Dataset."""
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
 
@@ -142,7 +143,7 @@ def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
     a transfer attack when the set was crafted against another model."""
     if isinstance(adversarial_set, (str, os.PathLike)):
         adversarial_set = load_adversarial(adversarial_set)
-    return accuracy(model_fn, _as_dataset(adversarial_set["x_adv"], adversarial_set["y"], batch_size))
+    return accuracy(model_fn, as_dataset(adversarial_set["x_adv"], adversarial_set["y"], batch_size))
 
 
 def output_terms(model, dataset, config=None, *, seed=0):

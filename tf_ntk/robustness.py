@@ -219,7 +219,8 @@ class _Runner:
             self.progress(self.done)
 
 
-def _members(attack):
+def members(attack):
+    """The attacks an attack stands for: an ensemble's members, or the attack itself."""
     if isinstance(attack, Ensemble):
         return list(attack.members)
     return [attack]
@@ -259,9 +260,9 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
         x_adv, broken_by, names = start.x_adv.copy(), start.broken_by.copy(), list(start.members)
     rejected = 0 if start is None else start.rejected
     offset = len(names)
-    members = _members(attack)
-    _check_classes(members, num_classes)
-    for i, member in enumerate(members):
+    attack_members = members(attack)
+    _check_classes(attack_members, num_classes)
+    for i, member in enumerate(attack_members):
         index = offset + i
         names.append(member.describe())
         everyone = isinstance(attack, attacks.PGDConfig)  # the protocol attacks all examples

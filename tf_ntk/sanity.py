@@ -72,7 +72,7 @@ class SanityReport:
 def _other_losses(attack, steps, eps, norm):
     """PGD members with the losses and step schedules ``attack`` does not use (and targeted margins
     towards the 3 most likely wrong classes it does not try), one start each, every iterate counted."""
-    members = [m for m in robustness._members(attack) if isinstance(m, attacks.PGDConfig)]
+    members = [m for m in robustness.members(attack) if isinstance(m, attacks.PGDConfig)]
     used = {(m.loss, m.schedule, m.target_rank) for m in members}
     extra = []
     for loss in ("ce", "margin", "dlr"):
@@ -90,7 +90,7 @@ def _other_losses(attack, steps, eps, norm):
 def _gradient_part(attack, result):
     """``result`` as if the black-box members at the end of ``attack`` had not run: the examples
     they broke count as robust again."""
-    members = robustness._members(attack)
+    members = robustness.members(attack)
     black = [i for i, m in enumerate(members) if getattr(m, "blackbox", False)]
     if not black or len(black) == len(members):
         return result
@@ -134,7 +134,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     n = len(y)
     tol = tolerance if tolerance is not None else max(0.01, 1 / n)
     eps, norm = attack.eps, attack.norm
-    steps = robustness._members(attack)[0].steps
+    steps = robustness.members(attack)[0].steps
 
     def run(a, offset, start=None):
         return robustness.evaluate(model_fn, x, y, a, seed=seed + offset, batch_size=batch_size,
@@ -189,7 +189,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     checks.append(_stronger_check(f"{steps_factor}x steps break no more examples", base, more_steps,
                                   tol, f"{steps_factor}x steps"))
     more = tuple(m.replace(restarts=m.restarts * restarts_factor)
-                 for m in robustness._members(gradient))
+                 for m in robustness.members(gradient))
     more = robustness.Ensemble(more, "more restarts") if len(more) > 1 else more[0]
     more_restarts = run(more, 2, start=base)
     checks.append(_stronger_check(f"{restarts_factor}x restarts break no more examples", base,

@@ -103,10 +103,8 @@ def is_linear(activation):
 
 def linear_part(layer, a):
     """Dense / Conv2D output before the activation (the layer's own ops)."""
-    if isinstance(layer, keras.layers.Dense):
-        z = tf.matmul(a, layer.kernel)
-    else:
-        z = layer.convolution_op(a, layer.kernel)
+    dense = isinstance(layer, keras.layers.Dense)
+    z = tf.matmul(a, layer.kernel) if dense else layer.convolution_op(a, layer.kernel)
     if layer.use_bias:
         z = z + layer.bias
     return z
