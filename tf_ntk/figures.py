@@ -161,13 +161,14 @@ def _eigen_label(name, eigenvalue, cosine, reached):
     return f"{head}\n{lam}cos {cosine:+.2f}{'' if reached else ' NOT REACHED'}"
 
 
-def eigen_image_panel(rows, title):
+def eigen_image_panel(rows, title, figsize=None):
     """A figure of eigen-images, one row per (row label, arrays of `tf_ntk.eigenimages` results as
     saved by binaries.visualize_features: images, names, cosines, eigenvalues, reached), each image
     labelled with its eigenvector index and sign, eigenvalue and achieved cosine (red when the search
-    did not reach the sign sought)."""
+    did not reach the sign sought). ``figsize`` in inches (default: 2.6 inches per row)."""
     columns = max(len(arrays["images"]) for _, arrays in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(SIZE[0], 2.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), columns, figsize=figsize or (SIZE[0], 2.6 * len(rows)),
+                             squeeze=False)
     for row, (label, arrays) in enumerate(rows):
         n = len(arrays["images"])
         eigenvalues = arrays.get("eigenvalues", np.full(n, np.nan))
@@ -206,7 +207,7 @@ def eigen_images(preset, collected, path):
         return False
     rows = [(f"{source}\nlogit {int(arrays['logit'])}", arrays) for source, arrays in loaded.items()]
     fig = eigen_image_panel(rows, f"Fig. 5: eigen-images of the final (epoch {preset.phase1_epochs}) "
-                                  "kernels, seed 0")
+                                  "kernels, seed 0", figsize=SIZE)
     _save(fig, path)
     return True
 
