@@ -13,7 +13,6 @@ are measured in one run.
 """
 
 import os
-import statistics
 import time
 
 from absl import flags
@@ -21,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bench import measure
 from binaries import common
 import tf_ntk
 from tf_ntk import attacks
@@ -45,16 +45,6 @@ def device_kind():
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
-def _median(fn, repeats):
-    fn()  # warm-up: traces and compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _step(model, config, adversarial, batch):
     optimizer = keras.optimizers.SGD(config.lr, momentum=config.momentum)
     step = training.TrainSteps(model, optimizer, config, tf.distribute.get_strategy()).make(adversarial)
@@ -62,7 +52,7 @@ def _step(model, config, adversarial, batch):
     return lambda: [t.numpy() for t in step(batch, seed)]
 
 
-def measure(sizes, repeats):
+def measure_steps(sizes, repeats):
     """{"steps": {name: seconds}, "ratios": {...}, "kernel_seconds", ...} for ``sizes``."""
     keras.utils.set_random_seed(0)
     spec = models.spec("resnet18", 10, (32, 32, 3), width=sizes["width"])
@@ -74,13 +64,13 @@ def measure(sizes, repeats):
     for jit in (False, True):
         base = dict(batch_size=sizes["batch"], attack=attack, jit_compile=jit, model=spec)
         tag = "xla" if jit else "tf"
-        steps[f"standard_{tag}"] = _median(
+        steps[f"standard_{tag}"] = measure.median_seconds(
             _step(models.build(spec), training.TrainConfig(**base), False, (x, y)), repeats)
         adv = training.TrainConfig(data_mode="adv", adv_mode="clean_then_adv", **base)
-        steps[f"adversarial_{tag}"] = _median(_step(models.build(spec), adv, True, (x, y)),
+        steps[f"adversarial_{tag}"] = measure.median_seconds(_step(models.build(spec), adv, True, (x, y)),
                                               max(1, repeats // 2))
         lin = tf_ntk.linearize(models.build(spec))
-        steps[f"linearized_{tag}"] = _median(
+        steps[f"linearized_{tag}"] = measure.median_seconds(
             _step(lin, training.TrainConfig.phase2(dynamics="linearized", **base), False, (x, y)), repeats)
     model = models.build(spec)
     probe = tf.constant(rng.uniform(size=(sizes["kernel_images"], 32, 32, 3)).astype(np.float32))
@@ -113,7 +103,7 @@ def main(argv):
     sizes = SMOKE if FLAGS.smoke else FULL
     device = device_kind()
     result = {"device": device, "device_names": [d.name for d in tf.config.list_logical_devices()],
-              "smoke": FLAGS.smoke, "sizes": sizes, **measure(sizes, 1 if FLAGS.smoke else FLAGS.repeats)}
+              "smoke": FLAGS.smoke, "sizes": sizes, **measure_steps(sizes, 1 if FLAGS.smoke else FLAGS.repeats)}
     name = f"accelerator_{device}{'_smoke' if FLAGS.smoke else ''}.json"
     output = FLAGS.output or os.path.join(os.path.dirname(__file__), "results", name)
     rundir.write_json(output, result)

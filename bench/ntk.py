@@ -25,6 +25,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from bench import measure
 from binaries import common
 import tf_ntk
 from tf_ntk import models
@@ -55,25 +56,6 @@ CONTENDER_RATIO = 1.5
 TARGET_SECONDS, MAX_CALLS = 2.0, 25
 
 
-def vm_kib(field):
-    """A field of /proc/self/status in KiB (VmRSS, VmHWM), 0 when absent."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def reset_peak():
-    """Resets the process's peak resident set size (Linux ≥ 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _timed(fn):
     start = time.perf_counter()
     fn()
@@ -90,10 +72,10 @@ def measure_cell(fns, repeats, contenders=None):
     """
     peaks = {}
     for name, fn in fns.items():
-        can_reset = reset_peak()
-        base = vm_kib("VmRSS")
+        can_reset = measure.reset_peak()
+        base = measure.vm_kib("VmRSS")
         _timed(fn)
-        peaks[name] = max((vm_kib("VmHWM") - base) / 1024, 0.0) if can_reset else float("nan")
+        peaks[name] = max((measure.vm_kib("VmHWM") - base) / 1024, 0.0) if can_reset else float("nan")
     times = {name: [_timed(fn)] for name, fn in fns.items()}
     medians = {name: statistics.median(t) for name, t in times.items()}
     chosen = set(fns) if contenders is None else set(contenders(medians))

@@ -15,7 +15,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from bench import ntk as ntk_bench
+from bench import measure
 from binaries import common
 import tf_ntk
 from tf_ntk import rundir
@@ -40,8 +40,8 @@ def main(argv):
     plan = tf_ntk.ntk.plan(model, FLAGS.n, logit=logit, implementation=FLAGS.nn_implementation,
                            memory_budget_bytes=budget)
     print(f"{models.num_params(model):,} parameters, N={FLAGS.n}, {FLAGS.kernel_kind}: {plan}")
-    ntk_bench.reset_peak()
-    base = ntk_bench.vm_kib("VmRSS")
+    measure.reset_peak()
+    base = measure.vm_kib("VmRSS")
     start = time.perf_counter()
 
     def progress(done, total):
@@ -50,7 +50,7 @@ def main(argv):
     kernel = tf_ntk.empirical_ntk(model, x, logit=logit, implementation=FLAGS.nn_implementation,
                                   memory_budget_bytes=budget, progress=progress).numpy()
     seconds = time.perf_counter() - start
-    peak_mib = (ntk_bench.vm_kib("VmHWM") - base) / 1024
+    peak_mib = (measure.vm_kib("VmHWM") - base) / 1024
     result = {"parameters": models.num_params(model), "n": FLAGS.n, "kind": FLAGS.kernel_kind,
               "implementation": plan.implementation, "block_size": plan.block_size,
               "num_blocks": plan.num_blocks, "budget_mib": budget / 2**20,

@@ -14,14 +14,13 @@ Ratios are measured in one run; absolute times depend on the machine.
 """
 
 import os
-import statistics
-import time
 
 from absl import flags
 import keras
 import numpy as np
 import tensorflow as tf
 
+from bench import measure
 from binaries import common
 import tf_ntk
 from tf_ntk import attacks
@@ -46,16 +45,6 @@ ATTACK_STEPS = 20
 FLOORS = {"madry": ATTACK_STEPS + 1, "clean_then_adv": ATTACK_STEPS + 2}
 
 
-def _median_seconds(fn, repeats):
-    fn()  # warm-up: traces and compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _step_timer(model, config, adversarial, batch):
     optimizer = keras.optimizers.SGD(config.lr, momentum=config.momentum)
     steps = training.TrainSteps(model, optimizer, config, tf.distribute.get_strategy())
@@ -78,21 +67,21 @@ def bench_model(key):
     times = {}
     net = models.build(spec)
     row["parameters"] = models.num_params(net)
-    times["standard"] = _median_seconds(
+    times["standard"] = measure.median_seconds(
         _step_timer(net, training.TrainConfig(**base), False, (x, y)), FLAGS.repeats)
     for dynamics in ("linearized", "centered"):
         lin = tf_ntk.linearize(models.build(spec), centered=dynamics == "centered")
         config = training.TrainConfig.phase2(dynamics=dynamics, **base)
-        times[dynamics] = _median_seconds(_step_timer(lin, config, False, (x, y)), FLAGS.repeats)
+        times[dynamics] = measure.median_seconds(_step_timer(lin, config, False, (x, y)), FLAGS.repeats)
     for adv_mode in ("madry", "clean_then_adv"):
         config = training.TrainConfig(data_mode="adv", adv_mode=adv_mode, **base)
-        times[f"pgd{ATTACK_STEPS}_{adv_mode}"] = _median_seconds(
+        times[f"pgd{ATTACK_STEPS}_{adv_mode}"] = measure.median_seconds(
             _step_timer(models.build(spec), config, True, (x, y)), max(2, FLAGS.repeats // 2))
     model_fn = lambda t: net(t, training=False)  # noqa: E731
     attack_fn = tf.function(lambda a, b, s: attack.attack(model_fn, a, b, seed=s),
                             jit_compile=FLAGS.jit_compile)
     seed = tf.constant([0, 1], tf.int64)
-    times["attack"] = _median_seconds(lambda: attack_fn(x, y, seed).numpy(), FLAGS.repeats)
+    times["attack"] = measure.median_seconds(lambda: attack_fn(x, y, seed).numpy(), FLAGS.repeats)
     row["seconds"] = times
     std = times["standard"]
     row["ratio_to_standard"] = {k: v / std for k, v in times.items() if k != "standard"}

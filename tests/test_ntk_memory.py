@@ -23,6 +23,8 @@ import sys
 import numpy as np
 import pytest
 
+from bench import measure
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF_BASELINE_BYTES = 48 * 2**20
 MIB = 2**20
@@ -44,14 +46,6 @@ def _model(name):
     return models.get("cnn", 10, (16, 16, 3), width=8)
 
 
-def _vm_bytes(field):
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/self/status")
-
-
 def _child(implementation, model_name, n, budget):
     """Runs one kernel call and prints its peak growth as JSON (the subprocess side)."""
     from binaries import quiet  # noqa: F401, PLC0415  (must precede TensorFlow)
@@ -63,21 +57,15 @@ def _child(implementation, model_name, n, budget):
     model = _model(model_name)
     x = np.random.default_rng(0).uniform(size=(n, *model.input_shape[1:])).astype(np.float32)
     tf_ntk.empirical_ntk(model, x[:3], implementation=implementation, block_size=2).numpy()
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")  # resets VmHWM to the current resident set
-    base = _vm_bytes("VmRSS")
+    measure.reset_peak()  # VmHWM back to the current resident set
+    base = measure.vm_kib("VmRSS") * 1024
     kernel = tf_ntk.empirical_ntk(model, x, implementation=implementation,
                                   memory_budget_bytes=budget).numpy()
-    print(json.dumps({"growth": _vm_bytes("VmHWM") - base, "kernel_bytes": kernel.nbytes}))
+    print(json.dumps({"growth": measure.vm_kib("VmHWM") * 1024 - base, "kernel_bytes": kernel.nbytes}))
 
 
 def _can_reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return measure.reset_peak()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status") or not _can_reset_peak(),
