@@ -52,6 +52,9 @@ def main(argv):
     del argv
     if FLAGS.shard >= FLAGS.num_shards:
         raise ValueError(f"--shard={FLAGS.shard} must be below --num_shards={FLAGS.num_shards}")
+    if FLAGS.overwrite and FLAGS.num_shards > 1:  # each shard would delete the others' tiles
+        raise ValueError("--overwrite cannot be combined with --num_shards: remove the work directory's "
+                         "kernel.npz and tiles/ once, then start the shards")
     meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     num_classes = meta["model"]["num_classes"]
     common.check_logit(FLAGS.logit, num_classes)
