@@ -45,6 +45,11 @@ EXTRAS_REQUIRE = {
     "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "packaging>=26.4", "ruff==0.17.6"],
 }
 
+# The absl programs as console commands: tf-ntk-train runs tf_ntk.cli.train.run (in a checkout,
+# python -m binaries.train runs the same).
+PROGRAMS = ("train", "evaluate", "compute_kernel", "kernel_dynamics", "visualize_features", "results", "reproduce")
+CONSOLE_SCRIPTS = [f"tf-ntk-{name.replace('_', '-')} = tf_ntk.cli.{name}:run" for name in PROGRAMS]
+
 setuptools.setup(
     name="tf_ntk",
     version=VERSION,
@@ -56,4 +61,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["tf_ntk", "tf_ntk.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

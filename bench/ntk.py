@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from binaries import common
+from tf_ntk.cli import common
 import tf_ntk
 from tf_ntk import models
 from tf_ntk.ntk import oracle

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from binaries import common
+from tf_ntk.cli import common
 import tf_ntk
 from tf_ntk import rundir
 from tf_ntk import models

@@ -27,7 +27,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from binaries import common
+from tf_ntk.cli import common
 from tf_ntk import rundir
 
 flags.DEFINE_integer("n", 20, "Kills (trials).", lower_bound=1)

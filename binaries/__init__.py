@@ -1,8 +1,3 @@
-"""absl-flag programs over the tf_ntk library. Run from the repository root: python -m binaries.NAME.
-
-Importing this package first mutes TensorFlow's C++ start-up noise (`binaries.quiet`): Python
-imports a package before any of its modules, so every binary, and every benchmark (bench/__init__.py
-imports this package), gets it without an import-order rule in each file.
-"""
-
-from binaries import quiet  # noqa: F401  (silences at import)
+"""The absl programs, run from a checkout: python -m binaries.NAME. Installed, they are the console
+commands tf-ntk-NAME (underscores as hyphens); their code is in the package tf_ntk.cli, which mutes
+TensorFlow's C++ start-up noise when it is first imported."""

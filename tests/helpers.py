@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from binaries import common
+from tf_ntk.cli import common
 from tf_ntk import data
 from tf_ntk import models
 from tf_ntk import training

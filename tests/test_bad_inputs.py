@@ -1,7 +1,7 @@
 """Every binary, handed bad input, ends in one line on stderr and exit status 2, leaves nothing
 behind, and leaves good data byte-identical.
 
-Each case runs in-process through absl parsing and `binaries.common.run` (as the command line does),
+Each case runs in-process through absl parsing and `tf_ntk.cli.common.run` (as the command line does),
 against a shared finished run (``good``) and a per-case scratch directory; the whole of both is
 hashed before and after. The disk-full case needs a small tmpfs, which only a subprocess in its own
 mount namespace can have: it is skipped, with the reason, where the machine does not allow one.
@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from binaries import compute_kernel
-from binaries import evaluate
-from binaries import kernel_dynamics
-from binaries import reproduce
-from binaries import results
-from binaries import train
-from binaries import visualize_features
+from tf_ntk.cli import compute_kernel
+from tf_ntk.cli import evaluate
+from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import reproduce
+from tf_ntk.cli import results
+from tf_ntk.cli import train
+from tf_ntk.cli import visualize_features
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

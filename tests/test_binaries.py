@@ -17,12 +17,12 @@ import pytest
 from tensorboard.plugins.hparams import plugin_data_pb2
 import tensorflow as tf
 
-from binaries import compute_kernel
-from binaries import evaluate
-from binaries import kernel_dynamics
-from binaries import results
-from binaries import train
-from binaries import visualize_features
+from tf_ntk.cli import compute_kernel
+from tf_ntk.cli import evaluate
+from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import results
+from tf_ntk.cli import train
+from tf_ntk.cli import visualize_features
 from tests import helpers
 from tf_ntk import summaries
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from binaries import common
-from binaries import compute_kernel
-from binaries import evaluate
-from binaries import kernel_dynamics
-from binaries import results
-from binaries import train
+from tf_ntk.cli import common
+from tf_ntk.cli import compute_kernel
+from tf_ntk.cli import evaluate
+from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import results
+from tf_ntk.cli import train
 from tests import helpers
 from tf_ntk import checkpoints
 from tf_ntk import models
@@ -85,8 +85,8 @@ def test_object_store_checkpoints_commit_by_version_and_readers_skip_uncommitted
 def test_a_sweep_job_log_on_an_object_store_is_appended_job_after_job(tmp_path, capsys):
     log = f"ram://{uuid.uuid4().hex}/logs/job.log"
     with capsys.disabled():  # the real stdout and stderr, as in a sweep worker
-        assert common.execute("binaries.results", [f"--root={tmp_path}/none"], log) is not None
-        assert common.execute("binaries.results", [f"--root={tmp_path}/none2"], log) is not None
+        assert common.execute("tf_ntk.cli.results", [f"--root={tmp_path}/none"], log) is not None
+        assert common.execute("tf_ntk.cli.results", [f"--root={tmp_path}/none2"], log) is not None
     text = rundir.read_text(log)
-    assert text.count("$ python -m binaries.results") == 2
+    assert text.count("$ python -m tf_ntk.cli.results") == 2
     assert f"results: error: --root={tmp_path}/none2 is not a directory" in text

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from binaries import compute_kernel
-from binaries import kernel_dynamics
-from binaries import train
+from tf_ntk.cli import compute_kernel
+from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import train
 from tests import helpers
 from tf_ntk import data
 from tf_ntk import dynamics

@@ -48,7 +48,7 @@ def _model(name):
 
 def _child(implementation, model_name, n, budget):
     """Runs one kernel call and prints its peak growth as JSON (the subprocess side)."""
-    from binaries import quiet  # noqa: F401, PLC0415  (must precede TensorFlow)
+    from tf_ntk.cli import quiet  # noqa: F401, PLC0415  (must precede TensorFlow)
     import keras  # noqa: PLC0415
 
     import tf_ntk  # noqa: PLC0415

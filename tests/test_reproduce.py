@@ -1,4 +1,4 @@
-"""binaries.reproduce end to end on the smoke preset: the report's and results.csv's numbers against
+"""tf_ntk.cli.reproduce end to end on the smoke preset: the report's and results.csv's numbers against
 the runs' own files, the figures, an interrupted sweep resumed, the printed commands run one by one
 against the pool, the cifar10 plan offline, bad inputs; and the claim rules on hand-made numbers."""
 
@@ -18,8 +18,8 @@ import psutil
 import pytest
 import tensorflow as tf
 
-from binaries import common
-from binaries import reproduce
+from tf_ntk.cli import common
+from tf_ntk.cli import reproduce
 from tf_ntk import data
 from tf_ntk import report
 from tf_ntk import study
@@ -222,7 +222,7 @@ def test_printed_commands_run_one_by_one_equal_the_pool(pool_sweep, tmp_path, ca
     assert lines[-1].endswith("--report_only") and "--preset=smoke" in lines[-1]
     for line in lines:
         argv = shlex.split(line)
-        assert argv[:2] == ["python", "-m"] and argv[2].startswith("binaries.")
+        assert argv[:2] == ["python", "-m"] and argv[2].startswith("tf_ntk.cli.")
         error = common.execute(argv[2], argv[3:], str(tmp_path / "log.txt"))
         assert error is None, (line, error)
     assert _results(root) == _results(pool_sweep)

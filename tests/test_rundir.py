@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from binaries import train
+from tf_ntk.cli import train
 from tests import helpers
 from tf_ntk import rundir
 

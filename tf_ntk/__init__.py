@@ -12,17 +12,8 @@ Architecture, in dependency order:
   evaluation  benign and robust accuracy
 """
 
-from tf_ntk import attacks
-from tf_ntk import data
-from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import functional
-from tf_ntk import models
-from tf_ntk import ntk
-from tf_ntk import training
-from tf_ntk.dynamics import linearize
-from tf_ntk.functional import FunctionalModel
-from tf_ntk.ntk import empirical_ntk
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -39,3 +30,37 @@ __all__ = [
     "models",
     "training",
 ]
+
+# The exports are imported on first use (PEP 562), not with the package: `import tf_ntk` and its
+# version cost no TensorFlow import, and the commands (`tf_ntk.cli`) can mute TensorFlow's C++
+# start-up logs before its first import. The imports below are what the exports resolve to (for
+# linters, IDEs and BUILD's dependency check); they do not run.
+_MODULES = ("attacks", "data", "dynamics", "evaluation", "functional", "models", "ntk", "training")
+_NAMES = {"FunctionalModel": "functional", "empirical_ntk": "ntk", "linearize": "dynamics"}
+
+if TYPE_CHECKING:
+    from tf_ntk import attacks
+    from tf_ntk import data
+    from tf_ntk import dynamics
+    from tf_ntk import evaluation
+    from tf_ntk import functional
+    from tf_ntk import models
+    from tf_ntk import ntk
+    from tf_ntk import training
+    from tf_ntk.dynamics import linearize
+    from tf_ntk.functional import FunctionalModel
+    from tf_ntk.ntk import empirical_ntk
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f"tf_ntk.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"tf_ntk.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tf_ntk' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

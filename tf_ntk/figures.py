@@ -163,7 +163,7 @@ def _eigen_label(name, eigenvalue, cosine, reached):
 
 def eigen_image_panel(rows, title, figsize=None):
     """A figure of eigen-images, one row per (row label, arrays of `tf_ntk.eigenimages` results as
-    saved by binaries.visualize_features: images, names, cosines, eigenvalues, reached), each image
+    saved by tf-ntk-visualize-features: images, names, cosines, eigenvalues, reached), each image
     labelled with its eigenvector index and sign, eigenvalue and achieved cosine (red when the search
     did not reach the sign sought). ``figsize`` in inches (default: 2.6 inches per row)."""
     columns = max(len(arrays["images"]) for _, arrays in rows)

@@ -3,7 +3,7 @@ their spawns, kernel walks (per run, per standard/adversarial pair and per seed-
 eigen-images and evaluations that tests the paper's three claims.
 
 Sweep directory layout (every path relative to it):
-  phase1/<source>-s<seed>/                      binaries.train runs; <source> = standard | adversarial
+  phase1/<source>-s<seed>/                      tf-ntk-train runs; <source> = standard | adversarial
   phase2/<dyn>-<data>-from-<source>-s<seed>-e<spawn>/   phase-2 runs from phase1/<source>-s<seed>
   <run>/eval/epoch_<E>/evaluation.json          strong + protocol evaluation of a run's final checkpoint
   kernels/<run>/kernel_dynamics.csv             a phase-1 run's kernel metrics at every spawn checkpoint
@@ -240,7 +240,7 @@ def _kernel_cost(preset, epochs):
 
 def plan(preset, sweep_dir, report_args=None):
     """The study's `sweep.Job`s for ``preset`` under ``sweep_dir``, in dependency order; the last
-    job writes the report (binaries.reproduce with ``report_args``, default: the sweep directory and
+    job writes the report (tf-ntk-reproduce with ``report_args``, default: the sweep directory and
     --report_only)."""
     path = lambda *parts: os.path.join(sweep_dir, *parts)  # noqa: E731
     common = [f"--dataset={preset.dataset}", f"--model={preset.model}", f"--eps={preset.eps!r}",
@@ -262,7 +262,7 @@ def plan(preset, sweep_dir, report_args=None):
         if preset.eval_examples:
             args.append(f"--max_examples={preset.eval_examples}")
         output = os.path.join(run_dir, "eval", f"epoch_{epoch_name(epoch)}", "evaluation.json")
-        job = sweep.Job(f"eval/{run_name}", "binaries.evaluate", tuple(args), output, tuple(deps),
+        job = sweep.Job(f"eval/{run_name}", "tf_ntk.cli.evaluate", tuple(args), output, tuple(deps),
                         cost=_eval_cost(preset, dynamics))
         jobs.append(job)
         evals.append(job.name)
@@ -280,7 +280,7 @@ def plan(preset, sweep_dir, report_args=None):
             if adversarial:
                 args += [f"--adv_mode={preset.adv_mode}", f"--attack_steps={preset.train_attack_steps}"]
             cost = preset.phase1_epochs * steps * _train_step_cost(preset, "standard", adversarial)
-            jobs.append(sweep.Job(f"phase1/{name}", "binaries.train", tuple(args),
+            jobs.append(sweep.Job(f"phase1/{name}", "tf_ntk.cli.train", tuple(args),
                                   os.path.join(run, "results.json"), cost=cost))
             evaluate(name, run, final, "standard", [f"phase1/{name}"])
 
@@ -303,7 +303,7 @@ def plan(preset, sweep_dir, report_args=None):
                                      f"--attack_steps={preset.train_attack_steps}"]
                         cost = preset.phase2_epochs * steps * _train_step_cost(preset, dynamics,
                                                                                adversarial)
-                        jobs.append(sweep.Job(f"phase2/{name}", "binaries.train", tuple(args),
+                        jobs.append(sweep.Job(f"phase2/{name}", "tf_ntk.cli.train", tuple(args),
                                               os.path.join(run, "results.json"),
                                               (f"phase1/{parent}",), cost=cost))
                         evaluate(name, run, preset.phase2_epochs, dynamics, [f"phase2/{name}"])
@@ -316,13 +316,13 @@ def plan(preset, sweep_dir, report_args=None):
             name = phase1_name(source, seed)
             out = path("kernels", name)
             jobs.append(sweep.Job(
-                f"kernels/{name}", "binaries.kernel_dynamics",
+                f"kernels/{name}", "tf_ntk.cli.kernel_dynamics",
                 (f"--run={path('phase1', name)}", f"--workdir={out}", *kernel_args),
                 os.path.join(out, "kernel_dynamics.csv"), (f"phase1/{name}",), cost=kernel_cost))
     for a, b in comparison_pairs(preset.seeds):
         out = path("kernels", f"{a}_vs_{b}")
         jobs.append(sweep.Job(
-            f"kernels/{a}_vs_{b}", "binaries.kernel_dynamics",
+            f"kernels/{a}_vs_{b}", "tf_ntk.cli.kernel_dynamics",
             (f"--run={path('phase1', a)}", f"--compare_run={path('phase1', b)}", f"--workdir={out}",
              "--compare_only", *kernel_args),
             os.path.join(out, "comparison.csv"), (f"kernels/{a}", f"kernels/{b}"), cost=0.0))
@@ -332,7 +332,7 @@ def plan(preset, sweep_dir, report_args=None):
             out = path("features", name)
             checkpoint = path("phase1", name, "spawn", f"epoch_{epoch_name(final)}")
             jobs.append(sweep.Job(
-                f"features/{name}", "binaries.visualize_features",
+                f"features/{name}", "tf_ntk.cli.visualize_features",
                 (f"--checkpoint={checkpoint}", f"--workdir={out}", f"--per_class={preset.per_class}",
                  f"--num_eigen={preset.eigen_images}", f"--feature_steps={preset.eigen_steps}",
                  f"--dataset={preset.dataset}"),
@@ -340,7 +340,7 @@ def plan(preset, sweep_dir, report_args=None):
                 cost=_kernel_cost(preset, [final]) + 2 * preset.eigen_images * preset.eigen_steps
                 / preset.batch_size * preset.per_class))
     report_args = (f"--workdir={sweep_dir}", "--report_only") if report_args is None else report_args
-    jobs.append(sweep.Job("report", "binaries.reproduce", tuple(report_args), None,
+    jobs.append(sweep.Job("report", "tf_ntk.cli.reproduce", tuple(report_args), None,
                           tuple(j.name for j in jobs)))
     return sweep.order(jobs)
 

@@ -29,7 +29,7 @@ class Job:
 
     Attributes:
       name: unique, path-like name ("phase1/adversarial-s0"); also names its log file.
-      module: the binary's module ("binaries.train").
+      module: the binary's module ("tf_ntk.cli.train").
       args: its command-line arguments, e.g. ("--workdir=...", "--epochs=20").
       output: the file whose existence means the job is done (None: never done, always runs).
       deps: names of the jobs that must finish first.
@@ -143,7 +143,7 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
     Args:
       jobs: `Job`s (any order).
       execute: a module-level function ``(module, args, log_path) -> None or error line`` run in
-        the workers (binaries.common.execute).
+        the workers (tf_ntk.cli.common.execute).
       workers: number of worker processes (≥ 1).
       log_dir: each job's output goes to ``log_dir/<job name>.log``.
       report: optional callback ``(event, job, detail)`` with event "start", "done", "failed" or

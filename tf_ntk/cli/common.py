@@ -15,7 +15,7 @@ from absl import flags
 from absl import logging
 import keras
 
-from binaries import common_flags
+from tf_ntk.cli import common_flags
 from tf_ntk import data
 from tf_ntk import functional
 from tf_ntk import rundir
@@ -165,6 +165,19 @@ def run(main):
         app.run(guarded, flags_parser=_parse_flags)
 
 
+def command(main):
+    """`run` for a console command (``tf-ntk-train``) or a thin ``binaries/<name>.py`` entry module:
+    absl's ``--help`` describes the ``__main__`` module (its docstring and key flags), which there is
+    the entry script, not the binary's module, so the binary's docstring and key flags are lent to it."""
+    module = sys.modules[main.__module__]
+    entry = sys.modules["__main__"]
+    if entry is not module:
+        entry.__doc__ = module.__doc__
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    run(main)
+
+
 def resolved_flags(module_name):
     """{flag: value} of the flags a binary module defines or adopts (its key flags)."""
     module = sys.modules[module_name]
@@ -250,7 +263,7 @@ def progress(total, unit="block"):
 
 
 def execute(module_name, args, log_path=None):
-    """Runs the binary ``module_name`` (e.g. "binaries.train") with command-line ``args`` in this
+    """Runs the binary ``module_name`` (e.g. "tf_ntk.cli.train") with command-line ``args`` in this
     process, as its shell command would: absl flag parsing, then its main. With ``log_path`` its
     stdout and stderr (TensorFlow's C++ output included) go to that file. Returns None on success,
     else the one-line error the command line would print. Used by the sweep's worker processes, which

@@ -1,6 +1,6 @@
 r"""The empirical NTK of a checkpoint on a class-balanced probe set → kernel.npz and TensorBoard.
 
-    python -m binaries.compute_kernel --checkpoint=runs/adv/spawn/epoch_10 --per_class=50 --logit=3
+    tf-ntk-compute-kernel --checkpoint=runs/adv/spawn/epoch_10 --per_class=50 --logit=3
 
 Writes to --workdir (default RUN/kernels/<checkpoint name>): kernel.npz (kernel (P, P), labels (P,),
 indices into the split, logit or -1 for the trace kernel, epoch), heat_map.png (viridis, examples
@@ -11,7 +11,7 @@ unless --dataset says otherwise.
 The kernel is computed as tiles of --block_size examples (tiles/, removed once assembled), so a
 killed run resumes with the tiles it has. A large kernel runs as K independent, preemptible jobs:
 
-    for i in 0 1 2; do python -m binaries.compute_kernel --checkpoint=... --num_shards=3 --shard=$i & done
+    for i in 0 1 2; do tf-ntk-compute-kernel --checkpoint=... --num_shards=3 --shard=$i & done
 
 each computes its share of the tiles (its flags in shards/<i>-of-3/); the last one to finish
 assembles kernel.npz, exactly the kernel one process computes.
@@ -24,8 +24,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from binaries import common
-from binaries import common_flags
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import dynamics
 from tf_ntk import kernel_shards
@@ -45,7 +45,7 @@ flags.DEFINE_integer("block_size", None, "Tile side in examples (default: the la
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
-REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (binaries.common.run)
+REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 
 
 def main(argv):
@@ -139,5 +139,10 @@ def _write_outputs(workdir, out, kernel, y, idx, meta, resolved):
           f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
 
 
+def run():
+    """The `tf-ntk-compute-kernel` console command (`python -m binaries.compute_kernel` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()

@@ -1,9 +1,9 @@
 r"""Benign and robust accuracy of a checkpoint under its dynamics, with a gradient-masking report.
 
-    python -m binaries.evaluate --checkpoint=runs/adv/spawn/epoch_10 --eps=0.2
-    python -m binaries.evaluate --checkpoint=runs/std/spawn/epoch_10 --eps=0.2 \
+    tf-ntk-evaluate --checkpoint=runs/adv/spawn/epoch_10 --eps=0.2
+    tf-ntk-evaluate --checkpoint=runs/std/spawn/epoch_10 --eps=0.2 \
         --save_adversarial=runs/std/adv_eps0.2.npz
-    python -m binaries.evaluate --checkpoint=runs/adv/spawn/epoch_10 \
+    tf-ntk-evaluate --checkpoint=runs/adv/spawn/epoch_10 \
         --transfer_from=runs/std/adv_eps0.2.npz
 
 --attack names the attacks, each reported on its own, and the robust accuracy is the worst case per
@@ -31,8 +31,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from binaries import common
-from binaries import common_flags
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import dynamics
@@ -71,7 +71,7 @@ flags.DEFINE_bool("output_terms", False, "For linearized/centered models, save t
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
-REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (binaries.common.run)
+REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 
 
 def strong_from_flags():
@@ -221,5 +221,10 @@ def main(argv):
     print(f"results: {results_path}")
 
 
+def run():
+    """The `tf-ntk-evaluate` console command (`python -m binaries.evaluate` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()

@@ -1,7 +1,7 @@
 r"""How the NTK moves during training: walks the spawn checkpoints of one run (or two) and logs
 kernel metrics against the epoch to TensorBoard and a CSV.
 
-    python -m binaries.kernel_dynamics --run=runs/std --compare_run=runs/adv --per_class=20
+    tf-ntk-kernel-dynamics --run=runs/std --compare_run=runs/adv --per_class=20
 
 For every spawn checkpoint (fractional epochs included) the kernel is computed on the same
 class-balanced probe sets (train: --per_class per class; test: --test_per_class per class, for
@@ -24,8 +24,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from binaries import common
-from binaries import common_flags
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import dynamics
@@ -39,7 +39,7 @@ common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_kernel_flags()
 common_flags.define_shard_flags()
-flags.DEFINE_string("run", None, "Run directory whose spawn checkpoints to walk (binaries.train --workdir).")
+flags.DEFINE_string("run", None, "Run directory whose spawn checkpoints to walk (tf-ntk-train --workdir).")
 flags.DEFINE_string("compare_run", None, "A second run on the same model and data, to compare with.")
 flags.DEFINE_integer("test_per_class", 10, "Test examples per class for kernel-regression accuracy "
                      "(0: skip).", lower_bound=0)
@@ -55,7 +55,7 @@ flags.DEFINE_bool("compare_only", False, "With --compare_run, write only the com
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
-REQUIRED_FLAGS = ("run",)  # marked required when the binary runs (binaries.common.run)
+REQUIRED_FLAGS = ("run",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 
 
 def _label(run, taken):
@@ -253,5 +253,10 @@ def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, pr
           f"tensorboard --logdir {os.path.join(workdir, 'tb')} --samples_per_plugin=images=0")
 
 
+def run():
+    """The `tf-ntk-kernel-dynamics` console command (`python -m binaries.kernel_dynamics` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()

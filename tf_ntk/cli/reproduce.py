@@ -1,10 +1,10 @@
 r"""Reproduces the paper's three claims: phase-1 runs over seeds, phase-2 runs from their spawns, kernel
 dynamics and seed-to-seed baselines, strong evaluations, then statistics, figures and a report.
 
-    python -m binaries.reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
-    python -m binaries.reproduce --preset=digits --jobs=2        # the full digits study
-    python -m binaries.reproduce --preset=cifar10 --dry_run      # the paper's plan and its cost
-    python -m binaries.reproduce --preset=cifar10 --print_commands > jobs.sh   # for a scheduler
+    tf-ntk-reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
+    tf-ntk-reproduce --preset=digits --jobs=2        # the full digits study
+    tf-ntk-reproduce --preset=cifar10 --dry_run      # the paper's plan and its cost
+    tf-ntk-reproduce --preset=cifar10 --print_commands > jobs.sh   # for a scheduler
 
 Presets (tf_ntk.study.PRESETS): smoke (the tests' plumbing check), quick, digits, cifar10; the flags
 below override a preset's settings. Jobs run on a pool of --jobs worker processes (default: one per
@@ -21,8 +21,8 @@ import time
 
 from absl import flags
 
-from binaries import common
-from binaries import common_flags
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
 from tf_ntk import data
 from tf_ntk import report
 from tf_ntk import rundir
@@ -171,7 +171,7 @@ def main(argv):
     extra = _data_args()
     if extra:
         jobs = [sweep.Job(j.name, j.module, j.args + tuple(extra), j.output, j.deps, j.cost)
-                if j.module != "binaries.reproduce" else j for j in jobs]
+                if j.module != "tf_ntk.cli.reproduce" else j for j in jobs]
     if FLAGS.dry_run:
         _print_plan(preset, jobs)
         return
@@ -232,5 +232,10 @@ def _sweep(preset, jobs, workdir):
         sys.exit(1)
 
 
+def run():
+    """The `tf-ntk-reproduce` console command (`python -m binaries.reproduce` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()

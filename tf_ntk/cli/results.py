@@ -1,16 +1,16 @@
 r"""Prints the results table of every run under a directory: benign accuracy and the quick robust
-estimate of binaries.train (results.json), and the robust accuracies binaries.evaluate measured on the
+estimate of tf-ntk-train (results.json), and the robust accuracies tf-ntk-evaluate measured on the
 run's final checkpoint (RUN/eval/*/evaluation.json): protocol, strong, autoattack, and the worst
 case per example over those that ran ("worst").
 
-    python -m binaries.results --root=runs
+    tf-ntk-results --root=runs
 """
 
 import os
 
 from absl import flags
 
-from binaries import common
+from tf_ntk.cli import common
 from tf_ntk import rundir
 
 flags.DEFINE_string("root", "runs", "Directory holding the run directories.")
@@ -26,7 +26,7 @@ def _read(path):
 
 
 def evaluations(run_dir, epoch, skipped):
-    """{attack name: robust accuracy, "worst": their worst case} of the newest binaries.evaluate
+    """{attack name: robust accuracy, "worst": their worst case} of the newest tf-ntk-evaluate
     result for the run's checkpoint at ``epoch`` (RUN/eval/*/evaluation.json); one file, so the
     numbers share their ε and data. Unreadable files are skipped, their one-line errors appended
     to ``skipped``."""
@@ -104,14 +104,19 @@ def main(argv):
     print(f"\nquick: the estimate logged during training (PGD-{'/'.join(map(str, steps)) or '?'}, one start), "
           "not a reported number.")
     if any(k in r for r in items for k in ("protocol", "strong")):
-        print("protocol, strong, autoattack: binaries.evaluate on the final checkpoint; worst: the "
+        print("protocol, strong, autoattack: tf-ntk-evaluate on the final checkpoint; worst: the "
               "worst case per example over them.")
     else:
-        print("Robust accuracy: run binaries.evaluate on each final checkpoint (protocol and strong).")
+        print("Robust accuracy: run tf-ntk-evaluate on each final checkpoint (protocol and strong).")
     if skipped:  # the readable runs are listed; the command still fails, naming the first bad file
         more = f" (and {len(skipped) - 1} more unreadable files)" if len(skipped) > 1 else ""
         raise ValueError(f"skipped {skipped[0]}{more}")
 
 
+def run():
+    """The `tf-ntk-results` console command (`python -m binaries.results` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()

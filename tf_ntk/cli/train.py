@@ -1,13 +1,13 @@
 r"""Trains a network: phase 1 from scratch, or phase 2 from a spawn checkpoint under any dynamics.
 
     # phase 1, adversarial, spawn checkpoints in runs/adv/spawn/
-    python -m binaries.train --workdir=runs/adv --data_mode=adv --eps=0.2 --epochs=10
+    tf-ntk-train --workdir=runs/adv --data_mode=adv --eps=0.2 --epochs=10
     # phase 2: centered dynamics on clean data from the adversarial spawn at epoch 0.5
-    python -m binaries.train --workdir=runs/adv-cen --spawn=runs/adv/spawn/epoch_0.5 \
+    tf-ntk-train --workdir=runs/adv-cen --spawn=runs/adv/spawn/epoch_0.5 \
         --dynamics=centered --data_mode=clean --epochs=10
 
 The run directory holds flags.json, TensorBoard events (loss, accuracy, learning rate, benign test
-accuracy and a quick robust-accuracy estimate (PGD-20, one start: binaries.evaluate measures robust
+accuracy and a quick robust-accuracy estimate (PGD-20, one start: tf-ntk-evaluate measures robust
 accuracy with the strong attack), online kernel metrics and heat maps against the epoch, in milli-epochs),
 spawn checkpoints, resume state, history.json and results.json. A run directory with an unfinished
 run resumes; a finished one is refused unless --overwrite.
@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from binaries import common
-from binaries import common_flags
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import distribute
@@ -69,12 +69,12 @@ flags.DEFINE_bool("kernel_at_spawns", False, "Also compute the kernel at every s
 flags.DEFINE_integer("eval_every", 1, "Benign and robust test accuracy every K epochs (0: only at the "
                      "end).", lower_bound=0)
 flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps of the quick robust-accuracy estimate logged "
-                     "during training; an estimate only: binaries.evaluate measures robust accuracy "
+                     "during training; an estimate only: tf-ntk-evaluate measures robust accuracy "
                      "with the protocol and strong attacks.", lower_bound=1)
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
-REQUIRED_FLAGS = ("workdir",)  # marked required when the binary runs (binaries.common.run)
+REQUIRED_FLAGS = ("workdir",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 
 
 def _floats(values, name):
@@ -154,7 +154,7 @@ class _Logger(training.Callback):
             tf.summary.scalar("test/benign_accuracy", benign)
             tf.summary.scalar("test/robust_accuracy_quick", robust, description=(
                 f"Quick estimate ({self.eval_attack.describe()}, one start); an upper bound on robust "
-                "accuracy: binaries.evaluate measures it with the strong attack."))
+                "accuracy: tf-ntk-evaluate measures it with the strong attack."))
         print(f"  test: benign {benign:.4f}  robust {robust:.4f} (quick estimate: "
               f"{self.eval_attack.describe()})")
         return self.last_eval
@@ -176,7 +176,7 @@ class _Logger(training.Callback):
                                         dt=None if prev_epoch is None else epoch - prev_epoch)
         self.kernels.append((epoch, k))
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
-            for name, value in values.items():  # online: not the kernel/* of binaries.kernel_dynamics
+            for name, value in values.items():  # online: not the kernel/* of tf-ntk-kernel-dynamics
                 tf.summary.scalar(f"online_kernel/{name}", value)
             summaries.write_kernel("online_kernel", k, epoch, labels=self.probe_labels)
         self.writer.flush()
@@ -249,10 +249,15 @@ def main(argv):
         writer.flush()
     print(f"benign accuracy {final['benign_accuracy']:.4f}")
     print(f"robust accuracy {final['robust_accuracy_quick']:.4f}  (quick estimate: "
-          f"{logger.eval_attack.describe()}; binaries.evaluate for the strong attack)")
+          f"{logger.eval_attack.describe()}; tf-ntk-evaluate for the strong attack)")
     print(f"results: {os.path.join(workdir, 'results.json')}   "
           f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
 
 
+def run():
+    """The `tf-ntk-train` console command (`python -m binaries.train` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()

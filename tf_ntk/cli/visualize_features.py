@@ -1,7 +1,7 @@
 r"""NTK eigen-images of a checkpoint: the inputs whose tangent features align with the top eigenvectors
 of a per-logit kernel (positive and negative images) and with its kernel-regression weights ("w").
 
-    python -m binaries.visualize_features --checkpoint=runs/adv/spawn/epoch_10 --logit=3
+    tf-ntk-visualize-features --checkpoint=runs/adv/spawn/epoch_10 --logit=3
 
 Protocol: per-logit kernel on --per_class examples per class; for eigenvector u_i, the tangent
 direction v = Σ_j u_i[j] ∇θ f_c(x_j); 600 signed-gradient steps of 0.001 from a grey image, clipped to
@@ -15,8 +15,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from binaries import common
-from binaries import common_flags
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import dynamics
 from tf_ntk import eigenimages
@@ -38,7 +38,7 @@ flags.DEFINE_integer("png_scale", 8, "Nearest-neighbour upscaling of the PNGs.",
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
-REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (binaries.common.run)
+REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 
 
 def _png(path, image, scale):
@@ -113,5 +113,10 @@ def main(argv):
           f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
 
 
+def run():
+    """The `tf-ntk-visualize-features` console command (`python -m binaries.visualize_features` in a checkout)."""
+    common.command(main)
+
+
 if __name__ == "__main__":
-    common.run(main)
+    run()
