@@ -7,14 +7,14 @@ PY := $(VENV)/bin/python
 # Two workers: most of the suite's time is single-threaded graph tracing.
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: run test bench install clean
+.PHONY: run test bench docs install clean
 
 install: $(STAMP)
 
 $(STAMP): setup.py constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,docs]"
 	$(PY) -m pip check
 	@touch $(STAMP)
 
@@ -37,5 +37,16 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.ntk
 
+# `make docs`: the API reference of the public API (what tf_ntk/__init__.py exports), generated from
+# the docstrings by pdoc into docs/api/ (open docs/api/index.html). Any warning fails the build
+# (-W error); tf_ntk.cli is imported first to mute TensorFlow's C++ start-up logs.
+DOCS_DIR ?= docs/api
+
+docs: $(STAMP)
+	rm -rf $(DOCS_DIR)
+	$(PY) -W error -c "from tf_ntk.cli import quiet; import runpy, sys; sys.argv[0] = 'pdoc'; \
+	  runpy.run_module('pdoc', run_name='__main__')" --docformat google --output-directory $(DOCS_DIR) tf_ntk
+	@echo "API reference: $(DOCS_DIR)/index.html"
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(DOCS_DIR)

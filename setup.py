@@ -42,6 +42,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "gpu": ["tensorflow[and-cuda]>=2.21.0,<3"],
     # The linter is pinned exactly: its rules change between releases.
+    # `make docs`: the API reference generated from the docstrings.
+    "docs": ["pdoc>=16.0.0,<17"],
     "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "packaging>=26.4", "ruff==0.17.6"],
 }
 
