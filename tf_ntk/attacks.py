@@ -70,7 +70,8 @@ _LOSS_FNS = {"ce": cross_entropy_loss, "margin": margin_loss, "dlr": dlr_loss}
 
 def check_config(*, eps, steps, step_size=None, norm="linf", loss="ce", restarts=1,
                  schedule="constant", keep="last", target_rank=0):
-    """Validates a PGD configuration; returns the (initial) step size (default 2·eps/steps)."""
+    """Validates a PGD configuration (the fields of `PGDConfig`); returns the (initial) step size in
+    [0, 1] pixel units (default 2·eps/steps). Raises ValueError on a bad field."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; known norms: {', '.join(NORMS)}")
     if loss not in LOSSES:
@@ -271,6 +272,17 @@ class PGDConfig:
 
     The protocol's evaluation attack is ``PGDConfig(eps=4/255, steps=100)`` (L∞, one random start,
     constant step, last iterate). See `pgd` for the other fields.
+
+    Attributes:
+      eps: the radius in [0, 1] pixel units (L∞: per pixel; L2: of the whole image).
+      steps: gradient steps per start.
+      step_size: step in [0, 1] pixel units (None: 2·eps/steps).
+      norm: ``"linf"`` or ``"l2"``.
+      loss: ``"ce"`` (cross-entropy), ``"margin"`` (CW margin) or ``"dlr"``.
+      restarts: random starts (the highest loss per example wins).
+      schedule: ``"constant"`` or ``"cosine"`` step size.
+      keep: ``"last"`` or ``"best"`` iterate.
+      target_rank: 0 untargeted; k ≥ 1 targets the k-th most likely wrong class (margin loss).
     """
 
     eps: float = 4 / 255

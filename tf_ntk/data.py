@@ -67,7 +67,9 @@ _SOURCES = {
 
 
 def names():
-    """The known data set names, sorted."""
+    """The known data set names, sorted: ``digits`` (scikit-learn's 8x8 digits, offline, 1,437 train /
+    360 test images (8, 8, 1)) and the tensorflow-datasets ones (``mnist``, ``fashion_mnist``,
+    ``cifar10``, ``cifar100``), which must be prepared once (`check_prepared`)."""
     return sorted(_SOURCES)
 
 
@@ -98,7 +100,13 @@ def _output_shape(image_shape, image_size, channels):
 
 
 def info(name, *, image_size=None, channels=None):
-    """`DatasetInfo` of data set `name` as the loaders yield it with these options."""
+    """`DatasetInfo` of data set ``name`` as the loaders yield it with these options.
+
+    Args:
+      name: one of `names()`.
+      image_size: resize to image_size x image_size pixels (None: the native size).
+      channels: 1 or 3 (3 tiles grey images; None: the native channels).
+    """
     src = _source(name)
     return DatasetInfo(
         name=name,
@@ -176,8 +184,16 @@ def load_arrays(name="digits", split="train", *, data_dir=None, image_size=None,
                 download=False):
     """The whole split as numpy arrays.
 
+    Args:
+      name: one of `names()`; ``digits`` (offline) by default.
+      split: ``"train"`` or ``"test"``.
+      data_dir: tensorflow-datasets directory (a gs:// bucket on Cloud TPU); ignored for digits.
+      image_size, channels: resize to image_size x image_size pixels, tile grey images to 3 channels.
+      download: allow tensorflow-datasets to download and prepare the data.
+
     Returns:
-      (images, labels): images float32 (N, H, W, C) in [0, 1]; labels int32 (N,).
+      (images, labels): images float32 (N, H, W, C) in [0, 1] (pixel intensity / 255); labels int32
+      (N,) in [0, num_classes).
     """
     src = _source(name)
     _check_split(split)
@@ -200,6 +216,17 @@ def batch(dataset, *, batch_size, shuffle=False, seed=0, epoch=0, drop_remainder
     The order for a given ``(seed, epoch)`` is always the same, so a resumed run sees the same batches
     as one never interrupted. Under tf.distribute pass the *global* batch size and, for TPUs,
     ``drop_remainder=True`` (static shapes).
+
+    Args:
+      dataset: a `tf.data.Dataset` of unbatched (image (H, W, C), label ()) pairs.
+      batch_size: examples per batch (≥ 1).
+      shuffle: shuffle before batching, with a buffer of ``shuffle_buffer`` examples (default: all).
+      seed, epoch: the shuffle's seed is a function of both.
+      drop_remainder: drop the last partial batch.
+
+    Returns:
+      The batched dataset: (images (B, H, W, C), labels (B,)) with B = ``batch_size`` (the last
+      batch smaller unless ``drop_remainder``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -277,6 +304,15 @@ def class_balanced_indices(labels, per_class, *, seed=0, num_classes=None):
 
 
 def class_balanced_sample(images, labels, per_class, *, seed=0, num_classes=None):
-    """``(images[idx], labels[idx])`` for ``idx = class_balanced_indices(labels, per_class, ...)``."""
+    """``(images[idx], labels[idx])`` for ``idx = class_balanced_indices(labels, per_class, ...)``.
+
+    Args:
+      images: array (N, H, W, C) (any dtype; typically float32 in [0, 1]).
+      labels: int array (N,).
+      per_class, seed, num_classes: as for `class_balanced_indices`.
+
+    Returns:
+      (images (P, H, W, C), labels (P,)) with P = num_classes * per_class, class by class.
+    """
     idx = class_balanced_indices(labels, per_class, seed=seed, num_classes=num_classes)
     return images[idx], np.asarray(labels)[idx]

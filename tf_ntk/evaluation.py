@@ -25,7 +25,8 @@ PROTOCOL_L2 = attacks.PGDConfig(eps=0.25, steps=100, step_size=0.01, norm="l2")
 
 
 def inference_fn(model):
-    """A stable callable images -> logits with BN in inference mode, for attacks and evaluation."""
+    """A stable callable images (B, H, W, C) float32 in [0, 1] -> logits (B, O), BN in inference mode,
+    for attacks and evaluation."""
     return lambda x: model(x, training=False)
 
 
@@ -39,7 +40,15 @@ def _check_nonempty(total, what):
 
 
 def accuracy(model_fn, dataset):
-    """Fraction of the examples of ``dataset`` that ``model_fn`` classifies right."""
+    """Fraction in [0, 1] of the examples of ``dataset`` that ``model_fn`` classifies right.
+
+    Args:
+      model_fn: images (B, H, W, C) -> logits (B, O), e.g. `inference_fn`; the argmax is the class.
+      dataset: batches of (images (B, H, W, C), int labels (B,)), e.g. `tf_ntk.data.load`.
+
+    Raises:
+      ValueError: the dataset is empty.
+    """
     step = tf.function(lambda x, y: tf.reduce_sum(tf.cast(_correct(model_fn, x, y), tf.int64)),
                        reduce_retracing=True)
     correct = total = 0
@@ -83,6 +92,16 @@ def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_comp
     seed (seed, b)); a `tf_ntk.robustness.Ensemble` or ART attack, or one of the names
     `tf_ntk.robustness.NAMES` with ``eps``, ``norm`` and the builder's ``options`` (RobustBench's
     count: clean and every adversarial image right, the worst case per example over the members).
+
+    Args:
+      model_fn: images (B, H, W, C) float32 in [0, 1] -> logits (B, O), e.g. `inference_fn`.
+      dataset: batches of (images (B, H, W, C) in [0, 1], int labels (B,)).
+      eps: the attack's radius in [0, 1] pixel units (e.g. 4/255 = 0.0157 for L∞), with a name.
+      norm: ``"linf"`` or ``"l2"``, with a name.
+      seed: the random starts' seed; jit_compile: compile the attack with XLA.
+
+    Returns:
+      The robust accuracy, a fraction in [0, 1] of the examples.
     """
     if isinstance(attack, str):
         if eps is None:
@@ -104,7 +123,8 @@ def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_comp
 
 
 def as_dataset(x, y, batch_size):
-    """Arrays x (N, ...), y (N,) as a batched tf.data.Dataset."""
+    """Arrays x (N, ...), y (N,) as a tf.data.Dataset of (x (B, ...), y (B,)) batches, B = ``batch_size``
+    (the last batch smaller), in order."""
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
 
@@ -140,7 +160,8 @@ def load_adversarial(path):
 
 def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
     """Accuracy of ``model_fn`` on a saved adversarial set (a path or `load_adversarial`'s dict):
-    a transfer attack when the set was crafted against another model."""
+    a transfer attack when the set was crafted against another model. Returns a fraction in [0, 1] of
+    its x_adv images classified as their label y, evaluated ``batch_size`` at a time."""
     if isinstance(adversarial_set, (str, os.PathLike)):
         adversarial_set = load_adversarial(adversarial_set)
     return accuracy(model_fn, as_dataset(adversarial_set["x_adv"], adversarial_set["y"], batch_size))

@@ -42,7 +42,7 @@ def names():
 
 
 def options(name):
-    """{option: default} that model ``name`` accepts."""
+    """{option: default} of the keyword options model ``name`` accepts (e.g. ``width``)."""
     _check_name(name)
     sig = inspect.signature(_REGISTRY[name])
     return {
@@ -57,6 +57,16 @@ def _check_name(name):
 
 def get(name, num_classes, input_shape, **kwargs):
     """Builds model ``name`` for ``num_classes`` logits on inputs of shape ``input_shape`` (H, W, C).
+
+    Args:
+      name: one of `names()`: ``"mlp"``, ``"cnn"``, ``"resnet18"``.
+      num_classes: O, the number of logits.
+      input_shape: (H, W, C) of one image, e.g. (8, 8, 1) for digits, (32, 32, 3) for CIFAR-10.
+      **kwargs: the model's options (`options(name)`), e.g. ``width``.
+
+    Returns:
+      A built, float32 `keras.Model` mapping images (B, H, W, C) in [0, 1] to logits (B, O), unscaled
+      (no softmax).
 
     Raises:
       ValueError: unknown name (the message lists the known ones), unknown option, or bad shapes.
@@ -87,7 +97,7 @@ def spec(name, num_classes, input_shape, **kwargs):
 
 
 def build(model_spec):
-    """The model a `spec` describes (fresh weights)."""
+    """The model a `spec` describes (fresh weights); ValueError when ``model_spec`` is malformed."""
     try:
         return get(model_spec["name"], model_spec["num_classes"], model_spec["input_shape"],
                    **model_spec.get("options", {}))
@@ -106,7 +116,10 @@ def _bn(name, momentum, epsilon):
 
 @register("mlp")
 def mlp(num_classes, input_shape, *, width=256, depth=2, zero_head=False):
-    """flatten -> ``depth`` x (Dense(width) -> ReLU) -> Dense(num_classes)."""
+    """flatten -> ``depth`` x (Dense(width) -> ReLU) -> Dense(num_classes).
+
+    ``width``: units per hidden layer; ``depth``: hidden layers; ``zero_head``: the logit layer starts
+    at zero (the network's output is 0 at initialisation)."""
     if width < 1 or depth < 0:
         raise ValueError(f"mlp needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
     inputs = keras.Input(input_shape, name="images")
@@ -119,7 +132,10 @@ def mlp(num_classes, input_shape, *, width=256, depth=2, zero_head=False):
 @register("cnn")
 def cnn(num_classes, input_shape, *, width=16, zero_head=False, bn_momentum=BN_MOMENTUM,
         bn_epsilon=BN_EPSILON):
-    """Three 3x3 conv -> BN -> ReLU stages (width, 2*width stride 2, 4*width stride 2), GAP, dense."""
+    """Three 3x3 conv -> BN -> ReLU stages (width, 2*width stride 2, 4*width stride 2), GAP, dense.
+
+    ``width``: channels of the first stage; ``bn_momentum``, ``bn_epsilon``: BatchNormalization's;
+    ``zero_head``: the logit layer starts at zero."""
     if width < 1:
         raise ValueError(f"cnn needs width >= 1, got {width}")
     inputs = keras.Input(input_shape, name="images")
@@ -153,7 +169,11 @@ def _basic_block(x, filters, stride, name, momentum, epsilon):
 @register("resnet18")
 def resnet18(num_classes, input_shape, *, width=64, zero_head=True, bn_momentum=BN_MOMENTUM,
              bn_epsilon=BN_EPSILON):
-    """CIFAR ResNet-18; ``width`` is the stem's channel count (64 in the protocol)."""
+    """CIFAR ResNet-18 (3x3 stem, no max-pool, four stages of two basic blocks, GAP, dense).
+
+    ``width``: the stem's channel count (64 in the protocol; stages have width, 2, 4 and 8 x width);
+    ``zero_head`` (default True): the logit layer starts at zero; ``bn_momentum``, ``bn_epsilon``:
+    BatchNormalization's."""
     if width < 1:
         raise ValueError(f"resnet18 needs width >= 1, got {width}")
     inputs = keras.Input(input_shape, name="images")
@@ -171,5 +191,5 @@ def resnet18(num_classes, input_shape, *, width=64, zero_head=True, bn_momentum=
 
 
 def num_params(model):
-    """Number of trainable scalars."""
+    """Number of trainable scalars of ``model`` (an int; BN running statistics excluded)."""
     return int(sum(math.prod(v.shape) for v in model.trainable_variables))

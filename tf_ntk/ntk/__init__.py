@@ -13,6 +13,12 @@ Modules:
   cost         cost and memory estimates, the planner
   keras_graph  the model's functional graph (the only user of Keras' private graph API) and the
                classification of layers by rule
+
+Constants:
+  KINDS                    the ``kind`` of kernel: "full" (N1, N2, O, O) over all logit pairs,
+                           "diagonal" (N1, N2, O) logit by logit, "trace" (N1, N2) their sum
+  IMPLEMENTATIONS          "jacobian", "ntvp", "structured", or "auto" (the cheapest by the cost model)
+  DEFAULT_BUDGET_FRACTION  the default memory budget: 0.25 of the host memory available at the call
 """
 
 from tf_ntk.ntk.kernel import DEFAULT_BUDGET_FRACTION

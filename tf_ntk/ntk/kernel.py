@@ -27,9 +27,13 @@ from tf_ntk.ntk import ntvp
 from tf_ntk.ntk import structured
 
 KINDS = ("full", "diagonal", "trace")
+"""The kernel's ``kind``: "full" (N1, N2, O, O) over all logit pairs, "diagonal" (N1, N2, O) the
+logit-wise kernels, "trace" (N1, N2) their sum over the O logits."""
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
-# Default memory budget: this fraction of the memory available when the call starts.
+"""The ``implementation`` names of `empirical_ntk`; "auto" picks the cheapest by the cost model."""
 DEFAULT_BUDGET_FRACTION = 0.25
+"""Default memory budget of `empirical_ntk`: this fraction of the host memory available when the
+call starts (`default_memory_budget`)."""
 
 _BLOCK_FNS = {
     "jacobian": jacobian.jacobian_block,
