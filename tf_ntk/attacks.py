@@ -21,9 +21,13 @@ from cleverhans.tf2.utils import clip_eta
 from cleverhans.tf2.utils import optimize_linear
 
 NORMS = {"linf": np.inf, "l2": 2}
+"""The attack norms: L∞ (eps bounds every pixel) and L2 (eps bounds the whole image), pixels in [0, 1]."""
 LOSSES = ("ce", "margin", "dlr")
+"""The attack losses: cross-entropy, CW margin, and the difference-of-logits ratio."""
 SCHEDULES = ("constant", "cosine")
+"""Step-size schedules over the steps of one start."""
 KEEP = ("last", "best")
+"""Which iterate an attack returns: the last, or the one with the highest loss per example."""
 
 
 def cross_entropy_loss(labels, logits):

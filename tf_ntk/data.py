@@ -22,10 +22,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 DIGITS_TEST_FRACTION = 0.2
+"""Fraction of scikit-learn's 1,797 digits held out as the test split (360 images)."""
 # The digits split is fixed for the project, independent of any experiment's seed.
 DIGITS_SPLIT_SEED = 0
+"""The digits split's seed, fixed for the project."""
 
 SPLITS = ("train", "test")
+"""The split names every data set has."""
 
 
 class DatasetNotPreparedError(RuntimeError):

@@ -25,6 +25,8 @@ from tf_ntk import functional
 from tf_ntk import models
 
 BATCHNORM_POLICIES = ("frozen", "batch")
+"""BatchNormalization under linearized / centered dynamics: "frozen" (inference mode with the
+spawn's running statistics) or "batch" (batch statistics when training)."""
 
 
 def _constant_initializer(value):

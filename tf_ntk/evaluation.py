@@ -21,7 +21,9 @@ from tf_ntk import rundir
 
 # The protocol's evaluation attacks.
 PROTOCOL_LINF = attacks.PGDConfig(eps=4 / 255, steps=100)  # step 2ε/100, one random start
+"""The protocol's L∞ evaluation attack: PGD-100, eps = 4/255 pixel units, step 2·eps/100, one start."""
 PROTOCOL_L2 = attacks.PGDConfig(eps=0.25, steps=100, step_size=0.01, norm="l2")
+"""The protocol's L2 evaluation attack: PGD-100, eps = 0.25, step 0.01 (pixel units, image norm)."""
 
 
 def inference_fn(model):

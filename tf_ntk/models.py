@@ -21,7 +21,9 @@ import keras
 from keras import layers
 
 BN_MOMENTUM = 0.9
+"""BatchNormalization's running-statistics momentum in `cnn` and `resnet18`."""
 BN_EPSILON = 1e-5
+"""BatchNormalization's variance epsilon in `cnn` and `resnet18`."""
 
 _REGISTRY = {}
 

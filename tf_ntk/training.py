@@ -40,10 +40,15 @@ from tf_ntk import ntk
 from tf_ntk import rundir
 
 DATA_MODES = ("clean", "adv", "flip")
+"""Training data: clean images, PGD images ("adv"), or clean until `TrainConfig.flip_epoch`
+then PGD ("flip")."""
 ADV_MODES = ("clean_then_adv", "madry")
+"""Adversarial steps: a clean step then a PGD step (the authors'), or the PGD step only."""
 DYNAMICS = ("standard", "linearized", "centered")
+"""Training dynamics: the network itself, its linearization around the spawn, or the kernel term only."""
 # The protocol's fractional spawn epochs (taken mid-epoch at the step that crosses the fraction).
 FRACTIONAL_SPAWN_EPOCHS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5)
+"""The protocol's fractional spawn epochs."""
 
 
 def set_seed(seed):
