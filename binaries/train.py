@@ -200,6 +200,7 @@ def main(argv):
     del argv
     # First: a multi-worker strategy must exist before any other TensorFlow operation runs.
     strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    common.catch_interrupts()  # TensorFlow's multi-worker runtime took SIGTERM over
     config, info, opts = _resolve()
     training.set_seed(FLAGS.seed)
     test = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, **opts)

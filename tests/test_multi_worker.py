@@ -100,17 +100,37 @@ def test_two_workers_train_like_one_process(tmp_path, capsys, data_mode):
     assert sorted(os.listdir(tmp_path / "two" / "spawn")) == ["epoch_1", "epoch_2"]
 
 
-def test_a_killed_worker_resumes_with_the_other(tmp_path, capsys):
+def _wait_for(condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _epochs_done(workdir):
+    path = workdir / "history.json"
+    return len(helpers.read_json(path)) if path.exists() else 0
+
+
+def test_stopped_and_killed_workers_resume_together(tmp_path, capsys):
+    """SIGTERM to the non-chief only: both stop at one step, exit 143 with one line, the chief keeps
+    a resumable checkpoint; then SIGKILL of the non-chief a later epoch: the chief fails or hangs and
+    is killed; restarting both finishes with the weights of one uninterrupted process."""
     argv = ARGS + ["--batch_size=64", "--epochs=6", "--save_epochs=", "--data_mode=adv"]
     workdir = tmp_path / "two"
     with _Cluster(workdir, argv, tmp_path) as cluster:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(workdir / "history.json") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cluster.kill(1)  # the non-chief dies after the first epoch; the chief is stuck or fails
+        _wait_for(lambda: _epochs_done(workdir) >= 1)
+        os.kill(cluster.procs[1].pid, signal.SIGTERM)
+        codes, logs = cluster.wait()
+    assert codes == [143, 143], logs
+    for log in logs:
+        assert "train: interrupted by SIGTERM" in log.strip().splitlines()[-1], log  # after a progress bar
+    stopped_at = helpers.read_json(workdir / "resume" / "meta.json")
+    assert 1 <= len(stopped_at["history"]) < 6
+    with _Cluster(workdir, argv, tmp_path) as cluster:
+        _wait_for(lambda: _epochs_done(workdir) > len(stopped_at["history"]))
+        cluster.kill(1)
         cluster.kill(0)
-    epochs_done = len(helpers.read_json(workdir / "history.json"))
-    assert 1 <= epochs_done < 6 and not os.path.exists(workdir / "results.json")
+    assert _epochs_done(workdir) < 6 and not os.path.exists(workdir / "results.json")
     with _Cluster(workdir, argv, tmp_path) as cluster:
         codes, logs = cluster.wait()
     assert codes == [0, 0], logs
