@@ -42,6 +42,7 @@ common_flags.define_attack_flags()
 common_flags.define_seed_flag()
 common_flags.define_run_flags()
 common_flags.define_strategy_flags()
+common_flags.define_jit_flag()
 common_flags.define_kernel_flags()
 flags.DEFINE_string("spawn", None, "Phase 2: start from this spawn checkpoint (RUN/spawn/epoch_E).")
 flags.DEFINE_enum("dynamics", "standard", list(training.DYNAMICS),

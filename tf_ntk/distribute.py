@@ -39,7 +39,7 @@ def get_strategy(name="default", *, tpu=None):
 
     Args:
       name: ``default`` (one device: the first GPU, else the CPU), ``mirrored`` (all local GPUs, or
-        the CPU), ``multi_worker`` (MultiWorkerMirroredStrategy over the cluster of the TF_CONFIG
+        the logical CPU devices), ``multi_worker`` (MultiWorkerMirroredStrategy over the cluster of the TF_CONFIG
         environment variable; one local worker without it), ``tpu`` (TPUStrategy).
       tpu: for ``tpu``: the TPU name or grpc:// address ("" or "local" for a TPU VM).
 
@@ -56,8 +56,10 @@ def get_strategy(name="default", *, tpu=None):
         raise ValueError(f"--tpu is only for --strategy=tpu, not {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+    if name == "mirrored":  # the local GPUs; without any, every logical CPU device (usually one)
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy(None if gpus else [
+            d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         _check_tf_config()
         try:
