@@ -49,7 +49,8 @@ EXTRAS_REQUIRE = {
 
 # The absl programs as console commands: tf-ntk-train runs tf_ntk.cli.train.run (in a checkout,
 # python -m binaries.train runs the same).
-PROGRAMS = ("train", "evaluate", "compute_kernel", "kernel_dynamics", "visualize_features", "results", "reproduce")
+PROGRAMS = ("train", "evaluate", "compute_kernel", "kernel_dynamics", "kernel_machine", "visualize_features", "results",
+            "reproduce")
 CONSOLE_SCRIPTS = [f"tf-ntk-{name.replace('_', '-')} = tf_ntk.cli.{name}:run" for name in PROGRAMS]
 
 setuptools.setup(

@@ -21,6 +21,7 @@ import tensorflow as tf
 from tf_ntk.cli import compute_kernel
 from tf_ntk.cli import evaluate
 from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import kernel_machine
 from tf_ntk.cli import reproduce
 from tf_ntk.cli import results
 from tf_ntk.cli import train
@@ -142,6 +143,13 @@ def _not_a_sweep(good, tmp):
     (tmp / "busy" / "notes.txt").write_text("mine\n")
 
 
+def _truncated_run(good, tmp):
+    ckpt = tmp / "brokenrun" / "spawn" / "epoch_1"
+    shutil.copytree(good / "run" / "spawn" / "epoch_1", ckpt)
+    with open(_data_file(ckpt), "r+b") as f:
+        f.truncate(10)
+
+
 CKPT = "--checkpoint={good}/run/spawn/epoch_1"
 # (id, binary, argv, setup(good, tmp) or None, the error line's expected text)
 CASES = [
@@ -232,6 +240,17 @@ CASES = [
     ("visualize-meta-list", visualize_features, ["--checkpoint={tmp}/meta"], _meta("[]"),
      "expected a JSON dict, got list"),
     ("visualize-logit-range", visualize_features, [CKPT, "--logit=-1"], None, "--logit"),
+    ("kernel-machine-no-run", kernel_machine, [], None, "--phase1_run is required"),
+    ("kernel-machine-missing-run", kernel_machine, ["--phase1_run={tmp}/nowhere"], None,
+     "no spawn checkpoints in {tmp}/nowhere"),
+    ("kernel-machine-at-epochs", kernel_machine, ["--phase1_run={good}/run", "--at_epochs=0,7"], None,
+     "--at_epochs: no spawn checkpoint at epoch(s) 7 in {good}/run"),
+    ("kernel-machine-per-class", kernel_machine, ["--phase1_run={good}/run", "--train_per_class=500"],
+     None, "fewer than per_class=500"),
+    ("kernel-machine-truncated", kernel_machine, ["--phase1_run={tmp}/brokenrun"], _truncated_run,
+     "corrupt checkpoint {tmp}/brokenrun/spawn/epoch_1 (truncated or damaged files"),
+    ("kernel-machine-solver", kernel_machine, ["--phase1_run={good}/run", "--solver=lu"], None,
+     "--solver=lu: value should be one of"),
     # results, reproduce
     ("results-corrupt-file", results, ["--root={tmp}/root"], _corrupt_results,
      "skipped corrupt results file {tmp}/root/broken/results.json", None),
@@ -265,7 +284,7 @@ def test_bad_input_is_one_line_exit_2_nothing_left_and_good_data_untouched(case,
 
 def test_there_are_at_least_30_cases_over_every_binary():
     assert len(CASES) >= 30
-    assert {c[1] for c in CASES} == {train, evaluate, compute_kernel, kernel_dynamics,
+    assert {c[1] for c in CASES} == {train, evaluate, compute_kernel, kernel_dynamics, kernel_machine,
                                      visualize_features, results, reproduce}
 
 

@@ -20,10 +20,14 @@ import tensorflow as tf
 from tf_ntk.cli import compute_kernel
 from tf_ntk.cli import evaluate
 from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import kernel_machine
 from tf_ntk.cli import results
 from tf_ntk.cli import train
 from tf_ntk.cli import visualize_features
 from tests import helpers
+from tf_ntk import data
+from tf_ntk import dynamics
+from tf_ntk import ntk
 from tf_ntk import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,6 +185,49 @@ def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):
     _run(kernel_dynamics, argv)
     assert os.path.getmtime(cached) == stamp
     assert helpers.read_csv(os.path.join(out, "kernel_dynamics.csv")) == rows
+
+
+def test_kernel_machine_walks_the_spawns_and_matches_the_closed_form(runs, capsys):
+    """Every spawn's benign and training accuracy equal those of k(x, X)(K + λI)⁻¹Y from the float64
+    full empirical NTK; robust ≤ each attack's; CSV, JSON and TensorBoard agree; a finished walk is
+    refused; a rerun reuses the per-spawn results."""
+    std = os.path.join(runs, "std")
+    out = os.path.join(runs, "km")
+    argv = [f"--phase1_run={std}", f"--workdir={out}", "--at_epochs=0,2", "--train_per_class=3",
+            "--test_examples=40", "--eps=0.2", "--attack_steps=2", "--strong_restarts=1",
+            "--square_queries=10", "--solve_dtype=float64", "--batch_size=256"]
+    _run(kernel_machine, argv)
+    result = helpers.read_json(os.path.join(out, "kernel_machine.json"))
+    rows = result["rows"]
+    assert [r["epoch"] for r in rows] == [0.0, 2.0] and result["examples"] == 40
+    x, y = data.load_arrays("digits", "train")
+    idx = data.class_balanced_indices(y, 3, seed=0, num_classes=10)
+    x, y = x[idx], y[idx]
+    xt, yt = data.load_arrays("digits", "test")
+    xt, yt = xt[:40], yt[:40]
+    for row in rows:
+        model, _ = dynamics.load_model(os.path.join(std, "spawn", f"epoch_{row['epoch']:g}"))
+        k = ntk.empirical_ntk(model, np.concatenate([x, xt]), kind="full", dtype="float64",
+                              implementation="jacobian").numpy().transpose(0, 2, 1, 3).reshape(700, 700)
+        k_train, k_test = k[:300, :300], k[300:, :300]
+        lam = 1e-3 * np.trace(k_train) / 300
+        assert row["ridge"] == pytest.approx(lam, rel=1e-9) and row["solver"] == "direct"
+        alpha = np.linalg.solve(k_train + lam * np.eye(300), np.eye(10)[y].ravel())
+        assert row["train_accuracy"] == np.mean(np.argmax((k_train @ alpha).reshape(30, 10), 1) == y)
+        assert row["benign_accuracy"] == np.mean(np.argmax((k_test @ alpha).reshape(40, 10), 1) == yt)
+        assert row["robust_accuracy"] <= min(row["robust_accuracy_protocol"], row["robust_accuracy_strong"])
+        assert row["robust_accuracy_strong"] <= row["benign_accuracy"]
+    table = helpers.read_csv(os.path.join(out, "kernel_machine.csv"))
+    assert [float(r["robust_accuracy"]) for r in table] == [r["robust_accuracy"] for r in rows]
+    values, _ = _events(out)
+    assert values["kernel_machine/benign_accuracy"] == pytest.approx(
+        {0: rows[0]["benign_accuracy"], 2000: rows[1]["benign_accuracy"]})
+    code, err = _run_app(kernel_machine, argv, capsys)
+    assert code == 2 and "holds a finished run; pass --overwrite" in err
+    # Without the final record, a rerun takes every spawn's result from spawns/ (its timing included).
+    os.remove(os.path.join(out, "kernel_machine.json"))
+    _run(kernel_machine, argv)
+    assert helpers.read_json(os.path.join(out, "kernel_machine.json"))["rows"] == rows
 
 
 def test_visualize_features_writes_images(runs, capsys):

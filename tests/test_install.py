@@ -19,7 +19,8 @@ import venv
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("train", "evaluate", "compute-kernel", "kernel-dynamics", "visualize-features", "results", "reproduce")
+COMMANDS = ("train", "evaluate", "compute-kernel", "kernel-dynamics", "kernel-machine", "visualize-features", "results",
+            "reproduce")
 pytestmark = pytest.mark.xdist_group("install")  # one worker builds and installs the wheel once
 # TensorFlow's C++ start-up lines that tf_ntk.cli mutes.
 NOISE = ("oneDNN custom operations", "cudart_stub", "cpu_feature_guard", "absl::InitializeLog")

@@ -58,6 +58,13 @@ def test_the_tiled_kernel_equals_the_library_kernel_and_other_tiles_are_refused(
     x, _ = data.load_arrays("digits", "train")
     want = ntk.empirical_ntk(model, x[saved["indices"]], dtype="float64").numpy()
     np.testing.assert_allclose(saved["kernel"], want, rtol=1e-10, atol=1e-12)
+    # Its blocks spread over two mirrored replicas (the logical CPUs of tests/conftest.py): the same.
+    argv = [f"--checkpoint={checkpoint}", f"--workdir={tmp_path}/mirrored", "--strategy=mirrored"] + KERNEL
+    helpers.run_binary(compute_kernel, argv)
+    np.testing.assert_array_equal(np.load(tmp_path / "mirrored" / "kernel.npz")["kernel"], saved["kernel"])
+    code, err = helpers.run_app(compute_kernel, argv[:1] + [f"--workdir={tmp_path}/mw", "--strategy=multi_worker"],
+                                capsys)
+    assert code == 2 and err.count("\n") == 1 and "--strategy=multi_worker is for train" in err
     # Tiles of another kernel (another logit) in the same directory are refused, not mixed.
     argv = [f"--checkpoint={checkpoint}", f"--workdir={tmp_path}/mixed", "--num_shards=2"] + KERNEL
     helpers.run_binary(compute_kernel, argv + ["--shard=0"])

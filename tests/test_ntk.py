@@ -221,3 +221,25 @@ def test_auto_takes_the_cheapest_estimate_and_ties_go_to_structured(monkeypatch)
     assert tf_ntk.ntk.plan(model, 4).implementation == "jacobian"
     costs.update(ntvp=50.0)
     assert tf_ntk.ntk.plan(model, 4).implementation == "ntvp"
+
+
+@pytest.mark.parametrize("kind", ["full", "trace"])
+def test_blocks_spread_over_mirrored_replicas(kind):
+    """MirroredStrategy over the two logical CPUs (tests/conftest.py): the same kernel as one device
+    and as the float64 oracle, symmetric (diagonal and mirrored blocks) and not; rounds with fewer
+    blocks than replicas included (5 examples in blocks of 2: 3 diagonal, 3 off-diagonal blocks)."""
+    model, x1, x2, k11, k12 = ntk_cases.case("cnn")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    assert strategy.num_replicas_in_sync == 2
+    done = []
+    for xb, oracle_kernel in ((None, k11), (x2, k12)):
+        kw = dict(kind=kind, dtype="float64", block_size=2, implementation="structured")
+        spread = tf_ntk.empirical_ntk(model, x1, xb, strategy=strategy,
+                                      progress=lambda d, t: done.append((d, t)), **kw).numpy()
+        alone = tf_ntk.empirical_ntk(model, x1, xb, **kw).numpy()
+        np.testing.assert_array_equal(spread, alone)  # the same block functions, the same numbers
+        want = oracle_kernel if kind == "full" else np.trace(oracle_kernel, axis1=2, axis2=3) / 3
+        assert helpers.relative_error(spread, want) < 1e-10
+    assert done[:6] == [(d, 6) for d in range(1, 7)] and done[6:] == [(d, 6) for d in range(1, 7)]
+    with pytest.raises(ValueError, match="eager calls only"):
+        tf.function(lambda x: tf_ntk.empirical_ntk(model, x, strategy=strategy))(x1)

@@ -124,7 +124,21 @@ def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
     assert f"| 2 | {np.mean(benign):.3f} ± {np.std(benign, ddof=1):.3f} |" in line
     assert line.endswith(f"| {np.mean(robust):.3f} ± {np.std(robust, ddof=1):.3f} |")
     assert f"tensorboard --logdir {pool_sweep}" in text
-    for name in ("fig1_kernel_distance", "fig3_phase2_vs_spawn", "fig5_eigen_images"):
+    # Kernel machines: every number of every run's kernel_machine.json, and the report's table.
+    machine_rows = {(r["run"], float(r["spawn_epoch"]), r["metric"]): float(r["value"])
+                    for r in rows if r["kind"] == "kernel_machine"}
+    count = 0
+    for path in glob.glob(os.path.join(pool_sweep, "kernel_machine", "*", "kernel_machine.json")):
+        run = os.path.basename(os.path.dirname(path))
+        for row in helpers.read_json(path)["rows"]:
+            for metric in report.MACHINE_METRICS:
+                assert machine_rows[(run, row["epoch"], metric)] == row[metric]
+                count += 1
+    assert count == len(machine_rows) == 4 * 2 * len(report.MACHINE_METRICS)  # 4 runs x 2 spawns
+    robust = [machine_rows[(f"adversarial-s{s}", 2.0, "robust_accuracy")] for s in (0, 1)]
+    line = next(x for x in text.splitlines() if x.startswith("| adversarial | 2 | 2 |"))
+    assert f"| {np.mean(robust):.3f} ± {np.std(robust, ddof=1):.3f} |" in line
+    for name in ("fig1_kernel_distance", "fig3_phase2_vs_spawn", "fig5_eigen_images", "fig6_kernel_machine"):
         assert f"(figures/{name}.png)" in text
 
 
@@ -132,7 +146,7 @@ def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
     pngs = sorted(glob.glob(os.path.join(pool_sweep, "figures", "*.png")))
     assert [os.path.basename(p) for p in pngs] == [
         "fig1_kernel_distance.png", "fig2_standard_vs_adversarial.png", "fig3_phase2_vs_spawn.png",
-        "fig4_alignment_rank.png", "fig5_eigen_images.png"]
+        "fig4_alignment_rank.png", "fig5_eigen_images.png", "fig6_kernel_machine.png"]
     for path in pngs:
         with open(path, "rb") as f:
             raw = f.read()
@@ -237,12 +251,15 @@ def test_cifar10_dry_run_is_offline(monkeypatch, capsys):
     _run(["--preset=cifar10", "--dry_run", "--workdir=/nonexistent/sweep"])
     out = capsys.readouterr().out
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
-              if line.split() and line.split()[0] in ("phase1", "phase2", "eval", "kernels", "total")}
+              if line.split() and line.split()[0] in ("phase1", "phase2", "eval", "kernels", "kernel_machine",
+                                                       "total")}
     spawns = 109
     assert counts["phase1"] == 6 and counts["phase2"] == 2 * 3 * spawns * 2
     assert counts["eval"] == 6 + counts["phase2"]
     assert counts["kernels"] == 6 + 9
-    assert counts["total"] == sum(counts[k] for k in ("phase1", "phase2", "eval", "kernels")) + 2 + 1
+    assert counts["kernel_machine"] == 6  # one per phase-1 run
+    assert counts["total"] == sum(counts[k] for k in ("phase1", "phase2", "eval", "kernels",
+                                                      "kernel_machine")) + 2 + 1
     assert "train-step equivalents" in out
     assert not os.path.exists("/nonexistent/sweep")
 

@@ -92,6 +92,10 @@ def test_quick_plan_structure(tmp_path):
     assert sum(n.startswith("phase2/") for n in names) == 2 * seeds * spawns * data
     assert sum(n.startswith("eval/") for n in names) == 2 * seeds * (1 + spawns * data)
     assert sum(n.startswith("kernels/") for n in names) == 2 * seeds + len(study.comparison_pairs(seeds))
+    assert sum(n.startswith("kernel_machine/") for n in names) == 2 * seeds
+    km = by_name["kernel_machine/adversarial-s1"]
+    assert km.deps == ("phase1/adversarial-s1",) and "--at_epochs=0.25,2,10" in km.args
+    assert "--train_per_class=20" in km.args and "--test_examples=180" in km.args
     job = by_name["phase2/centered-clean-from-adversarial-s1-e0.25"]
     assert job.deps == ("phase1/adversarial-s1",)
     assert f"--spawn={tmp_path}/phase1/adversarial-s1/spawn/epoch_0.25" in job.args

@@ -7,6 +7,8 @@ Architecture, in dependency order:
   ntk         the empirical NTK, a package (implementations in ntk.jacobian, ntk.ntvp,
               ntk.structured; costs in ntk.cost; the Keras graph in ntk.keras_graph)
   dynamics    linearized and centered models around spawn weights
+  kernel_regression  the kernel machine: kernel ridge regression with the spawn's NTK, the limit
+              of centered training on the squared loss, as a centered model (`kernel_machine`)
   attacks     PGD on top of cleverhans
   training    SGD train steps (clean or PGD-adversarial)
   evaluation  benign and robust accuracy
@@ -26,6 +28,8 @@ __all__ = [
     "dynamics",
     "evaluation",
     "functional",
+    "kernel_machine",
+    "kernel_regression",
     "linearize",
     "models",
     "training",
@@ -35,8 +39,10 @@ __all__ = [
 # version cost no TensorFlow import, and the commands (`tf_ntk.cli`) can mute TensorFlow's C++
 # start-up logs before its first import. The imports below are what the exports resolve to (for
 # linters, IDEs and BUILD's dependency check); they do not run.
-_MODULES = ("attacks", "data", "dynamics", "evaluation", "functional", "models", "ntk", "training")
-_NAMES = {"FunctionalModel": "functional", "empirical_ntk": "ntk", "linearize": "dynamics"}
+_MODULES = ("attacks", "data", "dynamics", "evaluation", "functional", "kernel_regression", "models", "ntk",
+            "training")
+_NAMES = {"FunctionalModel": "functional", "empirical_ntk": "ntk", "kernel_machine": "kernel_regression",
+          "linearize": "dynamics"}
 
 if TYPE_CHECKING:
     from tf_ntk import attacks
@@ -44,11 +50,13 @@ if TYPE_CHECKING:
     from tf_ntk import dynamics
     from tf_ntk import evaluation
     from tf_ntk import functional
+    from tf_ntk import kernel_regression
     from tf_ntk import models
     from tf_ntk import ntk
     from tf_ntk import training
     from tf_ntk.dynamics import linearize
     from tf_ntk.functional import FunctionalModel
+    from tf_ntk.kernel_regression import kernel_machine
     from tf_ntk.ntk import empirical_ntk
 
 

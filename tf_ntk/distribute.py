@@ -1,8 +1,37 @@
-"""The only place that knows about devices: a `tf.distribute.Strategy` by name."""
+"""The only place that knows about devices and workers: a `tf.distribute.Strategy` by name, and
+which worker of a multi-worker job this process is.
+
+Multi-worker jobs (``multi_worker``: GPU clusters; ``tpu``: Cloud TPU pods) run the same program in
+every worker. Only the chief (`is_chief`) writes the run directory's records, summaries and final
+checkpoints; every worker takes part in each collective step, so the others write their share of a
+checkpoint to a temporary directory that they delete (`tf_ntk.training`).
+"""
+
+import json
+import os
 
 import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def _check_tf_config():
+    """Raises ValueError (one line) when TF_CONFIG is set but not a usable cluster description."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"TF_CONFIG is not JSON ({e})") from None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError('TF_CONFIG needs "cluster" and "task", e.g. {"cluster": {"worker": '
+                         '["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}')
+    kind, index = task.get("type"), task.get("index")
+    members = cluster.get(kind)
+    if not isinstance(members, list) or not isinstance(index, int) or not 0 <= index < len(members):
+        raise ValueError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
 
 
 def get_strategy(name="default", *, tpu=None):
@@ -10,12 +39,16 @@ def get_strategy(name="default", *, tpu=None):
 
     Args:
       name: ``default`` (one device: the first GPU, else the CPU), ``mirrored`` (all local GPUs, or
-        the CPU), ``multi_worker`` (MultiWorkerMirroredStrategy from the TF_CONFIG environment
-        variable), ``tpu`` (TPUStrategy).
+        the logical CPU devices), ``multi_worker`` (MultiWorkerMirroredStrategy over the cluster of the TF_CONFIG
+        environment variable; one local worker without it), ``tpu`` (TPUStrategy).
       tpu: for ``tpu``: the TPU name or grpc:// address ("" or "local" for a TPU VM).
 
+    ``multi_worker`` must be created before any other TensorFlow operation runs in the process
+    (TensorFlow configures collective operations at start-up).
+
     Raises:
-      ValueError: unknown name, or ``tpu`` given for another strategy.
+      ValueError: unknown name, ``tpu`` given for another strategy, a malformed TF_CONFIG, no TPU, or
+        a multi-worker strategy asked for after TensorFlow started.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
@@ -23,10 +56,17 @@ def get_strategy(name="default", *, tpu=None):
         raise ValueError(f"--tpu is only for --strategy=tpu, not {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+    if name == "mirrored":  # the local GPUs; without any, every logical CPU device (usually one)
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy(None if gpus else [
+            d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _check_tf_config()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"cannot start the multi-worker strategy: {str(e).splitlines()[0]} "
+                             "(it must be created before any other TensorFlow operation)") from e
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
         tf.config.experimental_connect_to_cluster(resolver)
@@ -34,3 +74,54 @@ def get_strategy(name="default", *, tpu=None):
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
         raise ValueError(f"cannot reach TPU {tpu or 'local'!r}: {str(e).splitlines()[0]}") from e
     return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run directory: True except on the non-chief workers of a
+    multi-worker strategy."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(strategy.extended.should_checkpoint)
+
+
+def worker_name(strategy=None):
+    """``worker 1`` / ``chief 0``: this process' task in its cluster (``None`` outside one)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def _sum_over_replicas(strategy, values):
+    """The sums over all replicas of all workers of the float64 vector ``values`` (1-D)."""
+    local = tf.constant(values, tf.float64)
+
+    @tf.function
+    def total():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(local)),
+                               axis=None)
+
+    return total().numpy()
+
+
+def any_worker(strategy, flag):
+    """Whether ``flag`` is true on any worker (one collective; every worker gets the same answer)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1:
+        return bool(flag)
+    return bool(_sum_over_replicas(strategy, [float(bool(flag))])[0] > 0)
+
+
+def agree(strategy, value, what):
+    """Checks, with one collective, that every replica of every worker holds the same int ``value``
+    (0 <= value < 2**24, so the float64 sums are exact); raises ValueError naming ``what`` when they
+    do not (every worker raises, none is left waiting). Doubles as a barrier: it returns once all
+    workers have reached it."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1:
+        return
+    value = float(value)
+    n, total, squares = (float(v) for v in _sum_over_replicas(strategy, [1.0, value, value * value]))
+    if squares * n != total * total:  # exact for the small integers compared here
+        raise ValueError(f"the workers disagree on {what} (this worker: {value}, mean {total / n:g}); "
+                         "restart all workers together on the same run directory")

@@ -48,7 +48,10 @@ class LinearizedModel(keras.Model):
         if batchnorm not in BATCHNORM_POLICIES:
             raise ValueError(
                 f"unknown batchnorm policy {batchnorm!r}; known: {', '.join(BATCHNORM_POLICIES)}")
-        super().__init__(name=name or f"{'centered' if centered else 'linearized'}_{model.name}")
+        # The spawn's dtype policy: Keras casts a layer's inputs to its compute dtype, and a float64
+        # spawn's linearization must not round its inputs to float32.
+        super().__init__(name=name or f"{'centered' if centered else 'linearized'}_{model.name}",
+                         dtype=model.dtype_policy)
         self._f = functional.FunctionalModel(model)
         self.centered = centered
         self.batchnorm = batchnorm

@@ -1,7 +1,8 @@
 """The study's figures (matplotlib, Agg): kernel distances, standard-vs-adversarial distance against
 the seed-to-seed baselines, phase-2 accuracy against the spawn epoch, alignment and effective rank,
-eigen-images. Lines are means over seeds, bands ± one sample standard deviation. Each figure is
-written as PNG (fixed size, `SIZE` inches at `DPI`) and PDF through tf.io.gfile."""
+eigen-images, the kernel machine against the spawn epoch. Lines are means over seeds, bands ± one
+sample standard deviation. Each figure is written as PNG (fixed size, `SIZE` inches at `DPI`) and PDF
+through tf.io.gfile."""
 
 import io
 import os
@@ -212,6 +213,36 @@ def eigen_images(preset, collected, path):
     return True
 
 
+def kernel_machine(preset, collected, path):
+    """Kernel-machine accuracy against the spawn epoch, standard vs adversarial spawns, next to the
+    finite-time centered phase-2 curve on clean data from the same spawns (when the study has it)."""
+    epochs = list(preset.machine_epochs())
+    if not collected.machines or not epochs:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=SIZE)
+    for ax, metric in zip(axes, ("robust", "benign")):
+        for source in study.SOURCES:
+            series = [[(collected.machines.get(study.phase1_name(source, s)) or {}).get(e, {}).get(
+                f"{metric}_accuracy", np.nan) for e in epochs] for s in range(preset.seeds)]
+            _band(ax, epochs, series, COLORS[source], f"kernel machine, {source} spawn")
+            if "centered" in preset.phase2_dynamics and "clean" in preset.phase2_data:
+                series = [[(collected.evals.get(study.phase2_name("centered", "clean", source, s, e))
+                            or {}).get(metric, np.nan) for e in epochs] for s in range(preset.seeds)]
+                _band(ax, epochs, series, COLORS[source],
+                      f"centered phase 2 ({preset.phase2_epochs} epochs, clean), {source} spawn", "--")
+        _epoch_axis(ax, preset, "spawn epoch (phase 1)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(f"{metric} accuracy" + (f" (ε = {preset.eps:.3g}, worst case)"
+                                              if metric == "robust" else ""))
+        ax.set_title(f"{metric} accuracy")
+        ax.legend(fontsize=7)
+    fig.suptitle("Fig. 6: the kernel machine k(x, X)(K + λI)⁻¹Y of each spawn vs finite-time centered "
+                 "training (mean ± sd over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
 FIGURES = (
     ("Fig. 1: kernel distance to init and to the final kernel", "fig1_kernel_distance.png",
      kernel_distance),
@@ -221,6 +252,8 @@ FIGURES = (
      phase2_vs_spawn),
     ("Fig. 4: target alignment and effective rank", "fig4_alignment_rank.png", alignment_and_rank),
     ("Fig. 5: eigen-images of the final kernels", "fig5_eigen_images.png", eigen_images),
+    ("Fig. 6: kernel-machine robust and benign accuracy vs spawn epoch, next to centered phase 2",
+     "fig6_kernel_machine.png", kernel_machine),
 )
 
 

@@ -14,6 +14,8 @@ seeds (the same seed's runs), with Student-t 95% intervals (`tf_ntk.stats`):
   every spawn epoch > 0 (at epoch 0 both spawns are the same random initialisation).
 - C3: the same for adversarial phase 2, and adversarial phase 2 from the last adversarial spawn minus
   phase-1 adversarial training, which holds when its interval lies above −0.10 (within 10 points).
+The kernel machines (tf-ntk-kernel-machine: the infinite-time centered predictor of each spawn) are
+reported beside the claims, in a table and Fig. 6, not tested by them.
 A claim holds when each of its tests holds, does not hold at this scale when any test's interval lies
 on the wrong side, and is inconclusive otherwise. The verdicts come from these rules alone.
 """
@@ -64,6 +66,7 @@ class Collected:
       comparisons: {(run a, run b): {epoch: distance}}.
       features: {phase-1 run: eigen_images.npz path}.
       missing: outputs not (yet) there.
+      machines: {phase-1 run: {spawn epoch: row of kernel_machine.json}} (tf-ntk-kernel-machine).
     """
 
     evals: dict
@@ -71,11 +74,12 @@ class Collected:
     comparisons: dict
     features: dict
     missing: list
+    machines: dict = dataclasses.field(default_factory=dict)
 
 
 def collect(preset, sweep_dir):
     """Reads every output of ``preset``'s plan under ``sweep_dir`` (missing ones are listed)."""
-    evals, kernels, comparisons, features, missing = {}, {}, {}, {}, []
+    evals, kernels, comparisons, features, missing, machines = {}, {}, {}, {}, [], {}
     for job in study.plan(preset, sweep_dir):
         if job.output is None:
             continue
@@ -96,7 +100,10 @@ def collect(preset, sweep_dir):
             kernels[name] = sorted(_read_csv(job.output), key=lambda row: row["epoch"])
         elif kind == "features":
             features[name] = job.output
-    return Collected(evals, kernels, comparisons, features, missing)
+        elif kind == "kernel_machine":
+            rows = json.loads(_read_text(job.output))["rows"]
+            machines[name] = {float(row["epoch"]): row for row in rows}
+    return Collected(evals, kernels, comparisons, features, missing, machines)
 
 
 def _distance(collected, a, b, epoch):
@@ -291,6 +298,13 @@ def results_rows(preset, collected, verdicts):
                 rows.append({"kind": "kernel", "run": run, "phase": "1", "source": source,
                              "seed": int(seed), "dynamics": "standard", "data": "", "spawn_epoch": "",
                              "epoch": k["epoch"], "metric": metric, "value": value})
+    for run, by_epoch in collected.machines.items():
+        source, seed = run.rsplit("-s", 1)
+        for epoch, row in sorted(by_epoch.items()):
+            for metric in MACHINE_METRICS:
+                rows.append({"kind": "kernel_machine", "run": run, "phase": "1", "source": source,
+                             "seed": int(seed), "dynamics": "kernel_machine", "data": "",
+                             "spawn_epoch": epoch, "epoch": "", "metric": metric, "value": row[metric]})
     for (a, b), by_epoch in collected.comparisons.items():
         for epoch, value in sorted(by_epoch.items()):
             rows.append({"kind": "comparison", "run": f"{a}_vs_{b}", "phase": "1", "source": "",
@@ -307,6 +321,9 @@ def results_rows(preset, collected, verdicts):
                              "metric": metric, "value": value})
     return rows
 
+
+MACHINE_METRICS = ("train_accuracy", "benign_accuracy", "robust_accuracy_protocol",
+                   "robust_accuracy_strong", "robust_accuracy")
 
 COLUMNS = ("kind", "run", "phase", "source", "seed", "dynamics", "data", "spawn_epoch", "epoch",
            "metric", "value")
@@ -369,6 +386,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
         lines.append(f"| {run} | {phase} | {spawn_text} | {seed} | {dynamics} | {data_mode} | "
                      f"{_num(r.get('benign'))} | {_num(r.get('protocol'))} | {_num(r.get('strong'))} | "
                      f"{_num(r.get('robust'))} |")
+    lines += _machine_lines(preset, collected)
     lines += ["", "## Kernels at the last phase-1 epoch", "",
               "| run | distance to init | target alignment | effective rank |", "|---|---|---|---|"]
     final = float(preset.phase1_epochs)
@@ -393,6 +411,34 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
     return "\n".join(lines)
 
 
+def _machine_lines(preset, collected):
+    """The kernel machines' table: mean ± sd over seeds per source and spawn epoch."""
+    if not collected.machines:
+        return []
+    lines = ["", "## Kernel machines: the infinite-time centered predictor", "",
+             "k(x, X)(K + λI)⁻¹Y with the spawn's full empirical NTK on "
+             f"{preset.kernel_machine_per_class} training images per class (λ = 10⁻³ × mean "
+             "eigenvalue; tf-ntk-kernel-machine), evaluated like the runs; mean ± sd over seeds. "
+             "Next to it: centered phase 2 on clean data from the same spawn (finite time).", "",
+             "| source | spawn | n | train | benign | robust (protocol) | robust | centered phase 2 (clean): "
+             "robust |", "|---|---|---|---|---|---|---|---|"]
+    for source in study.SOURCES:
+        for epoch in preset.machine_epochs():
+            found = [collected.machines[r][epoch] for r in
+                     (study.phase1_name(source, s) for s in range(preset.seeds))
+                     if epoch in collected.machines.get(r, {})]
+            if not found:
+                continue
+            cells = [str(stats.summary([row[k] for row in found])) for k in
+                     ("train_accuracy", "benign_accuracy", "robust_accuracy_protocol", "robust_accuracy")]
+            phase2 = [collected.evals[n]["robust"] for n in
+                      (study.phase2_name("centered", "clean", source, s, epoch) for s in range(preset.seeds))
+                      if n in collected.evals]
+            lines.append(f"| {source} | {epoch:g} | {len(found)} | " + " | ".join(cells)
+                         + f" | {stats.summary(phase2) if phase2 else '–'} |")
+    return lines
+
+
 def _examples_text(preset):
     return (f"the first {preset.eval_examples} test images" if preset.eval_examples
             else "the whole test set")
@@ -410,7 +456,9 @@ def _layout():
         layout_pb2.Category(title="Phase 2 against the spawn epoch (mean over seeds; standard and "
                                   "adversarial spawns)", chart=[
             chart("robust accuracy (worst of protocol and strong)", r"^phase2_.*/robust_accuracy$"),
-            chart("benign accuracy", r"^phase2_.*/benign_accuracy$")]),
+            chart("benign accuracy", r"^phase2_.*/benign_accuracy$"),
+            chart("kernel machine: robust accuracy", r"^kernel_machine/robust_accuracy$"),
+            chart("kernel machine: benign accuracy", r"^kernel_machine/benign_accuracy$")]),
         layout_pb2.Category(title="Kernels: standard vs adversarial (every seed)", chart=[
             chart("distance to init", r"^kernel/distance_to_init$"),
             chart("target alignment", r"^kernel/target_alignment$"),
@@ -445,6 +493,15 @@ def write_tensorboard(preset, sweep_dir, collected):
                 step = summaries.epoch_step(spawn)
                 tf.summary.scalar(f"{tag}/robust_accuracy", float(np.mean([r["robust"] for r in rows])), step)
                 tf.summary.scalar(f"{tag}/benign_accuracy", float(np.mean([r["benign"] for r in rows])), step)
+            for epoch in preset.machine_epochs():
+                found = [collected.machines[r][epoch] for r in
+                         (study.phase1_name(source, s) for s in range(preset.seeds))
+                         if epoch in collected.machines.get(r, {})]
+                for metric in ("robust_accuracy", "benign_accuracy"):
+                    if found:
+                        tf.summary.scalar(f"kernel_machine/{metric}",
+                                          float(np.mean([row[metric] for row in found])),
+                                          summaries.epoch_step(epoch))
         writer.close()
     series = {}
     for a, b in study.comparison_pairs(preset.seeds):

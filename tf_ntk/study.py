@@ -10,6 +10,8 @@ Sweep directory layout (every path relative to it):
   kernels/<a>_vs_<b>/comparison.csv             kernel distance between two runs at each epoch
   kernels/cache/                                the kernels themselves, computed once per checkpoint
   features/<run>/eigen_images.npz               eigen-images of a final phase-1 kernel
+  kernel_machine/<run>/kernel_machine.json      the kernel machine (infinite-time centered predictor) of
+                                                a phase-1 run's spawns: benign and robust accuracy
   logs/<job>.log, sweep.json, report.md, results.csv, figures/
 """
 
@@ -54,6 +56,9 @@ class Preset:
       strong_restarts, square_queries: restarts of the strong PGD members; Square's queries.
       eigen_images: eigenvectors visualised per final phase-1 kernel (seed 0; 0: none).
       eigen_steps: signed-gradient steps per eigen-image.
+      kernel_machine_per_class: training images per class of the kernel machine (tf-ntk-kernel-machine,
+        class-balanced; 0: no kernel-machine jobs).
+      kernel_machine_epochs: spawn epochs whose kernel machine is evaluated (None: ``spawn_epochs``).
       jit_compile: compile train and attack steps with XLA (TPUs).
     """
 
@@ -84,6 +89,8 @@ class Preset:
     square_queries: int = 5000
     eigen_images: int = 2
     eigen_steps: int = 600
+    kernel_machine_per_class: int = 20
+    kernel_machine_epochs: tuple | None = None
     jit_compile: bool = False
 
     def __post_init__(self):
@@ -92,8 +99,8 @@ class Preset:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.phase1_epochs < 1 or self.phase2_epochs < 1:
             raise ValueError("phase1_epochs and phase2_epochs must be >= 1")
-        for name in ("spawn_epochs", "kernel_epochs"):
-            bad = [e for e in getattr(self, name) if not 0 <= e <= self.phase1_epochs]
+        for name in ("spawn_epochs", "kernel_epochs", "kernel_machine_epochs"):
+            bad = [e for e in getattr(self, name) or () if not 0 <= e <= self.phase1_epochs]
             if bad:
                 raise ValueError(f"{name} {bad} outside phase 1's [0, {self.phase1_epochs}] epochs")
         if not self.spawn_epochs:
@@ -110,6 +117,8 @@ class Preset:
             raise ValueError(f"phase2_data must be clean and/or adv, got {','.join(self.phase2_data)}")
         if self.eval_examples is not None and not 1 <= self.eval_examples <= info.num_examples["test"]:
             raise ValueError(f"eval_examples must be in [1, {info.num_examples['test']}]")
+        if self.kernel_machine_per_class < 0:
+            raise ValueError(f"kernel_machine_per_class must be >= 0, got {self.kernel_machine_per_class}")
         if self.adv_mode not in ("clean_then_adv", "madry"):
             raise ValueError(f"adv_mode must be clean_then_adv or madry, got {self.adv_mode}")
 
@@ -118,8 +127,8 @@ class Preset:
         the grids' epochs below it and ends both at its last epoch (the final kernel and spawn)."""
         last = changes.get("phase1_epochs")
         if last is not None and last != self.phase1_epochs:
-            for grid in ("kernel_epochs", "spawn_epochs"):
-                if grid not in changes:
+            for grid in ("kernel_epochs", "spawn_epochs", "kernel_machine_epochs"):
+                if grid not in changes and getattr(self, grid) is not None:
                     changes[grid] = tuple(e for e in getattr(self, grid) if e < last) + (float(last),)
         return dataclasses.replace(self, **changes)
 
@@ -132,8 +141,15 @@ class Preset:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def save_epochs(self):
-        """Phase-1 checkpoint epochs: the spawn grid and the kernel grid, sorted."""
-        return tuple(sorted({float(e) for e in self.spawn_epochs + self.kernel_epochs}))
+        """Phase-1 checkpoint epochs: the spawn, kernel and kernel-machine grids, sorted."""
+        return tuple(sorted({float(e) for e in self.spawn_epochs + self.kernel_epochs
+                             + (self.kernel_machine_epochs or ())}))
+
+    def machine_epochs(self):
+        """The spawn epochs whose kernel machine is evaluated (none without kernel-machine jobs)."""
+        if not self.kernel_machine_per_class:
+            return ()
+        return tuple(float(e) for e in (self.kernel_machine_epochs or self.spawn_epochs))
 
 
 _DIGITS_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0)
@@ -146,14 +162,15 @@ PRESETS = {
         width=16, seeds=2, phase1_epochs=2, spawn_epochs=(0.5, 2.0), kernel_epochs=(0.0, 0.5, 1.0, 2.0),
         train_attack_steps=2, phase2_epochs=1, per_class=2, test_per_class=1, eval_examples=24,
         eval_steps=5, strong_restarts=1, square_queries=20, eigen_images=1, eigen_steps=5,
-        batch_size=256),
+        kernel_machine_per_class=2, batch_size=256),
     "quick": Preset(
         name="quick",
         description="make run: all three claims on digits at ε = 0.2 in ≤ 10 minutes on 2 cores: "
                     "3 seeds, MLP 64-256-256-10, 10 phase-1 epochs (PGD-10 clean-then-adversarial), "
                     "centered phase 2 (10 epochs) on clean and PGD data from spawns at epochs 0.25, "
                     "2 and 10; kernels on 100 training images; evaluation on 180 test images with "
-                    "the strong ensemble at 2 restarts and 250 Square queries.",
+                    "the strong ensemble at 2 restarts and 250 Square queries; kernel machines of the "
+                    "spawns on 200 training images.",
         seeds=3, phase1_epochs=10, spawn_epochs=(0.25, 2.0, 10.0),
         kernel_epochs=(0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0), phase2_epochs=10,
         eval_examples=180, strong_restarts=2, square_queries=250, eigen_steps=300),
@@ -163,22 +180,24 @@ PRESETS = {
                     "64-256-256-10, 20 phase-1 epochs, centered and linearized phase 2 (20 epochs) "
                     "on clean and PGD data from 5 spawns (0.125, 1, 2, 5, 20), kernels at 11 "
                     "epochs, evaluation on 150 test images with the strong ensemble at 2 restarts "
-                    "and 250 Square queries.",
+                    "and 250 Square queries; kernel machines of the spawns on 500 training images.",
         seeds=5, phase1_epochs=20, spawn_epochs=(0.125, 1.0, 2.0, 5.0, 20.0),
         kernel_epochs=_DIGITS_GRID, phase2_epochs=20, phase2_dynamics=("centered", "linearized"),
-        eval_examples=150, strong_restarts=2, square_queries=250),
+        eval_examples=150, strong_restarts=2, square_queries=250, kernel_machine_per_class=50),
     "cifar10": Preset(
         name="cifar10",
         description="The paper's protocol: CIFAR-10, ResNet-18, ε = 4/255, 101 phase-1 epochs (lr "
                     "0.1, PGD-20 clean-then-adversarial), every spawn (each whole epoch and the "
                     "fractional ones), centered phase 2 for 100 epochs at lr 0.01 on clean and PGD "
                     "data, 500-image kernels (50 per class), PGD-100 and the strong ensemble on the "
-                    "whole test set. For GPUs/TPUs.",
+                    "whole test set; kernel machines (500 training images) of 10 spawns. For GPUs/TPUs.",
         dataset="cifar10", model="resnet18", width=None, eps=4 / 255, seeds=3, phase1_epochs=101,
         phase1_lr=0.1, phase1_lr_boundaries=(100.0,), train_attack_steps=20,
         spawn_epochs=tuple(sorted({*map(float, range(102)), 0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5})),
         kernel_epochs=tuple(sorted({*map(float, range(102)), 0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5})),
-        phase2_epochs=100, phase2_lr=0.01, per_class=50, test_per_class=10, eigen_images=3),
+        phase2_epochs=100, phase2_lr=0.01, per_class=50, test_per_class=10, eigen_images=3,
+        kernel_machine_per_class=50,
+        kernel_machine_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 101.0)),
 }
 
 
@@ -236,6 +255,15 @@ def _kernel_cost(preset, epochs):
     num_classes = data.info(preset.dataset).num_classes
     probe = num_classes * (preset.per_class + preset.test_per_class)
     return len(epochs) * 2 * probe * num_classes / preset.batch_size
+
+
+def _kernel_machine_cost(preset):
+    """Per spawn: the kernel on the training subset (as `_kernel_cost`), the JVP pass of Δθ, and a
+    centered model's evaluation."""
+    num_classes = data.info(preset.dataset).num_classes
+    n = num_classes * preset.kernel_machine_per_class
+    kernel = 2 * n * num_classes / preset.batch_size
+    return len(preset.machine_epochs()) * (kernel + _eval_cost(preset, "centered"))
 
 
 def plan(preset, sweep_dir, report_args=None):
@@ -339,6 +367,22 @@ def plan(preset, sweep_dir, report_args=None):
                 os.path.join(out, "eigen_images.npz"), (f"phase1/{name}",),
                 cost=_kernel_cost(preset, [final]) + 2 * preset.eigen_images * preset.eigen_steps
                 / preset.batch_size * preset.per_class))
+    machine_epochs = preset.machine_epochs()
+    for source in SOURCES if machine_epochs else ():
+        for seed in range(preset.seeds):
+            name = phase1_name(source, seed)
+            out = path("kernel_machine", name)
+            args = [f"--phase1_run={path('phase1', name)}", f"--workdir={out}",
+                    f"--at_epochs={_epochs_arg(machine_epochs)}",
+                    f"--train_per_class={preset.kernel_machine_per_class}", f"--dataset={preset.dataset}",
+                    f"--eps={preset.eps!r}", f"--attack_steps={preset.eval_steps}",
+                    f"--strong_restarts={preset.strong_restarts}",
+                    f"--square_queries={preset.square_queries}", f"--batch_size={preset.batch_size}"]
+            if preset.eval_examples:
+                args.append(f"--test_examples={preset.eval_examples}")
+            jobs.append(sweep.Job(f"kernel_machine/{name}", "tf_ntk.cli.kernel_machine", tuple(args),
+                                  os.path.join(out, "kernel_machine.json"), (f"phase1/{name}",),
+                                  cost=_kernel_machine_cost(preset)))
     report_args = (f"--workdir={sweep_dir}", "--report_only") if report_args is None else report_args
     jobs.append(sweep.Job("report", "tf_ntk.cli.reproduce", tuple(report_args), None,
                           tuple(j.name for j in jobs)))

@@ -25,10 +25,12 @@ up to float rounding; BN normalises with each replica's own batch statistics (Ke
 """
 
 import dataclasses
-import functools
+import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -36,6 +38,7 @@ import tensorflow as tf
 
 from tf_ntk import attacks
 from tf_ntk import checkpoints
+from tf_ntk import distribute
 from tf_ntk import ntk
 from tf_ntk import rundir
 
@@ -234,7 +237,9 @@ class TrainSteps:
         BN in training mode (XLA-compiled when ``config.jit_compile``).
       attack: ``(x, y, seed) -> x_adv``, the training PGD against the current weights, BN in
         inference mode (XLA-compiled when ``config.jit_compile``).
-      make(adversarial): the distributed step ``(batch, seed) -> (summed loss, correct)``.
+      make(adversarial): the distributed step ``(batch, seed, stop) -> (summed loss, correct,
+        examples, stops)``: sums over the global batch and, for ``stop`` (this worker's 0/1 stop
+        request), over all replicas, so every worker of a multi-worker job stops at the same step.
     """
 
     def __init__(self, model, optimizer, config, strategy):
@@ -297,19 +302,17 @@ class TrainSteps:
     def make(self, adversarial):
         strategy = self.strategy
 
+        def replica(x, y, seed, stop):
+            loss_sum, correct = self.replica_step(x, y, seed, adversarial)
+            return loss_sum, correct, tf.cast(tf.shape(y)[0], tf.float32), stop
+
         @tf.function
-        def step(batch, seed):
+        def step(batch, seed, stop):
             x, y = batch
-            loss_sum, correct = strategy.run(
-                functools.partial(self.replica_step, adversarial=adversarial), args=(x, y, seed))
-            return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
-                    strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+            sums = strategy.run(replica, args=(x, y, seed, stop))
+            return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums)
 
         return step
-
-
-def _count_examples(batch):
-    return int(tf.shape(batch[1])[0])
 
 
 def _steps_per_epoch(dataset):
@@ -401,13 +404,18 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
       config: a `TrainConfig`.
       workdir: the run directory. A run found there resumes from its resume checkpoint; a finished
         one is returned as is. A run with another configuration raises `RunConfigMismatchError`.
-      strategy: a `tf.distribute.Strategy` (default: the current one).
+      strategy: a `tf.distribute.Strategy` (default: the current one). Under a multi-worker
+        strategy every worker calls `train` with the same arguments: the chief
+        (`tf_ntk.distribute.is_chief`) writes the run directory, the others write their share of
+        each checkpoint to a temporary directory they delete, and all of them restore the chief's
+        resume state together (a barrier, then a check that they start from the same step).
       callbacks: `Callback` instances.
       kernel_tracker: a `KernelTracker`; its kernels go to ``Callback.on_kernel``.
       stop_requested: ``() -> bool``, polled after every step: when true, the resume checkpoint is
         written at that step (mid-epoch: the epoch's batch position and running sums are recorded)
         and `StopRequested` is raised. Rerunning resumes at that step, bit for bit, as if never
-        stopped (batches come from ``dataset_fn(epoch)``, skipped up to the position).
+        stopped (batches come from ``dataset_fn(epoch)``, skipped up to the position). Workers
+        of a multi-worker job stop at the same step when any of them is asked to.
 
     Returns:
       The history: a list of per-epoch dicts {"epoch", "loss", "accuracy", "lr", "adversarial",
@@ -424,6 +432,7 @@ class _Run:
     def __init__(self, model, dataset_fn, config, workdir, *, strategy, callbacks, kernel_tracker,
                  stop_requested):
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = distribute.is_chief(self.strategy)
         _check_dynamics(model, config)
         self.model, self.dataset_fn, self.config, self.workdir = model, dataset_fn, config, workdir
         self.callbacks, self.tracker, self.stop_requested = callbacks, kernel_tracker, stop_requested
@@ -444,17 +453,36 @@ class _Run:
     def _restore(self):
         """Records the run's configuration before anything else is written (and checks it on every
         start, so a work directory never mixes checkpoints of two runs); resumes saved state."""
-        record = rundir.read_record(self.workdir)
-        if record is not None:
-            _check_same_run(self.workdir, record.get("config", {}), self.meta["config"])
-        else:
-            rundir.write_record(self.workdir, self.meta)
+        config_text = json.dumps(self.meta["config"], sort_keys=True).encode()
+        distribute.agree(self.strategy, int(hashlib.sha256(config_text).hexdigest()[:5], 16),
+                         "the run's configuration")
+        if self.chief:
+            record = rundir.read_record(self.workdir)
+            if record is not None:
+                _check_same_run(self.workdir, record.get("config", {}), self.meta["config"])
+            else:
+                rundir.write_record(self.workdir, self.meta)
+        # A barrier: the chief has claimed the run directory before any worker reads its state.
+        distribute.agree(self.strategy, 0, "the start")
         if checkpoints.exists(self.resume_dir):
             saved = checkpoints.read_meta(self.resume_dir)
             _check_same_run(self.workdir, saved.get("config", {}), self.meta["config"])
             checkpoints.restore(self.resume_dir, **self.state)
             self.history = saved.get("history", [])
             self.partial = saved.get("partial")
+        distribute.agree(self.strategy, self._current_step(), "the step to resume from")
+
+    def _write_checkpoint(self, path, meta, **objects):
+        """`checkpoints.write` on the chief; elsewhere into a temporary directory, then deleted
+        (every worker takes part in saving distributed variables, only the chief keeps the files)."""
+        if self.chief:
+            checkpoints.write(path, meta, **objects)
+            return
+        scratch = tempfile.mkdtemp(prefix="tf_ntk-worker-")
+        try:
+            checkpoints.write(os.path.join(scratch, os.path.basename(path)), meta, **objects)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _current_step(self):
         return int(self.step.numpy())
@@ -463,8 +491,8 @@ class _Run:
         path = checkpoints.spawn_path(self.workdir, epoch)
         _check_finite(self.model, int(epoch), self._current_step())
         if not checkpoints.exists(path):  # a replayed partial epoch re-creates identical ones
-            checkpoints.write(path, {**self.meta, "epoch": float(epoch), "step": self._current_step(),
-                                     "steps_per_epoch": self.steps_per_epoch}, model=self.model)
+            self._write_checkpoint(path, {**self.meta, "epoch": float(epoch), "step": self._current_step(),
+                                          "steps_per_epoch": self.steps_per_epoch}, model=self.model)
         for cb in self.callbacks:
             cb.on_checkpoint(float(epoch), path)
         if self.tracker is not None and self.tracker.wants(epoch, True):
@@ -479,7 +507,7 @@ class _Run:
         meta = {**self.meta, "history": self.history, "steps_per_epoch": self.steps_per_epoch}
         if position is not None:
             meta["partial"] = position
-        checkpoints.write(self.resume_dir, meta, **self.state)
+        self._write_checkpoint(self.resume_dir, meta, **self.state)
 
     def _stop_now(self):
         return self.stop_requested is not None and self.stop_requested()
@@ -488,7 +516,7 @@ class _Run:
         self._restore()
         for epoch in range(int(self.epoch.numpy()), self.config.epochs):
             self._run_epoch(epoch)
-            if self._stop_now() and epoch + 1 < self.config.epochs:
+            if epoch + 1 < self.config.epochs and distribute.any_worker(self.strategy, self._stop_now()):
                 raise StopRequested(f"stopped after epoch {epoch + 1}")
         return self.history
 
@@ -526,9 +554,9 @@ class _Run:
         batches = self.strategy.experimental_distribute_dataset(dataset)
         for batch_index, batch in enumerate(batches, start=first_batch):
             seed = tf.constant([config.seed, self._current_step()], tf.int64)
-            batch_loss, batch_correct = (float(v) for v in step_fn(batch, seed))
+            stop = tf.constant(1.0 if self._stop_now() else 0.0)
+            batch_loss, batch_correct, examples, stops = (float(v) for v in step_fn(batch, seed, stop))
             self.step.assign_add(1)
-            examples = _count_examples(_first_local(batch, self.strategy))
             if not math.isfinite(batch_loss):
                 _check_finite(self.model, epoch, self._current_step(), batch_loss)
             loss_sum, correct_sum = loss_sum + batch_loss, correct_sum + batch_correct
@@ -538,7 +566,7 @@ class _Run:
                                                        "accuracy": batch_correct / examples})
             for spawn in spawns_at.get(epoch * per_epoch + batch_index + 1, ()):
                 self._save_spawn(spawn)
-            if self._stop_now() and batch_index + 1 < per_epoch:
+            if stops and batch_index + 1 < per_epoch:
                 self._write_resume({"epoch": epoch, "batches": batch_index + 1, "loss_sum": loss_sum,
                                     "correct": correct_sum, "count": example_count,
                                     "seconds": time.time() - started})
@@ -554,17 +582,10 @@ class _Run:
         elif self.tracker is not None and self.tracker.wants(epoch + 1, False):
             self._emit_kernel(float(epoch + 1))
         self._write_resume()
-        rundir.write_json(rundir.join(self.workdir, rundir.HISTORY), self.history)
+        if self.chief:
+            rundir.write_json(rundir.join(self.workdir, rundir.HISTORY), self.history)
         for cb in self.callbacks:
             cb.on_epoch_end(epoch + 1, row)
-
-
-def _first_local(batch, strategy):
-    """The global batch size of a (possibly distributed) batch, as a batch of local values."""
-    x, y = batch
-    if isinstance(y, tf.distribute.DistributedValues):
-        y = tf.concat(strategy.experimental_local_results(y), axis=0)
-    return x, y
 
 
 def is_trained(workdir, config=None):

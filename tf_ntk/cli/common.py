@@ -40,6 +40,13 @@ def _environment_error(e):
                                          tf.errors.DataLossError)):
         text = str(getattr(e, "message", "") or e).strip()
         return text.splitlines()[0] if text else type(e).__name__
+    if tf is not None and isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+        # A multi-worker job whose peer died: TensorFlow aborts the collectives of the others.
+        text = str(getattr(e, "message", "") or e)
+        unhealthy = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text.split("unhealthy", 1)[-1])
+        who = f"{unhealthy.group(1)} {unhealthy.group(2)}" if unhealthy else "another worker"
+        return (f"{who} of the multi-worker job stopped or is unreachable; restart every worker with the "
+                "same command to resume from the last checkpoint")
     return None
 
 
@@ -105,6 +112,14 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)  # not deferred, or a second signal: at once
 
 
+def catch_interrupts():
+    """Makes SIGTERM and SIGINT this module's: `run` does; call it again after creating a
+    multi-worker strategy, whose coordination service installs its own SIGTERM handler in C++
+    (Python's `signal.getsignal` does not see that)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def stop_requested():
     """Whether SIGTERM or SIGINT arrived inside `deferred_interrupts` (pass it to
     `tf_ntk.training.train` as ``stop_requested``)."""
@@ -140,8 +155,7 @@ def run(main):
     def guarded(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)  # library INFO/WARNING chatter only on request
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
+        catch_interrupts()
         try:
             if len(argv) > 1:
                 raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -131,12 +131,31 @@ def define_run_flags():
 
 @_once("strategy")
 def define_strategy_flags():
-    """--strategy, --tpu, --jit_compile."""
+    """--strategy, --tpu."""
     flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
-                      "tf.distribute strategy: one device, local GPUs, workers from TF_CONFIG, TPU.")
+                      "tf.distribute strategy: one device, local GPUs (or logical devices), workers from "
+                      "TF_CONFIG (train only), TPU.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu ('local' on a TPU VM).")
+
+
+@_once("jit_compile")
+def define_jit_flag():
+    """--jit_compile."""
     flags.DEFINE_bool("jit_compile", False, "Compile the train and attack steps with XLA (TPUs; slower "
                       "than TensorFlow's kernels for convolutions on CPUs).")
+
+
+def kernel_strategy(values):
+    """The strategy whose local replicas share a kernel's blocks (compute_kernel, kernel_dynamics);
+    None for one device. A kernel is split across hosts with --num_shards, not a multi-worker job."""
+    if values.strategy == "multi_worker":
+        raise ValueError("--strategy=multi_worker is for train; spread a kernel over hosts with "
+                         "--num_shards=K --shard=i (one process per host, each with its local devices)")
+    if values.strategy == "default":
+        if values.tpu is not None:
+            raise ValueError("--tpu is only for --strategy=tpu")
+        return None
+    return distribute.get_strategy(values.strategy, tpu=values.tpu)
 
 
 @_once("checkpoint")

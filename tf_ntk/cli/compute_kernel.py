@@ -40,6 +40,7 @@ common_flags.define_run_flags()
 common_flags.define_checkpoint_flag()
 common_flags.define_kernel_flags()
 common_flags.define_shard_flags()
+common_flags.define_strategy_flags()
 flags.DEFINE_integer("block_size", None, "Tile side in examples (default: the largest the memory "
                      "budget allows).", lower_bound=1)
 flags.adopt_module_key_flags(common_flags)
@@ -55,6 +56,7 @@ def main(argv):
     if FLAGS.overwrite and FLAGS.num_shards > 1:  # each shard would delete the others' tiles
         raise ValueError("--overwrite cannot be combined with --num_shards: remove the work directory's "
                          "kernel.npz and tiles/ once, then start the shards")
+    strategy = common_flags.kernel_strategy(FLAGS)
     meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
     num_classes = meta["model"]["num_classes"]
     common.check_logit(FLAGS.logit, num_classes)
@@ -82,7 +84,7 @@ def main(argv):
               f"{plan.block_size}" + (f"; shard {shard} of {FLAGS.num_shards}" if sharded else ""))
         done, total = kernel_shards.compute_shard(
             model, x, tiles_dir, shard=shard, num_shards=FLAGS.num_shards, block_size=plan.block_size,
-            key=key, logit=FLAGS.logit, implementation=plan.implementation, dtype=dtype,
+            key=key, logit=FLAGS.logit, implementation=plan.implementation, dtype=dtype, strategy=strategy,
             progress=common.progress(max(1, math.ceil(n_tiles / FLAGS.num_shards)), unit="tile"))
         print(f"{done} tile(s) computed, {total - done} already there")
 

@@ -39,6 +39,7 @@ common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_kernel_flags()
 common_flags.define_shard_flags()
+common_flags.define_strategy_flags()
 flags.DEFINE_string("run", None, "Run directory whose spawn checkpoints to walk (tf-ntk-train --workdir).")
 flags.DEFINE_string("compare_run", None, "A second run on the same model and data, to compare with.")
 flags.DEFINE_integer("test_per_class", 10, "Test examples per class for kernel-regression accuracy "
@@ -88,14 +89,15 @@ def _cached(cache_path, probe_key):
     return None
 
 
-def _kernel(model, x, cache_path, probe_key):
+def _kernel(model, x, cache_path, probe_key, strategy):
     """The (P+M, P+M) kernel on the train and test probes, from the cache when it matches."""
     cached = _cached(cache_path, probe_key)
     if cached is not None:
         return cached
     p = ntk.plan(model, len(x), logit=FLAGS.logit, implementation=FLAGS.implementation)
     kernel = ntk.empirical_ntk(model, x, logit=FLAGS.logit, implementation=FLAGS.implementation,
-                               dtype=common_flags.kernel_dtype(FLAGS), progress=common.progress(p.num_blocks)).numpy()
+                               dtype=common_flags.kernel_dtype(FLAGS), progress=common.progress(p.num_blocks),
+                               strategy=strategy).numpy()
     rundir.write_npz(cache_path, kernel=kernel, probe_key=np.array(probe_key))
     return kernel
 
@@ -113,6 +115,7 @@ def _write_csv(path, rows):
 
 def main(argv):
     del argv
+    strategy = common_flags.kernel_strategy(FLAGS)
     if FLAGS.compare_only and not FLAGS.compare_run:
         raise ValueError("--compare_only needs --compare_run")
     runs = [FLAGS.run] + ([FLAGS.compare_run] if FLAGS.compare_run else [])
@@ -162,7 +165,7 @@ def main(argv):
                 print(f"  {labels[run]} epoch {epoch:g}")
                 model, _ = dynamics.load_model(path)
                 _kernel(model, x_all, cache_path(run, epoch),
-                        f"{probe_key}|{checkpoints.fingerprint(path)}")
+                        f"{probe_key}|{checkpoints.fingerprint(path)}", strategy)
         left = [w for w in walk if _cached(cache_path(w[0], w[1]),
                                            f"{probe_key}|{checkpoints.fingerprint(w[2])}") is None]
         if left:
@@ -170,7 +173,8 @@ def main(argv):
                   "shard to finish writes the metrics")
             return
     try:
-        _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, probe_key, num_classes)
+        _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, probe_key, num_classes,
+              strategy)
     except rundir.LockedError:
         if FLAGS.num_shards > 1:
             print("another shard is writing the metrics")
@@ -178,7 +182,8 @@ def main(argv):
         raise
 
 
-def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, probe_key, num_classes):
+def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, probe_key, num_classes,
+          strategy):
     """Every checkpoint's kernel (cached ones reused), the metrics, comparison, CSVs and TensorBoard."""
     with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
@@ -197,7 +202,7 @@ def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, pr
                 params = [v.numpy() for v in model.trainable_variables]
                 params0 = params if params0 is None else params0
                 k_all = _kernel(model, x_all, cache_path(run, epoch),
-                                f"{probe_key}|{checkpoints.fingerprint(path)}")
+                                f"{probe_key}|{checkpoints.fingerprint(path)}", strategy)
                 run_kernels.append((epoch, k_all, params))
             kernels[run] = {e: k_all[:n, :n] for e, k_all, _ in run_kernels}
             if FLAGS.compare_only:

@@ -42,6 +42,7 @@ common_flags.define_attack_flags()
 common_flags.define_seed_flag()
 common_flags.define_run_flags()
 common_flags.define_strategy_flags()
+common_flags.define_jit_flag()
 common_flags.define_kernel_flags()
 flags.DEFINE_string("spawn", None, "Phase 2: start from this spawn checkpoint (RUN/spawn/epoch_E).")
 flags.DEFINE_enum("dynamics", "standard", list(training.DYNAMICS),
@@ -186,8 +187,21 @@ def _has_resume_state(path):
     return checkpoints.exists(os.path.join(path, checkpoints.RESUME_DIR))
 
 
+def _train_as_worker(strategy, model, train_data, config, workdir):
+    """A non-chief worker of a multi-worker job: the same training steps, no writes (the chief
+    writes the run directory, evaluates and records the results)."""
+    training.check_run(workdir, config)
+    with common.deferred_interrupts():
+        training.train(model, train_data, config, workdir, strategy=strategy,
+                       stop_requested=common.stop_requested)
+    print(f"{distribute.worker_name(strategy)}: trained {config.epochs} epochs; the chief writes {workdir}")
+
+
 def main(argv):
     del argv
+    # First: a multi-worker strategy must exist before any other TensorFlow operation runs.
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    common.catch_interrupts()  # TensorFlow's multi-worker runtime took SIGTERM over
     config, info, opts = _resolve()
     training.set_seed(FLAGS.seed)
     test = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, **opts)
@@ -195,7 +209,6 @@ def main(argv):
         FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True, seed=FLAGS.seed,
         epoch=epoch, drop_remainder=FLAGS.strategy == "tpu", **opts)
     probe = common.probe_set(FLAGS) if FLAGS.kernel_every or FLAGS.kernel_at_spawns else None
-    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     with strategy.scope():
         if config.spawn:
             model, _ = dynamics.load_model(config.spawn, dynamics=config.dynamics,
@@ -203,6 +216,9 @@ def main(argv):
         else:
             model = models.build(config.model)
     workdir = FLAGS.workdir
+    if not distribute.is_chief(strategy):
+        _train_as_worker(strategy, model, train_data, config, workdir)
+        return
     # Finished means results.json is written (last): a run killed after its last epoch but before
     # that resumes and only evaluates.
     with rundir.open_run(workdir, overwrite=FLAGS.overwrite, finished=rundir.is_finished,

@@ -244,6 +244,12 @@ def _padded(x, start, size):
     return part
 
 
+def _on_host(strategy):
+    """Whether the strategy's replicas are CPU devices (sharing the host's memory)."""
+    devices = getattr(strategy.extended, "worker_devices", ())
+    return all("CPU" in tf.DeviceSpec.from_string(d).device_type.upper() for d in devices if d)
+
+
 def _kernel_eagerly(f, params, x1, x2, chosen, logits, mean, blocks, progress):
     """The kernel block by block through compiled block functions, assembled in host memory."""
 
@@ -261,22 +267,77 @@ def _kernel_eagerly(f, params, x1, x2, chosen, logits, mean, blocks, progress):
         if progress is not None:
             progress(1, 1)
         return kernel
-    out = np.empty((blocks.n1, blocks.n2) + blocks.tail, f.dtype.as_numpy_dtype)
-    b1, b2 = blocks.b1, blocks.b2
-    for done, (i, j) in enumerate(blocks.pairs, 1):
-        block = compute(i, j).numpy()
-        out[i:i + b1, j:j + b2] = block
+    placer = _Placer(blocks, f.dtype, progress)
+    for i, j in blocks.pairs:
+        placer.put(i, j, compute(i, j).numpy())
+    return tf.constant(placer.out)
+
+
+class _Placer:
+    """Writes computed blocks into the host kernel (and the mirror of an off-diagonal block of a
+    symmetric kernel), reporting progress."""
+
+    def __init__(self, blocks, dtype, progress):
+        self.blocks, self.progress, self.done = blocks, progress, 0
+        self.out = np.empty((blocks.n1, blocks.n2) + blocks.tail, dtype.as_numpy_dtype)
+
+    def cut(self, block, i, j):
+        """A computed block without the padding rows/columns of a short last block."""
+        rows, cols = min(self.blocks.b1, self.blocks.n1 - i), min(self.blocks.b2, self.blocks.n2 - j)
+        return block[:rows, :cols]
+
+    def put(self, i, j, block):
+        blocks = self.blocks
+        block = self.cut(np.asarray(block), i, j)
+        self.out[i:i + block.shape[0], j:j + block.shape[1]] = block
         if blocks.symmetric and i != j:
-            out[j:j + b2, i:i + b1] = np.swapaxes(block, 0, 1) if block.ndim < 4 else (
-                block.transpose(1, 0, 3, 2))
-        if progress is not None:
-            progress(done, len(blocks.pairs))
-    return tf.constant(out)
+            self.out[j:j + block.shape[1], i:i + block.shape[0]] = np.swapaxes(block, 0, 1) if (
+                block.ndim < 4) else block.transpose(1, 0, 3, 2)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(blocks.pairs))
+
+
+def _distributed_round_fn(f, chosen, logits, kind, symmetric_block, mean, strategy):
+    """A tf.function running one block per replica: ``(params, a, b) -> per-replica blocks``, with
+    ``a`` and ``b`` distributed values (one padded block of inputs per replica)."""
+    cache = _COMPILED.setdefault(f.model, {})
+    key = ("distributed", id(strategy), f.dtype.name, chosen.implementation, tuple(logits), kind,
+           chosen.chunk, symmetric_block, mean)
+    if key not in cache:
+        fn = _block_fn(f, chosen.implementation, logits, kind, chosen.chunk, symmetric_block, mean)
+        cache[key] = (strategy, tf.function(lambda p, a, b: strategy.run(fn, args=(p, a, b)),
+                                            autograph=False))
+    return cache[key][1]
+
+
+def _kernel_distributed(f, params, x1, x2, chosen, logits, mean, blocks, progress, strategy):
+    """The kernel's blocks spread over the strategy's local replicas, R blocks per round (a round
+    short of blocks repeats its last one); assembled in host memory."""
+    replicas = strategy.num_replicas_in_sync
+    placer = _Placer(blocks, f.dtype, progress)
+    params = [tf.convert_to_tensor(p) for p in params]
+    for diagonal in (True, False):  # one function per round: diagonal and other blocks apart
+        pairs = [(i, j) for i, j in blocks.pairs if blocks.is_diagonal_block(i, j) == diagonal]
+        if not pairs:
+            continue
+        fn = _distributed_round_fn(f, chosen, logits, blocks.kind, diagonal, mean, strategy)
+        for start in range(0, len(pairs), replicas):
+            todo = pairs[start:start + replicas]
+            chunk = todo + [todo[-1]] * (replicas - len(todo))
+            a = strategy.experimental_distribute_values_from_function(
+                lambda ctx, chunk=chunk: _padded(x1, chunk[ctx.replica_id_in_sync_group][0], blocks.b1))
+            b = strategy.experimental_distribute_values_from_function(
+                lambda ctx, chunk=chunk: _padded(x2, chunk[ctx.replica_id_in_sync_group][1], blocks.b2))
+            results = strategy.experimental_local_results(fn(params, a, b))
+            for (i, j), block in zip(todo, results):
+                placer.put(i, j, block.numpy())
+    return tf.constant(placer.out)
 
 
 def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
                   implementation="auto", memory_budget_bytes=None, dtype=None, progress=None,
-                  block_size=None):
+                  block_size=None, strategy=None):
     """The empirical NTK of ``model`` between inputs ``x1`` and ``x2``.
 
     Args:
@@ -302,6 +363,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
         default: the model's compute dtype.
       progress: ``callback(done_blocks, total_blocks)`` after each block (eager calls only).
       block_size: force this many examples per block instead of the budget's choice.
+      strategy: a single-host `tf.distribute.Strategy` (MirroredStrategy over GPUs or logical
+        devices, TPUStrategy on one TPU VM) whose replicas compute the blocks in parallel, one block
+        each per round (eager calls only). The memory budget then holds per replica, divided among
+        replicas that share the host's memory (CPU devices). Across hosts, split the blocks with
+        `tf_ntk.kernel_shards` (``compute_kernel --num_shards``) instead.
 
     Returns:
       A tf.Tensor in ``dtype`` of the shape given by ``kind`` / ``logit``.
@@ -325,9 +391,17 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
     block_kind = _block_kind(kind, logit)
     mean = logit is None and kind == "trace"
     budget = memory_budget_bytes or default_memory_budget()
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if replicas > 1 and not tf.executing_eagerly():
+        raise ValueError("empirical_ntk(strategy=...) spreads blocks from eager calls only; inside a "
+                         "tf.function, call it under strategy.run instead")
+    if replicas > 1 and memory_budget_bytes is None and _on_host(strategy):
+        budget //= replicas
     chosen = _choose(f, implementation, n1, n2, len(logits), block_kind, symmetric, budget,
                      block_size)
     blocks = _Blocks(n1, n2, chosen.block_size, symmetric, len(logits), block_kind)
+    if replicas > 1:
+        return _kernel_distributed(f, params, x1, x2, chosen, logits, mean, blocks, progress, strategy)
     if tf.executing_eagerly():
         return _kernel_eagerly(f, params, x1, x2, chosen, logits, mean, blocks, progress)
     return _kernel_in_graph(f, params, x1, x2, chosen, logits, mean, blocks)
