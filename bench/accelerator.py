@@ -49,7 +49,7 @@ def _step(model, config, adversarial, batch):
     optimizer = keras.optimizers.SGD(config.lr, momentum=config.momentum)
     step = training.TrainSteps(model, optimizer, config, tf.distribute.get_strategy()).make(adversarial)
     seed = tf.constant([0, 0], tf.int64)
-    return lambda: [t.numpy() for t in step(batch, seed)]
+    return lambda: [t.numpy() for t in step(batch, seed, tf.constant(0.0))]
 
 
 def measure_steps(sizes, repeats):

@@ -50,7 +50,7 @@ def _step_timer(model, config, adversarial, batch):
     steps = training.TrainSteps(model, optimizer, config, tf.distribute.get_strategy())
     step = steps.make(adversarial)
     seed = tf.constant([0, 0], tf.int64)
-    return lambda: [t.numpy() for t in step(batch, seed)]
+    return lambda: [t.numpy() for t in step(batch, seed, tf.constant(0.0))]
 
 
 def bench_model(key):

@@ -161,3 +161,15 @@ def test_workers_that_disagree_fail_with_one_line(tmp_path):
         assert p.returncode == 2, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "the workers disagree on the run's configuration" in lines[0], err
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"cluster": {"worker": ["localhost:1"]}}', 'TF_CONFIG needs "cluster" and "task"'),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}', "is not in its cluster"),
+])
+def test_a_malformed_tf_config_is_one_line(tf_config, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    code, err = helpers.run_app(train, [f"--workdir={tmp_path}/run", "--strategy=multi_worker"] + ARGS, capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()

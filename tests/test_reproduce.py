@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import psutil
@@ -346,3 +347,25 @@ def test_an_unprepared_data_set_fails_before_any_job(tmp_path, capsys):
                          capsys)
     assert code == 2 and "'cifar10' is not prepared" in err and "tfds build cifar10" in err
     assert not os.path.exists(tmp_path / "s")
+
+
+def test_the_report_is_written_on_a_file_system_that_is_not_posix(pool_sweep, tmp_path, capsys):
+    """--report_only on a copy of the sweep in TensorFlow's in-memory ram:// file system (no atomic
+    rename, like gs://) writes the report, numbers and figures a local copy gets."""
+    ram, local = f"ram://{uuid.uuid4().hex}/sweep", tmp_path / "sweep"
+    for base, _, files in os.walk(pool_sweep):
+        rel = os.path.relpath(base, pool_sweep)
+        for name in files:
+            for root in (ram, str(local)):
+                target = root if rel == "." else f"{root}/{rel}"  # ram:// does not resolve "./"
+                tf.io.gfile.makedirs(target)
+                tf.io.gfile.copy(os.path.join(base, name), f"{target}/{name}", overwrite=True)
+    for root in (ram, str(local)):
+        tf.io.gfile.remove(os.path.join(root, "report.md"))
+        _run([f"--workdir={root}", "--report_only"])
+    capsys.readouterr()
+    for name in ("report.md", "results.csv"):
+        ours = tf.io.gfile.GFile(os.path.join(ram, name)).read().replace(ram, "ROOT")
+        assert ours == (local / name).read_text().replace(str(local), "ROOT"), name
+    figures = sorted(tf.io.gfile.listdir(os.path.join(ram, "figures")))
+    assert figures == sorted(os.listdir(local / "figures")) and any(f.endswith(".png") for f in figures)

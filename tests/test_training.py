@@ -22,6 +22,7 @@ from tf_ntk import training
 # non-robust (PGD-20 robust accuracy ≈ 0.00 after 5 epochs, benign 0.98) while PGD training
 # reaches ≈ 0.45 robust accuracy. (At the protocol's 4/255 digits is robust without training.)
 DIGITS_EPS = 0.2
+NO_STOP = tf.constant(0.0)  # the steps' stop-request input: nobody asks to stop
 
 
 def _digits(batch_size=64, seed=0):
@@ -242,8 +243,8 @@ def test_step_functions_compile_under_xla_and_trace_once(kind):
     before = [v.numpy() for v in model.trainable_variables]
     losses = []
     for i, batch in enumerate(ds.take(4)):
-        loss, _ = adversarial(batch, tf.constant([0, i], tf.int64))
-        clean(batch, tf.constant([0, i], tf.int64))
+        loss, *_ = adversarial(batch, tf.constant([0, i], tf.int64), NO_STOP)
+        clean(batch, tf.constant([0, i], tf.int64), NO_STOP)
         losses.append(float(loss))
     counts = [f.experimental_get_tracing_count() for f in (steps.grads, steps.attack, adversarial, clean)]
     assert counts == [1, 1, 1, 1]
@@ -333,7 +334,7 @@ def test_loss_is_the_mean_over_the_actual_batch():
     want = [b - 0.5 * g.numpy() for b, g in zip(before, tape.gradient(loss, net.trainable_variables))]
     config = training.TrainConfig(batch_size=128, momentum=0.0, model=spec)
     steps = training.TrainSteps(net, keras.optimizers.SGD(0.5), config, tf.distribute.get_strategy())
-    steps.make(adversarial=False)((tf.constant(x), tf.constant(y)), tf.constant([0, 0], tf.int64))
+    steps.make(adversarial=False)((tf.constant(x), tf.constant(y)), tf.constant([0, 0], tf.int64), NO_STOP)
     for got, w in zip(net.trainable_variables, want):
         np.testing.assert_allclose(got.numpy(), w, rtol=1e-5, atol=1e-6)
 

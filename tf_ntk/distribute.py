@@ -83,6 +83,16 @@ def is_chief(strategy=None):
     return bool(strategy.extended.should_checkpoint)
 
 
+def is_multi_worker(strategy=None):
+    """Whether the strategy spans more than one worker process (steps must then stay in lockstep)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return False
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in spec.jobs) > 1
+
+
 def worker_name(strategy=None):
     """``worker 1`` / ``chief 0``: this process' task in its cluster (``None`` outside one)."""
     strategy = strategy or tf.distribute.get_strategy()

@@ -58,7 +58,9 @@ def compute_shard(model, x, directory, *, shard, num_shards, block_size, key, pr
       block_size: the tile side (rows and columns).
       key: a string naming the kernel (checkpoint, inputs, settings); tiles of another key are refused.
       progress: ``callback(done, total)`` over this shard's tiles.
-      **kernel_kwargs: for `tf_ntk.empirical_ntk` (logit, implementation, dtype, ...).
+      **kernel_kwargs: for `tf_ntk.empirical_ntk` (logit, implementation, dtype, strategy, ...);
+        with a ``strategy`` of R replicas each tile is computed in sub-blocks of block_size / R
+        examples spread over the replicas.
 
     Returns:
       (computed, total): tiles computed now, and tiles of this shard.
@@ -68,13 +70,16 @@ def compute_shard(model, x, directory, *, shard, num_shards, block_size, key, pr
     n = len(x)
     _check_manifest(directory, {"n": n, "block_size": int(block_size), "key": key})
     mine = [t for k, t in enumerate(tiles(n, block_size)) if k % num_shards == shard]
+    strategy = kernel_kwargs.get("strategy")
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    sub_block = -(-int(block_size) // replicas)  # a tile in sub-blocks that the replicas share
     computed = 0
     for done, (i, j) in enumerate(mine):
         path = tile_path(directory, i, j)
         if not rundir.exists(path):
             rows = x[i * block_size:(i + 1) * block_size]
             cols = None if i == j else x[j * block_size:(j + 1) * block_size]
-            block = ntk.empirical_ntk(model, rows, cols, block_size=block_size, **kernel_kwargs).numpy()
+            block = ntk.empirical_ntk(model, rows, cols, block_size=sub_block, **kernel_kwargs).numpy()
             rundir.write_npz(path, block=block)
             computed += 1
         if progress is not None:

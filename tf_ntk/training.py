@@ -304,7 +304,7 @@ class TrainSteps:
 
         def replica(x, y, seed, stop):
             loss_sum, correct = self.replica_step(x, y, seed, adversarial)
-            return loss_sum, correct, tf.cast(tf.shape(y)[0], tf.float32), stop
+            return loss_sum, correct, tf.cast(tf.shape(y)[0], tf.float32), tf.identity(stop)
 
         @tf.function
         def step(batch, seed, stop):
@@ -433,6 +433,7 @@ class _Run:
                  stop_requested):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = distribute.is_chief(self.strategy)
+        self.multi_worker = distribute.is_multi_worker(self.strategy)
         _check_dynamics(model, config)
         self.model, self.dataset_fn, self.config, self.workdir = model, dataset_fn, config, workdir
         self.callbacks, self.tracker, self.stop_requested = callbacks, kernel_tracker, stop_requested
@@ -566,7 +567,10 @@ class _Run:
                                                        "accuracy": batch_correct / examples})
             for spawn in spawns_at.get(epoch * per_epoch + batch_index + 1, ()):
                 self._save_spawn(spawn)
-            if stops and batch_index + 1 < per_epoch:
+            # One process decides at once; workers of a job stop together, at the step that carried
+            # the request (TensorFlow's collectives need them in step).
+            stopping = stops > 0 or (not self.multi_worker and self._stop_now())
+            if stopping and batch_index + 1 < per_epoch:
                 self._write_resume({"epoch": epoch, "batches": batch_index + 1, "loss_sum": loss_sum,
                                     "correct": correct_sum, "count": example_count,
                                     "seconds": time.time() - started})

@@ -15,7 +15,6 @@ under WORKDIR (see tf_ntk/study.py for the layout); each job's output goes to WO
 
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -91,15 +90,14 @@ def _data_args():
 def _check_record(workdir, preset, replace=True):
     """Refuses a work directory that holds a sweep of other settings (unless --overwrite and
     ``replace``)."""
-    path = os.path.join(workdir, SWEEP_RECORD)
-    if not os.path.exists(path):
+    path = rundir.join(workdir, SWEEP_RECORD)
+    if not rundir.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        recorded = json.load(f)["preset"]
+    recorded = rundir.read_json(path, what="sweep record").get("preset")
     wanted = json.loads(json.dumps(preset.to_dict()))
     if recorded != wanted:
         if FLAGS.overwrite and replace:
-            shutil.rmtree(workdir)
+            rundir.rmtree(workdir)
             return
         changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
         raise FileExistsError(f"{workdir} holds a sweep with other settings ({', '.join(changed)}); "
@@ -107,12 +105,11 @@ def _check_record(workdir, preset, replace=True):
 
 
 def _recorded_preset(workdir):
-    path = os.path.join(workdir, SWEEP_RECORD)
-    if not os.path.exists(path):
+    path = rundir.join(workdir, SWEEP_RECORD)
+    if not rundir.exists(path):
         raise FileNotFoundError(f"{path} not found: --report_only needs a sweep directory (or the "
                                 "--preset and override flags the sweep ran with)")
-    with open(path, encoding="utf-8") as f:
-        return study.Preset.from_dict(json.load(f)["preset"])
+    return study.Preset.from_dict(rundir.read_json(path, what="sweep record").get("preset"))
 
 
 def _print_plan(preset, jobs):
@@ -150,7 +147,7 @@ def _preset_flags():
 
 def _report_preset(workdir):
     """--report_only's preset: the sweep's record, checked against the flags when they shape one."""
-    if not os.path.isdir(workdir):
+    if not rundir.isdir(workdir):
         raise FileNotFoundError(f"{workdir} is not a sweep directory")
     if not _preset_flags():
         return _recorded_preset(workdir)
@@ -179,15 +176,15 @@ def main(argv):
         for job in jobs:
             print(job.command())
         return
-    if os.path.isdir(workdir) and os.listdir(workdir) and not os.path.exists(
-            os.path.join(workdir, SWEEP_RECORD)):
+    if rundir.isdir(workdir) and rundir.gfile.listdir(workdir) and not rundir.exists(
+            rundir.join(workdir, SWEEP_RECORD)):
         raise FileExistsError(f"{workdir} exists and holds no sweep ({SWEEP_RECORD}); choose another "
                               "--workdir")
     data.check_prepared(preset.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download)
-    if FLAGS.overwrite and os.path.exists(os.path.join(workdir, SWEEP_RECORD)):
-        shutil.rmtree(workdir)  # start over
+    if FLAGS.overwrite and rundir.exists(rundir.join(workdir, SWEEP_RECORD)):
+        rundir.rmtree(workdir)  # start over
     _check_record(workdir, preset)
-    os.makedirs(workdir, exist_ok=True)
+    rundir.makedirs(workdir)
     with rundir.lock(workdir):
         _sweep(preset, jobs, workdir)
 
