@@ -75,6 +75,13 @@ def test_predictions_equal_the_closed_form_from_the_oracle_kernel(case, solver, 
     delta = np.concatenate([(t.numpy() - s.numpy()).ravel() for t, s in zip(km.theta, km.spawn_params)])
     assert helpers.relative_error(delta, jac.reshape(len(k), -1).T @ alpha) < 1e-10
     assert info.residual < 1e-12 and (info.iterations > 0) == (solver == "cg")
+    # The same closed form from the library's full empirical NTK (kind="full", float64).
+    full = tf_ntk.empirical_ntk(twin, x, kind="full", dtype="float64").numpy()  # (N, N, O, O)
+    cross = tf_ntk.empirical_ntk(twin, x_test, x, kind="full", dtype="float64").numpy()  # (M, N, O, O)
+    k_ntk = full.transpose(0, 2, 1, 3).reshape(len(k), len(k))
+    k_test_ntk = cross.transpose(0, 2, 1, 3).reshape(M * NUM_CLASSES, len(k))
+    alpha_ntk = np.linalg.solve(k_ntk + lam * np.eye(len(k)), np.eye(NUM_CLASSES)[y].ravel())
+    assert helpers.relative_error(km(x_test).numpy(), (k_test_ntk @ alpha_ntk).reshape(M, NUM_CLASSES)) < 1e-10
 
 
 def test_absolute_ridge_and_a_class_balanced_subset(case):

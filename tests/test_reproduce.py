@@ -229,18 +229,29 @@ def test_interrupted_sweep_resumes_to_the_same_numbers(pool_sweep, tmp_path):
             assert [r["loss"] for r in json.load(f)] == [r["loss"] for r in json.load(g)]
 
 
-def test_printed_commands_run_one_by_one_equal_the_pool(pool_sweep, tmp_path, capsys):
+def test_printed_commands_are_the_pools_jobs_and_run_alone_to_its_numbers(pool_sweep, tmp_path, capsys):
+    """--print_commands prints exactly the jobs the pool runs (module and arguments, dependency
+    order); its first commands, run one by one in a fresh directory, give the pool's numbers."""
     root = tmp_path / "commands"
     _run(["--preset=smoke", f"--workdir={root}", "--print_commands"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(study.plan(study.PRESETS["smoke"], str(root)))
+    jobs = study.plan(study.PRESETS["smoke"], str(root), report_args=[
+        f"--workdir={root}", "--preset=smoke", "--report_only"])
+    assert lines == [job.command() for job in jobs]
     assert lines[-1].endswith("--report_only") and "--preset=smoke" in lines[-1]
-    for line in lines:
+    first = jobs[:2]  # phase-1 training of the standard seed-0 run, then its strong evaluation
+    assert [j.name for j in first] == ["phase1/standard-s0", "eval/standard-s0"]
+    for line in lines[:2]:
         argv = shlex.split(line)
         assert argv[:2] == ["python", "-m"] and argv[2].startswith("tf_ntk.cli.")
         error = common.execute(argv[2], argv[3:], str(tmp_path / "log.txt"))
         assert error is None, (line, error)
-    assert _results(root) == _results(pool_sweep)
+    for job in first:
+        ours = helpers.read_json(job.output)
+        theirs = helpers.read_json(os.path.join(pool_sweep, os.path.relpath(job.output, root)))
+        keys = [k for k in ("benign_accuracy", "robust_accuracy", "robust_accuracy_quick", "final_train_loss")
+                if k in theirs]
+        assert len(keys) >= 2 and {k: ours.get(k) for k in keys} == {k: theirs[k] for k in keys}, job.name
 
 
 def test_cifar10_dry_run_is_offline(monkeypatch, capsys):
