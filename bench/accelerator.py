@@ -25,7 +25,6 @@ from tf_ntk.cli import common
 import tf_ntk
 from tf_ntk import attacks
 from tf_ntk import models
-from tf_ntk import rundir
 from tf_ntk import training
 
 flags.DEFINE_bool("smoke", False, "Toy sizes (ResNet-18 width 2, batch 8, 16 kernel images) so the "
@@ -106,10 +105,7 @@ def main(argv):
               "smoke": FLAGS.smoke, "sizes": sizes, **measure_steps(sizes, 1 if FLAGS.smoke else FLAGS.repeats)}
     name = f"accelerator_{device}{'_smoke' if FLAGS.smoke else ''}.json"
     output = FLAGS.output or os.path.join(os.path.dirname(__file__), "results", name)
-    rundir.write_json(output, result)
-    text = table(result)
-    rundir.write_text(os.path.splitext(output)[0] + ".txt", text + "\n")
-    print(text)
+    measure.write_results(output, result, table(result))
 
 
 if __name__ == "__main__":

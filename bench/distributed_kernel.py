@@ -33,11 +33,11 @@ from absl import flags
 import keras
 import numpy as np
 
+from bench import measure
 from tf_ntk.cli import common
 import tf_ntk
 from tf_ntk import kernel_shards
 from tf_ntk import models
-from tf_ntk import rundir
 
 flags.DEFINE_bool("smoke", False, "Toy sizes (width 2, N = 16) so the code runs in seconds.")
 flags.DEFINE_string("shard_worker", None, "Internal: JSON {dir, shard, num_shards, sizes} of one shard.")
@@ -76,7 +76,7 @@ def _processes(sizes, num_shards, directory):
     return time.perf_counter() - start, kernel
 
 
-def measure(sizes):
+def measure_kernels(sizes):
     model, x = _model_and_inputs(sizes)
     block = sizes["n"] // 4
     strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
@@ -120,13 +120,10 @@ def main(argv):
     if FLAGS.shard_worker:
         _shard(json.loads(FLAGS.shard_worker))
         return
-    result = measure(SMOKE if FLAGS.smoke else FULL)
+    result = measure_kernels(SMOKE if FLAGS.smoke else FULL)
     output = FLAGS.output or os.path.join(ROOT, "bench", "results",
                                           f"distributed_kernel{'_smoke' if FLAGS.smoke else ''}.json")
-    rundir.write_json(output, result)
-    text = table(result)
-    rundir.write_text(os.path.splitext(output)[0] + ".txt", text + "\n")
-    print(text)
+    measure.write_results(output, result, table(result))
 
 
 if __name__ == "__main__":

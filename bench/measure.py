@@ -1,7 +1,10 @@
 """What the benchmarks (and the memory test) measure with: wall time and resident memory."""
 
+import os
 import statistics
 import time
+
+from tf_ntk import rundir
 
 
 def median_seconds(fn, repeats):
@@ -32,3 +35,11 @@ def reset_peak():
         return True
     except OSError:
         return False
+
+
+def write_results(output, result, table):
+    """A benchmark's record: ``result`` as JSON at ``output`` and its ``table`` (text) beside it as
+    .txt, both written atomically; prints the table."""
+    rundir.write_json(output, result)
+    rundir.write_text(os.path.splitext(output)[0] + ".txt", table + "\n")
+    print(table)

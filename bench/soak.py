@@ -27,6 +27,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from bench import measure
 from tf_ntk.cli import common
 from tf_ntk import rundir
 
@@ -180,14 +181,11 @@ def main(argv):
     ok = sum(t["weights_bit_identical"] and t["results_identical"] for t in trials)
     result = {"n": FLAGS.n, "epochs": FLAGS.epochs, "signal": FLAGS.signal, "command": " ".join(_argv("WORKDIR")[1:]),
               "reference_seconds": duration, "identical": ok, "states": states, "trials": trials}
-    rundir.write_json(FLAGS.output, result)
     lines = [f"SIG{FLAGS.signal} soak: {ok}/{FLAGS.n} trials bit-identical to the uninterrupted run "
              f"(weights of every checkpoint and results.json)", "",
              f"{'where the kill landed':<45} {'kills':>5}"]
     lines += [f"{s:<45} {c:>5}" for s, c in sorted(states.items())]
-    text = "\n".join(lines)
-    rundir.write_text(os.path.splitext(FLAGS.output)[0] + ".txt", text + "\n")
-    print(text)
+    measure.write_results(FLAGS.output, result, "\n".join(lines))
     if ok != FLAGS.n:
         raise ValueError(f"{FLAGS.n - ok} of {FLAGS.n} trials were not bit-identical")
 
