@@ -90,17 +90,69 @@ def write_hparams(config, trial_id=None):
     hparams_api.hparams({k: flat[k] for k in order}, trial_id=trial_id)
 
 
-def write_kernel(tag, kernel, epoch, *, top=10, scale=None, labels=None):
+def event_files(logdir):
+    """The TensorBoard event files directly in ``logdir`` (any file system), sorted."""
+    return sorted(tf.io.gfile.glob(f"{str(logdir).rstrip('/')}/events.out.tfevents.*"))
+
+
+def read_events(logdir):
+    """{(tag, step): [values]} of every summary in the event files directly in ``logdir``, in
+    file order; a scalar's value is a float, any other summary's its serialized tensor (bytes). A
+    record cut short by a kill ends its file's reading (what came before it counts)."""
+    found = {}
+    for path in event_files(logdir):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    tensor = tf.make_ndarray(value.tensor) if value.HasField("tensor") else None
+                    kept = (float(tensor) if tensor is not None and tensor.ndim == 0
+                            and tensor.dtype.kind == "f" else value.SerializeToString())
+                    found.setdefault((value.tag, int(event.step)), []).append(kept)
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+            continue
+    return found
+
+
+class Ledger:
+    """The summaries already in a log directory, so that a resumed command writes each
+    (tag, step) once: a run killed after its events reached the disk but before the record that
+    says so (``history.json``, ``results.json``) writes the same summaries again when it resumes.
+
+        ledger = summaries.Ledger(workdir)          # before the writer adds anything
+        ledger.scalar("train/loss", 0.31, step=1000)  # skipped if already logged
+    """
+
+    def __init__(self, logdir=None):
+        self.logged = set(read_events(logdir)) if logdir is not None else set()
+
+    def new(self, tag, step):
+        """Whether (tag, step) is not logged yet; marks it logged."""
+        key = (tag, int(step))
+        if key in self.logged:
+            return False
+        self.logged.add(key)
+        return True
+
+    def scalar(self, tag, value, step, **kwargs):
+        if self.new(tag, step):
+            tf.summary.scalar(tag, value, step=step, **kwargs)
+
+
+def write_kernel(tag, kernel, epoch, *, top=10, scale=None, labels=None, ledger=None):
     """Heat map (`heat_map` with ``scale`` and class ``labels``), spectrum histogram and top
-    eigenvalues of a kernel (N, N) at ``epoch``."""
+    eigenvalues of a kernel (N, N) at ``epoch``; with a `Ledger`, only what it does not hold yet."""
     step = epoch_step(epoch)
+    ledger = ledger or Ledger()
     lo, hi = scale if scale is not None else (float(np.min(kernel)), float(np.max(kernel)))
-    tf.summary.image(f"{tag}/heat_map", heat_map(kernel, scale=(lo, hi), labels=labels), step=step,
-                     description=f"viridis from {lo:.4g} (dark) to {hi:.4g} (yellow)"
-                     f"{' for every epoch of the run' if scale is not None else ' (this epoch)'}; "
-                     "examples class by class, white lines between classes. TensorBoard keeps 10 "
-                     "images per tag unless launched with --samples_per_plugin=images=0.")
+    if ledger.new(f"{tag}/heat_map", step):
+        tf.summary.image(
+            f"{tag}/heat_map", heat_map(kernel, scale=(lo, hi), labels=labels), step=step,
+            description=f"viridis from {lo:.4g} (dark) to {hi:.4g} (yellow)"
+            f"{' for every epoch of the run' if scale is not None else ' (this epoch)'}; "
+            "examples class by class, white lines between classes. TensorBoard keeps 10 "
+            "images per tag unless launched with --samples_per_plugin=images=0.")
     lam = metrics.spectrum(kernel)
-    tf.summary.histogram(f"{tag}/spectrum_log10", np.log10(np.maximum(lam, 1e-30)), step=step)
+    if ledger.new(f"{tag}/spectrum_log10", step):
+        tf.summary.histogram(f"{tag}/spectrum_log10", np.log10(np.maximum(lam, 1e-30)), step=step)
     for i, value in enumerate(lam[:top]):
-        tf.summary.scalar(f"{tag}/eigenvalue_{i}", value, step=step)
+        ledger.scalar(f"{tag}/eigenvalue_{i}", value, step=step)

@@ -347,8 +347,26 @@ def _check_finite(model, epoch, step, loss=None):
     if bad:
         what = f"loss {loss}" if loss is not None and not math.isfinite(loss) else "weights"
         raise DivergedError(f"training diverged: non-finite {what} at epoch {epoch + 1}, step {step} "
-                            "(try a lower --lr); the last good checkpoint is kept, nothing after it "
-                            "was written")
+                            "(try a lower --lr)")
+
+
+def kept_checkpoints(workdir):
+    """What a run directory keeps of a stopped run, in words: its spawn checkpoints and resume state
+    ("spawn checkpoints of epochs 0, 0.125 and the resume state after epoch 2"), or None."""
+    spawns = [f"{epoch:g}" for epoch, _ in checkpoints.list_spawns(workdir)]
+    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+    kept = []
+    if spawns:
+        kept.append(f"the spawn checkpoint{'s' if len(spawns) > 1 else ''} of epoch"
+                    f"{'s' if len(spawns) > 1 else ''} {', '.join(spawns)}")
+    if checkpoints.exists(resume_dir):
+        meta = checkpoints.read_meta(resume_dir)
+        epochs = len(meta.get("history", []))
+        partial = meta.get("partial")
+        where = (f"at epoch {partial['epoch'] + 1}, batch {partial['batches']}" if partial
+                 else f"after epoch {epochs}" if epochs else "at the start")
+        kept.append(f"the resume state {where}")
+    return " and ".join(kept) or None
 
 
 def _normalized(obj):
@@ -472,6 +490,7 @@ class _Run:
             self.history = saved.get("history", [])
             self.partial = saved.get("partial")
         distribute.agree(self.strategy, self._current_step(), "the step to resume from")
+        self._repair_records()
 
     def _write_checkpoint(self, path, meta, **objects):
         """`checkpoints.write` on the chief; elsewhere into a temporary directory, then deleted
@@ -515,11 +534,39 @@ class _Run:
 
     def run(self):
         self._restore()
-        for epoch in range(int(self.epoch.numpy()), self.config.epochs):
-            self._run_epoch(epoch)
-            if epoch + 1 < self.config.epochs and distribute.any_worker(self.strategy, self._stop_now()):
-                raise StopRequested(f"stopped after epoch {epoch + 1}")
+        try:
+            for epoch in range(int(self.epoch.numpy()), self.config.epochs):
+                self._run_epoch(epoch)
+                if epoch + 1 < self.config.epochs and distribute.any_worker(self.strategy,
+                                                                            self._stop_now()):
+                    raise StopRequested(f"stopped after epoch {epoch + 1}")
+        except DivergedError as e:
+            kept = kept_checkpoints(self.workdir)
+            raise DivergedError(f"{e}; kept: {kept}, nothing after the last good step was written"
+                                if kept else f"{e}; no checkpoint had been written, so nothing is "
+                                "kept") from None
         return self.history
+
+    def _repair_records(self):
+        """Brings the records derived from the resume state up to date after a kill between the
+        end-of-epoch writes (see `_end_epoch`): the last epoch's ``on_epoch_end`` again (events,
+        evaluation: the weights are that epoch's) when ``history.json`` does not hold it yet, then
+        ``history.json`` rewritten from the resume state."""
+        if not self.chief or not self.history:
+            return
+        path = rundir.join(self.workdir, rundir.HISTORY)
+        try:
+            saved = rundir.read_json(path, "history", expect=list) if rundir.exists(path) else []
+        except rundir.RecordError:
+            saved = []
+        if _normalized(saved) == _normalized(self.history):
+            return
+        last = self.history[-1]
+        if self.partial is None and not any(r.get("epoch") == last["epoch"] for r in saved
+                                            if isinstance(r, dict)):
+            for cb in self.callbacks:
+                cb.on_epoch_end(last["epoch"], last)
+        rundir.write_json(path, self.history)
 
     def _run_epoch(self, epoch):
         config, spawn_epochs = self.config, self.config.spawn_epochs()
@@ -585,11 +632,18 @@ class _Run:
             self._save_spawn(float(epoch + 1))
         elif self.tracker is not None and self.tracker.wants(epoch + 1, False):
             self._emit_kernel(float(epoch + 1))
+        self._end_epoch(epoch, row)
+
+    def _end_epoch(self, epoch, row):
+        """The end-of-epoch writes, in one order: the resume state (the commit point: a kill before
+        it replays the epoch, bit for bit), then what derives from it: the callbacks' records
+        (events, evaluation), then ``history.json``, last, so that a history.json that lacks the
+        epoch tells a restart (`_repair_records`) to write them again."""
         self._write_resume()
-        if self.chief:
-            rundir.write_json(rundir.join(self.workdir, rundir.HISTORY), self.history)
         for cb in self.callbacks:
             cb.on_epoch_end(epoch + 1, row)
+        if self.chief:
+            rundir.write_json(rundir.join(self.workdir, rundir.HISTORY), self.history)
 
 
 def is_trained(workdir, config=None):

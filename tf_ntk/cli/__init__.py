@@ -5,7 +5,9 @@ so does `python -m binaries.<name>` (thin entry modules). Each program's `run()`
 
 Importing this package first mutes TensorFlow's C++ start-up noise (`quiet`): Python imports a
 package before any of its modules, and `tf_ntk/__init__.py` imports TensorFlow only on first use of
-its exports, so TensorFlow is first imported here, muted.
+its exports, so TensorFlow is first imported here, muted. Before that, `startup` makes an interrupt
+during those seconds one line.
 """
 
+from tf_ntk.cli import startup  # noqa: F401  (first: one line for an interrupt from here on)
 from tf_ntk.cli import quiet  # noqa: F401  (silences at import)

@@ -122,8 +122,9 @@ def _resolve():
 class _Logger(training.Callback):
     """Progress bar, TensorBoard scalars, periodic test accuracy and online kernel metrics."""
 
-    def __init__(self, writer, model, config, test, probe_labels):
+    def __init__(self, writer, model, config, test, probe_labels, ledger):
         self.writer = writer
+        self.ledger = ledger  # what a killed earlier process of the run already logged
         self.model = model
         self.config = config
         self.test = test
@@ -152,8 +153,9 @@ class _Logger(training.Callback):
         robust = evaluation.robust_accuracy(fn, self.test, self.eval_attack, seed=FLAGS.seed)
         self.last_eval = {"epoch": epoch, "benign_accuracy": benign, "robust_accuracy_quick": robust}
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
-            tf.summary.scalar("test/benign_accuracy", benign)
-            tf.summary.scalar("test/robust_accuracy_quick", robust, description=(
+            step = summaries.epoch_step(epoch)
+            self.ledger.scalar("test/benign_accuracy", benign, step)
+            self.ledger.scalar("test/robust_accuracy_quick", robust, step, description=(
                 f"Quick estimate ({self.eval_attack.describe()}, one start); an upper bound on robust "
                 "accuracy: tf-ntk-evaluate measures it with the strong attack."))
         print(f"  test: benign {benign:.4f}  robust {robust:.4f} (quick estimate: "
@@ -162,9 +164,9 @@ class _Logger(training.Callback):
 
     def on_epoch_end(self, epoch, logs):
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
-            tf.summary.scalar("train/loss", logs["loss"])
-            tf.summary.scalar("train/accuracy", logs["accuracy"])
-            tf.summary.scalar("train/lr", logs["lr"])
+            step = summaries.epoch_step(epoch)
+            for name in ("loss", "accuracy", "lr"):
+                self.ledger.scalar(f"train/{name}", logs[name], step)
         if FLAGS.eval_every and epoch % FLAGS.eval_every == 0:
             self.evaluate(epoch)
         self.writer.flush()
@@ -177,14 +179,22 @@ class _Logger(training.Callback):
                                         dt=None if prev_epoch is None else epoch - prev_epoch)
         self.kernels.append((epoch, k))
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
+            step = summaries.epoch_step(epoch)
             for name, value in values.items():  # online: not the kernel/* of tf-ntk-kernel-dynamics
-                tf.summary.scalar(f"online_kernel/{name}", value)
-            summaries.write_kernel("online_kernel", k, epoch, labels=self.probe_labels)
+                self.ledger.scalar(f"online_kernel/{name}", value, step)
+            summaries.write_kernel("online_kernel", k, epoch, labels=self.probe_labels,
+                                   ledger=self.ledger)
         self.writer.flush()
 
 
 def _has_resume_state(path):
     return checkpoints.exists(os.path.join(path, checkpoints.RESUME_DIR))
+
+
+def _has_checkpoints(path):
+    """Whether a run directory holds something a failed command must keep: its resume state or a
+    spawn checkpoint (a run that diverged keeps the spawns written before it)."""
+    return _has_resume_state(path) or bool(checkpoints.list_spawns(path))
 
 
 def _train_as_worker(strategy, model, train_data, config, workdir):
@@ -222,14 +232,16 @@ def main(argv):
     # Finished means results.json is written (last): a run killed after its last epoch but before
     # that resumes and only evaluates.
     with rundir.open_run(workdir, overwrite=FLAGS.overwrite, finished=rundir.is_finished,
-                         keep_if=_has_resume_state):
+                         keep_if=_has_checkpoints):
         training.check_run(workdir, config)  # before anything is written: a refused run changes nothing
         resuming = _has_resume_state(workdir)
         resolved = common.write_flags(workdir, __name__, resolved_config=config.to_dict())
+        ledger = summaries.Ledger(workdir)  # read before this process' writer adds a file
         writer = tf.summary.create_file_writer(workdir)
-        if not resuming:
-            with writer.as_default(step=0):
+        with writer.as_default(step=0):  # once: a killed earlier start may have logged them
+            if ledger.new("config", 0):
                 summaries.write_config(resolved)
+            if ledger.new("_hparams_/session_start_info", 0):
                 spawn = {"spawn_epoch": float(checkpoints.read_meta(config.spawn).get("epoch", -1))
                          } if config.spawn else {}
                 summaries.write_hparams(
@@ -243,7 +255,7 @@ def main(argv):
               f"{info.image_shape}, {phase}, {config.data_mode} data"
               f"{'' if config.data_mode == 'clean' else ', ' + config.adv_mode + ', ' + config.attack.describe()}"
               f"{'; resuming' if resuming else ''} → {workdir}")
-        logger = _Logger(writer, model, config, test, None if probe is None else probe[1])
+        logger = _Logger(writer, model, config, test, None if probe is None else probe[1], ledger)
         tracker = None
         if probe is not None:
             tracker = training.KernelTracker(
@@ -261,8 +273,8 @@ def main(argv):
                    "quick_attack": logger.eval_attack.to_dict(), "dynamics": config.dynamics,
                    "data_mode": config.data_mode, "adv_mode": config.adv_mode,
                    "spawn": config.spawn, "flags": resolved}
+        writer.flush()  # the final evaluation's events before results.json, which finishes the run
         rundir.write_json(rundir.join(workdir, rundir.RESULTS), results)
-        writer.flush()
     print(f"benign accuracy {final['benign_accuracy']:.4f}")
     print(f"robust accuracy {final['robust_accuracy_quick']:.4f}  (quick estimate: "
           f"{logger.eval_attack.describe()}; tf-ntk-evaluate for the strong attack)")

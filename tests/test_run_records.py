@@ -1,0 +1,110 @@
+"""A training run killed between any two of its end-of-epoch writes ends, once the same command is
+run again, with records that agree: the checkpoints, history.json, results.json and the events of
+an uninterrupted run, each summary once (bench/soak.py does the same with real SIGKILLs)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bench import write_faults
+from tf_ntk.cli import train
+from tf_ntk import summaries
+from tests import helpers
+
+ARGS = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256",
+        "--epochs=2", "--save_epochs=0,1,2", "--eval_every=1"]
+
+pytestmark = pytest.mark.xdist_group("run_records")
+
+
+class Killed(BaseException):
+    """What a SIGKILL does to the command, in-process: it stops at once."""
+    pass
+
+
+def _raise():
+    raise Killed
+
+
+def _tensors(workdir):
+    out = {}
+    for root, dirs, files in os.walk(workdir):
+        dirs.sort()
+        if "ckpt.index" in files:
+            reader = tf.train.load_checkpoint(os.path.join(root, "ckpt"))
+            for name in reader.get_variable_to_shape_map():
+                if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
+                    out[f"{os.path.relpath(root, workdir)}/{name}"] = reader.get_tensor(name)
+    return out
+
+
+def _without_seconds(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _records(workdir):
+    resume = helpers.read_json(os.path.join(workdir, "resume", "meta.json"))
+    history = helpers.read_json(os.path.join(workdir, "history.json"))
+    results = helpers.read_json(os.path.join(workdir, "results.json"))
+    results = {k: results[k] for k in ("benign_accuracy", "robust_accuracy_quick", "final_train_loss")}
+    return resume["history"], history, results, summaries.read_events(workdir)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
+    return _tensors(workdir), _records(workdir)
+
+
+# (write, count): after the last epoch's spawn, resume, events and history.json; after the first
+# epoch's resume (the next epoch's start repairs it); after the final events (results.json missing).
+WINDOWS = [("spawn", 3), ("resume", 1), ("resume", 2), ("events", 2), ("history", 2), ("events", 3)]
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"after_{k}_{n}" for k, n in WINDOWS])
+def test_a_kill_after_any_end_of_epoch_write_is_repaired_by_the_rerun(window, reference, tmp_path):
+    workdir = tmp_path / "run"
+    undo = write_faults.install(*window, _raise)
+    try:
+        with pytest.raises(Killed):
+            helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
+    finally:
+        undo()
+    assert not (workdir / "results.json").exists()
+    helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
+    want_tensors, (want_resume, want_history, want_results, want_events) = reference
+    got = _tensors(workdir)
+    assert got.keys() == want_tensors.keys()
+    assert all(np.array_equal(got[k], want_tensors[k]) for k in got)
+    resume, history, results, events = _records(workdir)
+    assert history == resume, "history.json disagrees with the resume state"
+    assert _without_seconds(history) == _without_seconds(want_history)
+    assert results == want_results
+    assert events.keys() == want_events.keys()
+    twice = sorted(key for key, values in events.items() if len(values) > 1)
+    assert not twice, f"logged more than once: {twice}"
+    scalars = {k: v for k, v in want_events.items() if isinstance(v[0], float)}
+    assert {k: events[k] for k in scalars} == scalars
+
+
+def test_history_json_lags_the_resume_state_only_inside_the_window(tmp_path):
+    """The state a kill between the last resume write and history.json leaves, and its repair by
+    an evaluate-only rerun (nothing retrained: the resume checkpoint is untouched)."""
+    workdir = tmp_path / "run"
+    undo = write_faults.install("resume", 2, _raise)
+    try:
+        with pytest.raises(Killed):
+            helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
+    finally:
+        undo()
+    resume = helpers.read_json(os.path.join(workdir, "resume", "meta.json"))["history"]
+    assert [r["epoch"] for r in helpers.read_json(os.path.join(workdir, "history.json"))] == [1]
+    assert [r["epoch"] for r in resume] == [1, 2]
+    before = (workdir / "resume" / "meta.json").read_bytes()
+    helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
+    assert (workdir / "resume" / "meta.json").read_bytes() == before
+    assert json.loads((workdir / "history.json").read_text()) == resume
