@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,9 +26,11 @@ from tf_ntk.cli import kernel_dynamics
 from tf_ntk.cli import kernel_machine
 from tf_ntk.cli import reproduce
 from tf_ntk.cli import results
+from tf_ntk.cli import startup
 from tf_ntk.cli import train
 from tf_ntk.cli import visualize_features
 from tests import helpers
+from tf_ntk import dynamics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
@@ -344,3 +348,107 @@ cp -r {disk}/new/spawn/epoch_3 {tmp_path}/final
     b = tf.train.load_checkpoint(str(tmp_path / "straight" / "spawn" / "epoch_3" / "ckpt"))
     names = [n for n in a.get_variable_to_shape_map() if "model" in n]
     assert names and all(np.array_equal(a.get_tensor(n), b.get_tensor(n)) for n in names)
+
+
+def _checkpoint_tensors(path):
+    reader = tf.train.load_checkpoint(os.path.join(path, "ckpt"))
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if n != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def test_a_divergence_keeps_the_checkpoints_written_before_it_bit_identical(tmp_path, capsys):
+    """--lr=200 diverges in epoch 2: one line saying what is kept, exit 2; the spawns of epochs 0,
+    0.5 and 1 and the resume state after epoch 1 stay, loadable and bit-identical to those of an
+    uninterrupted one-epoch run; nothing of epoch 2 is written."""
+    base = ["--width=4", "--eps=0.2", "--batch_size=256", "--eval_every=0", "--lr=200"]
+    diverged = tmp_path / "diverged"
+    code, err = helpers.run_app(train, [f"--workdir={diverged}", "--epochs=3",
+                                        "--save_epochs=0,0.5,1,2"] + base, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("train: error: training diverged: non-finite ") and "at epoch 2, step" in err
+    assert err.strip().endswith("kept: the spawn checkpoints of epochs 0, 0.5, 1 and the resume state "
+                                "after epoch 1, nothing after the last good step was written"), err
+    assert sorted(os.listdir(diverged / "spawn")) == ["epoch_0", "epoch_0.5", "epoch_1"]
+    assert not (diverged / "results.json").exists() and not (diverged / ".lock").exists()
+    assert not [n for n in os.listdir(diverged) if n.startswith(".tmp")]
+    assert [r["epoch"] for r in helpers.read_json(diverged / "history.json")] == [1]
+    reference = tmp_path / "reference"
+    helpers.run_binary(train, [f"--workdir={reference}", "--epochs=1", "--save_epochs=0,0.5,1"] + base)
+    for name in ("spawn/epoch_0", "spawn/epoch_0.5", "spawn/epoch_1", "resume"):
+        got, want = _checkpoint_tensors(diverged / name), _checkpoint_tensors(reference / name)
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want), name
+    model, meta = dynamics.load_model(str(diverged / "spawn" / "epoch_1"))
+    assert meta["epoch"] == 1.0 and all(np.isfinite(w).all() for w in model.get_weights())
+
+
+@pytest.mark.parametrize("saves,kept", [("", None), ("0,0.25,0.5", "0, 0.25, 0.5")],
+                         ids=["no-spawn", "spawns"])
+def test_a_divergence_in_the_first_epoch_keeps_its_spawns_or_nothing_and_says_so(saves, kept, tmp_path,
+                                                                                 capsys):
+    """--lr=1000 diverges at the end of epoch 1, before any resume state: the spawns written before
+    it stay (the directory with them), a rerun replays and stops the same way without touching them;
+    with no spawn, nothing is kept and the directory is gone."""
+    workdir = tmp_path / "diverged"
+    argv = [f"--workdir={workdir}", "--lr=1000", "--epochs=2", f"--save_epochs={saves}",
+            "--eval_every=0", "--width=4", "--batch_size=256"]
+    code, err = helpers.run_app(train, argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "at epoch 1, step" in err, err
+    if kept is None:
+        assert err.strip().endswith("no checkpoint had been written, so nothing is kept"), err
+        assert not workdir.exists()
+        return
+    assert err.strip().endswith(f"kept: the spawn checkpoints of epochs {kept}, nothing after the "
+                                "last good step was written"), err
+    spawns = workdir / "spawn"
+    assert sorted(os.listdir(spawns)) == [f"epoch_{e}" for e in kept.split(", ")]
+    for name in os.listdir(spawns):
+        model, _ = dynamics.load_model(str(spawns / name))
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+    before = _snapshot(spawns)
+    assert helpers.run_app(train, argv, capsys) == (code, err)
+    assert _snapshot(spawns) == before
+
+
+def _catches(pid, signum):
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("signum,delay", [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.0),
+                                          (signal.SIGINT, 1.0), (signal.SIGTERM, 1.5)],
+                         ids=["int-at-once", "term-at-once", "int-during-import", "term-during-import"])
+def test_a_signal_while_a_command_starts_is_one_line(signum, delay, tmp_path):
+    """From the moment tf_ntk.cli is imported (before TensorFlow), SIGINT and SIGTERM end the
+    command with one line and exit 128 + the signal, and nothing is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "binaries.train", f"--workdir={tmp_path}/run"],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)  # Python catches SIGINT from its start; SIGTERM once tf_ntk.cli is imported
+    time.sleep(delay)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    name = signal.Signals(signum).name
+    assert err.startswith(f"train: interrupted by {name}"), err
+    if "while starting" in err:
+        assert err.strip() == f"train: interrupted by {name} while starting; nothing was written"
+        assert not (tmp_path / "run").exists()
+
+
+def test_the_start_up_guard_knows_the_commands_and_nothing_else():
+    assert startup.command_name(["python", "-m", "binaries.train", "--epochs=1"]) == "train"
+    assert startup.command_name(["python", "-m", "tf_ntk.cli.evaluate"]) == "evaluate"
+    assert startup.command_name(["/v/bin/python", "/v/bin/tf-ntk-kernel-dynamics", "--run=x"]) == \
+        "tf-ntk-kernel-dynamics"
+    assert startup.command_name(["/v/bin/tf-ntk-train"]) == "tf-ntk-train"
+    for other in (["python", "-m", "pytest", "tests"], ["python", "-c", "import tf_ntk.cli"],
+                  ["python", "script.py", "tf-ntk-train"], ["python", "-m", "bench.soak"]):
+        assert startup.command_name(other) is None, other

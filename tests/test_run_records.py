@@ -22,7 +22,6 @@ pytestmark = pytest.mark.xdist_group("run_records")
 
 class Killed(BaseException):
     """What a SIGKILL does to the command, in-process: it stops at once."""
-    pass
 
 
 def _raise():
