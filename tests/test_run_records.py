@@ -15,7 +15,8 @@ from tf_ntk import summaries
 from tests import helpers
 
 ARGS = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256",
-        "--epochs=2", "--save_epochs=0,1,2", "--eval_every=1"]
+        "--epochs=2", "--save_epochs=0,0.5,1,2", "--eval_every=1", "--kernel_every=1",
+        "--kernel_at_spawns", "--per_class=2"]
 
 pytestmark = pytest.mark.xdist_group("run_records")
 
@@ -59,9 +60,12 @@ def reference(tmp_path_factory):
     return _tensors(workdir), _records(workdir)
 
 
-# (write, count): after the last epoch's spawn, resume, events and history.json; after the first
-# epoch's resume (the next epoch's start repairs it); after the final events (results.json missing).
-WINDOWS = [("spawn", 3), ("resume", 1), ("resume", 2), ("events", 2), ("history", 2), ("events", 3)]
+# (write, count), the counts over the run: spawns 0, 0.5, 1, 2 are spawn writes 1-4; the event file
+# is flushed after each online kernel (events 1, 2, 3, 5), each epoch's evaluation (4, 6) and the
+# final one (7). After the epoch-0.5 spawn (no resume state yet), the first epoch's resume write,
+# the last epoch's spawn, resume, events and history.json, the final events (results.json missing).
+WINDOWS = [("spawn", 2), ("resume", 1), ("spawn", 4), ("resume", 2), ("events", 6), ("history", 2),
+           ("events", 7)]
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=[f"after_{k}_{n}" for k, n in WINDOWS])
@@ -94,7 +98,7 @@ def test_history_json_lags_the_resume_state_only_inside_the_window(tmp_path):
     """The state a kill between the last resume write and history.json leaves, and its repair by
     an evaluate-only rerun (nothing retrained: the resume checkpoint is untouched)."""
     workdir = tmp_path / "run"
-    undo = write_faults.install("resume", 2, _raise)
+    undo = write_faults.install("resume", 2, _raise)  # the last epoch's
     try:
         with pytest.raises(Killed):
             helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)

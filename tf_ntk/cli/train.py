@@ -9,11 +9,14 @@ r"""Trains a network: phase 1 from scratch, or phase 2 from a spawn checkpoint u
 The run directory holds flags.json, TensorBoard events (loss, accuracy, learning rate, benign test
 accuracy and a quick robust-accuracy estimate (PGD-20, one start: tf-ntk-evaluate measures robust
 accuracy with the strong attack), online kernel metrics and heat maps against the epoch, in milli-epochs),
-spawn checkpoints, resume state, history.json and results.json. A run directory with an unfinished
-run resumes; a finished one is refused unless --overwrite.
+spawn checkpoints, resume state, history.json, online_kernels.npz (with --kernel_every or
+--kernel_at_spawns: the kernels the online metrics are measured against) and results.json. A run
+directory with an unfinished run resumes; a finished one is refused unless --overwrite.
 """
 
+import math
 import os
+import zipfile
 
 from absl import flags
 import keras
@@ -122,16 +125,17 @@ def _resolve():
 class _Logger(training.Callback):
     """Progress bar, TensorBoard scalars, periodic test accuracy and online kernel metrics."""
 
-    def __init__(self, writer, model, config, test, probe_labels, ledger):
+    def __init__(self, writer, model, config, test, probe_labels, ledger, workdir, kernels):
         self.writer = writer
         self.ledger = ledger  # what a killed earlier process of the run already logged
+        self.workdir = workdir
         self.model = model
         self.config = config
         self.test = test
         self.probe_labels = probe_labels
         self.bar = None
         self.epoch_start = 0
-        self.kernels = []  # [(epoch, kernel)]
+        self.kernels = kernels  # [(epoch, kernel)]: the first, and the recent ones
         self.last_eval = None
         eval_attack = dict(config.attack.to_dict(), steps=FLAGS.eval_attack_steps, step_size=None)
         self.eval_attack = type(config.attack)(**eval_attack)
@@ -177,7 +181,8 @@ class _Logger(training.Callback):
         prev_epoch, prev = self.kernels[-1] if self.kernels else (None, None)
         values = metrics.kernel_summary(k, labels=self.probe_labels, init=init, previous=prev,
                                         dt=None if prev_epoch is None else epoch - prev_epoch)
-        self.kernels.append((epoch, k))
+        self.kernels = [*self.kernels[:1], *((e, kk) for e, kk in self.kernels[1:]
+                                             if e >= math.floor(epoch) - 1), (epoch, k)]
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
             step = summaries.epoch_step(epoch)
             for name, value in values.items():  # online: not the kernel/* of tf-ntk-kernel-dynamics
@@ -185,6 +190,35 @@ class _Logger(training.Callback):
             summaries.write_kernel("online_kernel", k, epoch, labels=self.probe_labels,
                                    ledger=self.ledger)
         self.writer.flush()
+        # A resumed run measures its kernels against the same init and previous kernel.
+        rundir.write_npz(rundir.join(self.workdir, ONLINE_KERNELS),
+                         epochs=np.array([e for e, _ in self.kernels], np.float64),
+                         kernels=np.stack([kk for _, kk in self.kernels]))
+
+
+ONLINE_KERNELS = "online_kernels.npz"
+"""The probe kernels the online metrics are measured against (the first and the recent ones)."""
+
+
+def _resumed_kernels(workdir):
+    """[(epoch, kernel)] of ONLINE_KERNELS up to the resume state's position (later ones were
+    computed after it, by a process killed before it committed them: they are computed again)."""
+    path = rundir.join(workdir, ONLINE_KERNELS)
+    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
+    if not (rundir.exists(path) and checkpoints.exists(resume_dir)):
+        return []
+    meta = checkpoints.read_meta(resume_dir)
+    position = float(len(meta.get("history", [])))
+    if meta.get("partial"):
+        partial = meta["partial"]
+        position = partial["epoch"] + partial["batches"] / meta["steps_per_epoch"]
+    try:
+        saved = rundir.read_npz(path)
+        pairs = list(zip(saved["epochs"], saved["kernels"], strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
+        raise ValueError(f"corrupt {path} ({rundir.one_line(e)}): delete it to resume without the "
+                         "earlier online kernels") from None
+    return [(float(e), k) for e, k in pairs if e <= position + 1e-9]
 
 
 def _has_resume_state(path):
@@ -235,6 +269,7 @@ def main(argv):
                          keep_if=_has_checkpoints):
         training.check_run(workdir, config)  # before anything is written: a refused run changes nothing
         resuming = _has_resume_state(workdir)
+        kernels = _resumed_kernels(workdir)
         resolved = common.write_flags(workdir, __name__, resolved_config=config.to_dict())
         ledger = summaries.Ledger(workdir)  # read before this process' writer adds a file
         writer = tf.summary.create_file_writer(workdir)
@@ -255,7 +290,8 @@ def main(argv):
               f"{info.image_shape}, {phase}, {config.data_mode} data"
               f"{'' if config.data_mode == 'clean' else ', ' + config.adv_mode + ', ' + config.attack.describe()}"
               f"{'; resuming' if resuming else ''} → {workdir}")
-        logger = _Logger(writer, model, config, test, None if probe is None else probe[1], ledger)
+        logger = _Logger(writer, model, config, test, None if probe is None else probe[1], ledger,
+                         workdir, kernels)
         tracker = None
         if probe is not None:
             tracker = training.KernelTracker(
