@@ -212,7 +212,7 @@ def _check_ball(meta, x, x_adv):
     i = int(np.flatnonzero(outside)[0])
     return (f"image {i} lies {size[i]:.3g} from its clean image in {'L∞' if norm == 'linf' else 'L2'}, "
             f"outside its ε-ball of {eps:.4g} (tolerance {tolerance:.2g})"
-            + (f"; {int(outside.sum())} images do" if outside.sum() > 1 else ""))
+            + (f"; {int(outside.sum())} images lie outside it" if outside.sum() > 1 else ""))
 
 
 def _check_split(adv_set, split, split_name):
@@ -231,11 +231,14 @@ def _check_split(adv_set, split, split_name):
         return f"records {indices.shape} {indices.dtype} indices for {len(y)} examples"
     if indices.min() < 0 or indices.max() >= len(y_split):
         return f"records indices outside the {len(y_split)} images of {split_name}"
-    for what, mine, theirs in (("clean image", x, x_split), ("label", y, y_split)):
-        same = (mine == theirs[indices]).reshape(len(y), -1).all(axis=1)
-        if not same.all():
-            i = int(np.flatnonzero(~same)[0])
-            return f"its {what} {i} is not the {what} {int(indices[i])} of {split_name}"
+    same = (x == x_split[indices]).reshape(len(y), -1).all(axis=1)
+    if not same.all():
+        i = int(np.flatnonzero(~same)[0])
+        return f"its clean image {i} is not image {int(indices[i])} of {split_name}"
+    if not np.array_equal(y, y_split[indices]):
+        i = int(np.flatnonzero(y != y_split[indices])[0])
+        return (f"its label {i} ({int(y[i])}) is not the label of image {int(indices[i])} of "
+                f"{split_name} ({int(y_split[indices[i]])})")
     return None
 
 
