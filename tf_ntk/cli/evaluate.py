@@ -19,6 +19,11 @@ example over all of them (RobustBench's count: clean and every adversarial image
 - autoattack: ART's AutoAttack (APGD-CE, APGD-DLR, DeepFool, Square); --eps, --attack_norm,
   --autoattack_restarts and --square_queries shape it; slow on CPUs.
 
+--save_adversarial writes the worst case per example with its record (the eps-ball, the data set,
+split and indices of its examples, the number of classes); --transfer_from checks a set against
+that record, the model and the split before any attack runs or anything is written, and reports the
+model's accuracy on the set's own examples.
+
 --sanity_checks adds the report that fails when more steps, restarts, other losses or the black-box
 Square attack break more examples. A phase-1 checkpoint can be evaluated under another dynamics
 (--eval_dynamics). Results go to --workdir (default RUN/eval/<checkpoint name>): flags.json,
@@ -185,7 +190,7 @@ def main(argv):
         parent = os.path.dirname(rundir.abspath(FLAGS.save_adversarial))
         if not rundir.isdir(parent):
             raise ValueError(f"--save_adversarial: {parent} is not a directory")
-    norm, eps = attack_ball(chosen)
+    norm, eps = attack_ball(chosen) if FLAGS.save_adversarial else (None, None)
     _, opts = common.recorded_data(FLAGS, meta)  # the data the checkpoint was trained on
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
     common.check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], info.image_shape,
