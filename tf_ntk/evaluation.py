@@ -205,8 +205,8 @@ def _check_ball(meta, x, x_adv):
                 "with tf-ntk-evaluate --save_adversarial")
     norm, eps = recorded
     size = robustness.perturbation_size(x_adv, x, norm)
-    tolerance = robustness.ball_tolerance(eps)
-    outside = size > eps + tolerance
+    tolerance = robustness.ball_limit(eps) - eps
+    outside = size > robustness.ball_limit(eps)
     if not outside.any():
         return None
     i = int(np.flatnonzero(outside)[0])
@@ -248,7 +248,7 @@ def check_adversarial_set(adv_set, *, name, num_classes=None, image_shape=None, 
     `load_adversarial` returns it) is a sound adversarial set: at least one example; x, x_adv
     (N, H, W, C) finite floats in [0, 1] (of ``image_shape`` (H, W, C) when given); labels y (N,)
     integers within ``num_classes`` (default: its recorded number of classes); every x_adv inside its
-    recorded ε-ball around x (L∞ or L2, [0, 1] pixel units, up to `robustness.ball_tolerance`); and,
+    recorded ε-ball around x (L∞ or L2, [0, 1] pixel units, up to `robustness.ball_limit`); and,
     with ``split`` = (x_split (M, H, W, C), y_split (M,)), its clean images and labels exactly those
     of the split at its recorded indices (the first N for sets that record none). ``split_name``
     (e.g. "digits/test") names the split in the message."""
