@@ -135,7 +135,7 @@ FORMAT = 2
 indices records, written before; still loadable where they can be checked)."""
 
 
-def ball(meta):
+def recorded_ball(meta):
     """(norm, eps) of the ε-ball a set's record states: its own "norm" and "eps", or (sets of format
     1) its attack's. None where it records neither."""
     attack = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
@@ -147,10 +147,10 @@ def ball(meta):
     return norm, float(eps)
 
 
-def _count(mask, what, rows):
+def _count(mask, what, detail):
     """"3 adversarial images are not finite (first: image 4)"-style text of a (N,) bool mask."""
     n = int(np.sum(mask))
-    return f"{n} {what[0] if n == 1 else what[1]} (first: image {int(np.flatnonzero(mask)[0])}{rows})"
+    return f"{n} {what[0] if n == 1 else what[1]} (first: image {int(np.flatnonzero(mask)[0])}{detail})"
 
 
 def _check_arrays(adv_set, image_shape):
@@ -199,7 +199,7 @@ def _check_classes(meta, y, num_classes):
 
 def _check_ball(meta, x, x_adv):
     """The first image outside the recorded ε-ball (up to float32 rounding) or None."""
-    recorded = ball(meta)
+    recorded = recorded_ball(meta)
     if recorded is None:
         return ("records no ε-ball (norm and eps), so its images cannot be checked; save it again "
                 "with tf-ntk-evaluate --save_adversarial")
