@@ -31,6 +31,7 @@ from tf_ntk.cli import train
 from tf_ntk.cli import visualize_features
 from tests import helpers
 from tf_ntk import dynamics
+from tf_ntk import evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
@@ -41,11 +42,13 @@ pytestmark = pytest.mark.xdist_group("bad_inputs")  # one worker builds the shar
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
-    """A finished phase-1 run (spawns at epochs 0 and 1) and an evaluation of its last checkpoint."""
+    """A finished phase-1 run (spawns at epochs 0 and 1) and an evaluation of its last checkpoint,
+    with its adversarial set (adv.npz: the first 16 digits test images, L∞ ε = 0.2)."""
     root = tmp_path_factory.mktemp("good")
     helpers.run_binary(train, [f"--workdir={root}/run"] + GOOD)
     helpers.run_binary(evaluate, [f"--checkpoint={root}/run/spawn/epoch_1", "--attack=protocol",
-                                  "--attack_steps=2", "--max_examples=16",
+                                  "--attack_steps=2", "--max_examples=16", "--eps=0.2",
+                                  f"--save_adversarial={root}/adv.npz",
                                   f"--workdir={root}/run/eval/epoch_1"])
     return root
 
@@ -109,6 +112,65 @@ def _other_shape_npz(good, tmp):
     np.savez(tmp / "other.npz", x=x, x_adv=x, y=np.zeros(4, np.int64), meta=json.dumps({}))
 
 
+def _adv_set(change):
+    """A setup writing {tmp}/adv.npz: the good set (`good`'s adv.npz) with ``change(arrays, meta)``."""
+    def setup(good, tmp):
+        with np.load(good / "adv.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        change(arrays, meta)
+        np.savez(tmp / "adv.npz", meta=np.array(json.dumps(meta)), **arrays)
+    return setup
+
+
+def _set_item(name, index, value):
+    def change(arrays, meta):
+        arrays[name][index] = value
+    return change
+
+
+def _outside_ball(arrays, meta):
+    arrays["x_adv"][4] = 1 - arrays["x"][4]  # in [0, 1], up to 1 from the clean image
+
+
+def _scaled(arrays, meta):
+    arrays["x_adv"][2] *= 1e6
+
+
+def _no_examples(arrays, meta):
+    for k in ("x", "x_adv", "y", "indices"):
+        arrays[k] = arrays[k][:0]
+
+
+def _other_images(arrays, meta):
+    for k in ("x", "x_adv", "y"):  # a sound set, of other images than those at its indices
+        arrays[k] = np.roll(arrays[k], 1, axis=0)
+
+
+def _fewer_indices(arrays, meta):
+    arrays["indices"] = arrays["indices"][:-1]
+
+
+def _other_dataset(arrays, meta):
+    meta["data"]["dataset"] = "mnist"
+
+
+def _no_ball(arrays, meta):
+    del meta["eps"], meta["norm"], meta["attack"]["eps"], meta["attack"]["norm"]
+
+
+def _previous_format(arrays, meta):
+    """The format before sets recorded their ε-ball, data, indices and classes."""
+    del arrays["indices"]
+    for k in ("format", "eps", "norm", "data", "num_classes"):
+        del meta[k]
+
+
+def _previous_format_other_images(arrays, meta):
+    _previous_format(arrays, meta)
+    _other_images(arrays, meta)
+
+
 def _unfinished_copy(good, tmp):
     shutil.copytree(good / "run", tmp / "unfinished")
     (tmp / "unfinished" / "results.json").unlink()
@@ -155,6 +217,7 @@ def _truncated_run(good, tmp):
 
 
 CKPT = "--checkpoint={good}/run/spawn/epoch_1"
+TRANSFER = "--transfer_from={tmp}/adv.npz"
 # (id, binary, argv, setup(good, tmp) or None, the error line's expected text)
 CASES = [
     # train: flags
@@ -218,6 +281,28 @@ CASES = [
      "{tmp}/empty.npz is not a tf_ntk adversarial set"),
     ("evaluate-transfer-other-shape", evaluate, [CKPT, "--transfer_from={tmp}/other.npz"], _other_shape_npz,
      "--transfer_from={tmp}/other.npz holds images of shape (4, 4, 1), the model takes (8, 8, 1)"),
+    ("evaluate-transfer-nan", evaluate, [CKPT, TRANSFER], _adv_set(_set_item("x_adv", (3, 0, 0, 0), np.nan)),
+     "--transfer_from={tmp}/adv.npz: 1 adversarial image is not finite (first: image 3)"),
+    ("evaluate-transfer-label-range", evaluate, [CKPT, TRANSFER], _adv_set(_set_item("y", 5, 99)),
+     "--transfer_from={tmp}/adv.npz: labels 99 outside the model's 10 classes"),
+    ("evaluate-transfer-outside-unit-range", evaluate, [CKPT, TRANSFER], _adv_set(_scaled),
+     "--transfer_from={tmp}/adv.npz: 1 adversarial image lies outside [0, 1] (first: image 2"),
+    ("evaluate-transfer-outside-eps-ball", evaluate, [CKPT, TRANSFER], _adv_set(_outside_ball),
+     "--transfer_from={tmp}/adv.npz: image 4 lies 1 from its clean image in L∞, outside its ε-ball of "
+     "0.2 (tolerance 3e-06)"),
+    ("evaluate-transfer-no-examples", evaluate, [CKPT, TRANSFER], _adv_set(_no_examples),
+     "--transfer_from={tmp}/adv.npz holds 0 examples"),
+    ("evaluate-transfer-other-images", evaluate, [CKPT, TRANSFER], _adv_set(_other_images),
+     "--transfer_from={tmp}/adv.npz: its clean image 0 is not image 0 of digits/test"),
+    ("evaluate-transfer-count", evaluate, [CKPT, TRANSFER], _adv_set(_fewer_indices),
+     "--transfer_from={tmp}/adv.npz records (15,) int64 indices for 16 examples"),
+    ("evaluate-transfer-other-dataset", evaluate, [CKPT, TRANSFER], _adv_set(_other_dataset),
+     "--transfer_from={tmp}/adv.npz perturbs mnist/test; this evaluation reads digits"),
+    ("evaluate-transfer-no-eps-record", evaluate, [CKPT, TRANSFER], _adv_set(_no_ball),
+     "--transfer_from={tmp}/adv.npz records no ε-ball (norm and eps), so its images cannot be checked"),
+    ("evaluate-transfer-previous-format-other-images", evaluate, [CKPT, TRANSFER],
+     _adv_set(_previous_format_other_images), "--transfer_from={tmp}/adv.npz: its 16 clean images and "
+     "labels are not the first 16 of digits/test (and it records no indices)"),
     ("evaluate-save-into-a-file", evaluate, [CKPT, "--save_adversarial={tmp}/afile/adv.npz"], _a_file,
      "--save_adversarial: {tmp}/afile is not a directory"),
     ("evaluate-save-not-npz", evaluate, [CKPT, "--save_adversarial={tmp}/adv.txt"], None,
@@ -284,6 +369,27 @@ def test_bad_input_is_one_line_exit_2_nothing_left_and_good_data_untouched(case,
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"{program}: error: ") and fill(message) in err, err
     assert _snapshot(good, scratch) == before, "files were written, changed or left behind"
+
+
+@pytest.mark.parametrize("setup", [None, _adv_set(_previous_format)], ids=["genuine", "previous-format"])
+def test_a_sound_saved_set_transfers_on_its_own_examples(setup, good, tmp_path, capsys):
+    """The good set (16 examples), replayed with --max_examples=4: its transfer accuracy is the
+    model's accuracy on its 16 adversarial images; a set of the previous format passes as well."""
+    path = good / "adv.npz"
+    if setup is not None:
+        setup(good, tmp_path)
+        path = tmp_path / "adv.npz"
+    checkpoint = good / "run" / "spawn" / "epoch_1"
+    code, err = helpers.run_app(evaluate, [f"--checkpoint={checkpoint}", f"--transfer_from={path}",
+                                           "--attack=protocol", "--attack_steps=1", "--max_examples=4",
+                                           f"--workdir={tmp_path}/eval"], capsys)
+    assert code in (0, None), err
+    results = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    saved = evaluation.load_adversarial(path)
+    model, _ = dynamics.load_model(str(checkpoint))
+    want = np.mean(np.argmax(model(saved["x_adv"], training=False).numpy(), -1) == saved["y"])
+    assert results["transfer_examples"] == 16 and results["examples"] == 4
+    assert results["transfer_accuracy"] == pytest.approx(want)
 
 
 def test_there_are_at_least_30_cases_over_every_binary():

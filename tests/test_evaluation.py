@@ -41,10 +41,13 @@ def test_robust_accuracy_is_seeded_and_saved_sets_replay_exactly(trained, tmp_pa
     assert robust < evaluation.accuracy(fn, test)
     x, x_adv, y = evaluation.adversarial_examples(fn, test, config, seed=3)
     path = str(tmp_path / "adv.npz")
-    evaluation.save_adversarial(path, x, x_adv, y, config, source="cnn")
-    saved = evaluation.load_adversarial(path)
+    evaluation.save_adversarial(path, x, x_adv, y, config, num_classes=10, indices=np.arange(len(y)),
+                                data={"dataset": "digits", "split": "test"}, source="cnn")
+    split = data.load_arrays("digits", "test")
+    saved = evaluation.load_adversarial(path, num_classes=10, image_shape=(8, 8, 1), split=split)
     np.testing.assert_array_equal(saved["x_adv"], x_adv)
     assert saved["meta"]["attack"]["eps"] == 0.1 and saved["meta"]["source"] == "cnn"
+    assert (saved["meta"]["norm"], saved["meta"]["eps"], saved["meta"]["num_classes"]) == ("linf", 0.1, 10)
     # Replaying the set against the model that made it gives its robust accuracy…
     assert evaluation.transfer_accuracy(fn, path) == pytest.approx(robust)
     # …and against another model, that model's accuracy on those inputs (a transfer attack).
@@ -80,3 +83,108 @@ def test_output_terms_of_a_linearized_model_add_up(trained):
     assert terms["spawn_adv"].shape == terms["kernel_adv"].shape == (256, 10)
     with pytest.raises(ValueError, match="only for tf_ntk.linearize models"):
         evaluation.output_terms(model, small)
+
+
+def _sound_set(n=6):
+    """A sound L∞ ε = 0.1 set of ``n`` 4×4 images of 3 classes, perturbing images 2..n+1 of a split
+    of n + 4 images, and that split."""
+    rng = np.random.default_rng(0)
+    x_split = rng.uniform(0.2, 0.8, (n + 4, 4, 4, 1)).astype(np.float32)
+    y_split = (np.arange(n + 4) % 3).astype(np.int32)
+    x = x_split[2:n + 2]
+    x_adv = (x + np.float32(0.1) * rng.choice([-1, 1], x.shape)).astype(np.float32)
+    meta = {"format": 2, "attack": {"eps": 0.1, "norm": "linf"}, "norm": "linf", "eps": 0.1,
+            "num_classes": 3}
+    adv = {"x": x, "x_adv": x_adv, "y": y_split[2:n + 2].copy(), "indices": np.arange(2, n + 2),
+           "meta": meta}
+    return adv, (x_split, y_split)
+
+
+def _set(adv, **arrays):
+    return dict(adv, **arrays)
+
+
+def _no_ball(adv):
+    meta = {k: v for k, v in adv["meta"].items() if k not in ("eps", "norm")}
+    return dict(adv, meta=dict(meta, attack={}))
+
+
+def _legacy(adv):
+    """The previous format: no indices, data, classes or ε-ball of its own (its attack's)."""
+    out = {k: v for k, v in adv.items() if k != "indices"}
+    return dict(out, meta={"attack": adv["meta"]["attack"]})
+
+
+def _with(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+VALIDATOR_CASES = [
+    ("nan", lambda a: _set(a, x_adv=_with(a["x_adv"], (3, 0, 0, 0), np.nan)), {},
+     "set: 1 adversarial image is not finite (first: image 3)"),
+    ("clean-inf", lambda a: _set(a, x=_with(a["x"], 1, np.inf)), {},
+     "set: 1 clean image is not finite (first: image 1)"),
+    ("range", lambda a: _set(a, x_adv=a["x_adv"] * np.float32(1e6)), {},
+     "set: 6 adversarial images lie outside [0, 1] (first: image 0, values in ["),
+    ("labels", lambda a: _set(a, y=_with(a["y"], 1, 99)), {"num_classes": 3},
+     "set: labels 99 outside the model's 3 classes"),
+    ("labels-recorded", lambda a: _set(a, y=_with(a["y"], 1, 3)), {},
+     "set: labels 3 outside its recorded 3 classes"),
+    ("negative-labels", lambda a: _set(a, y=_with(a["y"], 0, -1)), {"num_classes": 3},
+     "set: labels -1 outside the model's 3 classes"),
+    ("float-labels", lambda a: _set(a, y=a["y"].astype(np.float32)), {}, "its labels are float32"),
+    ("other-classes", lambda a: a, {"num_classes": 5}, "set was crafted for 3 classes, the model has 5"),
+    ("ball", lambda a: _set(a, x_adv=_with(a["x_adv"], 4, 1 - a["x"][4])), {},
+     "set: image 4 lies 0."),
+    ("l2-ball", lambda a: dict(a, meta=dict(a["meta"], norm="l2")), {},
+     "set: image 0 lies 0.4 from its clean image in L2, outside its ε-ball of 0.1 (tolerance 2e-06); "
+     "6 images lie outside it"),
+    ("empty", lambda a: _set(a, x=a["x"][:0], x_adv=a["x_adv"][:0], y=a["y"][:0], indices=a["indices"][:0]),
+     {}, "set holds 0 examples"),
+    ("shape", lambda a: a, {"image_shape": (8, 8, 1)},
+     "set holds images of shape (4, 4, 1), the model takes (8, 8, 1)"),
+    ("inconsistent", lambda a: _set(a, y=a["y"][:-1]), {}, "set: inconsistent shapes"),
+    ("no-ball", _no_ball, {}, "set records no ε-ball (norm and eps)"),
+    ("not-a-dict", lambda a: dict(a, meta=[1]), {}, "set: its record is not a JSON object"),
+    ("foreign", lambda a: _set(a, indices=a["indices"] + 1), {"split": True},
+     "set: its clean image 0 is not image 3 of digits/test"),
+    ("foreign-labels", lambda a: _set(a, y=(a["y"] + 1) % 3), {"split": True, "num_classes": 3},
+     "set: its label 0 (0) is not the label of image 2 of digits/test (2)"),
+    ("count", lambda a: _set(a, indices=a["indices"][:-1]), {"split": True},
+     "set records (5,) int64 indices for 6 examples"),
+    ("indices-range", lambda a: _set(a, indices=a["indices"] + 100), {"split": True},
+     "set records indices outside the 10 images of digits/test"),
+    ("legacy-not-first", _legacy, {"split": True},
+     "set: its 6 clean images and labels are not the first 6 of digits/test (and it records no indices)"),
+]
+
+
+@pytest.mark.parametrize("case", VALIDATOR_CASES, ids=[c[0] for c in VALIDATOR_CASES])
+def test_check_adversarial_set_names_the_first_problem_in_one_line(case):
+    _, change, expected, message = case
+    adv, split = _sound_set()
+    evaluation.check_adversarial_set(adv, name="set", num_classes=3, image_shape=(4, 4, 1), split=split)
+    if expected.pop("split", False):
+        expected.update(split=split, split_name="digits/test")
+    with pytest.raises(ValueError) as error:
+        evaluation.check_adversarial_set(change(adv), name="set", **expected)
+    assert message in str(error.value) and len(str(error.value).splitlines()) == 1, str(error.value)
+
+
+def test_a_previous_format_set_of_the_first_examples_passes_and_unsound_sets_are_not_saved(tmp_path):
+    adv, (x_split, y_split) = _sound_set()
+    legacy = _legacy(adv)
+    evaluation.check_adversarial_set(legacy, name="set", num_classes=3,
+                                     split=(x_split[2:], y_split[2:]), split_name="digits/test")
+    path = tmp_path / "adv.npz"
+    config = attacks.PGDConfig(eps=0.1, steps=1)
+    bad = _with(adv["x_adv"], 0, np.nan)
+    with pytest.raises(ValueError, match=f"adversarial set {path}: 1 adversarial image is not finite"):
+        evaluation.save_adversarial(path, adv["x"], bad, adv["y"], config, num_classes=3)
+    with pytest.raises(ValueError, match="outside its ε-ball of 0.05"):
+        evaluation.save_adversarial(path, adv["x"], adv["x_adv"], adv["y"], config, num_classes=3, eps=0.05)
+    assert not path.exists()
+    evaluation.save_adversarial(path, adv["x"], adv["x_adv"], adv["y"], config, num_classes=3)
+    assert evaluation.load_adversarial(path)["meta"]["eps"] == 0.1

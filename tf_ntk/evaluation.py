@@ -130,42 +130,205 @@ def as_dataset(x, y, batch_size):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
 
-def save_adversarial(path, x, x_adv, y, config, **record):
-    """Writes an adversarial set to ``path`` (.npz) atomically.
+FORMAT = 2
+"""The adversarial-set format `save_adversarial` writes (1: sets without the ε-ball, data and
+indices records, written before; still loadable where they can be checked)."""
 
-    Stores ``x``, ``x_adv`` (N, H, W, C) float32, ``y`` (N,) and a JSON record (the attack config and
-    ``record``, e.g. the source checkpoint), so it can be replayed against other models.
+
+def recorded_ball(meta):
+    """(norm, eps) of the ε-ball a set's record states: its own "norm" and "eps", or (sets of format
+    1) its attack's. None where it records neither."""
+    attack = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
+    norm, eps = meta.get("norm", attack.get("norm")), meta.get("eps", attack.get("eps"))
+    if norm not in attacks.NORMS or isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return None
+    if not np.isfinite(eps) or eps < 0:
+        return None
+    return norm, float(eps)
+
+
+def _count(mask, what, detail):
+    """"3 adversarial images are not finite (first: image 4)"-style text of a (N,) bool mask."""
+    n = int(np.sum(mask))
+    return f"{n} {what[0] if n == 1 else what[1]} (first: image {int(np.flatnonzero(mask)[0])}{detail})"
+
+
+def _check_arrays(adv_set, image_shape):
+    """The first problem with the arrays of a set (shapes, emptiness, dtypes, finiteness, range) or None."""
+    x, x_adv, y = adv_set["x"], adv_set["x_adv"], adv_set["y"]
+    if x.ndim != 4 or x.shape != x_adv.shape or y.shape != x.shape[:1]:
+        return f"inconsistent shapes x {x.shape}, x_adv {x_adv.shape}, y {y.shape}"
+    if len(y) == 0:
+        return "holds 0 examples"
+    if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
+        return f"holds images of shape {tuple(x.shape[1:])}, the model takes {tuple(image_shape)}"
+    if not np.issubdtype(y.dtype, np.integer):
+        return f"its labels are {y.dtype}, not integers"
+    for name, images in (("adversarial", x_adv), ("clean", x)):
+        if not np.issubdtype(images.dtype, np.floating):
+            return f"its {name} images are {images.dtype}, not floats"
+        flat = images.reshape(len(images), -1)
+        finite = np.isfinite(flat).all(axis=1)
+        if not finite.all():
+            return _count(~finite, (f"{name} image is not finite", f"{name} images are not finite"), "")
+        outside = (flat.min(axis=1) < 0) | (flat.max(axis=1) > 1)
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            return _count(outside, (f"{name} image lies outside [0, 1]",
+                                    f"{name} images lie outside [0, 1]"),
+                          f", values in [{flat[i].min():.3g}, {flat[i].max():.3g}]")
+    return None
+
+
+def _check_classes(meta, y, num_classes):
+    """The first problem with the labels (N,) against the model's ``num_classes`` (None: the
+    recorded number) or None."""
+    recorded = meta.get("num_classes")
+    recorded = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+    limit, whose = (num_classes, "the model's") if num_classes is not None else (recorded, "its recorded")
+    if limit is None:
+        bad = np.unique(y[y < 0])
+        return f"labels {', '.join(map(str, bad[:3]))} are negative" if len(bad) else None
+    bad = np.unique(y[(y < 0) | (y >= limit)])
+    if len(bad):
+        return f"labels {', '.join(map(str, bad[:3]))} outside {whose} {limit} classes"
+    if num_classes is not None and recorded is not None and recorded != num_classes:
+        return f"was crafted for {recorded} classes, the model has {num_classes}"
+    return None
+
+
+def _check_ball(meta, x, x_adv):
+    """The first image outside the recorded ε-ball (up to float32 rounding) or None."""
+    recorded = recorded_ball(meta)
+    if recorded is None:
+        return ("records no ε-ball (norm and eps), so its images cannot be checked; save it again "
+                "with tf-ntk-evaluate --save_adversarial")
+    norm, eps = recorded
+    size = robustness.perturbation_size(x_adv, x, norm)
+    tolerance = robustness.ball_limit(eps) - eps
+    outside = size > robustness.ball_limit(eps)
+    if not outside.any():
+        return None
+    i = int(np.flatnonzero(outside)[0])
+    return (f"image {i} lies {size[i]:.3g} from its clean image in {'L∞' if norm == 'linf' else 'L2'}, "
+            f"outside its ε-ball of {eps:.4g} (tolerance {tolerance:.2g})"
+            + (f"; {int(outside.sum())} images lie outside it" if outside.sum() > 1 else ""))
+
+
+def _check_split(adv_set, split, split_name):
+    """The first difference between the set's clean images and labels and the images of ``split``
+    (x_split (M, H, W, C), y_split (M,)) at its recorded indices (the first N where none are
+    recorded), or None."""
+    x_split, y_split = split
+    x, y, indices = adv_set["x"], adv_set["y"], adv_set.get("indices")
+    if indices is None:
+        if len(y) > len(y_split) or not (np.array_equal(x, x_split[:len(y)])
+                                          and np.array_equal(y, y_split[:len(y)])):
+            return (f"its {len(y)} clean images and labels are not the first {len(y)} of {split_name} "
+                    "(and it records no indices)")
+        return None
+    if indices.shape != y.shape or not np.issubdtype(indices.dtype, np.integer):
+        return f"records {indices.shape} {indices.dtype} indices for {len(y)} examples"
+    if indices.min() < 0 or indices.max() >= len(y_split):
+        return f"records indices outside the {len(y_split)} images of {split_name}"
+    same = (x == x_split[indices]).reshape(len(y), -1).all(axis=1)
+    if not same.all():
+        i = int(np.flatnonzero(~same)[0])
+        return f"its clean image {i} is not image {int(indices[i])} of {split_name}"
+    if not np.array_equal(y, y_split[indices]):
+        i = int(np.flatnonzero(y != y_split[indices])[0])
+        return (f"its label {i} ({int(y[i])}) is not the label of image {int(indices[i])} of "
+                f"{split_name} ({int(y_split[indices[i]])})")
+    return None
+
+
+def check_adversarial_set(adv_set, *, name, num_classes=None, image_shape=None, split=None,
+                          split_name="the split"):
+    """Raises ValueError (one line: ``name``, then the first problem) unless ``adv_set`` (as
+    `load_adversarial` returns it) is a sound adversarial set: at least one example; x, x_adv
+    (N, H, W, C) finite floats in [0, 1] (of ``image_shape`` (H, W, C) when given); labels y (N,)
+    integers within ``num_classes`` (default: its recorded number of classes); every x_adv inside its
+    recorded ε-ball around x (L∞ or L2, [0, 1] pixel units, up to `robustness.ball_limit`); and,
+    with ``split`` = (x_split (M, H, W, C), y_split (M,)), its clean images and labels exactly those
+    of the split at its recorded indices (the first N for sets that record none). ``split_name``
+    (e.g. "digits/test") names the split in the message."""
+    meta = adv_set.get("meta")
+    problem = None if isinstance(meta, dict) else "its record is not a JSON object"
+    problem = problem or _check_arrays(adv_set, image_shape)
+    problem = problem or _check_classes(meta, adv_set["y"], num_classes)
+    problem = problem or _check_ball(meta, adv_set["x"], adv_set["x_adv"])
+    if split is not None:
+        problem = problem or _check_split(adv_set, split, split_name)
+    if problem:
+        verb = problem.split()[0] in ("holds", "records", "was")
+        raise ValueError(f"{name}{' ' if verb else ': '}{problem}")
+
+
+def save_adversarial(path, x, x_adv, y, config, *, num_classes, eps=None, norm=None, data=None,
+                     indices=None, **record):
+    """Checks (`check_adversarial_set`) and writes an adversarial set to ``path`` (.npz) atomically.
+
+    Stores ``x``, ``x_adv`` (N, H, W, C) float32 in [0, 1], ``y`` (N,) int32 in [0, num_classes),
+    ``indices`` (N,) int64 of the examples in their split (when given) and a JSON record: the format,
+    the attack config, the ε-ball every x_adv lies in (``norm`` and ``eps``, default the config's),
+    ``num_classes``, ``data`` (e.g. {"dataset", "split", "image_size", "channels"}) and ``record``
+    (e.g. the source checkpoint), so it can be checked and replayed against other models.
+
+    Raises:
+      ValueError: not a .npz path, or the set is unsound; nothing is written then.
     """
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ValueError(f"adversarial sets are .npz files, got {path!r}")
-    meta = json.dumps({"attack": config.to_dict(), **record}, sort_keys=True)
-    rundir.write_npz(path, compressed=True, x=np.asarray(x, np.float32),
-                          x_adv=np.asarray(x_adv, np.float32), y=np.asarray(y, np.int32),
-                          meta=np.array(meta))
+    meta = {"format": FORMAT, "attack": config.to_dict(), "norm": norm or config.norm,
+            "eps": float(config.eps if eps is None else eps), "num_classes": int(num_classes),
+            **({"data": data} if data is not None else {}), **record}
+    arrays = {"x": np.asarray(x, np.float32), "x_adv": np.asarray(x_adv, np.float32),
+              "y": np.asarray(y, np.int32)}
+    if indices is not None:
+        arrays["indices"] = np.asarray(indices, np.int64)
+    check_adversarial_set({**arrays, "meta": meta}, name=f"adversarial set {path}")
+    rundir.write_npz(path, compressed=True, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
 
-def load_adversarial(path):
-    """{"x", "x_adv", "y", "meta"} of a set written by `save_adversarial`; ValueError if unreadable."""
+def load_adversarial(path, *, name=None, **expected):
+    """{"x", "x_adv", "y", "meta"[, "indices"]} of a set written by `save_adversarial`, checked by
+    `check_adversarial_set` with ``expected`` (num_classes, image_shape, split, split_name).
+
+    Raises:
+      ValueError: one line naming the file (``name``, default the path): unreadable, or unsound.
+    """
+    name = name or str(path)
     try:
         arrays = rundir.read_npz(path)
         out = {k: arrays[k] for k in ("x", "x_adv", "y")}
+        if "indices" in arrays:
+            out["indices"] = arrays["indices"]
         out["meta"] = json.loads(str(arrays["meta"]))
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated file"
-        raise ValueError(f"{path} is not a tf_ntk adversarial set: {reason}") from e
-    if out["x"].shape != out["x_adv"].shape or out["x"].shape[0] != out["y"].shape[0]:
-        raise ValueError(f"{path}: inconsistent shapes {out['x'].shape}, {out['x_adv'].shape}, "
-                         f"{out['y'].shape}")
+        raise ValueError(f"{name} is not a tf_ntk adversarial set: {reason}") from e
+    check_adversarial_set(out, name=name, **expected)
     return out
 
 
 def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
     """Accuracy of ``model_fn`` on a saved adversarial set (a path or `load_adversarial`'s dict):
     a transfer attack when the set was crafted against another model. Returns a fraction in [0, 1] of
-    its x_adv images classified as their label y, evaluated ``batch_size`` at a time."""
+    its x_adv images classified as their label y, evaluated ``batch_size`` at a time.
+
+    Raises:
+      ValueError: the set is unsound (`check_adversarial_set`), its labels included: they must be
+        classes of ``model_fn``.
+    """
     if isinstance(adversarial_set, (str, os.PathLike)):
-        adversarial_set = load_adversarial(adversarial_set)
+        name = os.fspath(adversarial_set)
+        adversarial_set = load_adversarial(name)
+    else:
+        name = "adversarial set"
+        check_adversarial_set(adversarial_set, name=name)
+    num_classes = int(model_fn(tf.constant(adversarial_set["x_adv"][:1])).shape[-1])
+    check_adversarial_set(adversarial_set, name=name, num_classes=num_classes)
     return accuracy(model_fn, as_dataset(adversarial_set["x_adv"], adversarial_set["y"], batch_size))
 
 

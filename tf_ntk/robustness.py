@@ -294,14 +294,29 @@ def _check_classes(members, num_classes):
                              f"{num_classes}")
 
 
-def _inside(x_adv, x, eps, norm):
-    """(K,) bool: finite, inside the ε-ball (up to float32 rounding) and [0, 1]."""
-    delta = (x_adv - x).reshape(len(x), -1)
-    finite = np.isfinite(delta).all(axis=1)
+def ball_limit(eps):
+    """The largest perturbation size that counts as inside an ε-ball of radius ``eps``: ``eps`` plus
+    float32 rounding, 1e-5 relative and 1e-6 absolute (pixel units)."""
+    return eps * (1 + 1e-5) + 1e-6
+
+
+def perturbation_size(x_adv, x, norm):
+    """(K,): the ``norm`` ("linf" or "l2") of each x_adv − x over (K, H, W, C) images, in their
+    dtype; inf where a difference is not finite."""
+    delta = (np.asarray(x_adv) - np.asarray(x)).reshape(len(x), -1)
     delta = np.where(np.isfinite(delta), delta, np.inf)
-    size = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    if delta.shape[1] == 0:
+        return np.zeros(len(x))
+    return np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+
+
+def _inside(x_adv, x, eps, norm):
+    """(K,) bool: finite, inside the ε-ball (up to `ball_limit`) and [0, 1]."""
+    finite = np.isfinite(x_adv.reshape(len(x), -1)).all(axis=1)
+    size = perturbation_size(x_adv, x, norm)
     flat = x_adv.reshape(len(x), -1)
-    return finite & (size <= eps * (1 + 1e-5) + 1e-6) & (flat.min(axis=1) >= 0.0) & (flat.max(axis=1) <= 1.0)
+    return (finite & (size <= ball_limit(eps)) & (flat.min(axis=1) >= 0.0)
+            & (flat.max(axis=1) <= 1.0))
 
 
 def arrays(dataset):

@@ -19,6 +19,11 @@ example over all of them (RobustBench's count: clean and every adversarial image
 - autoattack: ART's AutoAttack (APGD-CE, APGD-DLR, DeepFool, Square); --eps, --attack_norm,
   --autoattack_restarts and --square_queries shape it; slow on CPUs.
 
+--save_adversarial writes the worst case per example with its record (the eps-ball, the data set,
+split and indices of its examples, the number of classes); --transfer_from checks a set against
+that record, the model and the split before any attack runs or anything is written, and reports the
+model's accuracy on the set's own examples.
+
 --sanity_checks adds the report that fails when more steps, restarts, other losses or the black-box
 Square attack break more examples. A phase-1 checkpoint can be evaluated under another dynamics
 (--eval_dynamics). Results go to --workdir (default RUN/eval/<checkpoint name>): flags.json,
@@ -63,9 +68,16 @@ flags.DEFINE_bool("sanity_checks", False, "Run the sanity report on the stronges
 flags.DEFINE_integer("blackbox_queries", 1000, "Queries of the sanity report's Square attack "
                      "(0: skip the black-box check).", lower_bound=0)
 flags.DEFINE_string("save_adversarial", None, "Save the adversarial set (the worst case per "
-                    "example) to this .npz.")
+                    "example) to this .npz, with its record: the eps-ball (--attack_norm, --eps) "
+                    "every image lies in, the data set, split and indices of the examples it "
+                    "perturbs, and the number of classes.")
 flags.DEFINE_string("transfer_from", None, "Also evaluate on a saved adversarial set (.npz): a "
-                    "transfer attack.")
+                    "transfer attack. Checked before any attack runs: finite images in [0, 1] "
+                    "inside its recorded eps-ball around its clean images, labels within the "
+                    "model's classes, and clean images and labels exactly the images of the split "
+                    "it records (of this evaluation's data set) at its indices (sets that record "
+                    "none: the first N of --split). Its transfer accuracy is on its own examples, "
+                    "whatever --max_examples says.")
 flags.DEFINE_bool("output_terms", False, "For linearized/centered models, save the two output terms "
                   "on clean and adversarial (protocol attack) inputs to output_terms.npz.")
 flags.adopt_module_key_flags(common_flags)
@@ -107,6 +119,53 @@ def attacks_from_flags():
     return out
 
 
+def attack_ball(chosen):
+    """(norm, eps): the ε-ball every chosen attack keeps its images in, which a saved set records."""
+    balls = {(m.norm, float(m.eps)) for a in chosen.values() for m in robustness.members(a)}
+    if len(balls) != 1:
+        raise ValueError(f"the attacks use different eps-balls {sorted(balls)}; a saved set records one")
+    return balls.pop()
+
+
+def data_record(opts, split):
+    """What a saved set records of the examples it perturbs: {"dataset", "split", "image_size",
+    "channels"}."""
+    return {"dataset": FLAGS.dataset, "split": split, "image_size": opts.get("image_size"),
+            "channels": opts.get("channels")}
+
+
+def _describe(record):
+    """"digits/test (image_size=16)" of a `data_record`-like dict."""
+    if not isinstance(record, dict):
+        return repr(record)
+    options = ", ".join(f"{k}={record.get(k)}" for k in ("image_size", "channels") if record.get(k))
+    split = f"/{record.get('split')}" if record.get("split") is not None else ""
+    return f"{record.get('dataset')}{split}" + (f" ({options})" if options else "")
+
+
+def load_transfer(num_classes, opts, image_shape):
+    """The --transfer_from set, checked (`evaluation.check_adversarial_set`) against the model's
+    ``num_classes`` and ``image_shape`` (H, W, C) and against the split of this evaluation's data set
+    it records (--split for sets that record none). ValueError (one line naming it) otherwise."""
+    name = f"--transfer_from={FLAGS.transfer_from}"
+    adv = evaluation.load_adversarial(FLAGS.transfer_from, name=name, num_classes=num_classes,
+                                      image_shape=image_shape)
+    recorded = adv["meta"].get("data")
+    split = FLAGS.split
+    if recorded is not None:
+        split = recorded.get("split") if isinstance(recorded, dict) else None
+        mine = data_record(opts, split)
+        theirs = {k: recorded.get(k) for k in mine} if isinstance(recorded, dict) else recorded
+        if theirs != mine or split not in data.SPLITS:
+            raise ValueError(f"{name} perturbs {_describe(theirs)}; this evaluation reads "
+                             f"{_describe(dict(mine, split=None))}")
+    x_split, y_split = robustness.arrays(data.load(FLAGS.dataset, split, batch_size=FLAGS.batch_size,
+                                                   **opts))
+    evaluation.check_adversarial_set(adv, name=name, num_classes=num_classes, image_shape=image_shape,
+                                     split=(x_split, y_split), split_name=f"{FLAGS.dataset}/{split}")
+    return adv
+
+
 def worst_case(results):
     """(correct (N,) bool, x_adv (N, ...)): an example is robust only if every attack left it right;
     its adversarial image is the one of the first attack that broke it, else the last attack's."""
@@ -131,7 +190,7 @@ def main(argv):
         parent = os.path.dirname(rundir.abspath(FLAGS.save_adversarial))
         if not rundir.isdir(parent):
             raise ValueError(f"--save_adversarial: {parent} is not a directory")
-    transfer = evaluation.load_adversarial(FLAGS.transfer_from) if FLAGS.transfer_from else None
+    norm, eps = attack_ball(chosen) if FLAGS.save_adversarial else (None, None)
     _, opts = common.recorded_data(FLAGS, meta)  # the data the checkpoint was trained on
     info = data.info(FLAGS.dataset, image_size=opts["image_size"], channels=opts["channels"])
     common.check_input_shape(f"checkpoint {FLAGS.checkpoint}", meta["model"], info.image_shape,
@@ -139,9 +198,9 @@ def main(argv):
     dataset = data.load(FLAGS.dataset, FLAGS.split, batch_size=FLAGS.batch_size, **opts)
     if FLAGS.max_examples:
         dataset = dataset.unbatch().take(FLAGS.max_examples).batch(FLAGS.batch_size)
-    if transfer is not None and tuple(transfer["x"].shape[1:]) != tuple(info.image_shape):
-        raise ValueError(f"--transfer_from={FLAGS.transfer_from} holds images of shape "
-                         f"{tuple(transfer['x'].shape[1:])}, the model takes {tuple(info.image_shape)}")
+    num_classes = meta["model"]["num_classes"]
+    transfer = (load_transfer(num_classes, opts, info.image_shape) if FLAGS.transfer_from
+                else None)
     model, _ = dynamics.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics)
     centered = getattr(model, "centered", None)
     kind = "standard" if centered is None else ("centered" if centered else "linearized")
@@ -180,12 +239,15 @@ def main(argv):
         results["attack"] = {"name": "+".join(chosen), "eps": FLAGS.eps, "norm": FLAGS.attack_norm}
         if FLAGS.save_adversarial:
             evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, protocol,
+                                        num_classes=num_classes, norm=norm, eps=eps,
+                                        data=data_record(opts, FLAGS.split), indices=np.arange(len(y)),
                                         attacks={n: a.to_dict() for n, a in chosen.items()},
                                         checkpoint=results["checkpoint"], dynamics=kind)
             results["saved_adversarial"] = rundir.abspath(FLAGS.save_adversarial)
         if transfer is not None:
             results["transfer_accuracy"] = evaluation.transfer_accuracy(fn, transfer)
             results["transfer_from"] = rundir.abspath(FLAGS.transfer_from)
+            results["transfer_examples"] = len(transfer["y"])
         if FLAGS.sanity_checks:
             white = [n for n in ("strong", "protocol") if n in chosen] or ["strong"]
             target = chosen.get(white[0]) or strong_from_flags()
@@ -214,7 +276,8 @@ def main(argv):
     if len(chosen) > 1:
         print(f"robust accuracy {results['robust_accuracy']:.4f}  (worst case over {', '.join(chosen)})")
     if "transfer_accuracy" in results:
-        print(f"transfer accuracy {results['transfer_accuracy']:.4f}  (set {FLAGS.transfer_from})")
+        print(f"transfer accuracy {results['transfer_accuracy']:.4f}  (set {FLAGS.transfer_from}, "
+              f"{results['transfer_examples']} examples)")
     if "sanity_checks" in results:
         failed = [c["name"] for c in results["sanity_checks"]["checks"] if not c["passed"]]
         print("sanity checks " + ("passed" if not failed else "FAILED: " + "; ".join(failed)))
