@@ -6,7 +6,8 @@ Every binary writes into one work directory. Its life, in one place:
     WORKDIR/run.json      train's run record: the configuration, written first, checked on every start
     WORKDIR/flags.json    the command's resolved flags, written once every check has passed
     WORKDIR/resume/       train's resume checkpoint, the last whole epoch (`tf_ntk.checkpoints`)
-    WORKDIR/history.json  train's per-epoch history
+    WORKDIR/history.json  train's per-epoch history, written after resume/ and the epoch's events
+    WORKDIR/online_kernels.npz  train's probe kernels the online kernel metrics refer to
     WORKDIR/results.json  train's final record: the run is finished when, and only when, it exists
                           (evaluate, compute_kernel, ... have their own final output file)
 

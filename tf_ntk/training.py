@@ -15,6 +15,9 @@ A run directory (``workdir``) holds:
   ``resume/``           model, optimizer and step after the last whole epoch, plus the history;
   ``history.json``      per-epoch loss, accuracy, learning rate and data kind;
   ``run.json``          the configuration, written first: another configuration is refused.
+Each epoch ends with its spawn checkpoint, then ``resume/`` (the commit point), then the callbacks'
+records (events, evaluation), then ``history.json``; a restart rewrites ``history.json`` from
+``resume/`` and calls ``on_epoch_end`` again for the last epoch when a kill came between them.
 A run that stops at any point restarts from ``resume/`` and, with the same seed, ends with the same
 weights as a run never interrupted: batches are shuffled by (seed, epoch) and each PGD random start
 is keyed by (seed, step).
