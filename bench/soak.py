@@ -10,10 +10,10 @@ reference: every checkpoint tensor (spawns and resume state) and results.json bi
 records agree: history.json equals the resume state's history (and the reference's, but for the
 seconds), and the events hold the reference's summaries, each (tag, step) once, the same scalars.
 
-Where the kills land: with --aim_at_writes (SIGKILL only), the first trials kill the command right
-after each of its end-of-epoch writes in turn (`bench.write_faults`: spawn checkpoint → resume
-checkpoint → events → history.json of every epoch, the final evaluation's events before
-results.json), so every window between two writes is hit; of the other trials, a third land at a
+Where the kills land: with --aim_at_writes (SIGKILL only), the first trials kill the command in
+each window between two of its end-of-epoch writes in turn (`bench.write_faults`: after the spawn
+checkpoint, after the resume checkpoint, before and after history.json of every epoch, before
+results.json); of the other trials, a third land at a
 random point of the final-evaluation window (every epoch trained and recorded, results.json not yet
 written) and the rest at a uniformly random time within the reference run's duration. Each kill is
 classified by the state it left.
@@ -43,8 +43,8 @@ flags.DEFINE_integer("epochs", 3, "Epochs of the soaked run.", lower_bound=1)
 flags.DEFINE_float("window_share", 1 / 3, "Share of the kills aimed at the final-evaluation window.")
 flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM", "INT"], "The signal: KILL (no chance to clean "
                   "up) or TERM / INT (the run checkpoints the step it reached).")
-flags.DEFINE_bool("aim_at_writes", True, "SIGKILL right after each end-of-epoch write in turn "
-                  "(the first trials), so every window between two writes is hit.")
+flags.DEFINE_bool("aim_at_writes", True, "SIGKILL inside each window between two end-of-epoch "
+                  "writes in turn (the first trials).")
 flags.DEFINE_integer("seed", 0, "Seed of the kill times (the run's own seed is 0).")
 flags.DEFINE_string("workdir", None, "Scratch directory (default: a temporary one, removed after).")
 flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results", "soak.json"),
@@ -68,20 +68,22 @@ def _train_flags(workdir):
 def _argv(workdir, kill_after=None):
     if kill_after is None:
         return [sys.executable, "-m", "binaries.train", *_train_flags(workdir)]
-    return [sys.executable, "-m", "bench.write_faults", f"--kill_after={kill_after[0]}:{kill_after[1]}",
+    return [sys.executable, "-m", "bench.write_faults", f"--kill={':'.join(map(str, kill_after))}",
             "--", *_train_flags(workdir)]
 
 
 def write_windows():
-    """[(write, count)]: right after each end-of-epoch write of the soaked command, in order (the
-    count is over the whole run: spawn 1 is epoch 0's, events 1 the first epoch's flush)."""
+    """[(when, write, count)]: one kill in each window between two end-of-epoch writes of the
+    soaked command, in order (counts over the whole run: spawn 1 is epoch 0's): after the spawn,
+    after resume/, before history.json (the events written), after it; before results.json."""
     spawns_before = {e: sum(1 for s in _save_epochs() if s < e) for e in range(1, FLAGS.epochs + 1)}
     windows = []
     for epoch in range(1, FLAGS.epochs + 1):
         if epoch in _save_epochs():
-            windows.append(("spawn", spawns_before[epoch] + 1))
-        windows += [("resume", epoch), ("events", epoch), ("history", epoch)]
-    return windows + [("events", FLAGS.epochs + 1)]  # the final flush, before results.json
+            windows.append(("after", "spawn", spawns_before[epoch] + 1))
+        windows += [("after", "resume", epoch), ("before", "history", epoch),
+                    ("after", "history", epoch)]
+    return windows + [("before", "results", 1)]
 
 
 def _start(workdir, kill_after=None):
@@ -192,7 +194,7 @@ def _trial(workdir, rng, duration, aim):
         t_kill = time.time() - started
         if state != "after the run finished":
             _finish(workdir)
-        return f"after {aim[0]} write {aim[1]}: {state}", t_kill
+        return f"{aim[0]} {aim[1]} write {aim[2]}: {state}", t_kill
     if aim == "window":
         while proc.poll() is None and not _in_window(workdir):
             time.sleep(0.005)
@@ -266,7 +268,7 @@ def main(argv):
     lines = [f"SIG{FLAGS.signal} soak: {ok}/{FLAGS.n} trials bit-identical to the uninterrupted run "
              f"(weights of every checkpoint and results.json) with every record agreeing "
              f"(history.json, resume state, events: each summary once)",
-             f"{len(aimed)} kills right after each end-of-epoch write in turn, {n_window} in the "
+             f"{len(aimed)} kills in each window between two end-of-epoch writes in turn, {n_window} in the "
              f"final-evaluation window, {rest - n_window} at random times", "",
              f"{'where the kill landed':<60} {'kills':>5}"]
     lines += [f"{s:<60} {c:>5}" for s, c in sorted(states.items())]

@@ -60,15 +60,15 @@ def reference(tmp_path_factory):
     return _tensors(workdir), _records(workdir)
 
 
-# (write, count), the counts over the run: spawns 0, 0.5, 1, 2 are spawn writes 1-4; the event file
-# is flushed after each online kernel (events 1, 2, 3, 5), each epoch's evaluation (4, 6) and the
-# final one (7). After the epoch-0.5 spawn (no resume state yet), the first epoch's resume write,
-# the last epoch's spawn, resume, events and history.json, the final events (results.json missing).
-WINDOWS = [("spawn", 2), ("resume", 1), ("spawn", 4), ("resume", 2), ("events", 6), ("history", 2),
-           ("events", 7)]
+# (when, write, count), counts over the run: spawns 0, 0.5, 1, 2 are spawn writes 1-4. After the
+# epoch-0.5 spawn (no resume state yet), after the first epoch's resume (its events not written),
+# and every window of the last epoch: after its spawn, after resume/, before history.json (events
+# written), after history.json, before results.json (the final evaluation's events written).
+WINDOWS = [("after", "spawn", 2), ("after", "resume", 1), ("after", "spawn", 4), ("after", "resume", 2),
+           ("before", "history", 2), ("after", "history", 2), ("before", "results", 1)]
 
 
-@pytest.mark.parametrize("window", WINDOWS, ids=[f"after_{k}_{n}" for k, n in WINDOWS])
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"{w}_{k}_{n}" for w, k, n in WINDOWS])
 def test_a_kill_after_any_end_of_epoch_write_is_repaired_by_the_rerun(window, reference, tmp_path):
     workdir = tmp_path / "run"
     undo = write_faults.install(*window, _raise)
@@ -98,7 +98,7 @@ def test_history_json_lags_the_resume_state_only_inside_the_window(tmp_path):
     """The state a kill between the last resume write and history.json leaves, and its repair by
     an evaluate-only rerun (nothing retrained: the resume checkpoint is untouched)."""
     workdir = tmp_path / "run"
-    undo = write_faults.install("resume", 2, _raise)  # the last epoch's
+    undo = write_faults.install("after", "resume", 2, _raise)  # the last epoch's
     try:
         with pytest.raises(Killed):
             helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
