@@ -9,10 +9,14 @@ checkpoint to a temporary directory that they delete (`tf_ntk.training`).
 
 import json
 import os
+import socket
+import sys
+import threading
 
 import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+RESOLVE_TIMEOUT_S = 5.0  # the longest a TF_CONFIG host name may take to resolve, in seconds
 
 
 def _check_tf_config():
@@ -32,9 +36,98 @@ def _check_tf_config():
     members = cluster.get(kind)
     if not isinstance(members, list) or not isinstance(index, int) or not 0 <= index < len(members):
         raise ValueError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
+    for job, addresses in cluster.items():
+        for i, address in enumerate(addresses if isinstance(addresses, list) else [addresses]):
+            _check_address(f"TF_CONFIG {job} {i}", address)
 
 
-def get_strategy(name="default", *, tpu=None):
+def _split_address(address):
+    """(host, port) of ``host:port`` or ``[ipv6]:port``; ValueError (one line) when it is neither
+    or the port is not in 1-65535."""
+    if not isinstance(address, str):
+        raise ValueError(f"address {json.dumps(address)} is not a string host:port")
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not (port.isascii() and port.isdigit()) or any(c.isspace() or c in "[]/" for c in host) \
+            or (":" in host and not address.startswith("[")):
+        raise ValueError(f"address {address!r} is not host:port (e.g. \"host1:12345\" or \"[::1]:12345\")")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"address {address!r}: port {int(port)} is not in 1-65535")
+    return host, int(port)
+
+
+def _resolve(host, port, timeout):
+    """None when ``host`` resolves within ``timeout`` seconds, else why not (a daemon thread does the
+    look-up, so a resolver that never answers cannot hold the process)."""
+    outcome = []
+
+    def look_up():
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            outcome.append(None)
+        except (OSError, UnicodeError) as e:
+            outcome.append(str(e.args[-1] if isinstance(e, socket.gaierror) else e))
+
+    thread = threading.Thread(target=look_up, daemon=True, name="tf_ntk-resolve")
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def _check_address(what, address):
+    """Raises ValueError (one line naming ``what``, the task) unless ``address`` is host:port with a
+    port in 1-65535 and a host that resolves within `RESOLVE_TIMEOUT_S` seconds."""
+    try:
+        host, port = _split_address(address)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    problem = _resolve(host, port, RESOLVE_TIMEOUT_S)
+    if problem:
+        raise ValueError(f"{what}: address {address!r}: cannot resolve host {host!r} ({problem})")
+
+
+def _silent_peers(timeout=1.0):
+    """The tasks of TF_CONFIG's cluster, other than this one, that accept no TCP connection
+    (``worker 1``), each tried for ``timeout`` seconds."""
+    config = json.loads(os.environ["TF_CONFIG"])
+    me = (config["task"]["type"], config["task"]["index"])
+    silent = []
+    for job, addresses in config["cluster"].items():
+        for i, address in enumerate(addresses):
+            if (job, i) == me:
+                continue
+            try:
+                socket.create_connection(_split_address(address), timeout=timeout).close()
+            except OSError:
+                silent.append(f"{job} {i}")
+    return silent
+
+
+def _watchdog(seconds):
+    """Starts a daemon thread that ends the process, with one line on stderr and exit status 2,
+    unless the returned `threading.Event` is set within ``seconds`` (None or 0: never). It bounds
+    TensorFlow's multi-worker start-up, which waits in C++ for every worker to connect, for ever and
+    deaf to SIGTERM; TensorFlow's own coordination-service register timeout does not end that wait."""
+    done = threading.Event()
+    if not seconds:
+        return done
+
+    def watch():
+        if done.wait(seconds):
+            return
+        who = ", ".join(_silent_peers()) or "a worker"
+        program = os.path.basename(sys.argv[0]).removesuffix(".py")
+        sys.stderr.write(f"{program}: error: {who} of the multi-worker job did not answer within "
+                         f"{seconds:g} s; start every worker with the same command\n")
+        sys.stderr.flush()
+        os._exit(2)  # noqa: SLF001  (the waiting thread is in C++ and cannot be interrupted)
+
+    threading.Thread(target=watch, daemon=True, name="tf_ntk-cluster-watchdog").start()
+    return done
+
+
+def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
     """A strategy by name.
 
     Args:
@@ -42,6 +135,9 @@ def get_strategy(name="default", *, tpu=None):
         the logical CPU devices), ``multi_worker`` (MultiWorkerMirroredStrategy over the cluster of the TF_CONFIG
         environment variable; one local worker without it), ``tpu`` (TPUStrategy).
       tpu: for ``tpu``: the TPU name or grpc:// address ("" or "local" for a TPU VM).
+      cluster_timeout: for ``multi_worker``: seconds to wait for every worker of the cluster to
+        start and connect; past them the process ends with one line naming the workers that did not
+        answer, and exit status 2 (None or 0: wait for ever).
 
     ``multi_worker`` must be created before any other TensorFlow operation runs in the process
     (TensorFlow configures collective operations at start-up).
@@ -62,11 +158,14 @@ def get_strategy(name="default", *, tpu=None):
             d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         _check_tf_config()
+        started = _watchdog(cluster_timeout if os.environ.get("TF_CONFIG") else None)
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"cannot start the multi-worker strategy: {str(e).splitlines()[0]} "
                              "(it must be created before any other TensorFlow operation)") from e
+        finally:
+            started.set()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
         tf.config.experimental_connect_to_cluster(resolver)

@@ -48,7 +48,7 @@ def _png(path, image, scale):
 
 def main(argv):
     del argv
-    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
+    meta = checkpoints.read_spawn_meta(FLAGS.checkpoint)
     num_classes = meta["model"]["num_classes"]
     logit = 0 if FLAGS.logit is None else FLAGS.logit  # eigen-images need one logit's kernel
     common.check_logit(logit, num_classes)
