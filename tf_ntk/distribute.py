@@ -10,6 +10,7 @@ checkpoint to a temporary directory that they delete (`tf_ntk.training`).
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 
@@ -87,43 +88,54 @@ def _check_address(what, address):
         raise ValueError(f"{what}: address {address!r}: cannot resolve host {host!r} ({problem})")
 
 
-def _silent_peers(timeout=1.0):
-    """The tasks of TF_CONFIG's cluster, other than this one, that accept no TCP connection
-    (``worker 1``), each tried for ``timeout`` seconds."""
+# The watcher of `_watchdog`: a separate process, since TensorFlow holds the GIL while it waits.
+# argv: seconds, the parent's pid, the one-line message's start and end, then "name=host:port" of
+# each peer; stdin: closed by the parent once the wait is over (or by its death).
+_WATCHER = r"""
+import os, select, signal, socket, sys
+seconds, parent, start, end = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if select.select([sys.stdin], [], [], seconds)[0]:
+    sys.exit(0)
+silent = []
+for peer in sys.argv[5:]:
+    name, host, port = peer.split("=", 1)[0], *peer.split("=", 1)[1].rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except OSError:
+        silent.append(name)
+sys.stderr.write(f"{start}{', '.join(silent) or 'a worker'}{end}\n")
+sys.stderr.flush()
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _peers():
+    """["worker 1=host1:12345", …]: the tasks of TF_CONFIG's cluster other than this one."""
     config = json.loads(os.environ["TF_CONFIG"])
     me = (config["task"]["type"], config["task"]["index"])
-    silent = []
-    for job, addresses in config["cluster"].items():
-        for i, address in enumerate(addresses):
-            if (job, i) == me:
-                continue
-            try:
-                socket.create_connection(_split_address(address), timeout=timeout).close()
-            except OSError:
-                silent.append(f"{job} {i}")
-    return silent
+    return [f"{job} {i}={address}" for job, addresses in config["cluster"].items()
+            for i, address in enumerate(addresses) if (job, i) != me]
 
 
 def _watchdog(seconds):
-    """Starts a daemon thread that ends the process, with one line on stderr and exit status 2,
-    unless the returned `threading.Event` is set within ``seconds`` (None or 0: never). It bounds
-    TensorFlow's multi-worker start-up, which waits in C++ for every worker to connect, for ever and
-    deaf to SIGTERM; TensorFlow's own coordination-service register timeout does not end that wait."""
-    done = threading.Event()
+    """Starts a watcher process that, unless the returned function is called within ``seconds``
+    (None or 0: no watcher), writes one line on stderr naming the workers that accept no connection
+    and kills this process (SIGKILL: exit status 137). It bounds TensorFlow's multi-worker start-up,
+    which waits in C++ for every worker to connect, for ever, holding the GIL (no Python thread or
+    signal handler runs) and deaf to SIGTERM; TensorFlow's coordination-service register timeout
+    (``cluster_register_timeout_in_ms``) does not end that wait."""
     if not seconds:
-        return done
+        return lambda: None
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+    watcher = subprocess.Popen(
+        [sys.executable, "-I", "-c", _WATCHER, f"{seconds:g}", str(os.getpid()), f"{program}: error: ",
+         f" of the multi-worker job did not answer within {seconds:g} s; start every worker with "
+         "the same command", *_peers()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
-    def watch():
-        if done.wait(seconds):
-            return
-        who = ", ".join(_silent_peers()) or "a worker"
-        program = os.path.basename(sys.argv[0]).removesuffix(".py")
-        sys.stderr.write(f"{program}: error: {who} of the multi-worker job did not answer within "
-                         f"{seconds:g} s; start every worker with the same command\n")
-        sys.stderr.flush()
-        os._exit(2)  # noqa: SLF001  (the waiting thread is in C++ and cannot be interrupted)
+    def done():
+        watcher.stdin.close()
+        watcher.wait()
 
-    threading.Thread(target=watch, daemon=True, name="tf_ntk-cluster-watchdog").start()
     return done
 
 
@@ -137,7 +149,7 @@ def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
       tpu: for ``tpu``: the TPU name or grpc:// address ("" or "local" for a TPU VM).
       cluster_timeout: for ``multi_worker``: seconds to wait for every worker of the cluster to
         start and connect; past them the process ends with one line naming the workers that did not
-        answer, and exit status 2 (None or 0: wait for ever).
+        answer, killed (exit status 137; None or 0: wait for ever).
 
     ``multi_worker`` must be created before any other TensorFlow operation runs in the process
     (TensorFlow configures collective operations at start-up).
@@ -165,7 +177,7 @@ def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
             raise ValueError(f"cannot start the multi-worker strategy: {str(e).splitlines()[0]} "
                              "(it must be created before any other TensorFlow operation)") from e
         finally:
-            started.set()
+            started()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
         tf.config.experimental_connect_to_cluster(resolver)
