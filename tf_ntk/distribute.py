@@ -42,7 +42,7 @@ def _check_tf_config():
             _check_address(f"TF_CONFIG {job} {i}", address)
 
 
-def _split_address(address):
+def split_address(address):
     """(host, port) of ``host:port`` or ``[ipv6]:port``; ValueError (one line) when it is neither
     or the port is not in 1-65535."""
     if not isinstance(address, str):
@@ -80,7 +80,7 @@ def _check_address(what, address):
     """Raises ValueError (one line naming ``what``, the task) unless ``address`` is host:port with a
     port in 1-65535 and a host that resolves within `RESOLVE_TIMEOUT_S` seconds."""
     try:
-        host, port = _split_address(address)
+        host, port = split_address(address)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
     problem = _resolve(host, port, RESOLVE_TIMEOUT_S)
