@@ -170,13 +170,13 @@ def read_meta(directory, require_model=False, require_epoch=False):
         meta = rundir.read_json(path, what="checkpoint record")
     except rundir.RecordError as e:
         raise CheckpointError(str(e)) from None
+    problem = _record_problem(meta)
+    if problem:
+        raise CheckpointError(f"corrupt checkpoint record {path}: {problem}")
     if require_model and not meta.get("model"):
         raise CheckpointError(f"checkpoint {directory} does not record its model (no \"model\" in {path})")
     if require_epoch and "epoch" not in meta:
         raise CheckpointError(f"corrupt checkpoint record {path}: no \"epoch\"")
-    problem = _record_problem(meta)
-    if problem:
-        raise CheckpointError(f"corrupt checkpoint record {path}: {problem}")
     return meta
 
 
@@ -201,7 +201,7 @@ def _record_problem(meta):
         shape = spec.get("input_shape")
         if not (isinstance(spec.get("name"), str) and _is_int(spec.get("num_classes"), 1)
                 and isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1) for d in shape)
-                and isinstance(spec.get("options", {}), dict)):
+                and isinstance(spec.get("options"), dict)):
             return ("\"model\" lacks name, num_classes, input_shape (H, W, C) or options "
                     f"(got {json.dumps(spec)[:80]})")
     epoch = meta.get("epoch", 0.0)
