@@ -38,8 +38,15 @@ def _check_tf_config():
     if not isinstance(members, list) or not isinstance(index, int) or not 0 <= index < len(members):
         raise ValueError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
     for job, addresses in cluster.items():
-        for i, address in enumerate(addresses if isinstance(addresses, list) else [addresses]):
+        for i, address in _tasks(addresses):
             _check_address(f"TF_CONFIG {job} {i}", address)
+
+
+def _tasks(addresses):
+    """[(index, address)] of one job of a TF_CONFIG cluster: a list, or a dict {index: address}."""
+    if isinstance(addresses, dict):
+        return sorted(addresses.items(), key=lambda item: str(item[0]))
+    return list(enumerate(addresses if isinstance(addresses, list) else [addresses]))
 
 
 def split_address(address):
@@ -110,11 +117,12 @@ os.kill(parent, signal.SIGKILL)
 
 
 def _peers():
-    """["worker 1=host1:12345", …]: the tasks of TF_CONFIG's cluster other than this one."""
+    """["worker 1=host1:12345", …]: the chief and workers of TF_CONFIG's cluster, this one aside."""
     config = json.loads(os.environ["TF_CONFIG"])
     me = (config["task"]["type"], config["task"]["index"])
     return [f"{job} {i}={address}" for job, addresses in config["cluster"].items()
-            for i, address in enumerate(addresses) if (job, i) != me]
+            if job in ("chief", "worker")  # the tasks MultiWorkerMirroredStrategy waits for
+            for i, address in _tasks(addresses) if (job, int(i)) != me]
 
 
 def _watchdog(seconds):
