@@ -57,8 +57,9 @@ def split_address(address):
     host, sep, port = address.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not (port.isascii() and port.isdigit()) or any(c.isspace() or c in "[]/" for c in host) \
-            or (":" in host and not address.startswith("[")):
+    bare_ipv6 = ":" in host and not address.startswith("[")  # [::1]:12345, not ::1:12345
+    if not sep or not host or bare_ipv6 or not (port.isascii() and port.isdigit()) \
+            or any(c.isspace() or c in "[]/" for c in host):
         raise ValueError(f"address {address!r} is not host:port (e.g. \"host1:12345\" or \"[::1]:12345\")")
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"address {address!r}: port {int(port)} is not in 1-65535")
@@ -110,6 +111,8 @@ for peer in sys.argv[5:]:
         socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
     except OSError:
         silent.append(name)
+if select.select([sys.stdin], [], [], 0)[0]:  # the wait ended while the peers were tried
+    sys.exit(0)
 sys.stderr.write(f"{start}{', '.join(silent) or 'a worker'}{end}\n")
 sys.stderr.flush()
 os.kill(parent, signal.SIGKILL)
@@ -127,18 +130,20 @@ def _peers():
 
 def _watchdog(seconds):
     """Starts a watcher process that, unless the returned function is called within ``seconds``
-    (None or 0: no watcher), writes one line on stderr naming the workers that accept no connection
-    and kills this process (SIGKILL: exit status 137). It bounds TensorFlow's multi-worker start-up,
-    which waits in C++ for every worker to connect, for ever, holding the GIL (no Python thread or
-    signal handler runs) and deaf to SIGTERM; TensorFlow's coordination-service register timeout
-    (``cluster_register_timeout_in_ms``) does not end that wait."""
-    if not seconds:
+    (None or 0, or no TF_CONFIG peers: no watcher), writes one line on stderr naming the workers
+    that accept no connection and kills this process (SIGKILL: exit status 137). It bounds
+    TensorFlow's multi-worker start-up, which waits in C++ for every worker to connect, for ever,
+    holding the GIL (no Python thread or signal handler runs) and deaf to SIGTERM; TensorFlow's
+    coordination-service register timeout (``cluster_register_timeout_in_ms``) does not end that
+    wait."""
+    peers = _peers() if seconds and os.environ.get("TF_CONFIG") else []
+    if not peers:
         return lambda: None
     program = os.path.basename(sys.argv[0]).removesuffix(".py")
     watcher = subprocess.Popen(
         [sys.executable, "-I", "-c", _WATCHER, f"{seconds:g}", str(os.getpid()), f"{program}: error: ",
          f" of the multi-worker job did not answer within {seconds:g} s; start every worker with "
-         "the same command", *_peers()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+         "the same command", *peers], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
     def done():
         watcher.stdin.close()
@@ -178,7 +183,7 @@ def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
             d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         _check_tf_config()
-        started = _watchdog(cluster_timeout if os.environ.get("TF_CONFIG") else None)
+        started = _watchdog(cluster_timeout)
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, RuntimeError) as e:
