@@ -99,6 +99,31 @@ def _meta(text):
     return setup
 
 
+def _meta_edit(edit):
+    """A copy of the good spawn whose meta.json is ``edit(meta)``."""
+    def setup(good, tmp):
+        path = _copy_checkpoint(good, tmp, "meta") / "meta.json"
+        path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    return setup
+
+
+def _meta_run(text):
+    """A run (``{tmp}/metarun``) whose one spawn records ``text`` as its meta.json."""
+    def setup(good, tmp):
+        ckpt = tmp / "metarun" / "spawn" / "epoch_1"
+        shutil.copytree(good / "run" / "spawn" / "epoch_1", ckpt)
+        (ckpt / "meta.json").write_text(text)
+    return setup
+
+
+def _without(key):
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def _model_without(key):
+    return lambda meta: {**meta, "model": {k: v for k, v in meta["model"].items() if k != key}}
+
+
 def _a_file(good, tmp):
     (tmp / "afile").write_text("not a directory\n")
 
@@ -218,6 +243,10 @@ def _truncated_run(good, tmp):
 
 CKPT = "--checkpoint={good}/run/spawn/epoch_1"
 TRANSFER = "--transfer_from={tmp}/adv.npz"
+META = "corrupt checkpoint record {tmp}/meta/meta.json: "
+NO_MODEL = "checkpoint {tmp}/meta does not record its model (no \"model\" in {tmp}/meta/meta.json)"
+RUN_NO_MODEL = "checkpoint {tmp}/metarun/spawn/epoch_1 does not record its model (no \"model\" in " \
+    "{tmp}/metarun/spawn/epoch_1/meta.json)"
 # (id, binary, argv, setup(good, tmp) or None, the error line's expected text)
 CASES = [
     # train: flags
@@ -250,6 +279,11 @@ CASES = [
      "corrupt checkpoint record {tmp}/meta/meta.json: expected a JSON dict, got list"),
     ("train-spawn-meta-model-string", train, ["--epochs=1", "--spawn={tmp}/meta"], _meta('{"model": "cnn"}'),
      "corrupt checkpoint record {tmp}/meta/meta.json: \"model\" is not a JSON object"),
+    ("train-spawn-meta-empty", train, ["--epochs=1", "--spawn={tmp}/meta"], _meta("{}"), NO_MODEL),
+    ("train-spawn-meta-no-epoch", train, ["--epochs=1", "--spawn={tmp}/meta"], _meta_edit(_without("epoch")),
+     META + 'no "epoch"'),
+    ("train-spawn-meta-no-options", train, ["--epochs=1", "--spawn={tmp}/meta"],
+     _meta_edit(_model_without("options")), META + '"model" lacks name, num_classes, input_shape (H, W, C) or options'),
     ("train-spawn-other-model", train, ["--epochs=1", "--spawn={good}/run/spawn/epoch_1", "--model=mlp"],
      None, "holds cnn(width=4)"),
     ("train-workdir-is-a-file", train, ["--epochs=1"], _a_file, "--workdir={tmp}/afile is a file, not a directory",
@@ -275,8 +309,16 @@ CASES = [
      "{tmp} is not a tf_ntk checkpoint (no meta.json or ckpt.index)"),
     ("evaluate-truncated-index", evaluate, ["--checkpoint={tmp}/truncated_index"], _truncated_index,
      "corrupt checkpoint {tmp}/truncated_index (truncated or damaged files"),
-    ("evaluate-meta-empty-object", evaluate, ["--checkpoint={tmp}/meta"], _meta("{}"),
-     "checkpoint {tmp}/meta does not record its model"),
+    ("evaluate-meta-empty-object", evaluate, ["--checkpoint={tmp}/meta"], _meta("{}"), NO_MODEL),
+    ("evaluate-meta-model-int", evaluate, ["--checkpoint={tmp}/meta"], _meta('{"model": 3}'),
+     META + '"model" is not a JSON object'),
+    ("evaluate-meta-no-epoch", evaluate, ["--checkpoint={tmp}/meta"], _meta_edit(_without("epoch")),
+     META + 'no "epoch"'),
+    ("evaluate-meta-epoch-string", evaluate, ["--checkpoint={tmp}/meta"],
+     _meta_edit(lambda m: {**m, "epoch": "one"}), META + '"epoch" is not a number of epochs (got "one")'),
+    ("evaluate-meta-data-list", evaluate, ["--checkpoint={tmp}/meta"],
+     _meta_edit(lambda m: {**m, "config": {**m["config"], "data": []}}),
+     META + '"config" has a "data" that is not a JSON object'),
     ("evaluate-transfer-empty", evaluate, [CKPT, "--transfer_from={tmp}/empty.npz"], _empty_npz,
      "{tmp}/empty.npz is not a tf_ntk adversarial set"),
     ("evaluate-transfer-other-shape", evaluate, [CKPT, "--transfer_from={tmp}/other.npz"], _other_shape_npz,
@@ -317,6 +359,13 @@ CASES = [
      "--logit=10 out of range for 10 classes"),
     ("compute-kernel-truncated", compute_kernel, ["--checkpoint={tmp}/truncated"], _truncated,
      "corrupt checkpoint {tmp}/truncated (truncated or damaged files"),
+    ("compute-kernel-meta-empty", compute_kernel, ["--checkpoint={tmp}/meta"], _meta("{}"), NO_MODEL),
+    ("compute-kernel-meta-model-int", compute_kernel, ["--checkpoint={tmp}/meta"], _meta('{"model": 3}'),
+     META + '"model" is not a JSON object'),
+    ("compute-kernel-meta-no-classes", compute_kernel, ["--checkpoint={tmp}/meta"],
+     _meta_edit(_model_without("num_classes")), META + '"model" lacks name, num_classes'),
+    ("compute-kernel-meta-no-epoch", compute_kernel, ["--checkpoint={tmp}/meta"], _meta_edit(_without("epoch")),
+     META + 'no "epoch"'),
     ("compute-kernel-shards-overwrite", compute_kernel, [CKPT, "--num_shards=2", "--overwrite"], None,
      "--overwrite cannot be combined with --num_shards"),
     ("compute-kernel-shard-range", compute_kernel, [CKPT, "--num_shards=2", "--shard=2"], None,
@@ -326,6 +375,17 @@ CASES = [
     ("kernel-dynamics-no-spawns", kernel_dynamics, ["--run={tmp}/empty_run"], _no_spawns,
      "no spawn checkpoints in {tmp}/empty_run"),
     ("kernel-dynamics-missing-run", kernel_dynamics, ["--run={tmp}/nowhere"], None, "{tmp}/nowhere"),
+    ("kernel-dynamics-meta-empty", kernel_dynamics, ["--run={tmp}/metarun"], _meta_run("{}"), RUN_NO_MODEL),
+    ("kernel-dynamics-meta-model-int", kernel_dynamics, ["--run={tmp}/metarun"], _meta_run('{"model": 3}'),
+     "corrupt checkpoint record {tmp}/metarun/spawn/epoch_1/meta.json: \"model\" is not a JSON object"),
+    ("kernel-dynamics-compare-meta-empty", kernel_dynamics, ["--run={good}/run", "--compare_run={tmp}/metarun"],
+     _meta_run("{}"), RUN_NO_MODEL),
+    ("kernel-dynamics-compare-meta-no-shape", kernel_dynamics,
+     ["--run={good}/run", "--compare_run={tmp}/metarun"], _meta_run('{"epoch": 1, "model": {"name": "cnn"}}'),
+     "corrupt checkpoint record {tmp}/metarun/spawn/epoch_1/meta.json: \"model\" lacks name, num_classes"),
+    ("visualize-meta-empty", visualize_features, ["--checkpoint={tmp}/meta"], _meta("{}"), NO_MODEL),
+    ("visualize-meta-no-epoch", visualize_features, ["--checkpoint={tmp}/meta"],
+     _meta_edit(_without("epoch")), META + 'no "epoch"'),
     ("visualize-meta-list", visualize_features, ["--checkpoint={tmp}/meta"], _meta("[]"),
      "expected a JSON dict, got list"),
     ("visualize-logit-range", visualize_features, [CKPT, "--logit=-1"], None, "--logit"),
@@ -338,6 +398,8 @@ CASES = [
      None, "fewer than per_class=500"),
     ("kernel-machine-truncated", kernel_machine, ["--phase1_run={tmp}/brokenrun"], _truncated_run,
      "corrupt checkpoint {tmp}/brokenrun/spawn/epoch_1 (truncated or damaged files"),
+    ("kernel-machine-meta-empty", kernel_machine, ["--phase1_run={tmp}/metarun"], _meta_run("{}"),
+     RUN_NO_MODEL),
     ("kernel-machine-solver", kernel_machine, ["--phase1_run={good}/run", "--solver=lu"], None,
      "--solver=lu: value should be one of"),
     # results, reproduce
@@ -558,3 +620,16 @@ def test_the_start_up_guard_knows_the_commands_and_nothing_else():
     for other in (["python", "-m", "pytest", "tests"], ["python", "-c", "import tf_ntk.cli"],
                   ["python", "script.py", "tf-ntk-train"], ["python", "-m", "bench.soak"]):
         assert startup.command_name(other) is None, other
+
+
+def test_more_eigen_images_than_probe_examples_computes_announces_and_records_what_it_can(good, tmp_path, capsys):
+    """--num_eigen=50 on 10 probe examples (a 10 x 10 kernel): 10 eigenvectors, said and recorded."""
+    code, err, out = helpers.run_app(visualize_features, [
+        "--checkpoint=" + str(good / "run" / "spawn" / "epoch_1"), f"--workdir={tmp_path}/features",
+        "--per_class=1", "--num_eigen=50", "--feature_steps=1"], capsys, stdout=True)
+    assert not code, err
+    assert ("10 examples, 10 eigenvectors ± (--num_eigen=50, but the kernel of 10 probe examples has 10: "
+            "more --per_class gives more)") in out, out
+    assert helpers.read_json(tmp_path / "features" / "flags.json")["num_eigen"] == 10
+    saved = np.load(tmp_path / "features" / "eigen_images.npz")
+    assert len(saved["names"]) == 2 * 10 + 1  # eig0± … eig9±, and w

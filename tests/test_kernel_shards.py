@@ -2,6 +2,7 @@
 kernel one process computes; that kernel equals the library's; tiles of another kernel are refused."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -70,6 +71,7 @@ def test_the_tiled_kernel_equals_the_library_kernel_and_other_tiles_are_refused(
     helpers.run_binary(compute_kernel, argv + ["--shard=0"])
     code, err = helpers.run_app(compute_kernel, argv + ["--shard=1", "--logit=3"], capsys)
     assert code == 2 and "holds tiles of another kernel (differs in: key)" in err
+    assert "--overwrite" not in err and f"delete {tmp_path}/mixed/tiles" in err, err  # refused with shards
 
 
 def test_kernel_dynamics_in_two_shards_equals_one_process(checkpoint, tmp_path, capsys):
@@ -85,3 +87,17 @@ def test_kernel_dynamics_in_two_shards_equals_one_process(checkpoint, tmp_path, 
     helpers.run_binary(kernel_dynamics, sharded + ["--shard=1"])
     assert helpers.read_csv(tmp_path / "two" / "kernel_dynamics.csv") == want
     assert len(want) == 3  # epochs 0, 0.5, 1
+
+
+def test_tiles_of_another_kernel_are_refused_with_advice_that_works(tmp_path):
+    """The refusal names what to do, and doing it (deleting the tile directory) lets the new kernel
+    start; --overwrite, refused with --num_shards, is not suggested."""
+    tiles = str(tmp_path / "tiles")
+    check = kernel_shards._check_manifest  # noqa: SLF001  (the check alone, without a model)
+    check(tiles, {"key": "a", "n": 4})
+    with pytest.raises(kernel_shards.ShardMismatchError) as e:
+        check(tiles, {"key": "b", "n": 4})
+    assert str(e.value) == (f"{tiles} holds tiles of another kernel (differs in: key); delete {tiles} "
+                            "(every shard then starts again) or choose another --workdir")
+    shutil.rmtree(tiles)
+    check(tiles, {"key": "b", "n": 4})

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tf_ntk.cli import train
+from tf_ntk import distribute
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,13 +164,76 @@ def test_workers_that_disagree_fail_with_one_line(tmp_path):
         assert len(lines) == 1 and "the workers disagree on the run's configuration" in lines[0], err
 
 
+def _cluster(*addresses, index=0):
+    return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}})
+
+
 @pytest.mark.parametrize("tf_config, message", [
     ("{not json", "TF_CONFIG is not JSON"),
     ('{"cluster": {"worker": ["localhost:1"]}}', 'TF_CONFIG needs "cluster" and "task"'),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}', "is not in its cluster"),
+    (_cluster("localhost:1", "not a host"), "TF_CONFIG worker 1: address 'not a host' is not host:port "
+     '(e.g. "host1:12345" or "[::1]:12345")'),
+    (_cluster("localhost:1", ""), "TF_CONFIG worker 1: address '' is not host:port"),
+    (_cluster("localhost:0", "localhost:1"), "TF_CONFIG worker 0: address 'localhost:0': port 0 is not in 1-65535"),
+    (_cluster("localhost:1", "localhost:99999"), "address 'localhost:99999': port 99999 is not in 1-65535"),
+    (_cluster("localhost:1", "host"), "TF_CONFIG worker 1: address 'host' is not host:port"),
+    (_cluster("localhost:1", "::1:5000"), "address '::1:5000' is not host:port"),  # IPv6 needs [ ]
+    (_cluster("localhost:1", 12345), "TF_CONFIG worker 1: address 12345 is not a string host:port"),
+    (_cluster("localhost:1", "nohost.invalid:12345"),
+     "TF_CONFIG worker 1: address 'nohost.invalid:12345': cannot resolve host 'nohost.invalid' ("),
 ])
 def test_a_malformed_tf_config_is_one_line(tf_config, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", tf_config)
+    monkeypatch.setattr(distribute, "RESOLVE_TIMEOUT_S", 2.0)  # quick even where DNS never answers
+    start = time.monotonic()
     code, err = helpers.run_app(train, [f"--workdir={tmp_path}/run", "--strategy=multi_worker"] + ARGS, capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert err.startswith("train: error: ") and time.monotonic() - start < 10
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_host_that_does_not_resolve_in_time_is_one_line(tmp_path, capsys, monkeypatch):
+    """A resolver that never answers (the look-up sleeps) costs RESOLVE_TIMEOUT_S, not a hang."""
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: time.sleep(30) if host == "slow.example"
+                        else real(host, *a, **k))
+    monkeypatch.setattr(distribute, "RESOLVE_TIMEOUT_S", 0.5)
+    monkeypatch.setenv("TF_CONFIG", _cluster("localhost:1", "slow.example:2"))
+    start = time.monotonic()
+    code, err = helpers.run_app(train, [f"--workdir={tmp_path}/run", "--strategy=multi_worker"] + ARGS, capsys)
+    assert time.monotonic() - start < 5, "the look-up was not bounded"
+    assert code == 2 and err.count("\n") == 1, err
+    assert "TF_CONFIG worker 1: address 'slow.example:2': cannot resolve host 'slow.example' (no answer " \
+        "within 0.5 s)" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("address, host_port", [
+    ("localhost:12345", ("localhost", 12345)), ("[::1]:5000", ("::1", 5000)),
+    ("10.0.0.2:65535", ("10.0.0.2", 65535)), ("host-1.example.com:1", ("host-1.example.com", 1))])
+def test_well_formed_addresses_are_accepted(address, host_port):
+    assert distribute.split_address(address) == host_port
+
+
+def test_a_worker_whose_peer_never_starts_stops_with_one_line_within_the_timeout(tmp_path):
+    """Worker 0 of two, worker 1 never started: TensorFlow would wait for ever (deaf to SIGTERM);
+    --cluster_timeout=15 ends it with one line naming worker 1, and no run directory."""
+    ports = _free_ports(2)
+    env = dict(os.environ, TF_CONFIG=_cluster(*(f"localhost:{p}" for p in ports)))
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "binaries.train", f"--workdir={tmp_path}/run",
+                             "--strategy=multi_worker", "--cluster_timeout=15", "--epochs=1", *ARGS],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        err = proc.communicate(timeout=90)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0 and 15 <= elapsed < 60, (proc.returncode, elapsed, err)
+    assert err.strip().splitlines() == [
+        "train: error: worker 1 of the multi-worker job did not answer within 15 s; start every worker "
+        "with the same command"], err
     assert not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ the (possibly fractional) epoch, ``epoch_0`` being the initialisation.
 
 import hashlib
 import json
+import math
 import os
 import uuid
 
@@ -150,10 +151,13 @@ def exists(directory):
     return files(directory) is not None
 
 
-def read_meta(directory, require_model=False):
-    """The ``meta.json`` record of a checkpoint directory; `CheckpointError` if missing, corrupt or
-    of another shape (its "model" and "config", when present, must be JSON objects; with
-    ``require_model`` the model must be recorded, as every checkpoint `tf_ntk.training` writes does)."""
+def read_meta(directory, require_model=False, require_epoch=False):
+    """The ``meta.json`` record of a checkpoint directory; `CheckpointError` (one line naming the
+    file) if missing, corrupt or of another shape: its "model" a complete `tf_ntk.models.spec`
+    (name, num_classes, input_shape, options), its "epoch" a finite number and its "config" a JSON
+    object (with a "data" object), each when present; with ``require_model`` / ``require_epoch``
+    they must be present (every checkpoint `tf_ntk.training` writes records its model; every spawn
+    its epoch: see `read_spawn_meta`)."""
     if rundir.is_local(directory):
         _recover(directory)
     if not gfile.isdir(directory):
@@ -166,17 +170,48 @@ def read_meta(directory, require_model=False):
         meta = rundir.read_json(path, what="checkpoint record")
     except rundir.RecordError as e:
         raise CheckpointError(str(e)) from None
+    problem = _record_problem(meta)
+    if problem:
+        raise CheckpointError(f"corrupt checkpoint record {path}: {problem}")
+    if require_model and not meta.get("model"):
+        raise CheckpointError(f"checkpoint {directory} does not record its model (no \"model\" in {path})")
+    if require_epoch and "epoch" not in meta:
+        raise CheckpointError(f"corrupt checkpoint record {path}: no \"epoch\"")
+    return meta
+
+
+def read_spawn_meta(directory):
+    """The record of a spawn checkpoint as every binary that reads one needs it (`read_meta` with
+    the model and the epoch required): the one check of train --spawn, evaluate, compute_kernel,
+    kernel_dynamics, visualize_features and kernel_machine."""
+    return read_meta(directory, require_model=True, require_epoch=True)
+
+
+def _is_int(value, lower=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lower
+
+
+def _record_problem(meta):
+    """What is wrong with the keys a checkpoint record holds (None when nothing is)."""
     for key in ("model", "config"):
         if not isinstance(meta.get(key, {}), dict):
-            raise CheckpointError(f"corrupt checkpoint record {path}: \"{key}\" is not a JSON object")
+            return f"\"{key}\" is not a JSON object"
     spec = meta.get("model")
-    if require_model and not spec:
-        raise CheckpointError(f"checkpoint {directory} does not record its model")
-    if spec and not (isinstance(spec.get("name"), str) and isinstance(spec.get("num_classes"), int)
-                     and isinstance(spec.get("input_shape"), list)):
-        raise CheckpointError(f"corrupt checkpoint record {path}: \"model\" lacks name, num_classes "
-                              "or input_shape")
-    return meta
+    if spec:
+        shape = spec.get("input_shape")
+        if not (isinstance(spec.get("name"), str) and _is_int(spec.get("num_classes"), 1)
+                and isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1) for d in shape)
+                and isinstance(spec.get("options"), dict)):
+            return ("\"model\" lacks name, num_classes, input_shape (H, W, C) or options "
+                    f"(got {json.dumps(spec)[:80]})")
+    epoch = meta.get("epoch", 0.0)
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch) \
+            or epoch < 0:
+        return f"\"epoch\" is not a number of epochs (got {json.dumps(epoch)[:40]})"
+    config = meta.get("config") or {}
+    if not isinstance(config.get("data") or {}, dict):  # None: a run of the library, no data set recorded
+        return "\"config\" has a \"data\" that is not a JSON object"
+    return None
 
 
 def verify(directory):

@@ -186,10 +186,8 @@ def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=N
       (model, meta): a Keras model (a `LinearizedModel` for linearized/centered dynamics) and the
       checkpoint's record. Build it under ``strategy.scope()`` for distributed training.
     """
-    meta = checkpoints.read_meta(directory)
-    spec = meta.get("model")
-    if not spec:
-        raise checkpoints.CheckpointError(f"checkpoint {directory} does not record its model")
+    meta = checkpoints.read_meta(directory, require_model=True)
+    spec = meta["model"]
     if expected_model is not None and dict(expected_model) != spec:
         raise checkpoints.CheckpointError(f"checkpoint {directory} holds {_describe(spec)}, "
                                           f"not {_describe(expected_model)}")

@@ -41,7 +41,8 @@ def _check_manifest(directory, manifest):
         if found != manifest:
             changed = sorted(k for k in set(found) | set(manifest) if found.get(k) != manifest.get(k))
             raise ShardMismatchError(f"{directory} holds tiles of another kernel (differs in: "
-                                     f"{', '.join(changed)}); remove it or pass --overwrite")
+                                     f"{', '.join(changed)}); delete {directory} (every shard then starts "
+                                     "again) or choose another --workdir")
     else:
         rundir.write_json(path, manifest)
 

@@ -131,11 +131,15 @@ def define_run_flags():
 
 @_once("strategy")
 def define_strategy_flags():
-    """--strategy, --tpu."""
+    """--strategy, --tpu, --cluster_timeout."""
     flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
                       "tf.distribute strategy: one device, local GPUs (or logical devices), workers from "
                       "TF_CONFIG (train only), TPU.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu ('local' on a TPU VM).")
+    define_fraction("cluster_timeout", 300.0, "--strategy=multi_worker: seconds to wait at start-up for "
+                    "every worker of TF_CONFIG's cluster to start and connect; past them the command "
+                    "stops with one line naming the workers that did not answer (0: wait for ever).",
+                    lower=0.0)
 
 
 @_once("jit_compile")

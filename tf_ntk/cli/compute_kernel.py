@@ -57,7 +57,7 @@ def main(argv):
         raise ValueError("--overwrite cannot be combined with --num_shards: remove the work directory's "
                          "kernel.npz and tiles/ once, then start the shards")
     strategy = common_flags.kernel_strategy(FLAGS)
-    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
+    meta = checkpoints.read_spawn_meta(FLAGS.checkpoint)
     num_classes = meta["model"]["num_classes"]
     common.check_logit(FLAGS.logit, num_classes)
     workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "kernels")

@@ -180,7 +180,7 @@ def worst_case(results):
 
 def main(argv):
     del argv
-    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
+    meta = checkpoints.read_spawn_meta(FLAGS.checkpoint)
     chosen = attacks_from_flags()
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
     if FLAGS.save_adversarial and not FLAGS.save_adversarial.endswith(".npz"):

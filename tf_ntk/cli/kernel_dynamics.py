@@ -120,7 +120,7 @@ def main(argv):
         raise ValueError("--compare_only needs --compare_run")
     runs = [FLAGS.run] + ([FLAGS.compare_run] if FLAGS.compare_run else [])
     spawns = {run: _spawns(run) for run in runs}
-    metas = {run: checkpoints.read_meta(spawns[run][0][1]) for run in runs}
+    metas = {run: checkpoints.read_spawn_meta(spawns[run][0][1]) for run in runs}
     spec = metas[runs[0]]["model"]
     for run in runs[1:]:
         other = metas[run]["model"]

@@ -159,7 +159,7 @@ def main(argv):
     del argv
     run = FLAGS.phase1_run
     spawns = _spawns(run)
-    meta = checkpoints.read_meta(spawns[0][1], require_model=True)
+    meta = checkpoints.read_spawn_meta(spawns[0][1])
     if (meta.get("config") or {}).get("dynamics", "standard") != "standard":
         raise ValueError(f"{run} is a phase-2 run; the kernel machine takes the spawns of a phase-1 run")
     dataset, opts = common.recorded_data(FLAGS, meta)

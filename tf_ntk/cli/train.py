@@ -98,7 +98,7 @@ def _resolve():
     spec = models.spec(FLAGS.model, info.num_classes, info.image_shape,
                        **common_flags.model_options(FLAGS))
     if phase2:
-        meta = checkpoints.read_meta(FLAGS.spawn, require_model=True)
+        meta = checkpoints.read_spawn_meta(FLAGS.spawn)
         if not (FLAGS["model"].present or FLAGS["width"].present):
             spec = meta.get("model") or spec  # the spawn decides the architecture
         common.check_input_shape(f"checkpoint {FLAGS.spawn}", spec, info.image_shape, FLAGS.dataset)
@@ -244,7 +244,7 @@ def _train_as_worker(strategy, model, train_data, config, workdir):
 def main(argv):
     del argv
     # First: a multi-worker strategy must exist before any other TensorFlow operation runs.
-    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, cluster_timeout=FLAGS.cluster_timeout)
     common.catch_interrupts()  # TensorFlow's multi-worker runtime took SIGTERM over
     config, info, opts = _resolve()
     training.set_seed(FLAGS.seed)

@@ -30,7 +30,9 @@ common_flags.define_image_flags()
 common_flags.define_run_flags()
 common_flags.define_checkpoint_flag()
 common_flags.define_kernel_flags()
-flags.DEFINE_integer("num_eigen", 3, "Top eigenvectors to visualise.", lower_bound=1)
+flags.DEFINE_integer("num_eigen", 3, "Top eigenvectors to visualise (at most the number of probe "
+                     "examples, the kernel's size: fewer are computed, and recorded, when it is larger).",
+                     lower_bound=1)
 flags.DEFINE_integer("feature_steps", 600, "Signed-gradient steps per image.", lower_bound=1)
 common_flags.define_fraction("feature_step_size", 0.001, "Step size per signed-gradient step "
                              "(pixel units).", lower=0.0)
@@ -48,7 +50,7 @@ def _png(path, image, scale):
 
 def main(argv):
     del argv
-    meta = checkpoints.read_meta(FLAGS.checkpoint, require_model=True)
+    meta = checkpoints.read_spawn_meta(FLAGS.checkpoint)
     num_classes = meta["model"]["num_classes"]
     logit = 0 if FLAGS.logit is None else FLAGS.logit  # eigen-images need one logit's kernel
     common.check_logit(logit, num_classes)
@@ -59,14 +61,18 @@ def main(argv):
     model, _ = dynamics.load_model(FLAGS.checkpoint)
     with rundir.open_run(workdir):
         dtype = common_flags.kernel_dtype(FLAGS, default="float64")
-        resolved = common.write_flags(workdir, __name__, logit=logit, kernel_dtype=dtype)
+        num_eigen = min(FLAGS.num_eigen, len(x))  # a P x P kernel has P eigenvectors
+        resolved = common.write_flags(workdir, __name__, logit=logit, kernel_dtype=dtype,
+                                      num_eigen=num_eigen)
         which = "--logit" if FLAGS.logit is not None else "the default; --logit chooses another"
+        clamped = (f" (--num_eigen={FLAGS.num_eigen}, but the kernel of {len(x)} probe examples has "
+                   f"{len(x)}: more --per_class gives more)") if num_eigen < FLAGS.num_eigen else ""
         print(f"eigen-images of logit {logit} ({which}) of {FLAGS.checkpoint}: {dtype} kernel on "
-              f"{len(x)} examples, {FLAGS.num_eigen} eigenvectors ±, and w; {FLAGS.feature_steps} "
+              f"{len(x)} examples, {num_eigen} eigenvectors ±{clamped}, and w; {FLAGS.feature_steps} "
               "steps each from grey and from the best probe image")
         kernel = ntk.empirical_ntk(model, x, logit=logit, implementation=FLAGS.implementation,
                                    dtype=dtype).numpy()
-        images = eigenimages.eigen_images(model, x, kernel, logit, labels=y, num_eigen=FLAGS.num_eigen,
+        images = eigenimages.eigen_images(model, x, kernel, logit, labels=y, num_eigen=num_eigen,
                                           steps=FLAGS.feature_steps, step_size=FLAGS.feature_step_size)
         failed = []
         for item in images:
