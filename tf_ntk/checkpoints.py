@@ -209,7 +209,8 @@ def _record_problem(meta):
             or epoch < 0:
         return f"\"epoch\" is not a number of epochs (got {json.dumps(epoch)[:40]})"
     config = meta.get("config") or {}
-    if not isinstance(config.get("data") or {}, dict):  # None: a run of the library, no data set recorded
+    data = config.get("data")
+    if data is not None and not isinstance(data, dict):  # None: a library run records no data set
         return "\"config\" has a \"data\" that is not a JSON object"
     return None
 
