@@ -84,3 +84,37 @@ def run_app(module, argv, capsys, stdout=False):
         flags.FLAGS.unparse_flags()
     captured = capsys.readouterr()
     return (exit_info.value.code, captured.err) + ((captured.out,) if stdout else ())
+
+
+def linear_digits_model(seed=0, d=64, o=10):
+    """A linear Keras model on 8x8 digits with N(0, 1) weights and biases; (model, w (d, o), b (o,))."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d, o)).astype(np.float32)
+    b = rng.normal(size=(o,)).astype(np.float32)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(o)])
+    model.layers[-1].kernel.assign(w)
+    model.layers[-1].bias.assign(b)
+    return model, w, b
+
+
+def closed_form_linf_robust(w, b, x, y, eps):
+    """(N,) bool: no L∞ perturbation of size ≤ eps inside [0, 1] changes the linear model's label.
+
+    For each wrong class j the largest achievable margin is
+    (w_j − w_y)·x + b_j − b_y + Σ_i max(c_i·lo_i, c_i·hi_i), c = w_j − w_y, with the box-clipped
+    per-pixel range lo = max(−eps, −x), hi = min(eps, 1 − x)."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    lo, hi = np.maximum(-eps, -flat), np.minimum(eps, 1.0 - flat)
+    robust = np.ones(len(x), bool)
+    for n in range(len(x)):
+        logits = flat[n] @ w + b
+        if np.argmax(logits) != y[n]:
+            robust[n] = False
+            continue
+        for j in range(w.shape[1]):
+            if j == y[n]:
+                continue
+            c = w[:, j].astype(np.float64) - w[:, y[n]]
+            best = logits[j] - logits[y[n]] + np.maximum(c * lo[n], c * hi[n]).sum()
+            robust[n] &= best < 0
+    return robust

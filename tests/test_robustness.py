@@ -2,7 +2,6 @@
 of a linear model, is never weaker per example than any of its members, and AutoAttack (ART) runs on
 standard and centered models."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -14,47 +13,14 @@ from tf_ntk import evaluation
 from tf_ntk import robustness
 
 
-def _linear(seed=0, d=64, o=10):
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(d, o)).astype(np.float32)
-    b = rng.normal(size=(o,)).astype(np.float32)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(o)])
-    model.layers[-1].kernel.assign(w)
-    model.layers[-1].bias.assign(b)
-    return model, w, b
-
-
-def _closed_form_robust(w, b, x, y, eps):
-    """(N,) bool: no L∞ perturbation of size ≤ eps inside [0, 1] changes the linear model's label.
-
-    For each wrong class j the largest achievable margin is
-    (w_j − w_y)·x + b_j − b_y + Σ_i max(c_i·lo_i, c_i·hi_i), c = w_j − w_y, with the box-clipped
-    per-pixel range lo = max(−eps, −x), hi = min(eps, 1 − x)."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    lo, hi = np.maximum(-eps, -flat), np.minimum(eps, 1.0 - flat)
-    robust = np.ones(len(x), bool)
-    for n in range(len(x)):
-        logits = flat[n] @ w + b
-        if np.argmax(logits) != y[n]:
-            robust[n] = False
-            continue
-        for j in range(w.shape[1]):
-            if j == y[n]:
-                continue
-            c = w[:, j].astype(np.float64) - w[:, y[n]]
-            best = logits[j] - logits[y[n]] + np.maximum(c * lo[n], c * hi[n]).sum()
-            robust[n] &= best < 0
-    return robust
-
-
 def test_strong_attack_reaches_the_closed_form_optimum_of_a_linear_model():
-    model, w, b = _linear()
+    model, w, b = helpers.linear_digits_model()
     x, _ = data.load_arrays("digits", "test")
     x = x[:120]
     fn = evaluation.inference_fn(model)
     y = np.argmax(fn(x).numpy(), -1).astype(np.int32)  # clean accuracy 1 by construction
     for eps in (0.02, 0.05):
-        want = _closed_form_robust(w, b, x, y, eps)
+        want = helpers.closed_form_linf_robust(w, b, x, y, eps)
         assert 0.05 < want.mean() < 0.95  # the test must be able to fail either way
         got = robustness.evaluate(fn, x, y, robustness.strong(eps, steps=20, restarts=1, square_queries=100),
                                  seed=0)

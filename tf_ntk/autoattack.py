@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tf_ntk import apgd
+
 
 def _import_art():
     """Imports ART without its side effects on the process. On import ART warns about its
@@ -138,11 +140,17 @@ class AutoAttackConfig:
         return attack.generate(x=np.asarray(x, np.float32), y=np.asarray(y)).astype(np.float32)
 
 
+APGD_IMPLEMENTATIONS = ("art", "tf")
+"""ART's APGD (NumPy, one TensorFlow call per step) or `tf_ntk.apgd` (one compiled loop)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class APGDConfig:
-    """ART's APGD alone (Croce & Hein 2020): PGD with momentum and a step size that halves when
+    """APGD alone (Croce & Hein 2020): PGD with momentum and a step size that halves when
     progress stalls, from 2ε; untargeted, on the cross-entropy (``loss="ce"``) or the DLR loss.
-    A member of the strong ensemble (`tf_ntk.robustness.strong`)."""
+    A member of the strong ensemble (`tf_ntk.robustness.strong`). ``implementation``: ART's
+    (``"art"``) or the TensorFlow loop of `tf_ntk.apgd` (``"tf"``: compiled like the PGD members,
+    its random starts keyed per example like theirs)."""
 
     eps: float
     norm: str = "linf"
@@ -150,6 +158,7 @@ class APGDConfig:
     steps: int = 100
     restarts: int = 5
     batch_size: int = 128
+    implementation: str = "art"
 
     name = "apgd"
     _LOSSES = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}
@@ -159,15 +168,32 @@ class APGDConfig:
             raise ValueError(f"unknown APGD loss {self.loss!r}; known: {', '.join(self._LOSSES)}")
         if self.norm not in _ART_NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
+        if self.implementation not in APGD_IMPLEMENTATIONS:
+            raise ValueError(f"unknown APGD implementation {self.implementation!r}; known: "
+                             f"{', '.join(APGD_IMPLEMENTATIONS)}")
+
+    @property
+    def compiled(self):
+        """Whether it runs as a TensorFlow function of a batch (`attack`), like the PGD members."""
+        return self.implementation == "tf"
 
     def describe(self):
-        return f"{self.norm} APGD-{self.loss.upper()} (ART) eps={self.eps:.4g} {self.steps} steps x{self.restarts}"
+        return (f"{self.norm} APGD-{self.loss.upper()} ({self.implementation.upper()}) "
+                f"eps={self.eps:.4g} {self.steps} steps x{self.restarts}")
 
     def to_dict(self):
-        return {"name": self.name, **dataclasses.asdict(self)}
+        fields = dataclasses.asdict(self)
+        if self.implementation == "art":  # records (and random-start keys) of ART's as before
+            del fields["implementation"]
+        return {"name": self.name, **fields}
 
     def short(self):
-        return f"APGD-{self.loss.upper()} x{self.restarts}"
+        return f"APGD-{self.loss.upper()}{' (TF)' if self.compiled else ''} x{self.restarts}"
+
+    def attack(self, model_fn, x, y, seed=None, example_rows=None):
+        """The TensorFlow implementation's adversarial images for a batch (see `tf_ntk.apgd.apgd`)."""
+        return apgd.apgd(model_fn, x, y, eps=self.eps, steps=self.steps, norm=self.norm,
+                         loss=self.loss, restarts=self.restarts, seed=seed, example_rows=example_rows)
 
     def replace(self, **changes):
         """A copy with the fields among ``changes`` (eps, steps, restarts, ...) changed; PGD-only

@@ -68,7 +68,7 @@ class Ensemble:
 
 
 def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, apgd_restarts=5,
-           square_queries=5000):
+           square_queries=5000, apgd_implementation="art"):
     """The strong evaluation ensemble at radius ``eps``.
 
     Members, each ``steps`` steps from uniform random starts, every iterate counted (keep="best"),
@@ -80,8 +80,9 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
       ball's corners, small ones converge), ``restarts`` starts each;
     - targeted-margin PGD towards each of the ``targets`` most likely wrong classes (AutoAttack's
       APGD-T idea), cosine step from ε, one start each;
-    - with ``apgd``: ART's APGD-CE and APGD-DLR (momentum, adaptive step; ``apgd_restarts``
-      starts), AutoAttack's white-box core, on what the PGD members left;
+    - with ``apgd``: APGD-CE and APGD-DLR (momentum, adaptive step; ``apgd_restarts`` starts),
+      AutoAttack's white-box core, on what the PGD members left: ART's, or with
+      ``apgd_implementation="tf"`` the compiled `tf_ntk.apgd`;
     - ART's Square attack with ``square_queries`` queries (0: none), one start: a black-box
       search that finds what gradient steps miss where the loss surface is obfuscated.
 
@@ -100,7 +101,8 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     if apgd and eps > 0:
 
         members += [autoattack.APGDConfig(eps=eps, norm=norm, loss=loss, steps=steps,
-                                          restarts=apgd_restarts) for loss in ("ce", "dlr")]
+                                          restarts=apgd_restarts, implementation=apgd_implementation)
+                    for loss in ("ce", "dlr")]
     if square_queries and eps > 0:
 
         members.append(autoattack.SquareConfig(eps=eps, norm=norm, queries=square_queries))
@@ -193,7 +195,8 @@ class _Runner:
     def craft(self, attack, indices):
         """Adversarial images for ``self.x[indices]`` (K, ...) from ``attack``."""
         config_key = zlib.crc32(json.dumps(attack.to_dict(), sort_keys=True).encode())
-        if not isinstance(attack, attacks.PGDConfig):  # ART attacks run on NumPy arrays
+        if not (isinstance(attack, attacks.PGDConfig) or getattr(attack, "compiled", False)):
+            # ART attacks run on NumPy arrays
             out = attack.generate(self.model_fn, self.x[indices], self.y[indices], self.num_classes,
                                   seed=self.seed * 7919 + config_key)
             self._tick(len(indices))

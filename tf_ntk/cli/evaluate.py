@@ -88,7 +88,8 @@ REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk
 
 def strong_from_flags():
     return robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
-                             restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries)
+                             restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
+                             apgd_implementation=FLAGS.apgd)
 
 
 def attacks_from_flags():

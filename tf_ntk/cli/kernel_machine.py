@@ -103,7 +103,8 @@ def _attacks():
     """(protocol PGD, strong ensemble) from the attack flags."""
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
     strong = robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
-                               restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries)
+                               restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
+                               apgd_implementation=FLAGS.apgd)
     return protocol, strong
 
 
