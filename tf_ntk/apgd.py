@@ -143,11 +143,12 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
         final = tf.while_loop(lambda s: s["i"] < steps, body, [state])[0]
         return final["found"], final["found_score"]
 
-    best, best_score = one_start(attacks.sample_start(x, eps, norm, key, example_rows=example_rows))
-    for r in range(1, int(restarts)):
-        start = attacks.sample_start(x, eps, norm, tf.random.experimental.stateless_fold_in(key, r),
-                                     example_rows=example_rows)
-        candidate, score = one_start(start)
+    def next_start(r, best, best_score):
+        # Restart 0 starts from the key itself (as a PGD member's single start does).
+        k = tf.where(tf.equal(r, 0), key, tf.random.experimental.stateless_fold_in(key, tf.cast(r, tf.int64)))
+        candidate, score = one_start(attacks.sample_start(x, eps, norm, k, example_rows=example_rows))
         better = score > best_score
-        best, best_score = pick(better, candidate, best), tf.where(better, score, best_score)
-    return best
+        return r + 1, pick(better, candidate, best), tf.where(better, score, best_score)
+
+    initial = (tf.constant(0), x, tf.fill(tf.shape(y), -inf))
+    return tf.while_loop(lambda r, *_: r < int(restarts), next_start, initial)[1]
