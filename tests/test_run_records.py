@@ -18,7 +18,6 @@ ARGS = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "
         "--epochs=2", "--save_epochs=0,0.5,1,2", "--eval_every=1", "--kernel_every=1",
         "--kernel_at_spawns", "--per_class=2"]
 
-pytestmark = pytest.mark.xdist_group("run_records")
 
 
 class Killed(BaseException):
