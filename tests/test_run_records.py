@@ -19,7 +19,6 @@ ARGS = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "
         "--kernel_at_spawns", "--per_class=2"]
 
 
-
 class Killed(BaseException):
     """What a SIGKILL does to the command, in-process: it stops at once."""
 
