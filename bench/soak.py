@@ -31,10 +31,10 @@ import time
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
 from bench import measure
 from tf_ntk.cli import common
+from tf_ntk import checkpoints
 from tf_ntk import rundir
 from tf_ntk import summaries
 
@@ -127,15 +127,9 @@ def _state(workdir):
 
 def _tensors(workdir):
     """{checkpoint/variable: array} of every checkpoint in the run, tracking-only values skipped."""
-    out = {}
-    dirs = [os.path.join(workdir, "resume")] + [
-        os.path.join(workdir, "spawn", d) for d in sorted(os.listdir(os.path.join(workdir, "spawn")))]
-    for d in dirs:
-        reader = tf.train.load_checkpoint(os.path.join(d, "ckpt"))
-        for name in reader.get_variable_to_shape_map():
-            if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
-                out[f"{os.path.relpath(d, workdir)}/{name}"] = reader.get_tensor(name)
-    return out
+    dirs = [os.path.join(workdir, "resume")] + [path for _, path in checkpoints.list_spawns(workdir)]
+    return {f"{os.path.relpath(d, workdir)}/{name}": value for d in dirs
+            for name, value in checkpoints.read_tensors(d).items()}
 
 
 def _results(workdir):

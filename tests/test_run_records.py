@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from bench import write_faults
 from tf_ntk.cli import train
+from tf_ntk import checkpoints
 from tf_ntk import summaries
 from tests import helpers
 
@@ -28,15 +28,10 @@ def _raise():
 
 
 def _tensors(workdir):
-    out = {}
-    for root, dirs, files in os.walk(workdir):
-        dirs.sort()
-        if "ckpt.index" in files:
-            reader = tf.train.load_checkpoint(os.path.join(root, "ckpt"))
-            for name in reader.get_variable_to_shape_map():
-                if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
-                    out[f"{os.path.relpath(root, workdir)}/{name}"] = reader.get_tensor(name)
-    return out
+    """{checkpoint/variable: array} of the run's spawn and resume checkpoints."""
+    dirs = [path for _, path in checkpoints.list_spawns(workdir)] + [os.path.join(workdir, "resume")]
+    return {f"{os.path.relpath(d, workdir)}/{name}": value for d in dirs
+            for name, value in checkpoints.read_tensors(d).items()}
 
 
 def _without_seconds(rows):

@@ -260,6 +260,17 @@ def fingerprint(directory):
     return digest.hexdigest()[:16]
 
 
+def read_tensors(directory):
+    """{variable name: array} of every value the checkpoint at ``directory`` saved (its object
+    graph left out): what two checkpoints are compared by, bit for bit."""
+    where = files(directory)
+    if where is None:
+        raise CheckpointError(f"{directory} is not a tf_ntk checkpoint (no {_META} or {_PREFIX}.index)")
+    reader = tf.train.load_checkpoint(os.path.join(where, _PREFIX))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
 def list_spawns(workdir):
     """[(epoch, path)] of the spawn checkpoints of run ``workdir``, in epoch order."""
     root = os.path.join(workdir, SPAWN_DIR)
