@@ -101,8 +101,8 @@ def test_the_strong_ensemble_runs_it_compiled_in_place_of_art_s(trained_mlp):
     model, x, y = trained_mlp
     fn = evaluation.inference_fn(model)
     ensemble = robustness.strong(0.1, steps=10, restarts=1, targets=1, square_queries=0,
-                                 apgd_implementation="tf")
-    assert [m.short() for m in ensemble.members[-2:]] == ["APGD-CE (TF) x5", "APGD-DLR (TF) x5"]
+                                 implementation="tf")
+    assert [m.short() for m in ensemble.members[-2:]] == ["APGD-CE (TF) x1", "APGD-DLR (TF) x1"]
     result = robustness.evaluate(fn, x, y, ensemble, seed=0, jit_compile=True, batch_size=64)
     assert result.rejected == 0 and 0.0 < result.accuracy < 0.9
     pgd_only = robustness.evaluate(fn, x, y, robustness.Ensemble(ensemble.members[:-2]), seed=0,

@@ -305,7 +305,8 @@ CASES = [
     # evaluate
     ("evaluate-no-checkpoint", evaluate, [], None, "--checkpoint is required"),
     ("evaluate-norm", evaluate, ["--attack_norm=l1"], None, "--attack_norm=l1: value should be one of <linf|l2>"),
-    ("evaluate-apgd", evaluate, ["--apgd=torch"], None, "--apgd=torch: value should be one of <art|tf>"),
+    ("evaluate-implementation", evaluate, ["--strong_implementation=torch"], None,
+     "--strong_implementation=torch: value should be one of <tf|art>"),
     ("evaluate-unknown-attack", evaluate, [CKPT, "--attack=fgsm"], None, "--attack: unknown attack fgsm"),
     ("evaluate-not-a-checkpoint", evaluate, ["--checkpoint={tmp}"], None,
      "{tmp} is not a tf_ntk checkpoint (no meta.json or ckpt.index)"),

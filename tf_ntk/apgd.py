@@ -78,11 +78,40 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
         raise ValueError(f"unknown APGD loss {loss!r}; known: {', '.join(LOSSES)}")
     if int(steps) < 1 or int(restarts) < 1:
         raise ValueError(f"APGD needs steps and restarts >= 1, got {steps} and {restarts}")
+    return _apgd(model_fn, x, y, attacks.cross_entropy_loss if loss == "ce" else attacks.dlr_loss,
+                 eps=eps, steps=int(steps), norm=norm, restarts=int(restarts), seed=seed,
+                 example_rows=example_rows)
+
+
+def params(*, eps, loss, restarts):
+    """An APGD configuration as `apgd_by_params` takes it: {name: NumPy scalar}."""
+    return {"eps": np.float32(eps), "loss": np.int32(LOSSES.index(loss)),
+            "restarts": np.int32(restarts)}
+
+
+def apgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_rows=None):
+    """`apgd` with eps, loss and restarts as tensors (`params`): one traced (and compiled) function
+    serves APGD-CE and APGD-DLR of one norm and number of steps. Same results as `apgd`."""
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.cast(tf.convert_to_tensor(y), tf.int32)
-    loss_fn = attacks.cross_entropy_loss if loss == "ce" else attacks.dlr_loss
+    index = tf.cast(params["loss"], tf.int32)
+    three = model_fn(x[:1]).shape[-1] >= 3
+
+    def loss_fn(labels, logits):
+        dlr = attacks.dlr_loss(labels, logits) if three else tf.zeros_like(logits[:, 0])
+        return tf.gather(tf.stack([attacks.cross_entropy_loss(labels, logits), dlr]), index)
+
+    return _apgd(model_fn, x, y, loss_fn, eps=tf.cast(params["eps"], tf.float32), steps=int(steps),
+                 norm=norm, restarts=tf.cast(params["restarts"], tf.int32), seed=seed,
+                 example_rows=example_rows)
+
+
+def _apgd(model_fn, x, y, loss_fn, *, eps, steps, norm, restarts, seed, example_rows):
+    """The attack of `apgd`; ``eps`` and ``restarts`` may be scalar tensors."""
+    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+    y = tf.cast(tf.convert_to_tensor(y), tf.int32)
     key = attacks._seed_key(seed)  # noqa: SLF001  (the PGD members' keying)
-    steps, rank = int(steps), x.shape.rank
+    rank = x.shape.rank
     first, shrink, smallest = checkpoint_schedule(steps)
     inf = tf.constant(np.inf)
 
@@ -101,7 +130,7 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
 
     def one_start(start):
         value, score, grad = evaluate(start)
-        step = tf.fill(tf.shape(y), tf.constant(2.0 * eps))
+        step = tf.fill(tf.shape(y), tf.cast(2.0 * eps, tf.float32))
         state = dict(
             i=tf.constant(0), adv=start, previous=start, grad=grad, value=value,
             best_loss=value, best_point=start, best_grad=grad,  # highest loss: the restart point
@@ -151,4 +180,4 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
         return r + 1, pick(better, candidate, best), tf.where(better, score, best_score)
 
     initial = (tf.constant(0), x, tf.fill(tf.shape(y), -inf))
-    return tf.while_loop(lambda r, *_: r < int(restarts), next_start, initial)[1]
+    return tf.while_loop(lambda r, *_: r < restarts, next_start, initial)[1]

@@ -13,6 +13,7 @@ run it continues. The iterations run in a `tf.while_loop`, so a 100-step attack 
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -204,20 +205,68 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
         loss_fn = lambda labels, logits: targeted_margin_loss(labels, targets, logits)  # noqa: E731
     else:
         loss_fn = _LOSS_FNS[loss]
-    order = NORMS[norm]
-    steps = int(steps)
     # A step longer than eps is a step of eps after projection (cleverhans asserts eps_iter <= eps).
-    eps_iter = min(step_size, eps)
-    key = _seed_key(seed) if random_start else None
-    track = keep == "best"
+    return _pgd_loop(model_fn, x, y, loss_fn, eps=eps, eps_iter=min(step_size, eps), steps=int(steps),
+                     norm=norm, cosine=schedule == "cosine", track=keep == "best",
+                     restarts=int(restarts), key=_seed_key(seed) if random_start else None,
+                     batch_slice=batch_slice, example_rows=example_rows)
+
+
+def pgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_rows=None):
+    """PGD whose configuration is tensors: one traced (and compiled) function of ``params`` serves
+    every `PGDConfig` of one norm and number of steps (the protocol attack and the strong ensemble's
+    PGD members), where `pgd` traces one graph per configuration.
+
+    Args:
+      params: `PGDConfig.params` as scalar tensors: eps, eps_iter (the first step, ≤ eps), loss
+        (index into `LOSSES`), target_rank, cosine, best (keep="best"), restarts.
+      norm, steps: the configuration's, fixed per graph.
+      seed, example_rows: as in `pgd` (always a random start).
+
+    Returns:
+      what `pgd` returns for the same configuration and seed (the same random starts and steps).
+    """
+    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+    y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+    logits = model_fn(x)
+    num_classes = logits.shape[-1]
+    rank = tf.cast(params["target_rank"], tf.int32)
+    # The k-th most likely wrong class at the clean input (column 0 where the attack is untargeted).
+    targets = tf.gather(tf.math.top_k(_mask_label(y, logits), k=num_classes - 1).indices,
+                        tf.maximum(rank - 1, 0), axis=1)
+    index = tf.where(rank > 0, len(LOSSES), tf.cast(params["loss"], tf.int32))
+
+    def loss_fn(labels, logits):
+        values = [cross_entropy_loss(labels, logits), margin_loss(labels, logits),
+                  dlr_loss(labels, logits) if num_classes >= 3 else tf.zeros_like(logits[:, 0]),
+                  targeted_margin_loss(labels, targets, logits)]
+        return tf.gather(tf.stack(values), index)
+
+    return _pgd_loop(model_fn, x, y, loss_fn, eps=tf.cast(params["eps"], tf.float32),
+                     eps_iter=tf.cast(params["eps_iter"], tf.float32), steps=int(steps), norm=norm,
+                     cosine=tf.cast(params["cosine"], tf.bool), track=tf.cast(params["best"], tf.bool),
+                     restarts=tf.cast(params["restarts"], tf.int32), key=_seed_key(seed),
+                     example_rows=example_rows)
+
+
+def _pgd_loop(model_fn, x, y, loss_fn, *, eps, eps_iter, steps, norm, cosine, track, restarts, key,
+              batch_slice=None, example_rows=None):
+    """The PGD iterations of `pgd` and `pgd_by_params`. ``cosine``, ``track`` and ``restarts`` are
+    Python values (the graph holds only what they select) or scalar tensors (the graph holds every
+    branch and picks at run time, with the same arithmetic); ``key`` None means no random start."""
+    order = NORMS[norm]
+    static = not tf.is_tensor(track)
+    inf = tf.constant(np.inf)
 
     def score(logits):
         """What restarts (and, with keep="best", iterates) are ranked by, per example."""
         value = loss_fn(y, logits)
-        if not track:
+        if static and not track:
             return value
         wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
-        return tf.where(wrong, tf.cast(np.inf, value.dtype), value)
+        if not static:
+            wrong = tf.logical_and(wrong, track)
+        return tf.where(wrong, tf.cast(inf, value.dtype), value)
 
     def pick(better, new, old):
         return tf.where(tf.reshape(better, [-1] + [1] * (x.shape.rank - 1)), new, old)
@@ -230,44 +279,56 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
             logits = model_fn(adv)
             value = loss_fn(labels=y, logits=logits)
         grad = tape.gradient(value, adv)
-        if track:  # the iterate the gradient was taken at competes for "best"
+        if not static or track:  # the iterate the gradient was taken at competes for "best"
             current = score(logits)
             better = current > best_score
             best, best_score = pick(better, adv, best), tf.where(better, current, best_score)
         alpha = eps_iter
-        if schedule == "cosine":
-            alpha = eps_iter * 0.5 * (1.0 + tf.cos(np.pi * tf.cast(i, tf.float32) / steps))
+        if not static or cosine:
+            decay = 0.5 * (1.0 + tf.cos(np.pi * tf.cast(i, tf.float32) / steps))
+            alpha = eps_iter * (decay if static else tf.where(cosine, decay, 1.0))
         adv = tf.clip_by_value(adv + optimize_linear(grad, alpha, order), 0.0, 1.0)
         adv = tf.clip_by_value(x + clip_eta(adv - x, order, eps), 0.0, 1.0)
         return i + 1, adv, best, best_score
 
     def one_restart(r):
-        if not random_start:
+        if key is None:
             start = x
         else:  # restart 0 is the single-start attack of the same seed
-            start = sample_start(x, eps, norm,
-                                 key if r == 0 else tf.random.experimental.stateless_fold_in(key, r),
-                                 batch_slice, example_rows)
-        initial = (tf.constant(0), start, start, tf.fill(tf.shape(y), tf.constant(-np.inf)))
+            folded = key if isinstance(r, int) and r == 0 else tf.random.experimental.stateless_fold_in(
+                key, r)
+            start = sample_start(x, eps, norm, folded, batch_slice, example_rows)
+        initial = (tf.constant(0), start, start, tf.fill(tf.shape(y), -inf))
         _, adv, best, best_score = tf.while_loop(lambda i, *_: i < steps, step, initial)
-        if not track:
+        if static and not track:
             return adv, None
         final = score(model_fn(adv))
         better = final > best_score
-        return pick(better, adv, best), tf.where(better, final, best_score)
+        tracked = pick(better, adv, best), tf.where(better, final, best_score)
+        if static:
+            return tracked
+        return pick(tf.fill(tf.shape(y), track), tracked[0], adv), tf.where(track, tracked[1], final)
 
     best, best_score = one_restart(0)
-    if restarts == 1:
+    if static:
+        if restarts == 1:
+            return best
+        if best_score is None:
+            best_score = score(model_fn(best))
+        for r in range(1, restarts):
+            cand, cand_score = one_restart(r)
+            if cand_score is None:
+                cand_score = score(model_fn(cand))
+            better = cand_score > best_score
+            best, best_score = pick(better, cand, best), tf.where(better, cand_score, best_score)
         return best
-    if best_score is None:
-        best_score = score(model_fn(best))
-    for r in range(1, int(restarts)):
+
+    def next_restart(r, best, best_score):
         cand, cand_score = one_restart(r)
-        if cand_score is None:
-            cand_score = score(model_fn(cand))
         better = cand_score > best_score
-        best, best_score = pick(better, cand, best), tf.where(better, cand_score, best_score)
-    return best
+        return r + 1, pick(better, cand, best), tf.where(better, cand_score, best_score)
+
+    return tf.while_loop(lambda r, *_: r < restarts, next_restart, (tf.constant(1), best, best_score))[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +367,21 @@ class PGDConfig:
         """Adversarial versions of ``x`` against ``model_fn`` (see `pgd` for the arguments)."""
         return pgd(model_fn, x, y, seed=seed, batch_slice=batch_slice, example_rows=example_rows,
                    **self.to_dict())
+
+    def family(self):
+        """(key, run): configurations with one key share one traced function ``run(model_fn, x, y,
+        params, seed=, example_rows=)`` of their `params` (`pgd_by_params`)."""
+        return ("pgd", self.norm, self.steps), functools.partial(pgd_by_params, norm=self.norm,
+                                                                 steps=self.steps)
+
+    def params(self):
+        """The configuration as `pgd_by_params` takes it: {name: NumPy scalar} (norm and steps are
+        the graph's, not parameters)."""
+        step = self.resolved_step_size
+        return {"eps": np.float32(self.eps), "eps_iter": np.float32(min(step, self.eps)),
+                "loss": np.int32(LOSSES.index(self.loss)), "target_rank": np.int32(self.target_rank),
+                "cosine": np.bool_(self.schedule == "cosine"), "best": np.bool_(self.keep == "best"),
+                "restarts": np.int32(self.restarts)}
 
     def describe(self):
         """A short label such as ``"linf PGD-100 eps=0.01569 step=0.0003137 ce x1"``."""

@@ -14,6 +14,7 @@ keeps a perturbation only when it misclassifies within the ε-ball:
 """
 
 import dataclasses
+import functools
 import logging
 import logging.config
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ntk import apgd
+from tf_ntk import square
 
 
 def _import_art():
@@ -140,8 +142,9 @@ class AutoAttackConfig:
         return attack.generate(x=np.asarray(x, np.float32), y=np.asarray(y)).astype(np.float32)
 
 
-APGD_IMPLEMENTATIONS = ("art", "tf")
-"""ART's APGD (NumPy, one TensorFlow call per step) or `tf_ntk.apgd` (one compiled loop)."""
+IMPLEMENTATIONS = ("tf", "art")
+"""Of the strong ensemble's APGD and Square members: one compiled TensorFlow loop each (`tf_ntk.apgd`,
+`tf_ntk.square`), or ART's (NumPy, one TensorFlow call per step)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +171,9 @@ class APGDConfig:
             raise ValueError(f"unknown APGD loss {self.loss!r}; known: {', '.join(self._LOSSES)}")
         if self.norm not in _ART_NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
-        if self.implementation not in APGD_IMPLEMENTATIONS:
+        if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"unknown APGD implementation {self.implementation!r}; known: "
-                             f"{', '.join(APGD_IMPLEMENTATIONS)}")
+                             f"{', '.join(IMPLEMENTATIONS)}")
 
     @property
     def compiled(self):
@@ -195,6 +198,16 @@ class APGDConfig:
         return apgd.apgd(model_fn, x, y, eps=self.eps, steps=self.steps, norm=self.norm,
                          loss=self.loss, restarts=self.restarts, seed=seed, example_rows=example_rows)
 
+    def family(self):
+        """(key, run): APGD-CE and APGD-DLR of one norm and number of steps share one traced
+        function ``run(model_fn, x, y, params, seed=, example_rows=)`` (`tf_ntk.apgd.apgd_by_params`)."""
+        return ("apgd", self.norm, self.steps), functools.partial(apgd.apgd_by_params, norm=self.norm,
+                                                                  steps=self.steps)
+
+    def params(self):
+        """eps, loss and restarts as `tf_ntk.apgd.apgd_by_params` takes them."""
+        return apgd.params(eps=self.eps, loss=self.loss, restarts=self.restarts)
+
     def replace(self, **changes):
         """A copy with the fields among ``changes`` (eps, steps, restarts, ...) changed; PGD-only
         fields (step size, schedule) do not apply to APGD and are ignored."""
@@ -215,39 +228,81 @@ class APGDConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SquareConfig:
-    """ART's Square attack alone (Andriushchenko et al. 2020): the black-box check of the sanity
-    report. It never reads a gradient, so a model that masks gradients does not fool it."""
+    """The Square attack alone (Andriushchenko et al. 2020): the black-box member of the strong
+    ensemble and the black-box check of the sanity report. It never reads a gradient, so a model
+    that masks gradients does not fool it. ``implementation``: the compiled loop of `tf_ntk.square`
+    (``"tf"``, L∞ only) or ART's (``"art"``; the one for L2)."""
 
     eps: float
     norm: str = "linf"
     queries: int = 1000
     restarts: int = 1
     batch_size: int = 128
+    implementation: str = "art"
 
     name = "square"
     blackbox = True  # the sanity report compares it with the gradient-based members
+    p_init = 0.8  # the first window's share of the image (ART's and the paper's default)
+
+    def __post_init__(self):
+        if self.norm not in _ART_NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown Square implementation {self.implementation!r}; known: "
+                             f"{', '.join(IMPLEMENTATIONS)}")
+        if self.implementation == "tf" and self.norm != "linf":
+            raise ValueError("the TensorFlow Square attack is L∞ only; use implementation='art' for "
+                             f"{self.norm}")
+
+    @property
+    def compiled(self):
+        """Whether it runs as a TensorFlow function of a batch, like the PGD members."""
+        return self.implementation == "tf"
 
     def short(self):
-        return f"Square-{self.queries} x{self.restarts}"
+        return f"Square-{self.queries}{' (TF)' if self.compiled else ''} x{self.restarts}"
 
     def replace(self, **changes):
         """A copy with the fields among ``changes`` (eps, restarts, ...) changed; gradient-attack
-        fields (steps, step size, schedule) do not apply to Square and are ignored."""
+        fields (steps, step size, schedule) do not apply to Square and are ignored. An L2 copy of a
+        TensorFlow Square is ART's."""
         fields = dataclasses.asdict(self)
-        return SquareConfig(**{**fields, **{k: v for k, v in changes.items() if k in fields}})
+        fields.update({k: v for k, v in changes.items() if k in fields})
+        if fields["norm"] != "linf" and "implementation" not in changes:
+            fields["implementation"] = "art"
+        return SquareConfig(**fields)
 
     def describe(self):
-        return f"{self.norm} Square (ART, black-box) eps={self.eps:.4g} {self.queries} queries x{self.restarts}"
+        return (f"{self.norm} Square ({self.implementation.upper()}, black-box) eps={self.eps:.4g} "
+                f"{self.queries} queries x{self.restarts}")
 
     def to_dict(self):
-        return {"name": self.name, **dataclasses.asdict(self)}
+        fields = dataclasses.asdict(self)
+        if self.implementation == "art":  # records (and random keys) of ART's as before
+            del fields["implementation"]
+        return {"name": self.name, **fields}
+
+    def attack(self, model_fn, x, y, seed=None, example_rows=None):
+        """The TensorFlow implementation's adversarial images for a batch (`tf_ntk.square.square`)."""
+        return square.square(model_fn, x, y, eps=self.eps, queries=self.queries,
+                             restarts=self.restarts, p_init=self.p_init, seed=seed,
+                             example_rows=example_rows)
+
+    def family(self):
+        """(key, run): Square attacks with one number of queries share one traced function."""
+        return ("square", self.norm, self.queries), functools.partial(square.square_by_params,
+                                                                      queries=self.queries)
+
+    def params(self):
+        """eps, restarts and p_init as `tf_ntk.square.square_by_params` takes them."""
+        return square.params(eps=self.eps, restarts=self.restarts, p_init=self.p_init)
 
     def generate(self, model_fn, x, y, num_classes, seed=0):
-        """Adversarial images (N, H, W, C) float32 (unsuccessful examples come back unchanged)."""
+        """ART's adversarial images (N, H, W, C) float32 (unsuccessful examples come back unchanged)."""
         estimator = classifier(model_fn, x.shape[1:], num_classes)
         _seeded(seed)
         attack = SquareAttack(estimator=estimator, norm=_ART_NORMS[self.norm], eps=self.eps,
-                              max_iter=self.queries, p_init=0.8, nb_restarts=self.restarts,
+                              max_iter=self.queries, p_init=self.p_init, nb_restarts=self.restarts,
                               batch_size=self.batch_size, verbose=False)
         onehot = np.eye(int(num_classes), dtype=np.float32)[np.asarray(y)]
         return attack.generate(x=np.asarray(x, np.float32), y=onehot).astype(np.float32)

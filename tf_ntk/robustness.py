@@ -16,6 +16,7 @@ adversarial image crafted for it are classified correctly. ε is in [0, 1] pixel
 units; images are float32 NHWC in [0, 1]; labels int (N,).
 """
 
+import contextlib
 import dataclasses
 import json
 import zlib
@@ -67,8 +68,8 @@ class Ensemble:
         return {"name": self.name, "members": [m.to_dict() for m in self.members]}
 
 
-def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, apgd_restarts=5,
-           square_queries=5000, apgd_implementation="art"):
+def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, apgd_restarts=None,
+           square_queries=5000, implementation="tf"):
     """The strong evaluation ensemble at radius ``eps``.
 
     Members, each ``steps`` steps from uniform random starts, every iterate counted (keep="best"),
@@ -80,11 +81,15 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
       ball's corners, small ones converge), ``restarts`` starts each;
     - targeted-margin PGD towards each of the ``targets`` most likely wrong classes (AutoAttack's
       APGD-T idea), cosine step from ε, one start each;
-    - with ``apgd``: APGD-CE and APGD-DLR (momentum, adaptive step; ``apgd_restarts`` starts),
-      AutoAttack's white-box core, on what the PGD members left: ART's, or with
-      ``apgd_implementation="tf"`` the compiled `tf_ntk.apgd`;
-    - ART's Square attack with ``square_queries`` queries (0: none), one start: a black-box
+    - with ``apgd``: APGD-CE and APGD-DLR (momentum, adaptive step; ``apgd_restarts`` starts,
+      default ``restarts``), AutoAttack's white-box core, on what the PGD members left;
+    - the Square attack with ``square_queries`` queries (0: none), one start: a black-box
       search that finds what gradient steps miss where the loss surface is obfuscated.
+
+    ``implementation``: APGD and Square as compiled TensorFlow loops (``"tf"``: `tf_ntk.apgd`,
+    `tf_ntk.square`; L2 Square is ART's) or ART's (``"art"``: NumPy, one TensorFlow call per step,
+    7x slower on the quick preset's models; bench/results/evaluation_profile.txt). Either way every
+    member is one traced function per family, shared by all of them (`evaluate`).
 
     On the centered digits CNN of ``make run``, each group breaks examples the groups before it
     left robust, and with 10 restarts the result equals the worst case of this ensemble and ART's
@@ -101,11 +106,13 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     if apgd and eps > 0:
 
         members += [autoattack.APGDConfig(eps=eps, norm=norm, loss=loss, steps=steps,
-                                          restarts=apgd_restarts, implementation=apgd_implementation)
+                                          restarts=apgd_restarts or restarts,
+                                          implementation=implementation)
                     for loss in ("ce", "dlr")]
     if square_queries and eps > 0:
-
-        members.append(autoattack.SquareConfig(eps=eps, norm=norm, queries=square_queries))
+        square = implementation if norm == "linf" else "art"
+        members.append(autoattack.SquareConfig(eps=eps, norm=norm, queries=square_queries,
+                                               implementation=square))
     return Ensemble(tuple(members), "strong")
 
 
@@ -158,31 +165,72 @@ class AttackResult:
         return {m: int(np.sum(self.broken_by == i)) for i, m in enumerate(self.members)}
 
 
-def _predict_fn(model_fn, jit_compile):
-    return tf.function(lambda x: tf.argmax(model_fn(x), axis=-1, output_type=tf.int32),
-                       jit_compile=jit_compile, reduce_retracing=True)
+_TRACES = "_tf_ntk_traces"  # the attribute of a model_fn that holds its traced attack functions
+
+
+def _functions(model_fn):
+    """The traced functions of ``model_fn`` ({key: tf.function}), kept on the callable itself so that
+    every evaluation of one model (the protocol attack, each member of an ensemble, a later call)
+    reuses them, and they go with it."""
+    table = getattr(model_fn, _TRACES, None)
+    if table is None:
+        table = {}
+        # (a callable without attributes, such as a bound method: the functions serve this call only)
+        with contextlib.suppress(AttributeError):
+            setattr(model_fn, _TRACES, table)
+    return table
+
+
+def _predict_fn(model_fn, image_shape, jit_compile):
+    table = _functions(model_fn)
+    key = ("predict", image_shape, jit_compile)
+    if key not in table:
+        table[key] = tf.function(
+            lambda x: tf.argmax(model_fn(x), axis=-1, output_type=tf.int32), jit_compile=jit_compile,
+            input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
+    return table[key]
+
+
+def _attack_fn(model_fn, family, run, image_shape, params, jit_compile):
+    """One traced function per attack family (kind, norm, steps) of ``model_fn``: its configuration
+    (ε, loss, restarts, ...) comes in as tensors, so the members of an ensemble and the protocol
+    attack share one trace. Batches of any size (one trace; under XLA one compilation per size)."""
+    table = _functions(model_fn)
+    key = (family, image_shape, jit_compile)
+    if key not in table:
+        signature = [tf.TensorSpec((None, *image_shape), tf.float32), tf.TensorSpec((None,), tf.int32),
+                     tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.int32),
+                     {k: tf.TensorSpec((), tf.as_dtype(np.asarray(v).dtype)) for k, v in params.items()},
+                     tf.TensorSpec((2,), tf.int64)]
+        table[key] = tf.function(
+            lambda x, y, rows, total, params, seed: run(model_fn, x, y, params, seed=seed,
+                                                        example_rows=(rows, total)),
+            jit_compile=jit_compile, input_signature=signature)
+    return table[key]
 
 
 def _batches(indices, batch_size, pad):
-    """Index batches of ``batch_size``; with ``pad`` the last is padded by repeating its first
-    index, so that XLA sees one static shape. Yields (indices, number of real ones)."""
+    """Index batches of ``batch_size``; with ``pad`` the last is padded by repeating its first index
+    to the next power of two (at most ``batch_size``), so that XLA compiles a few static shapes.
+    Yields (indices, number of real ones)."""
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         real = len(chunk)
         if pad and real < batch_size:
-            chunk = np.concatenate([chunk, np.full(batch_size - real, chunk[0])])
+            size = min(batch_size, 1 << (real - 1).bit_length())
+            chunk = np.concatenate([chunk, np.full(size - real, chunk[0])])
         yield chunk, real
 
 
 class _Runner:
-    """Runs attacks on NumPy arrays, each on the examples still robust; one compiled function per
-    PGD configuration and one for predictions."""
+    """Runs attacks on NumPy arrays, each on the examples still robust; one traced function per
+    attack family and one for predictions, shared by every call on the same ``model_fn``."""
 
     def __init__(self, model_fn, x, y, *, num_classes, batch_size, jit_compile, seed, progress):
         self.model_fn, self.x, self.y = model_fn, np.asarray(x, np.float32), np.asarray(y, np.int32)
         self.num_classes, self.batch_size, self.seed = num_classes, batch_size, int(seed)
         self.jit_compile, self.progress = jit_compile, progress
-        self.predict = _predict_fn(model_fn, jit_compile)
+        self.predict = _predict_fn(model_fn, self.x.shape[1:], jit_compile)
         self.done = 0
 
     def predictions(self, images, indices=None):
@@ -201,18 +249,19 @@ class _Runner:
                                   seed=self.seed * 7919 + config_key)
             self._tick(len(indices))
             return out
-        total = len(self.y)
-        fn = tf.function(
-            lambda x, y, rows: attack.attack(self.model_fn, x, y, seed=key, example_rows=(rows, total)),
-            jit_compile=self.jit_compile, reduce_retracing=True)
+        family, run = attack.family()
+        params = attack.params()
+        fn = _attack_fn(self.model_fn, family, run, self.x.shape[1:], params, self.jit_compile)
+        params = {k: tf.constant(v) for k, v in params.items()}
         # One key per attack configuration: an example's random starts depend on (seed, attack,
         # example) only, not on the attack's place in an ensemble or on the other examples still
         # being attacked alongside it.
         key = tf.constant([self.seed, config_key], tf.int64)
+        total = tf.constant(len(self.y), tf.int32)
         out = np.empty((len(indices),) + self.x.shape[1:], np.float32)
         for chunk, real in _batches(np.arange(len(indices)), self.batch_size, self.jit_compile):
-            rows = indices[chunk]
-            out[chunk[:real]] = fn(self.x[rows], self.y[rows], rows).numpy()[:real]
+            rows = indices[chunk].astype(np.int32)
+            out[chunk[:real]] = fn(self.x[rows], self.y[rows], rows, total, params, key).numpy()[:real]
             self._tick(real)
         return out
 

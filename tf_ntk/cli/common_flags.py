@@ -108,15 +108,16 @@ def define_attack_flags():
 
 @_once("strong_restarts")
 def define_strong_flags():
-    """--strong_restarts, --square_queries, --apgd (the strong evaluation ensemble)."""
-    flags.DEFINE_integer("strong_restarts", 10, "Random restarts of the strong ensemble's PGD members "
-                         "(its steps: --attack_steps, default 100).", lower_bound=1)
+    """--strong_restarts, --square_queries, --strong_implementation (the strong evaluation ensemble)."""
+    flags.DEFINE_integer("strong_restarts", 10, "Random restarts of the strong ensemble's PGD and APGD "
+                         "members (its steps: --attack_steps, default 100).", lower_bound=1)
     flags.DEFINE_integer("square_queries", 5000, "Queries of the Square attack in the strong "
                          "ensemble and in AutoAttack (ART's default 5000; 0: no Square in the strong "
                          "ensemble).", lower_bound=0)
-    flags.DEFINE_enum("apgd", "art", ["art", "tf"], "APGD-CE/-DLR of the strong ensemble: ART's "
-                      "(NumPy, one TensorFlow call per step) or tf_ntk.apgd (the same algorithm as "
-                      "one compiled loop; bench/results/evaluation_profile.txt has the speed-up).")
+    flags.DEFINE_enum("strong_implementation", "tf", ["tf", "art"], "APGD-CE/-DLR and Square of the "
+                      "strong ensemble: compiled TensorFlow loops (tf_ntk.apgd, tf_ntk.square; L2 "
+                      "Square is ART's) or ART's (NumPy, one TensorFlow call per step; "
+                      "bench/results/evaluation_profile.txt has the speed-up).")
 
 
 @_once("seed")

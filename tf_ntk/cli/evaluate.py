@@ -89,7 +89,7 @@ REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk
 def strong_from_flags():
     return robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
                              restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
-                             apgd_implementation=FLAGS.apgd)
+                             implementation=FLAGS.strong_implementation)
 
 
 def attacks_from_flags():

@@ -104,7 +104,7 @@ def _attacks():
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
     strong = robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
                                restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
-                               apgd_implementation=FLAGS.apgd)
+                               implementation=FLAGS.strong_implementation)
     return protocol, strong
 
 
