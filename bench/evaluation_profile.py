@@ -5,14 +5,15 @@ r"""Where robust evaluation spends its time: bench/results/evaluation_profile.js
 
 Trains the quick preset's adversarial phase-1 model (seed 0, the sweep's own command) and the
 centered phase-2 model on clean data from its last spawn, then runs the strong ensemble of the
-preset (`tf-ntk-evaluate --attack=strong --strong_restarts=2 --square_queries=250`) member by
-member, each on the examples the members before it left robust, as the evaluation does. Per member:
+preset (`tf-ntk-evaluate --attack=strong --strong_restarts=2 --square_queries=250`) on 180 test
+images, as the evaluation does, three ways:
 
-- seconds: its wall time on those examples (tracing and compiling included);
-- overhead: the same member on one example (tracing, compiling, per-call set-up);
-- passes: the forward-backward passes (forward-only for Square) per example it asks for;
-- ideal: one compiled forward-backward over the same examples, timed, × passes;
-- seconds / ideal: how far the member is from the speed of its own arithmetic.
+- before: the code before issue 23 (ART's APGD and Square, one traced function per member);
+- now, cold: the ensemble as ``tf-ntk-evaluate`` runs it in a fresh process (tracing included:
+  one traced function per attack family, shared by the members);
+- now, member by member on those traces, each on the examples the members before it left robust:
+  seconds, passes (forward-backward passes per example; forward for Square), ideal (one compiled
+  forward-backward over the same examples, timed, × passes) and seconds / ideal.
 
 Then the side by side of the issue: the whole `evaluate` work (protocol PGD-100 and the strong
 ensemble) against a plain compiled L∞ PGD-100 with 3 restarts and 2 losses on the same images,
@@ -72,9 +73,7 @@ def _train_models(root):
 
 def _passes(member):
     """Forward-backward passes per example (Square: forward passes) the member asks for."""
-    if isinstance(member, attacks.PGDConfig):
-        return member.steps * member.restarts
-    if isinstance(member, autoattack.APGDConfig):
+    if isinstance(member, (attacks.PGDConfig, autoattack.APGDConfig)):
         return member.steps * member.restarts
     if isinstance(member, autoattack.SquareConfig):
         return member.queries * member.restarts
@@ -96,86 +95,75 @@ def _pass_seconds(fn, x, y, backward):
     return measure.median_seconds(lambda: step(x, y).numpy(), repeats=20)
 
 
+def _ensemble(preset, implementation):
+    return robustness.strong(preset.eps, steps=preset.eval_steps, restarts=preset.strong_restarts,
+                             square_queries=preset.square_queries, implementation=implementation)
+
+
+def _before(fn, x, y, preset):
+    """(seconds, result) of the code before issue 23: ART's APGD and Square, and one traced function
+    per member (each member gets a fresh callable, so nothing is shared between them)."""
+    result, start = None, time.perf_counter()
+    for member in _ensemble(preset, "art").members:
+        result = robustness.evaluate(lambda v: fn(v), x, y, robustness.Ensemble((member,)),
+                                     start=result, batch_size=preset.batch_size)
+    return time.perf_counter() - start, result
+
+
 def _profile(checkpoint, x, y, preset):
     model, meta = dynamics.load_model(checkpoint)
     fn = evaluation.inference_fn(model)
-    ensemble = robustness.strong(preset.eps, steps=preset.eval_steps, restarts=preset.strong_restarts,
-                                 square_queries=preset.square_queries)
-    rows, result, total = [], None, 0.0
-    for member in ensemble.members:
+    ensemble = _ensemble(preset, "tf")
+    before_seconds, before = _before(fn, x, y, preset)
+    print(f"  before: {before_seconds:.2f} s, robust accuracy {before.accuracy:.3f}", flush=True)
+    cold = lambda v: fn(v)  # noqa: E731  (a fresh callable: its traces are made in this call)
+    start = time.perf_counter()
+    after = robustness.evaluate(cold, x, y, ensemble, batch_size=preset.batch_size)
+    after_seconds = time.perf_counter() - start
+    print(f"  after: {after_seconds:.2f} s, robust accuracy {after.accuracy:.3f}", flush=True)
+    rows, result, warm_total = [], None, 0.0
+    for member in ensemble.members:  # again, member by member, on the traces made above
         survivors = np.flatnonzero(result.correct) if result is not None else np.arange(len(y))
         start = time.perf_counter()
-        result = robustness.evaluate(fn, x, y, robustness.Ensemble((member,)), start=result,
+        result = robustness.evaluate(cold, x, y, robustness.Ensemble((member,)), start=result,
                                      batch_size=preset.batch_size)
         seconds = time.perf_counter() - start
-        one = survivors[:1] if len(survivors) else np.arange(1)
-        start = time.perf_counter()
-        robustness.evaluate(fn, x[one], y[one], robustness.Ensemble((member,)),
-                            batch_size=preset.batch_size)
-        overhead = time.perf_counter() - start
+        warm_total += seconds
         backward = not isinstance(member, autoattack.SquareConfig)
         per_pass = _pass_seconds(fn, x[survivors], y[survivors], backward) if len(survivors) else 0.0
         ideal = per_pass * _passes(member)
-        total += seconds
-        if isinstance(member, autoattack.APGDConfig):  # the compiled implementation, same examples
-            rows.append(_alternative(fn, x[survivors], y[survivors], member, per_pass, preset))
         rows.append({"member": member.short(), "examples": int(len(survivors)),
-                     "passes": _passes(member), "seconds": seconds, "overhead_seconds": overhead,
-                     "ideal_seconds": ideal, "ratio_to_ideal": seconds / ideal if ideal else None,
+                     "passes": _passes(member), "seconds": seconds, "ideal_seconds": ideal,
+                     "ratio_to_ideal": seconds / ideal if ideal else None,
                      "robust_after": float(np.mean(result.correct))})
-        print(f"  {rows[-1]['member']:<28} {len(survivors):>4} examples {seconds:7.2f} s "
-              f"(one example {overhead:5.2f} s, ideal {ideal:6.2f} s)", flush=True)
-    start = time.perf_counter()
-    with_tf = robustness.evaluate(fn, x, y, robustness.strong(
-        preset.eps, steps=preset.eval_steps, restarts=preset.strong_restarts,
-        square_queries=preset.square_queries, apgd_implementation="tf"), batch_size=preset.batch_size)
-    tf_seconds = time.perf_counter() - start
-    print(f"  the whole ensemble with --apgd=tf: {tf_seconds:.2f} s, robust accuracy "
-          f"{with_tf.accuracy:.3f} (with ART's APGD: {total:.2f} s, {result.accuracy:.3f})", flush=True)
+        print(f"  {rows[-1]['member']:<28} {len(survivors):>4} examples {seconds:7.3f} s "
+              f"(ideal {ideal:6.3f} s)", flush=True)
     return {"checkpoint": checkpoint, "epoch": meta.get("epoch"), "members": rows,
-            "strong_seconds": total, "robust_accuracy": float(np.mean(result.correct)),
-            "strong_seconds_apgd_tf": tf_seconds, "robust_accuracy_apgd_tf": with_tf.accuracy,
-            "robust_both": float(np.mean(result.correct & with_tf.correct))}
-
-
-def _alternative(fn, x, y, member, per_pass, preset):
-    """The row of ``member`` run by `tf_ntk.apgd` (outside the ensemble) on the same examples,
-    with how many it breaks against ART's."""
-    native = member.replace(implementation="tf")
-    times = []
-    for subset in (slice(None), slice(0, 1)):  # all, then one example (the overhead)
-        start = time.perf_counter()
-        result = robustness.evaluate(fn, x[subset], y[subset], robustness.Ensemble((native,)),
-                                     batch_size=preset.batch_size)
-        times.append(time.perf_counter() - start)
-        if subset == slice(None):
-            robust = result.correct
-    art = robustness.evaluate(fn, x, y, robustness.Ensemble((member,)), batch_size=preset.batch_size)
-    ideal = per_pass * _passes(member)
-    print(f"    (alternative) {native.short():<28} {times[0]:7.2f} s, breaks {int(np.sum(~robust))} "
-          f"where ART's breaks {int(np.sum(~art.correct))}", flush=True)
-    return {"member": native.short(), "alternative": True, "examples": int(len(y)),
-            "passes": _passes(member), "seconds": times[0], "overhead_seconds": times[1],
-            "ideal_seconds": ideal, "ratio_to_ideal": times[0] / ideal if ideal else None,
-            "breaks": int(np.sum(~robust)), "art_breaks": int(np.sum(~art.correct))}
+            "before_seconds": before_seconds, "before_robust_accuracy": before.accuracy,
+            "after_seconds": after_seconds, "robust_accuracy": after.accuracy,
+            "tracing_seconds": after_seconds - warm_total, "warm_seconds": warm_total,
+            "robust_both": float(np.mean(before.correct & after.correct)),
+            "broken_by_art_only": int(np.sum(~before.correct & after.correct)),
+            "broken_by_tf_only": int(np.sum(~after.correct & before.correct))}
 
 
 def _side_by_side(checkpoint, x, y, preset):
     """(seconds of the evaluate command's attacks: protocol + strong, seconds of a compiled plain
-    PGD-100 x 3 restarts x 2 losses) on the same model and images."""
+    PGD-100 x 3 restarts x 2 losses) on the same model and images, each from a fresh callable
+    (tracing and compiling included, as in a fresh process)."""
     model, _ = dynamics.load_model(checkpoint)
     fn = evaluation.inference_fn(model)
+    cold = lambda v: fn(v)  # noqa: E731
     start = time.perf_counter()
-    robustness.evaluate(fn, x, y, robustness.protocol(preset.eps, steps=preset.eval_steps),
+    robustness.evaluate(cold, x, y, robustness.protocol(preset.eps, steps=preset.eval_steps),
                         batch_size=preset.batch_size)
-    robustness.evaluate(fn, x, y, robustness.strong(
-        preset.eps, steps=preset.eval_steps, restarts=preset.strong_restarts,
-        square_queries=preset.square_queries), batch_size=preset.batch_size)
+    robustness.evaluate(cold, x, y, _ensemble(preset, "tf"), batch_size=preset.batch_size)
     evaluate_seconds = time.perf_counter() - start
+    plain = lambda v: fn(v)  # noqa: E731
     start = time.perf_counter()
     for loss in ("ce", "margin"):
         config = attacks.PGDConfig(eps=preset.eps, steps=100, restarts=3, loss=loss, keep="best")
-        robustness.evaluate(fn, x, y, config, batch_size=len(y), jit_compile=True)
+        robustness.evaluate(plain, x, y, config, batch_size=len(y), jit_compile=True)
     return evaluate_seconds, time.perf_counter() - start
 
 
@@ -200,30 +188,30 @@ def main(argv):
               "square_queries": preset.square_queries, "profiles": profiles,
               "side_by_side": {"evaluate_seconds": evaluate_seconds, "plain_pgd_seconds": plain_seconds,
                                "ratio": evaluate_seconds / plain_seconds}}
-    lines = [f"Strong ensemble of the quick preset, member by member, {FLAGS.examples} test images "
-             "(each member on what the earlier ones left robust)", ""]
+    lines = [f"Strong ensemble of the quick preset, {FLAGS.examples} test images, "
+             f"--strong_restarts={preset.strong_restarts} --square_queries={preset.square_queries}", ""]
     for name, profile in profiles.items():
-        lines += [f"{name} (robust accuracy {profile['robust_accuracy']:.3f}, "
-                  f"{profile['strong_seconds']:.1f} s in all)",
-                  f"{'member':<28} {'examples':>8} {'passes':>7} {'share':>6} {'one ex. / all':>13} "
-                  f"{'time / ideal':>12}"]
+        lines += [f"{name}: before (ART's APGD and Square, one trace per member) "
+                  f"{profile['before_seconds']:.1f} s, robust accuracy "
+                  f"{profile['before_robust_accuracy']:.3f}; now {profile['after_seconds']:.1f} s "
+                  f"({profile['before_seconds'] / profile['after_seconds']:.1f}x faster), robust "
+                  f"accuracy {profile['robust_accuracy']:.3f} (worst case of both "
+                  f"{profile['robust_both']:.3f}: broken only before {profile['broken_by_art_only']}, "
+                  f"only now {profile['broken_by_tf_only']})",
+                  f"  of which tracing (once per attack family and model) "
+                  f"{profile['tracing_seconds']:.1f} s, attacking {profile['warm_seconds']:.2f} s",
+                  f"{'member (traced)':<28} {'examples':>8} {'passes':>7} {'seconds':>8} "
+                  f"{'ideal':>7} {'time / ideal':>12}"]
         for row in profile["members"]:
-            ratio = f"{row['ratio_to_ideal']:.1f}" if row["ratio_to_ideal"] else "-"
-            share = "alt." if row.get("alternative") else f"{row['seconds'] / profile['strong_seconds']:.1%}"
+            ratio = f"{row['ratio_to_ideal']:.2f}" if row["ratio_to_ideal"] else "-"
             lines.append(f"{row['member']:<28} {row['examples']:>8} {row['passes']:>7} "
-                         f"{share:>6} "
-                         f"{row['overhead_seconds'] / row['seconds']:>13.2f} {ratio:>12}")
-        lines.append(f"whole ensemble with --apgd=tf: {profile['strong_seconds_apgd_tf']:.1f} s "
-                     f"({profile['strong_seconds'] / profile['strong_seconds_apgd_tf']:.1f}x faster), "
-                     f"robust accuracy {profile['robust_accuracy_apgd_tf']:.3f} (worst case of both: "
-                     f"{profile['robust_both']:.3f})")
+                         f"{row['seconds']:>8.3f} {row['ideal_seconds']:>7.3f} {ratio:>12}")
         lines.append("")
-    lines.append("alt.: the compiled tf_ntk.apgd (--apgd=tf) on the examples ART's APGD above it "
-                 "attacked, outside the ensemble; breaks: " + "; ".join(
-                     f"{r['member']} {r['breaks']} vs ART {r['art_breaks']}"
-                     for p in profiles.values() for r in p["members"] if r.get("alternative")))
-    lines.append(f"evaluate's attacks (protocol + strong) / compiled plain PGD-100 x3 restarts x2 "
-                 f"losses, same model and images: {evaluate_seconds / plain_seconds:.1f}")
+    lines.append("ideal: one XLA-compiled forward-backward pass (Square: forward) over the member's "
+                 "examples, timed, x its passes per example")
+    lines.append(f"evaluate's attacks (protocol + strong, tracing included) / compiled plain PGD-100 "
+                 f"x3 restarts x2 losses (compiling included), same model and images: "
+                 f"{evaluate_seconds / plain_seconds:.1f}")
     measure.write_results(FLAGS.output, result, "\n".join(lines))
 
 
