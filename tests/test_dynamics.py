@@ -8,8 +8,13 @@ import tensorflow as tf
 
 import tf_ntk
 from tests import helpers
+from tf_ntk import attacks
+from tf_ntk import checkpoints
+from tf_ntk import dynamics
+from tf_ntk import evaluation
 from tf_ntk import functional
 from tf_ntk import models
+from tf_ntk import robustness
 from tf_ntk.ntk import jacobian
 
 
@@ -156,3 +161,64 @@ def test_input_gradient_matches_finite_differences(centered):
         fd[idx] = (objective(up) - objective(down)) / (2 * eps)
     assert np.abs(fd).max() > 1e-3  # the oracle is not trivially zero
     assert helpers.relative_error(got, fd) < 1e-3
+
+
+def _checkpoints(root):
+    """Two phase-1 checkpoints of one CNN (different weights, BN statistics) and one centered
+    phase-2 checkpoint; {name: path}."""
+    spec = models.spec("cnn", 3, (6, 6, 1), width=3, zero_head=False)
+    paths = {}
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        model = models.build(spec)
+        helpers.randomize_bn_statistics(model, seed=seed)
+        paths[f"phase1-{seed}"] = str(root / f"phase1-{seed}")
+        checkpoints.write(paths[f"phase1-{seed}"], {"model": spec, "epoch": 1}, model=model)
+    centered = tf_ntk.linearize(models.build(spec), centered=True)
+    _shift(centered, seed=4)
+    paths["centered"] = str(root / "centered")
+    checkpoints.write(paths["centered"], {"model": spec, "epoch": 1,
+                                          "config": {"dynamics": "centered"}}, model=centered)
+    return paths
+
+
+def test_reused_models_hold_the_new_checkpoint_and_keep_their_traced_attacks(tmp_path):
+    paths = _checkpoints(tmp_path)
+    x = np.random.default_rng(2).uniform(size=(5, 6, 6, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1], np.int32)
+
+    def fresh(path, kind=None):
+        return dynamics.load_model(path, dynamics=kind)[0](x, training=False).numpy()
+
+    attack = attacks.PGDConfig(eps=0.1, steps=3)
+    for kind in (None, "linearized"):  # (a linearized output depends on every spawn weight)
+        with dynamics.reuse_models():
+            first, _ = dynamics.load_model(paths["phase1-0"], dynamics=kind, reuse=True)
+            other, _ = dynamics.load_model(paths["phase1-1"], dynamics=kind, reuse=True)
+            assert other is not first  # two at once: two models
+            fn = evaluation.inference_fn(first)
+            robustness.evaluate(fn, x, y, attack)
+            traced = {k: f.experimental_get_tracing_count()
+                      for k, f in vars(fn)["_tf_ntk_traces"].items()}
+        with dynamics.reuse_models():  # the two kept models, each with the weights asked for
+            loaded = {name: dynamics.load_model(paths[name], dynamics=kind, reuse=True)[0]
+                      for name in ("phase1-0", "phase1-1")}
+            assert loaded["phase1-0"] is other  # (the last one kept goes first: weights swap)
+            assert {id(m) for m in loaded.values()} == {id(first), id(other)}
+            for name, model in loaded.items():
+                np.testing.assert_array_equal(model(x, training=False).numpy(), fresh(paths[name], kind))
+            name = next(n for n, m in loaded.items() if m is first)
+            got = robustness.evaluate(evaluation.inference_fn(first), x, y, attack)
+            want = robustness.evaluate(evaluation.inference_fn(
+                dynamics.load_model(paths[name], dynamics=kind)[0]), x, y, attack)
+            np.testing.assert_array_equal(got.x_adv, want.x_adv)
+            assert {k: f.experimental_get_tracing_count()  # nothing traced again
+                    for k, f in vars(fn)["_tf_ntk_traces"].items()} == traced
+    with dynamics.reuse_models():
+        model, _ = dynamics.load_model(paths["centered"], reuse=True)
+    with dynamics.reuse_models():
+        assert dynamics.load_model(paths["centered"], reuse=True)[0] is model
+        assert dynamics.load_model(paths["centered"])[0] is not model  # reuse=False: a new one
+    np.testing.assert_array_equal(model(x, training=False).numpy(), fresh(paths["centered"]))
+    # Outside a reuse_models block nothing is pooled.
+    assert dynamics.load_model(paths["centered"], reuse=True)[0] is not model

@@ -17,6 +17,9 @@ dL/dx (what PGD needs to attack the model under its own dynamics) is the forward
 along θ − θ_s of the spawn's input gradient; graphs that never ask for it prune it.
 """
 
+import contextlib
+import json
+
 import keras
 import tensorflow as tf
 
@@ -170,7 +173,42 @@ def linearize(model, *, centered=False, batchnorm="frozen"):
     return LinearizedModel(model, centered=centered, batchnorm=batchnorm)
 
 
-def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=None):
+class _Pool:
+    """Models kept between the jobs of one process (`reuse_models`): {key: [free models]} and the
+    models handed out in the current block."""
+
+    def __init__(self):
+        self.free, self.taken, self.active = {}, [], False
+
+
+_POOL = _Pool()
+
+
+@contextlib.contextmanager
+def reuse_models():
+    """Within the block, ``load_model(..., reuse=True)`` restores the checkpoint into a model of the
+    same architecture and dynamics that an earlier block of this process built, where one is free,
+    instead of building a new one; the block's models are free again when it ends.
+
+    For processes that run job after job (the sweep's workers): the functions traced on a model (its
+    attacks and predictions, `tf_ntk.robustness`) capture its variables, not their values, so the
+    next job reuses them with its own weights instead of tracing them again. Restoring matches every
+    variable of the model (`tf_ntk.checkpoints.restore`), so nothing of an earlier job's weights
+    survives. A job must not keep a model past its block.
+    """
+    if _POOL.active:  # nested: the outer block hands the models back
+        yield
+        return
+    _POOL.active = True
+    try:
+        yield
+    finally:
+        for key, model in _POOL.taken:
+            _POOL.free.setdefault(key, []).append(model)
+        _POOL.taken, _POOL.active = [], False
+
+
+def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=None, reuse=False):
     """The model a checkpoint holds, rebuilt from its recorded spec, under its or the given dynamics.
 
     Args:
@@ -181,6 +219,8 @@ def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=N
         that trained it; asking for another is an error.
       batchnorm: phase-2 BN policy for ``linearize`` (``"frozen"`` or ``"batch"``).
       expected_model: a `tf_ntk.models.spec` the checkpoint must hold (e.g. the one the flags ask for).
+      reuse: inside `reuse_models`, restore into a free model of the same kind kept from an earlier
+        block (for models that are only evaluated, never trained); elsewhere no effect.
 
     Returns:
       (model, meta): a Keras model (a `LinearizedModel` for linearized/centered dynamics) and the
@@ -193,21 +233,51 @@ def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=N
                                           f"not {_describe(expected_model)}")
     config = meta.get("config", {})
     recorded = config.get("dynamics", "standard")
-    base = models.build(spec)
     if recorded != "standard":
         if dynamics not in (None, recorded):
             raise checkpoints.CheckpointError(f"checkpoint {directory} was trained with {recorded} dynamics, "
-                                  f"not {dynamics}")
-        model = linearize(base, centered=recorded == "centered",
-                                       batchnorm=config.get("batchnorm", "frozen"))
+                                              f"not {dynamics}")
+        policy = config.get("batchnorm", "frozen")
+        key = (json.dumps(spec, sort_keys=True), recorded, policy, "phase 2")
+        model = _take(key, reuse) or linearize(models.build(spec), centered=recorded == "centered",
+                                               batchnorm=policy)
         checkpoints.restore(directory, model=model)
+        _give(key, model, reuse)
         return model, meta
-    checkpoints.restore(directory, model=base)
-    if dynamics in (None, "standard"):
-        return base, meta
-    if dynamics not in ("linearized", "centered"):
+    if dynamics not in (None, "standard", "linearized", "centered"):
         raise ValueError(f"unknown dynamics {dynamics!r}; known: standard, linearized, centered")
-    return linearize(base, centered=dynamics == "centered", batchnorm=batchnorm), meta
+    wrap = dynamics not in (None, "standard")
+    key = (json.dumps(spec, sort_keys=True), dynamics or "standard", batchnorm if wrap else None,
+           "phase 1")
+    pooled = _take(key, reuse)
+    base = pooled[0] if pooled else models.build(spec)
+    checkpoints.restore(directory, model=base)
+    if not wrap:
+        _give(key, (base,), reuse)
+        return base, meta
+    if pooled:  # the kept linearization, re-centred on the restored weights
+        model = pooled[1]
+        for copies, values in ((model.spawn_params, base.trainable_variables),
+                               (model.theta, base.trainable_variables),
+                               (model.spawn_state, base.non_trainable_variables)):
+            for copy, value in zip(copies, values):
+                copy.assign(value)
+    else:
+        model = linearize(base, centered=dynamics == "centered", batchnorm=batchnorm)
+    _give(key, (base, model), reuse)
+    return model, meta
+
+
+def _take(key, reuse):
+    """A free pooled model for ``key`` (see `reuse_models`), or None."""
+    if reuse and _POOL.active and _POOL.free.get(key):
+        return _POOL.free[key].pop()
+    return None
+
+
+def _give(key, model, reuse):
+    if reuse and _POOL.active:
+        _POOL.taken.append((key, model))
 
 
 def _describe(spec):

@@ -28,8 +28,17 @@ PROTOCOL_L2 = attacks.PGDConfig(eps=0.25, steps=100, step_size=0.01, norm="l2")
 
 def inference_fn(model):
     """A stable callable images (B, H, W, C) float32 in [0, 1] -> logits (B, O), BN in inference mode,
-    for attacks and evaluation."""
-    return lambda x: model(x, training=False)
+    for attacks and evaluation: the same callable for the same model, so that the attack functions
+    traced on it (`tf_ntk.robustness`) serve every later evaluation of the model, whatever weights
+    it then holds."""
+    fn = vars(model).get(_INFERENCE)
+    if fn is None:
+        fn = lambda x: model(x, training=False)  # noqa: E731
+        vars(model)[_INFERENCE] = fn  # (past Keras' attribute tracking: a plain cache)
+    return fn
+
+
+_INFERENCE = "_tf_ntk_inference_fn"
 
 
 def _correct(model_fn, x, y):

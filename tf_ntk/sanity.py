@@ -122,10 +122,10 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     6. ``restarts_factor`` times each member's random restarts (new seeds) likewise;
     7. losses and step schedules the attack does not use (CE, CW margin, DLR, targeted margins)
        likewise;
-    8. black box: ART's Square attack (``blackbox_queries`` queries; skipped if 0) alone is not
-       below the accuracy under the attack's gradient-based members by more than ``tolerance``,
-       and breaks at most ``tolerance`` more examples than they do: a model that only masks its
-       gradients fails here.
+    8. black box: the Square attack (``blackbox_queries`` queries, skipped if 0; `tf_ntk.square` for
+       L∞, ART's for L2) alone is not below the accuracy under the attack's gradient-based members
+       by more than ``tolerance``, and breaks at most ``tolerance`` more examples than they do: a
+       model that only masks its gradients fails here.
 
     ``tolerance`` defaults to max(0.01, 1/N). Returns a `SanityReport`.
     """
@@ -202,7 +202,8 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     if blackbox_queries:
 
         square = autoattack.SquareConfig(eps=eps, norm=norm, queries=blackbox_queries,
-                                         batch_size=batch_size)
+                                         batch_size=batch_size,
+                                         implementation="tf" if norm == "linf" else "art")
         alone = run(square, 4)
         union = run(square, 4, start=white)
         below = white.accuracy - alone.accuracy

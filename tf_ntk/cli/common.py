@@ -17,6 +17,7 @@ import keras
 
 from tf_ntk.cli import common_flags
 from tf_ntk import data
+from tf_ntk import dynamics
 from tf_ntk import functional
 from tf_ntk import rundir
 from tf_ntk import training
@@ -309,7 +310,8 @@ def execute(module_name, args, log_path=None):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)
         try:
-            module.main([program])
+            with dynamics.reuse_models():  # later jobs reuse this job's models and their traces
+                module.main([program])
         except USER_ERRORS as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"{program}: error: {message}", file=sys.stderr)

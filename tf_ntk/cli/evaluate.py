@@ -202,7 +202,7 @@ def main(argv):
     num_classes = meta["model"]["num_classes"]
     transfer = (load_transfer(num_classes, opts, info.image_shape) if FLAGS.transfer_from
                 else None)
-    model, _ = dynamics.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics)
+    model, _ = dynamics.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics, reuse=True)
     centered = getattr(model, "centered", None)
     kind = "standard" if centered is None else ("centered" if centered else "linearized")
     if FLAGS.output_terms and kind == "standard":
