@@ -96,6 +96,22 @@ def test_absolute_ridge_and_a_class_balanced_subset(case):
     assert helpers.relative_error(km(x_test).numpy(), want) < 1e-10
 
 
+def test_a_kernel_machine_written_into_another_spawn_s_model_equals_a_new_one(case):
+    """``model=``: the previous spawn's kernel machine holds the next (spawn weights, BN state and
+    θ overwritten), with the same predictions as a new one; a model that is not centered is refused."""
+    twin, x, y, x_test, *_ = case
+    other = oracle.float64_twin(_build(), _build)  # another spawn: other weights, unit BN state
+    holder = tf_ntk.kernel_machine(other, x, y, ridge=0.1, solver="direct")
+    km = tf_ntk.kernel_machine(twin, x, y, ridge=0.1, solver="direct", model=holder)
+    assert km is holder
+    want = tf_ntk.kernel_machine(twin, x, y, ridge=0.1, solver="direct")
+    assert helpers.relative_error(km(x_test).numpy(), want(x_test).numpy()) < 1e-12
+    for a, b in zip(km.weights, want.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="centered LinearizedModel"):
+        tf_ntk.kernel_machine(twin, x, y, ridge=0.1, solver="direct", model=tf_ntk.linearize(twin))
+
+
 def test_input_gradient_matches_central_finite_differences(case):
     twin, x, y, x_test, *_ = case
     km = tf_ntk.kernel_machine(twin, x, y, solver="direct")

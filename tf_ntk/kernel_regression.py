@@ -229,7 +229,7 @@ def delta_theta(passes, x, alpha):
 def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolute_ridge=None,
                    solver="auto", per_class=None, seed=0, dtype=None, batch_size=128, tol=1e-6,
                    max_iterations=1000, jit_compile=False, implementation="auto",
-                   memory_budget_bytes=None):
+                   memory_budget_bytes=None, model=None):
     """The kernel machine of ``spawn_model``'s empirical NTK, as a centered linearized model.
 
     Args:
@@ -245,6 +245,9 @@ def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolu
       tol, max_iterations: CG's stopping rule, ‖r‖ ≤ tol·‖Y‖.
       jit_compile: compile the passes with XLA.
       implementation, memory_budget_bytes: for `tf_ntk.empirical_ntk` (direct) and the trace (cg).
+      model: a centered `tf_ntk.dynamics.LinearizedModel` of the spawn's architecture to hold the
+        result (all its weights are overwritten), e.g. the previous spawn's kernel machine: the
+        functions traced on it (attacks) serve this one too. Default: a new one.
 
     Returns:
       A `tf_ntk.dynamics.LinearizedModel` (centered) at θ_s + Δθ, Δθ = J(X)ᵀ(K + λI)⁻¹Y, whose output
@@ -298,7 +301,16 @@ def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolu
         raise ValueError("the kernel machine's solve gave non-finite weights (singular K + λI: pass "
                          "a ridge > 0)")
     delta = delta_theta(passes, x_train, alpha)
-    model = dynamics.linearize(spawn_model, centered=True)
+    if model is None:
+        model = dynamics.linearize(spawn_model, centered=True)
+    else:
+        if not getattr(model, "centered", False):
+            raise ValueError("model must be a centered LinearizedModel (tf_ntk.linearize(..., centered=True))")
+        functional.check_params(spawn_model, [v.value for v in model.spawn_params])
+        for copies, values in ((model.spawn_params, spawn_model.trainable_variables),
+                               (model.spawn_state, spawn_model.non_trainable_variables)):
+            for copy, value in zip(copies, values, strict=True):
+                copy.assign(value)
     for v, s, d in zip(model.theta, model.spawn_params, delta):
         v.assign(s.value + tf.cast(d, v.dtype))
     model.kernel_machine_info = Info(

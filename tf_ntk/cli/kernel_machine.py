@@ -117,16 +117,20 @@ def _settings(protocol, strong):
                        "strong": strong.to_dict()}, sort_keys=True)
 
 
-def _measure(path, train, test, protocol, strong):
-    """One spawn: the kernel machine, its accuracies and how it was solved."""
+def _measure(path, train, test, protocol, strong, holder):
+    """One spawn: the kernel machine, its accuracies and how it was solved. ``holder``: a list of
+    the centered model that holds the kernel machines, filled at the first spawn (a model kept by
+    the sweep worker where one is free) and reused for the next, its traced attacks with it."""
     start = time.time()
     spawn, _ = dynamics.load_model(path)
+    if not holder:
+        holder.append(dynamics.load_model(path, dynamics="centered", reuse=True)[0])
     x_tr, y_tr = train
     km = kernel_regression.kernel_machine(
         spawn, x_tr, y_tr, ridge=FLAGS.relative_ridge, absolute_ridge=FLAGS.absolute_ridge,
         solver=FLAGS.solver, per_class=FLAGS.train_per_class or None, seed=FLAGS.train_seed,
         dtype=FLAGS.solve_dtype, batch_size=FLAGS.batch_size, tol=FLAGS.cg_tol,
-        max_iterations=FLAGS.cg_max_iterations)
+        max_iterations=FLAGS.cg_max_iterations, model=holder[0])
     info = km.kernel_machine_info
     fn = evaluation.inference_fn(km)
     used = info.train_indices if info.train_indices is not None else np.arange(len(y_tr))
@@ -179,7 +183,7 @@ def main(argv):
         resolved = common.write_flags(workdir, __name__)
         print(f"{run}: kernel machines of {len(spawns)} spawn checkpoints on {dataset}, "
               f"{FLAGS.train_per_class or 'all'} training examples per class, {len(test[1])} test images")
-        rows = []
+        rows, holder = [], []
         for epoch, path in spawns:
             cache = os.path.join(spawn_dir, f"{checkpoints.spawn_name(epoch)}.json")
             key = f"{checkpoints.fingerprint(path)}|{settings}"
@@ -191,7 +195,7 @@ def main(argv):
                 except (rundir.RecordError, KeyError):
                     row = None  # unreadable: measure again
             if row is None:
-                row = {"epoch": epoch, **_measure(path, train, test, protocol, strong)}
+                row = {"epoch": epoch, **_measure(path, train, test, protocol, strong, holder)}
                 rundir.write_json(cache, {"key": key, "row": row})
             rows.append(row)
             print(f"  epoch {epoch:g}: {row['solver']} solve on {row['examples']} examples "
