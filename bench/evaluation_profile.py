@@ -39,6 +39,7 @@ from tf_ntk import data
 from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import robustness
+from tf_ntk import rundir
 from tf_ntk import study
 
 flags.DEFINE_integer("examples", 180, "Test images (the quick preset evaluates 180).", lower_bound=1)
@@ -60,11 +61,7 @@ def _train_models(root):
     last = float(preset.phase1_epochs)
     phase2 = jobs[f"phase2/{study.phase2_name('centered', 'clean', 'adversarial', 0, last)}"]
     for job in (phase1, phase2):
-        proc = subprocess.run([sys.executable, "-m", job.module, *job.args], cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                              check=False)
-        if proc.returncode:
-            raise RuntimeError(f"{job.name}: {proc.stderr.strip().splitlines()[-1:]}")
+        _subprocess(["-m", job.module, *job.args])
     spawn = os.path.join(root, "phase1", study.phase1_name("adversarial", 0), "spawn")
     run2 = os.path.join(root, "phase2", study.phase2_name("centered", "clean", "adversarial", 0, last))
     return (os.path.join(spawn, f"epoch_{study.epoch_name(last)}"),
@@ -167,6 +164,48 @@ def _side_by_side(checkpoint, x, y, preset):
     return evaluate_seconds, time.perf_counter() - start
 
 
+def _subprocess(args):
+    """Seconds of ``python args`` in a fresh process, from the checkout's root."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args[:2])}: {proc.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - start
+
+
+def _training(root, preset):
+    """Per training job of the quick preset (phase-1 adversarial, centered phase 2 on clean and on
+    adversarial data from the last spawn), run by the sweep's command in a fresh process: seconds
+    beyond the process's start-up (importing TensorFlow and tf_ntk, measured alone), its epochs'
+    seconds from its history.json, and the ideal: every epoch at the speed of the later ones
+    (compiled steps, nothing traced)."""
+    jobs = {job.name: job for job in study.plan(preset, root)}
+    last = float(preset.phase1_epochs)
+    names = [f"phase1/{study.phase1_name('adversarial', 0)}"]
+    names += [f"phase2/{study.phase2_name('centered', mode, 'adversarial', 0, last)}"
+              for mode in ("clean", "adv")]
+    train_size = len(data.load_arrays(preset.dataset, "train")[1])
+    start_up = float(np.median([_subprocess(["-c", "import tf_ntk.cli.train"]) for _ in range(3)]))
+    rows = []
+    for name in names:
+        job = jobs[name]
+        workdir = os.path.join(root, "profile-" + name.replace("/", "-"))
+        args = [a for a in job.args if not a.startswith("--workdir=")] + [f"--workdir={workdir}"]
+        wall = _subprocess(["-m", job.module, *args]) - start_up
+        epochs = [e["seconds"] for e in rundir.read_json(os.path.join(workdir, "history.json"))]
+        steady = float(np.median(epochs[1:])) if len(epochs) > 1 else epochs[0]
+        steps = -(-train_size // preset.batch_size)
+        rows.append({"job": name, "seconds": wall, "start_up_seconds": start_up,
+                     "epochs": len(epochs), "steps_per_epoch": steps,
+                     "first_epoch_seconds": epochs[0], "steady_epoch_seconds": steady,
+                     "step_seconds": steady / steps, "ideal_seconds": steady * len(epochs),
+                     "outside_epochs_seconds": wall - sum(epochs)})
+        print(f"  {name}: {wall:.2f} s beyond start-up, {len(epochs)} epochs of {steps} steps, "
+              f"first epoch {epochs[0]:.2f} s, later ones {steady:.3f} s", flush=True)
+    return rows
+
+
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -181,11 +220,14 @@ def main(argv):
             print(f"{name}: {checkpoint}")
             profiles[name] = _profile(checkpoint, x, y, preset)
         evaluate_seconds, plain_seconds = _side_by_side(adversarial, x, y, preset)
+        print("training jobs")
+        training_rows = _training(root, preset)
     finally:
         if not FLAGS.workdir:
             shutil.rmtree(root, ignore_errors=True)
     result = {"examples": FLAGS.examples, "preset": "quick", "strong_restarts": preset.strong_restarts,
               "square_queries": preset.square_queries, "profiles": profiles,
+              "training": training_rows,
               "side_by_side": {"evaluate_seconds": evaluate_seconds, "plain_pgd_seconds": plain_seconds,
                                "ratio": evaluate_seconds / plain_seconds}}
     lines = [f"Strong ensemble of the quick preset, {FLAGS.examples} test images, "
@@ -212,6 +254,17 @@ def main(argv):
     lines.append(f"evaluate's attacks (protocol + strong, tracing included) / compiled plain PGD-100 "
                  f"x3 restarts x2 losses (compiling included), same model and images: "
                  f"{evaluate_seconds / plain_seconds:.1f}")
+    lines += ["", "Training jobs of the quick preset, each its command in a fresh process, its start-up "
+              f"({training_rows[0]['start_up_seconds']:.1f} s: importing TensorFlow and tf_ntk) left out",
+              f"{'job':<52} {'seconds':>7} {'ideal':>6} {'/ ideal':>7} {'tracing':>8} {'outside':>8} "
+              f"{'ms/step':>8}"]
+    for row in training_rows:
+        lines.append(f"{row['job']:<52} {row['seconds']:>7.2f} {row['ideal_seconds']:>6.2f} "
+                     f"{row['seconds'] / row['ideal_seconds']:>7.1f} "
+                     f"{row['first_epoch_seconds'] - row['steady_epoch_seconds']:>8.2f} "
+                     f"{row['outside_epochs_seconds']:>8.2f} {row['step_seconds'] * 1e3:>8.1f}")
+    lines.append("ideal: every epoch at the speed of the later ones; tracing: the first epoch's extra "
+                 "time; outside: building the model and data, the final evaluation and the writes")
     measure.write_results(FLAGS.output, result, "\n".join(lines))
 
 
