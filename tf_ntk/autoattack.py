@@ -1,4 +1,7 @@
-"""AutoAttack and the Square black-box attack, from the Adversarial Robustness Toolbox (ART).
+"""AutoAttack, APGD and the Square black-box attack: the configurations, and ART's implementations.
+
+APGD and Square also run as compiled TensorFlow loops (`tf_ntk.apgd`, `tf_ntk.square`; the strong
+ensemble's default, ``implementation="tf"``); ART's stay as the cross-check and for AutoAttack.
 
 ART (``adversarial-robustness-toolbox``) wraps any TensorFlow 2 callable as a classifier, so the
 standard, linearized and centered models are attacked alike, through their own input gradients.

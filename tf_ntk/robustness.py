@@ -6,7 +6,8 @@ Three named attacks (`named`):
   last iterate. Kept for comparability with the paper.
 - ``strong`` (the default for reported numbers): an ensemble (`strong`) of PGD attacks with
   cross-entropy, CW-margin, DLR and targeted-margin losses, random restarts, a constant and a
-  cosine-decaying step, every iterate counted, then ART's APGD-CE, APGD-DLR and Square. An example
+  cosine-decaying step, every iterate counted, then APGD-CE, APGD-DLR and Square (compiled
+  TensorFlow loops, `tf_ntk.apgd` and `tf_ntk.square`, or ART's). An example
   is robust only if no member misclassifies it; members run in turn on the examples still robust,
   as AutoAttack does.
 - ``autoattack``: ART's AutoAttack ensemble (`tf_ntk.autoattack`).
@@ -91,10 +92,10 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     7x slower on the quick preset's models; bench/results/evaluation_profile.txt). Either way every
     member is one traced function per family, shared by all of them (`evaluate`).
 
-    On the centered digits CNN of ``make run``, each group breaks examples the groups before it
-    left robust, and with 10 restarts the result equals the worst case of this ensemble and ART's
-    AutoAttack together (5 restarts left 5 examples to 3x more restarts; README, "Attacks and
-    evaluation").
+    On a centered digits CNN (README, "Attacks and evaluation"; measured with ART's APGD at 5 starts
+    and ART's Square), each group breaks examples the groups before it left robust, and with 10
+    restarts the result equals the worst case of this ensemble and ART's AutoAttack together (5
+    restarts left 5 examples to 3x more restarts).
     """
     constant = dict(eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps, keep="best",
                     restarts=restarts)

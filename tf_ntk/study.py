@@ -165,7 +165,7 @@ PRESETS = {
         kernel_machine_per_class=2, batch_size=256),
     "quick": Preset(
         name="quick",
-        description="make run: all three claims on digits at ε = 0.2 in ≤ 10 minutes on 2 cores: "
+        description="make run: all three claims on digits at ε = 0.2 in ≤ 4 minutes on 2 cores: "
                     "3 seeds, MLP 64-256-256-10, 10 phase-1 epochs (PGD-10 clean-then-adversarial), "
                     "centered phase 2 (10 epochs) on clean and PGD data from spawns at epochs 0.25, "
                     "2 and 10; kernels on 100 training images; evaluation on 180 test images with "

@@ -13,9 +13,10 @@ example over all of them (RobustBench's count: clean and every adversarial image
   --attack_* flags and --restarts change it (--attack_norm=l2 --eps=0.25 --attack_step_size=0.01
   for the L2 attack);
 - strong (default with protocol): the ensemble of tf_ntk.robustness.strong: PGD with CE, CW margin,
-  DLR and targeted margins (constant and cosine steps, every iterate counted), ART's APGD-CE and
-  APGD-DLR, and Square; --eps, --attack_norm, --attack_steps, --strong_restarts and
-  --square_queries shape it (--attack_loss, --attack_step_size and --restarts do not);
+  DLR and targeted margins (constant and cosine steps, every iterate counted), APGD-CE and
+  APGD-DLR, and Square (compiled TensorFlow loops; ART's with --strong_implementation=art); --eps,
+  --attack_norm, --attack_steps, --strong_restarts and --square_queries shape it (--attack_loss,
+  --attack_step_size and --restarts do not);
 - autoattack: ART's AutoAttack (APGD-CE, APGD-DLR, DeepFool, Square); --eps, --attack_norm,
   --autoattack_restarts and --square_queries shape it; slow on CPUs.
 

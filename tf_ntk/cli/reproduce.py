@@ -1,7 +1,7 @@
 r"""Reproduces the paper's three claims: phase-1 runs over seeds, phase-2 runs from their spawns, kernel
 dynamics and seed-to-seed baselines, strong evaluations, then statistics, figures and a report.
 
-    tf-ntk-reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
+    tf-ntk-reproduce --preset=quick                  # make run: ≤ 4 minutes on 2 cores
     tf-ntk-reproduce --preset=digits --jobs=2        # the full digits study
     tf-ntk-reproduce --preset=cifar10 --dry_run      # the paper's plan and its cost
     tf-ntk-reproduce --preset=cifar10 --print_commands > jobs.sh   # for a scheduler
