@@ -232,7 +232,7 @@ def pgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_row
     num_classes = logits.shape[-1]
     rank = tf.cast(params["target_rank"], tf.int32)
     # The k-th most likely wrong class at the clean input (column 0 where the attack is untargeted).
-    targets = tf.gather(tf.math.top_k(_mask_label(y, logits), k=num_classes - 1).indices,
+    targets = tf.gather(tf.math.top_k(_mask_label(y, logits), k=max(num_classes - 1, 1)).indices,
                         tf.maximum(rank - 1, 0), axis=1)
     index = tf.where(rank > 0, len(LOSSES), tf.cast(params["loss"], tf.int32))
 

@@ -296,6 +296,10 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
       start: an earlier `AttackResult` on the same inputs to continue: only the examples it left
         robust are attacked, and its members come first. Continuing with attack B from the result
         of attack A gives the worst case of A and B.
+
+    The traced attack functions are kept on ``model_fn`` (an attribute) and serve every later call
+    with it, whatever weights its variables then hold; a ``model_fn`` must compute from variables,
+    not from Python values it may change later.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
