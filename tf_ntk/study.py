@@ -176,7 +176,7 @@ PRESETS = {
         eval_examples=180, strong_restarts=2, square_queries=250, eigen_steps=300),
     "digits": Preset(
         name="digits",
-        description="The full study on digits at ε = 0.2 (≤ 60 minutes on 2 cores): 5 seeds, MLP "
+        description="The full study on digits at ε = 0.2 (≤ 25 minutes on 2 cores): 5 seeds, MLP "
                     "64-256-256-10, 20 phase-1 epochs, centered and linearized phase 2 (20 epochs) "
                     "on clean and PGD data from 5 spawns (0.125, 1, 2, 5, 20), kernels at 11 "
                     "epochs, evaluation on 150 test images with the strong ensemble at 2 restarts "
