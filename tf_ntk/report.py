@@ -405,7 +405,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
               "`<run>/eval/`: evaluation.json.",
               "- `kernels/`: kernel metrics per run and distances per pair; `features/`: eigen-images.",
               "- `logs/`: each job's output.", "",
-              f"TensorBoard: `tensorboard --logdir {sweep_dir} --samples_per_plugin=images=0` (Custom "
+              f"TensorBoard: `{summaries.tensorboard_command(sweep_dir)}` (Custom "
               "Scalars: standard and adversarial curves paired; `summary/`: phase 2 against the spawn "
               "epoch)", ""]
     return "\n".join(lines)

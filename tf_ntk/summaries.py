@@ -13,6 +13,17 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 from tf_ntk import metrics
 
+TENSORBOARD_FLAGS = "--samples_per_plugin=images=100000"
+"""What `tensorboard` needs to show every epoch's heat map and eigen-image: TensorBoard keeps 10
+images per tag by default, and since 2.8 ``images=0`` keeps none (tensorflow/tensorboard#5550,
+its maintainers' advice: a large number)."""
+
+
+def tensorboard_command(logdir):
+    """The shell command that shows ``logdir`` in TensorBoard with every image kept."""
+    return f"tensorboard --logdir {logdir} {TENSORBOARD_FLAGS}"
+
+
 EPOCH_SCALE = 1000
 
 
@@ -150,7 +161,7 @@ def write_kernel(tag, kernel, epoch, *, top=10, scale=None, labels=None, ledger=
             description=f"viridis from {lo:.4g} (dark) to {hi:.4g} (yellow)"
             f"{' for every epoch of the run' if scale is not None else ' (this epoch)'}; "
             "examples class by class, white lines between classes. TensorBoard keeps 10 "
-            "images per tag unless launched with --samples_per_plugin=images=0.")
+            f"images per tag unless launched with {TENSORBOARD_FLAGS}.")
     lam = metrics.spectrum(kernel)
     if ledger.new(f"{tag}/spectrum_log10", step):
         tf.summary.histogram(f"{tag}/spectrum_log10", np.log10(np.maximum(lam, 1e-30)), step=step)

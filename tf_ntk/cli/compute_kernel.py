@@ -138,7 +138,7 @@ def _write_outputs(workdir, out, kernel, y, idx, meta, resolved):
     writer.flush()
     print(", ".join(f"{k} {v:.4g}" for k, v in values.items()))
     print(f"kernel: {out}   heat map: {heat_map}   "
-          f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
+          f"{summaries.tensorboard_command(workdir)}")
 
 
 def run():

@@ -255,7 +255,7 @@ def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, pr
         print(f"{comparison_rows[-1]['run']} @ epoch {comparison_rows[-1]['epoch']:g}: "
               f"distance {comparison_rows[-1]['distance']:.4f}")
     print(f"csv: {os.path.join(workdir, 'kernel_dynamics.csv')}   "
-          f"tensorboard --logdir {os.path.join(workdir, 'tb')} --samples_per_plugin=images=0")
+          f"{summaries.tensorboard_command(os.path.join(workdir, 'tb'))}")
 
 
 def run():

@@ -26,6 +26,7 @@ from tf_ntk import data
 from tf_ntk import report
 from tf_ntk import rundir
 from tf_ntk import study
+from tf_ntk import summaries
 from tf_ntk import sweep
 
 common_flags.define_run_flags()
@@ -134,7 +135,7 @@ def _report(preset, workdir, outcome_line=""):
     print(f"report:  {paths['report']}")
     print(f"numbers: {paths['results']}")
     print(f"figures: {os.path.join(workdir, 'figures')}/ ({len(paths['figures'])} PNG + PDF)")
-    print(f"TensorBoard:  tensorboard --logdir {workdir} --samples_per_plugin=images=0")
+    print(f"TensorBoard:  {summaries.tensorboard_command(workdir)}")
 
 
 def _preset_flags():

@@ -315,7 +315,7 @@ def main(argv):
     print(f"robust accuracy {final['robust_accuracy_quick']:.4f}  (quick estimate: "
           f"{logger.eval_attack.describe()}; tf-ntk-evaluate for the strong attack)")
     print(f"results: {os.path.join(workdir, 'results.json')}   "
-          f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
+          f"{summaries.tensorboard_command(workdir)}")
 
 
 def run():

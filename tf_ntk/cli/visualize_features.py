@@ -116,7 +116,7 @@ def main(argv):
               "images are the best found, not eigen-images (more --feature_steps or a larger "
               "--feature_step_size may help)")
     print(f"images: {workdir}/eigen_images.png, {workdir}/<name>.png   "
-          f"tensorboard --logdir {workdir} --samples_per_plugin=images=0")
+          f"{summaries.tensorboard_command(workdir)}")
 
 
 def run():
