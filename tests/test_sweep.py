@@ -69,16 +69,18 @@ def test_threads_per_worker_share_the_cores():
     assert sweep.threads_per_worker(4, cores=2) == 1
 
 
-def test_comparison_pairs_cover_each_seed_once():
-    assert study.comparison_pairs(1) == [("standard-s0", "adversarial-s0")]
-    assert study.comparison_pairs(2) == [
-        ("standard-s0", "adversarial-s0"), ("standard-s1", "adversarial-s1"),
-        ("standard-s0", "standard-s1"), ("adversarial-s0", "adversarial-s1")]
-    three = study.comparison_pairs(3)
-    assert ("standard-s0", "standard-s2") in three and ("standard-s1", "standard-s2") in three
-    assert len(three) == 3 + 3 + 3
-    assert [study.baseline_partner(s, 3) for s in range(3)] == [1, 2, 0]
-    assert study.baseline_partner(0, 1) is None
+def test_comparison_pairs_are_independent_matched_floors():
+    preset = study.PRESETS["smoke"].replace(seeds=3, seed_base=5)
+    pairs = study.comparison_pairs(preset)
+    assert pairs[:4] == [("standard-s5", "adversarial-s5"), ("standard-s5", "standard-s5-rep"),
+                         ("adversarial-s5", "adversarial-s5-rep"), ("flip-s5", "adversarial-s5")]
+    floors = [p for p in pairs if p[1].endswith("-rep")]
+    assert len(floors) == 2 * 3
+    runs = [r for p in floors for r in p]
+    assert len(runs) == len(set(runs))  # no run in two matched-floor pairs: independent pairs
+    assert all(a + "-rep" == b for a, b in floors)  # each run against its own replica
+    assert study.comparison_pairs(preset.replace(matched_floor=False, flip=False)) == [
+        (f"standard-s{s}", f"adversarial-s{s}") for s in (5, 6, 7)]
 
 
 def test_quick_plan_structure(tmp_path):
@@ -87,23 +89,51 @@ def test_quick_plan_structure(tmp_path):
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
     by_name = {j.name: j for j in jobs}
-    seeds, spawns, data = preset.seeds, len(preset.spawn_epochs), len(preset.phase2_data)
-    assert sum(n.startswith("phase1/") for n in names) == 2 * seeds
-    assert sum(n.startswith("phase2/") for n in names) == 2 * seeds * spawns * data
-    assert sum(n.startswith("eval/") for n in names) == 2 * seeds * (1 + spawns * data)
-    assert sum(n.startswith("kernels/") for n in names) == 2 * seeds + len(study.comparison_pairs(seeds))
+    seeds = preset.seeds
+    assert preset.seed_list() == (100, 101, 102)
+    conditions = preset.phase2_conditions()
+    assert conditions == [("centered", "clean"), ("centered", "adv"), ("standard", "clean")]
+    later = [e for e in preset.spawn_epochs if e > 0]
+    # standard, adversarial, flip; the matched-floor replicas of the first two.
+    assert sum(n.startswith("phase1/") for n in names) == 3 * seeds + 2 * seeds
+    # Spawn 0 (the initialisation) once per seed; the flip source's spawns after the flip, centered clean.
+    phase2 = seeds * len(conditions) * (1 + 2 * len(later)) + seeds * 1
+    assert sum(n.startswith("phase2/") for n in names) == phase2
+    assert sum(n.startswith("eval/") for n in names) == 3 * seeds + phase2
+    assert sum(n.startswith("transfer/") for n in names) == 2 * seeds * len(later)
+    assert sum(n.startswith("kernels/") for n in names) == 5 * seeds + len(study.comparison_pairs(preset))
     assert sum(n.startswith("kernel_machine/") for n in names) == 2 * seeds
-    km = by_name["kernel_machine/adversarial-s1"]
-    assert km.deps == ("phase1/adversarial-s1",) and "--at_epochs=0.25,2,10" in km.args
+    km = by_name["kernel_machine/adversarial-s101"]
+    assert km.deps == ("phase1/adversarial-s101",) and "--at_epochs=1,10" in km.args
     assert "--train_per_class=20" in km.args and "--test_examples=180" in km.args
-    job = by_name["phase2/centered-clean-from-adversarial-s1-e0.25"]
-    assert job.deps == ("phase1/adversarial-s1",)
-    assert f"--spawn={tmp_path}/phase1/adversarial-s1/spawn/epoch_0.25" in job.args
-    assert "--seed=1" in job.args and "--dynamics=centered" in job.args
-    assert by_name["kernels/standard-s0_vs_adversarial-s0"].deps == (
-        "kernels/standard-s0", "kernels/adversarial-s0")
-    assert by_name["eval/adversarial-s2"].output == (
-        f"{tmp_path}/phase1/adversarial-s2/eval/epoch_10/evaluation.json")
+    job = by_name["phase2/centered-clean-from-adversarial-s101-e1"]
+    assert job.deps == ("phase1/adversarial-s101",)
+    assert f"--spawn={tmp_path}/phase1/adversarial-s101/spawn/epoch_1" in job.args
+    assert "--seed=101" in job.args and "--dynamics=centered" in job.args
+    assert "phase2/centered-clean-from-adversarial-s101-e0" not in by_name
+    assert "phase2/standard-adv-from-standard-s101-e1" not in by_name  # standard dynamics: clean only
+    # The replica: the same initialisation seed, another data seed.
+    rep = by_name["phase1/adversarial-s101-rep"]
+    assert "--seed=101" in rep.args and f"--data_seed={101 + study.REPLICA_DATA_SEED}" in rep.args
+    flip = by_name["phase1/flip-s100"]
+    assert "--data_mode=flip" in flip.args and "--flip_epoch=5" in flip.args
+    assert "phase2/centered-clean-from-flip-s100-e10" in by_name
+    assert "phase2/centered-clean-from-flip-s100-e1" not in by_name  # before the flip: standard's
+    # Transfer: the parent's and the sibling's PGD examples on every centered child of a spawn > 0.
+    ev = by_name["eval/centered-adv-from-standard-s100-e10"]
+    assert set(ev.deps) == {"phase2/centered-adv-from-standard-s100-e10",
+                            "transfer/standard-s100-e10", "transfer/adversarial-s100-e10"}
+    assert (f"--transfer_from={tmp_path}/transfer/standard-s100-e10/adversarial.npz,"
+            f"{tmp_path}/transfer/adversarial-s100-e10/adversarial.npz") in ev.args
+    # Primary checkpoints at full strength with the sanity report; the others lighter.
+    assert {"--sanity_checks", "--strong_restarts=5", "--square_queries=1000"} <= set(ev.args)
+    assert not any(a.startswith("--max_examples") for a in ev.args)  # the whole test set
+    light = by_name["eval/centered-adv-from-standard-s100-e1"]
+    assert "--sanity_checks" not in light.args and "--max_examples=180" in light.args
+    assert by_name["kernels/standard-s100_vs_adversarial-s100"].deps == (
+        "kernels/standard-s100", "kernels/adversarial-s100")
+    assert by_name["eval/adversarial-s102"].output == (
+        f"{tmp_path}/phase1/adversarial-s102/eval/epoch_10/evaluation.json")
     # Dependency order, and the report last.
     seen = set()
     for j in jobs:
@@ -111,8 +141,16 @@ def test_quick_plan_structure(tmp_path):
         seen.add(j.name)
     assert names[-1] == "report" and jobs[-1].output is None
     # Phase 1 saves every spawn and kernel epoch, fractional ones included.
-    p1 = by_name["phase1/standard-s0"]
+    p1 = by_name["phase1/standard-s100"]
     assert "--save_epochs=0,0.125,0.25,0.5,1,2,4,6,8,10" in p1.args
+
+
+def test_presets_use_disjoint_seeds():
+    used = {}
+    for name, preset in study.PRESETS.items():
+        for seed in preset.seed_list():
+            assert seed not in used, f"{name} and {used.get(seed)} share seed {seed}"
+            used[seed] = name
 
 
 def test_cost_model_closed_form(tmp_path):
@@ -121,14 +159,16 @@ def test_cost_model_closed_form(tmp_path):
     by_name = {j.name: j for j in study.plan(preset, str(tmp_path))}
     assert by_name["phase1/standard-s0"].cost == pytest.approx(2 * 6 * 1.0)
     assert by_name["phase1/adversarial-s0"].cost == pytest.approx(2 * 6 * (2 + 2 * 0.65))
-    assert by_name["phase2/centered-adv-from-standard-s0-e0.5"].cost == pytest.approx(
+    assert by_name["phase2/centered-adv-from-standard-s0-e2"].cost == pytest.approx(
         1 * 6 * 1.3 * (2 + 2 * 0.65))
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"spawn_epochs": (0.5, 30.0)}, r"spawn_epochs \[30.0\] outside"),
     ({"kernel_epochs": (0.0, 1.0)}, "must include the last epoch"),
-    ({"phase2_dynamics": ("standard",)}, "centered and/or linearized"),
+    ({"phase2_dynamics": ("kernel",)}, "centered, linearized and/or standard"),
+    ({"phase2_dynamics": ("standard",)}, "needs centered phase 2 on clean data"),
+    ({"seed_base": -1}, "seeds must lie in"),
     ({"phase2_data": ()}, "clean and/or adv"),
     ({"seeds": 0}, "seeds must be >= 1"),
     ({"eval_examples": 5000}, r"eval_examples must be in \[1, 360\]"),
@@ -145,11 +185,12 @@ def test_cifar10_preset_is_the_protocol():
         "resnet18", 4 / 255, 101, 20, 100)
     assert p.per_class * 10 == 500 and p.phase2_epochs == 100 and p.phase2_lr == 0.01
     assert len(p.spawn_epochs) == 102 + 7  # every whole epoch 0..101 and the 7 fractional ones
+    assert p.primary_restarts == 10 and p.primary_square_queries == 5000 and p.primary_examples is None
 
 
 def test_a_shorter_phase1_trims_the_grids_and_ends_them_at_its_last_epoch():
     p = study.PRESETS["quick"].replace(phase1_epochs=3)
-    assert p.spawn_epochs == (0.25, 2.0, 3.0)
+    assert p.spawn_epochs == (0.0, 1.0, 3.0)
     assert p.kernel_epochs == (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 3.0)
     q = study.PRESETS["quick"].replace(phase1_epochs=3, spawn_epochs=(1.0,))
     assert q.spawn_epochs == (1.0,)

@@ -1,7 +1,7 @@
 """The study's figures (matplotlib, Agg): kernel distances, standard-vs-adversarial distance against
-the seed-to-seed baselines, phase-2 accuracy against the spawn epoch, alignment and effective rank,
-eigen-images, the kernel machine against the spawn epoch. Lines are means over seeds, bands ± one
-sample standard deviation. Each figure is written as PNG (fixed size, `SIZE` inches at `DPI`) and PDF
+the matched noise floors, phase-2 accuracy against the spawn epoch, alignment and effective rank,
+eigen-images, the kernel machine against the spawn epoch, the kernel velocity. Lines are means over
+seeds, bands ± one sample standard deviation. Each figure is written as PNG (fixed size, `SIZE` inches at `DPI`) and PDF
 through tf.io.gfile."""
 
 import io
@@ -18,7 +18,7 @@ from tf_ntk import study
 
 DPI = 100
 SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
-COLORS = {"standard": "tab:blue", "adversarial": "tab:red"}
+COLORS = {"standard": "tab:blue", "adversarial": "tab:red", "flip": "tab:green"}
 STYLES = {"clean": "-", "adv": "--"}
 
 
@@ -59,18 +59,20 @@ def _kernel_series(preset, collected, source, metric):
     epochs = [float(e) for e in preset.save_epochs() if float(e) in
               {float(x) for x in preset.kernel_epochs}]
     series = []
-    for s in range(preset.seeds):
+    for s in preset.seed_list():
         rows = {r["epoch"]: r for r in collected.kernels.get(study.phase1_name(source, s), [])}
         series.append([rows[e][metric] if e in rows and metric in rows[e] else np.nan for e in epochs])
     return epochs, series
 
 
-def _kernel_panels(preset, collected, path, panels, title):
+def _kernel_panels(preset, collected, path, panels, title, log=False):
     """One panel per (metric, y label, panel title) of the phase-1 kernel metrics, standard vs
-    adversarial training."""
-    fig, axes = plt.subplots(1, len(panels), figsize=SIZE)
-    for ax, (metric, ylabel, panel_title) in zip(axes, panels):
-        for source in study.SOURCES:
+    adversarial (and flip) training."""
+    fig, axes = plt.subplots(1, len(panels), figsize=SIZE, squeeze=False)
+    for ax, (metric, ylabel, panel_title) in zip(axes[0], panels):
+        if log:
+            ax.set_yscale("log")
+        for source in study.phase1_sources(preset):
             epochs, series = _kernel_series(preset, collected, source, metric)
             _band(ax, epochs, series, COLORS[source], f"{source} training")
         _epoch_axis(ax, preset, "phase-1 epoch")
@@ -93,26 +95,38 @@ def kernel_distance(preset, collected, path):
 def standard_vs_adversarial(preset, collected, path):
     fig, ax = plt.subplots(figsize=SIZE)
     epochs = [float(e) for e in preset.kernel_epochs]
-    pairs = {"standard vs adversarial (same seed)": ("black", [
-        (study.phase1_name("standard", s), study.phase1_name("adversarial", s))
-        for s in range(preset.seeds)])}
-    for source in study.SOURCES:
-        pairs[f"seed-to-seed, {source}"] = (COLORS[source], [
-            (study.phase1_name(source, s), study.phase1_name(source, study.baseline_partner(s, preset.seeds)))
-            for s in range(preset.seeds) if study.baseline_partner(s, preset.seeds) is not None])
-    for label, (color, runs) in pairs.items():
+    seeds = preset.seed_list()
+    pairs = {"standard vs adversarial (same initialisation)": ("black", "-", [
+        (study.phase1_name("standard", s), study.phase1_name("adversarial", s)) for s in seeds])}
+    if preset.matched_floor:
+        for source in study.SOURCES:
+            pairs[f"matched floor, {source} (same initialisation, other data order)"] = (
+                COLORS[source], "--", [(study.phase1_name(source, s), study.replica_name(source, s))
+                                       for s in seeds])
+    if preset.flip:
+        pairs[f"flip (adversarial from epoch {preset.flip_epoch()}) vs adversarial"] = (
+            COLORS["flip"], "-.", [(study.phase1_name(study.FLIP, s),
+                                    study.phase1_name("adversarial", s)) for s in seeds])
+    for label, (color, style, runs) in pairs.items():
         series = []
         for a, b in runs:
             d = collected.comparisons.get((a, b)) or collected.comparisons.get((b, a)) or {}
             series.append([d.get(e, np.nan) for e in epochs])
-        _band(ax, epochs, series, color, label, "-" if "same seed" in label else "--")
+        _band(ax, epochs, series, color, label, style)
     _epoch_axis(ax, preset, "phase-1 epoch")
     ax.set_ylabel("kernel distance 1 − cos(K, K')")
-    ax.set_title("Fig. 2: distance between the standard and the adversarial kernel vs seed-to-seed "
-                 "baselines")
-    ax.legend()
+    ax.set_title("Fig. 2: distance between the standard and the adversarial kernel vs the matched "
+                 "noise floors (C1a)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _accuracy_axis(ax, values):
+    """y from 0 to a little above the largest value shown (robust accuracies are often ≤ 0.2)."""
+    values = [v for v in values if v is not None and v == v]
+    top = max(values) if values else 1.0
+    ax.set_ylim(-0.01, min(1.02, max(0.1, top * 1.15 + 0.02)))
 
 
 def phase2_vs_spawn(preset, collected, path):
@@ -122,28 +136,33 @@ def phase2_vs_spawn(preset, collected, path):
     for row, dynamics in enumerate(preset.phase2_dynamics):
         for col, metric in enumerate(("robust", "benign")):
             ax = axes[row][col]
-            for source in study.SOURCES:
-                for data_mode in preset.phase2_data:
+            shown = []
+            for source in study.phase1_sources(preset):
+                for dyn, data_mode in preset.phase2_conditions():
+                    if dyn != dynamics or (source == study.FLIP and (dyn, data_mode) != ("centered", "clean")):
+                        continue
                     series = []
-                    for s in range(preset.seeds):
+                    for s in preset.seed_list():
                         series.append([
-                            (collected.evals.get(study.phase2_name(dynamics, data_mode, source, s, e))
+                            (collected.evals.get(study.child_name(dynamics, data_mode, source, s, e))
                              or {}).get(metric, np.nan) for e in spawns])
+                    shown += [v for r in series for v in r]
                     _band(ax, spawns, series, COLORS[source],
                           f"{data_mode} phase 2, {source} spawn", STYLES[data_mode])
             reference = [(collected.evals.get(study.phase1_name("adversarial", s)) or {}).get(metric)
-                         for s in range(preset.seeds)]
+                         for s in preset.seed_list()]
             reference = [v for v in reference if v is not None]
             if reference:
                 ax.axhline(np.mean(reference), color="gray", linestyle=":",
                            label="phase-1 adversarial training (final)")
             _epoch_axis(ax, preset, "spawn epoch (phase 1)")
-            ax.set_ylim(-0.02, 1.02)
+            _accuracy_axis(ax, shown + reference)
             ax.set_ylabel(f"{metric} accuracy" + (f" (ε = {preset.eps:.3g}, worst case)"
                                                   if metric == "robust" else ""))
             ax.set_title(f"{dynamics} phase 2: {metric} accuracy")
             ax.legend(fontsize=7)
-    fig.suptitle("Fig. 3: phase-2 accuracy against the spawn epoch (mean ± sd over seeds)")
+    fig.suptitle("Fig. 3: phase-2 accuracy against the spawn epoch (mean ± sd over seeds; spawn 0 is "
+                 "the initialisation, shared by both sources)")
     fig.tight_layout()
     _save(fig, path)
 
@@ -201,14 +220,22 @@ def png_bytes(fig):
     return buf.getvalue()
 
 
+def velocity(preset, collected, path):
+    _kernel_panels(preset, collected, path,
+                   [("velocity", "kernel velocity (distance per epoch)", "velocity of the kernel")],
+                   "Fig. 7: kernel velocity d(K_t, K_t+dt) / dt (mean ± sd over seeds; log scale): "
+                   "phase 1 is lazy when it has fallen below 10% of its peak", log=True)
+
+
 def eigen_images(preset, collected, path):
-    loaded = {source: rundir.read_npz(collected.features[study.phase1_name(source, 0)])
-              for source in study.SOURCES if study.phase1_name(source, 0) in collected.features}
+    first = preset.seed_list()[0]
+    loaded = {source: rundir.read_npz(collected.features[study.phase1_name(source, first)])
+              for source in study.SOURCES if study.phase1_name(source, first) in collected.features}
     if not loaded:
         return False
     rows = [(f"{source}\nlogit {int(arrays['logit'])}", arrays) for source, arrays in loaded.items()]
     fig = eigen_image_panel(rows, f"Fig. 5: eigen-images of the final (epoch {preset.phase1_epochs}) "
-                                  "kernels, seed 0", figsize=SIZE)
+                                  f"kernels, seed {first}", figsize=SIZE)
     _save(fig, path)
     return True
 
@@ -223,15 +250,15 @@ def kernel_machine(preset, collected, path):
     for ax, metric in zip(axes, ("robust", "benign")):
         for source in study.SOURCES:
             series = [[(collected.machines.get(study.phase1_name(source, s)) or {}).get(e, {}).get(
-                f"{metric}_accuracy", np.nan) for e in epochs] for s in range(preset.seeds)]
+                f"{metric}_accuracy", np.nan) for e in epochs] for s in preset.seed_list()]
             _band(ax, epochs, series, COLORS[source], f"kernel machine, {source} spawn")
             if "centered" in preset.phase2_dynamics and "clean" in preset.phase2_data:
-                series = [[(collected.evals.get(study.phase2_name("centered", "clean", source, s, e))
-                            or {}).get(metric, np.nan) for e in epochs] for s in range(preset.seeds)]
+                series = [[(collected.evals.get(study.child_name("centered", "clean", source, s, e))
+                            or {}).get(metric, np.nan) for e in epochs] for s in preset.seed_list()]
                 _band(ax, epochs, series, COLORS[source],
                       f"centered phase 2 ({preset.phase2_epochs} epochs, clean), {source} spawn", "--")
         _epoch_axis(ax, preset, "spawn epoch (phase 1)")
-        ax.set_ylim(-0.02, 1.02)
+        _accuracy_axis(ax, [v for line in ax.get_lines() for v in line.get_ydata()])
         ax.set_ylabel(f"{metric} accuracy" + (f" (ε = {preset.eps:.3g}, worst case)"
                                               if metric == "robust" else ""))
         ax.set_title(f"{metric} accuracy")
@@ -246,7 +273,7 @@ def kernel_machine(preset, collected, path):
 FIGURES = (
     ("Fig. 1: kernel distance to init and to the final kernel", "fig1_kernel_distance.png",
      kernel_distance),
-    ("Fig. 2: standard vs adversarial kernel distance, seed-to-seed baselines",
+    ("Fig. 2: standard vs adversarial kernel distance, matched noise floors",
      "fig2_standard_vs_adversarial.png", standard_vs_adversarial),
     ("Fig. 3: phase-2 robust and benign accuracy vs spawn epoch", "fig3_phase2_vs_spawn.png",
      phase2_vs_spawn),
@@ -254,6 +281,7 @@ FIGURES = (
     ("Fig. 5: eigen-images of the final kernels", "fig5_eigen_images.png", eigen_images),
     ("Fig. 6: kernel-machine robust and benign accuracy vs spawn epoch, next to centered phase 2",
      "fig6_kernel_machine.png", kernel_machine),
+    ("Fig. 7: kernel velocity during phase 1", "fig7_velocity.png", velocity),
 )
 
 
