@@ -44,7 +44,7 @@ def centered_cnn(workdir):
 
     def train_data(config):
         return lambda epoch: data.load("digits", "train", batch_size=config.batch_size, shuffle=True,
-                                       seed=config.seed, epoch=epoch)
+                                       seed=config.effective_data_seed, epoch=epoch)
 
     phase1 = training.TrainConfig.phase1(epochs=4, data_mode="adv", adv_mode="clean_then_adv",
                                          attack=attacks.PGDConfig(eps=FLAGS.eps, steps=10),

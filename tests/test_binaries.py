@@ -409,3 +409,49 @@ def test_sigterm_keeps_the_run_resumable_and_the_rerun_is_bit_identical(tmp_path
     b = tf.train.load_checkpoint(str(tmp_path / "straight" / "spawn" / "epoch_6" / "ckpt"))
     names = [n for n in a.get_variable_to_shape_map() if "model" in n]
     assert names and all(np.array_equal(a.get_tensor(n), b.get_tensor(n)) for n in names)
+
+
+def test_data_seed_keys_the_data_order_and_attack_starts_and_is_recorded(tmp_path, monkeypatch):
+    """--seed initialises, --data_seed (default --seed) seeds the shuffling and the quick evaluation's
+    attack, in phase 1 and phase 2, and lands in flags.json, the results and the HParams."""
+    seeds = []  # (what, seed) of every training-data load and quick robust evaluation
+    load, robust = data.load, train.evaluation.robust_accuracy
+
+    def recording_load(name, split, **kw):
+        if split == "train":
+            seeds.append(("train", kw.get("seed")))
+        return load(name, split, **kw)
+
+    def recording_robust(*args, **kw):
+        seeds.append(("attack", kw.get("seed")))
+        return robust(*args, **kw)
+
+    monkeypatch.setattr(data, "load", recording_load)
+    monkeypatch.setattr(train.evaluation, "robust_accuracy", recording_robust)
+    argv = ["--epochs=1", "--save_epochs=0", "--eval_every=0"] + TINY
+    _run(train, [f"--workdir={tmp_path}/d5", "--seed=3", "--data_seed=5"] + argv)
+    assert seeds and set(seeds) == {("train", 5), ("attack", 5)}
+    seeds.clear()
+    _run(train, [f"--workdir={tmp_path}/d3", "--seed=3"] + argv)
+    assert seeds and set(seeds) == {("train", 3), ("attack", 3)}
+    # The same --seed: the same initialisation.
+    a = tf.train.load_checkpoint(str(tmp_path / "d5" / "spawn" / "epoch_0" / "ckpt"))
+    b = tf.train.load_checkpoint(str(tmp_path / "d3" / "spawn" / "epoch_0" / "ckpt"))
+    names = [n for n in a.get_variable_to_shape_map() if "model" in n]
+    assert names and all(np.array_equal(a.get_tensor(n), b.get_tensor(n)) for n in names)
+    flags_json = helpers.read_json(os.path.join(tmp_path, "d5", "flags.json"))
+    assert flags_json["seed"] == 3 and flags_json["data_seed"] == 5
+    assert flags_json["resolved_config"]["data_seed"] == 5
+    results = helpers.read_json(os.path.join(tmp_path, "d5", "results.json"))
+    assert results["seed"] == 3 and results["data_seed"] == 5 and results["flags"]["data_seed"] == 5
+    session, _ = _hparams(os.path.join(tmp_path, "d5"))
+    assert session.hparams["seed"].number_value == 3 and session.hparams["data_seed"].number_value == 5
+    default = helpers.read_json(os.path.join(tmp_path, "d3", "results.json"))
+    assert default["flags"]["data_seed"] is None and default["data_seed"] == 3
+    assert "data_seed" not in default["flags"]["resolved_config"]  # recorded as before the flag
+    # Phase 2: the initialisation is the spawn's, --data_seed seeds the rest just the same.
+    seeds.clear()
+    _run(train, [f"--workdir={tmp_path}/p2", f"--spawn={tmp_path}/d3/spawn/epoch_0", "--dynamics=centered",
+                 "--seed=3", "--data_seed=7"] + argv)
+    assert seeds and set(seeds) == {("train", 7), ("attack", 7)}
+    assert helpers.read_json(os.path.join(tmp_path, "p2", "results.json"))["data_seed"] == 7

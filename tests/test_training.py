@@ -1,6 +1,8 @@
 """Training: loss falls, adversarial training buys robustness, the spawn schedule, phase 2 from a
-spawn, bit-exact resume, MirroredStrategy = one device, one XLA trace, online kernels."""
+spawn, bit-exact resume, MirroredStrategy = one device, one XLA trace, online kernels, the
+initialisation seed apart from the data seed."""
 
+import dataclasses
 import os
 
 import keras
@@ -16,6 +18,7 @@ from tf_ntk import data
 from tf_ntk import dynamics
 from tf_ntk import evaluation
 from tf_ntk import models
+from tf_ntk import rundir
 from tf_ntk import training
 
 # ε calibrated for digits (8x8, pixels in [0, 1]): at ε = 0.2 a standard CNN is clearly
@@ -31,15 +34,18 @@ def _digits(batch_size=64, seed=0):
 
 
 def _run(workdir, *, model="cnn", width=8, epochs=3, batch_size=64, callbacks=(), strategy=None,
-         kernel_tracker=None, stop_requested=None, **overrides):
-    training.set_seed(overrides.get("seed", 0))
+         kernel_tracker=None, stop_requested=None, init_seed=None, order_seed=None, **overrides):
+    """Trains a fresh model initialised by ``seed`` (or ``init_seed``) on digits shuffled by the
+    config's data seed (or ``order_seed``), as tf-ntk-train does."""
+    training.set_seed(overrides.get("seed", 0) if init_seed is None else init_seed)
     spec = models.spec(model, 10, (8, 8, 1), width=width)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         net = models.build(spec)
     config = training.TrainConfig.phase1(epochs=epochs, batch_size=batch_size, model=spec,
                                          **{"save_epochs": (), **overrides})
-    history = training.train(net, _digits(batch_size, config.seed), config, str(workdir),
+    order = config.effective_data_seed if order_seed is None else order_seed
+    history = training.train(net, _digits(batch_size, order), config, str(workdir),
                              strategy=strategy, callbacks=callbacks, kernel_tracker=kernel_tracker,
                              stop_requested=stop_requested)
     return net, history
@@ -369,3 +375,101 @@ def test_checkpoint_writes_are_atomic_and_recover_from_a_crash_between_renames(t
     os.replace(path, str(tmp_path / ".old-resume-abc"))
     assert checkpoints.exists(path) and checkpoints.read_meta(path) == {"n": 2}
     checkpoints.restore(path, model=models.get("mlp", 10, (8, 8, 1), width=4))
+
+
+# The seeds: `seed` initialises, `data_seed` (default: `seed`) orders the data and starts PGD.
+SEED_RUN = dict(model="mlp", width=8, epochs=1, batch_size=128)  # 12 steps
+
+
+def _spawn_weights(workdir, epoch):
+    reader = tf.train.load_checkpoint(os.path.join(checkpoints.spawn_path(str(workdir), epoch), "ckpt"))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if "model" in n)
+    assert names
+    return [reader.get_tensor(n) for n in names]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _first_labels(workdir):
+    """The labels of the first batch the run recorded in ``workdir`` trains on: digits shuffled by
+    its recorded configuration's data seed, as `_run` (and tf-ntk-train) loads them."""
+    config = training.TrainConfig.from_dict(rundir.read_record(str(workdir))["config"])
+    return next(iter(_digits(config.batch_size, config.effective_data_seed)(0)))[1].numpy()
+
+
+def test_data_seed_none_is_the_seed_bit_for_bit(tmp_path):
+    kw = dict(SEED_RUN, data_mode="adv", adv_mode="madry", attack=attacks.PGDConfig(eps=0.1, steps=2),
+              seed=2)
+    default, h1 = _run(tmp_path / "none", **kw)
+    explicit, h2 = _run(tmp_path / "two", data_seed=2, **kw)
+    assert _same(_weights(default), _weights(explicit))
+    assert [r["loss"] for r in h1] == [r["loss"] for r in h2]
+    # A config without a data seed records what it recorded before the field existed, and such a
+    # record (an old run's) reads back as data_seed None, i.e. the seed.
+    config = training.TrainConfig(seed=2)
+    assert config.data_seed is None and config.effective_data_seed == 2
+    assert "data_seed" not in config.to_dict()
+    assert "data_seed" not in rundir.read_record(str(tmp_path / "none"))["config"]
+    assert training.TrainConfig.from_dict(config.to_dict()) == config
+    other = training.TrainConfig(seed=2, data_seed=np.int64(5))
+    assert other.data_seed == 5 and type(other.data_seed) is int and other.effective_data_seed == 5
+    assert other.to_dict()["data_seed"] == 5 and training.TrainConfig.from_dict(other.to_dict()) == other
+    with pytest.raises(ValueError, match="data_seed must be an integer or None, got 1.5"):
+        training.TrainConfig(data_seed=1.5)
+
+
+def test_seed_initialises_and_data_seed_orders_the_data(tmp_path):
+    kw = dict(SEED_RUN, save_epochs=(0, 1))
+    a, _ = _run(tmp_path / "a", seed=1, **kw)  # data seed 1
+    b, _ = _run(tmp_path / "b", seed=1, data_seed=7, **kw)
+    c, _ = _run(tmp_path / "c", seed=4, data_seed=1, **kw)
+    # Same seed: the same initialisation (epoch-0 spawn); another data seed: another data order,
+    # so (clean data: nothing else differs) other final weights.
+    assert _same(_spawn_weights(tmp_path / "a", 0), _spawn_weights(tmp_path / "b", 0))
+    assert not np.array_equal(_first_labels(tmp_path / "a"), _first_labels(tmp_path / "b"))
+    assert not _same(_weights(a), _weights(b))
+    # Another seed, the same data seed: another initialisation, the same data order.
+    assert not _same(_spawn_weights(tmp_path / "a", 0), _spawn_weights(tmp_path / "c", 0))
+    np.testing.assert_array_equal(_first_labels(tmp_path / "a"), _first_labels(tmp_path / "c"))
+    assert _same(_spawn_weights(tmp_path / "b", 1), _weights(b))  # the final spawn is the final weights
+
+
+def test_training_pgd_starts_follow_the_data_seed_not_the_seed(tmp_path):
+    """With the initialisation and the data order held fixed, only the PGD starts depend on the
+    config: the same data seed gives the same weights whatever the seed, another one other weights."""
+    kw = dict(SEED_RUN, data_mode="adv", adv_mode="madry", attack=attacks.PGDConfig(eps=0.1, steps=2),
+              init_seed=0, order_seed=0)
+    a, _ = _run(tmp_path / "a", seed=0, data_seed=5, **kw)
+    b, _ = _run(tmp_path / "b", seed=9, data_seed=5, **kw)
+    c, _ = _run(tmp_path / "c", seed=0, data_seed=6, **kw)
+    assert _same(_weights(a), _weights(b))
+    assert not _same(_weights(a), _weights(c))
+
+
+def test_resume_refuses_another_data_seed_and_takes_an_old_record(tmp_path):
+    kw = dict(SEED_RUN, epochs=2, seed=1)
+    straight, _ = _run(tmp_path / "straight", **kw)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # in epoch 2: the resume state after epoch 1 is there
+        _run(run, callbacks=[_Interrupt(at_step=12 + 5)], **kw)
+    saved = checkpoints.read_meta(str(run / "resume"))["config"]
+    assert "data_seed" not in saved and "data_seed" not in rundir.read_record(str(run))["config"]
+    with pytest.raises(training.RunConfigMismatchError) as refused:
+        _run(run, data_seed=2, **kw)
+    assert str(refused.value) == f"{run} holds a run with another configuration (differs in: data_seed)"
+    config = training.TrainConfig.phase1(**{k: v for k, v in kw.items() if k not in ("model", "width")},
+                                         model=models.spec("mlp", 10, (8, 8, 1), width=8), save_epochs=())
+    training.check_run(str(run), config)  # the run's own configuration
+    training.check_run(str(run), dataclasses.replace(config, data_seed=1))  # data_seed = seed: the same
+    with pytest.raises(training.RunConfigMismatchError, match=r"\(differs in: data_seed\)$"):
+        training.check_run(str(run), dataclasses.replace(config, data_seed=0))
+    for changed in (dict(seed=3), dict(seed=3, data_seed=1)):  # another initialisation
+        with pytest.raises(training.RunConfigMismatchError, match=r"\(differs in: seed\)$"):
+            training.check_run(str(run), dataclasses.replace(config, **changed))
+    with pytest.raises(training.RunConfigMismatchError, match=r"\(differs in: data_seed, seed\)$"):
+        training.check_run(str(run), dataclasses.replace(config, seed=3, data_seed=3))
+    # The record without the field resumes under data_seed = seed and ends as the straight run.
+    resumed, _ = _run(run, data_seed=1, **kw)
+    assert _same(_weights(straight), _weights(resumed))

@@ -86,7 +86,7 @@ HPARAMS_METRICS = (
     ("online_kernel/effective_rank", "kernel effective rank"),
 )
 # The columns a researcher sorts runs by, first.
-HPARAMS_FIRST = ("phase", "spawn_epoch", "dynamics", "data_mode", "adv_mode", "eps", "seed")
+HPARAMS_FIRST = ("phase", "spawn_epoch", "dynamics", "data_mode", "adv_mode", "eps", "seed", "data_seed")
 
 
 def write_hparams(config, trial_id=None):

@@ -18,9 +18,13 @@ A run directory (``workdir``) holds:
 Each epoch ends with its spawn checkpoint, then ``resume/`` (the commit point), then the callbacks'
 records (events, evaluation), then ``history.json``; a restart rewrites ``history.json`` from
 ``resume/`` and calls ``on_epoch_end`` again for the last epoch when a kill came between them.
-A run that stops at any point restarts from ``resume/`` and, with the same seed, ends with the same
-weights as a run never interrupted: batches are shuffled by (seed, epoch) and each PGD random start
-is keyed by (seed, step).
+A run that stops at any point restarts from ``resume/`` and, with the same configuration, ends with
+the same weights as a run never interrupted: batches are shuffled by (data seed, epoch) and each PGD
+random start is keyed by (data seed, step), where the data seed is `TrainConfig.data_seed`, or
+`TrainConfig.seed` when that is None (the default, and every run recorded before data_seed existed).
+``seed`` alone then keys the initialisation (`set_seed` before `tf_ntk.models.build`): two runs with
+the same seed and different data seeds start from the same weights and differ only in their data
+order and attack starts (a matched noise floor).
 
 Under a multi-replica strategy the loss is the mean over the global batch and each replica's PGD
 start is its rows of the global batch's start, so without BN the run equals the single-device run
@@ -31,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -78,7 +83,11 @@ class TrainConfig:
         crafted against the updated weights) or ``madry`` (one step on the PGD batch).
       attack: the training attack (protocol: L∞ 4/255, 20 steps, step 2ε/20, random start).
       save_epochs: spawn checkpoint epochs (floats); None = 0…E and the protocol's fractions < E.
-      seed: run seed (shuffling and PGD starts).
+      seed: the initialisation seed (the caller's `set_seed` before `tf_ntk.models.build`) and,
+        when ``data_seed`` is None, everything else too: the data order and the PGD starts.
+      data_seed: the data seed: the data order (the caller's dataset function shuffles by it) and
+        every training PGD random start, keyed by (data seed, step); None (default) = ``seed``,
+        numbers and records as before this field existed (see `effective_data_seed`).
       dynamics, batchnorm, spawn: phase-2 description (``standard`` and None in phase 1).
       jit_compile: compile the train and attack steps with XLA.
       model: the `tf_ntk.models.spec` of the (spawn) network, so checkpoints can be rebuilt.
@@ -97,6 +106,7 @@ class TrainConfig:
     attack: attacks.PGDConfig = attacks.PGDConfig(eps=4 / 255, steps=20)
     save_epochs: tuple = None
     seed: int = 0
+    data_seed: int = None
     dynamics: str = "standard"
     batchnorm: str = "frozen"
     spawn: str = None
@@ -118,6 +128,10 @@ class TrainConfig:
                                    ("dynamics", self.dynamics, DYNAMICS)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+        if self.data_seed is not None:
+            if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, numbers.Integral):
+                raise ValueError(f"data_seed must be an integer or None, got {self.data_seed!r}")
+            object.__setattr__(self, "data_seed", int(self.data_seed))
         if isinstance(self.attack, dict):
             object.__setattr__(self, "attack", attacks.PGDConfig(**self.attack))
         object.__setattr__(self, "lr_boundaries", tuple(float(b) for b in self.lr_boundaries))
@@ -138,6 +152,11 @@ class TrainConfig:
         """The protocol's phase 2: constant lr 0.01, 100 epochs, fresh optimizer."""
         return cls(**{"epochs": 100, "lr": 0.01, "lr_boundaries": (), **overrides})
 
+    @property
+    def effective_data_seed(self):
+        """The seed of the data order and of the PGD starts: ``data_seed``, or ``seed`` when None."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def spawn_epochs(self):
         """The spawn checkpoint epochs of this run, sorted."""
         if self.save_epochs is not None:
@@ -156,6 +175,8 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["lr_boundaries"] = list(self.lr_boundaries)
+        if self.data_seed is None:  # the record of a run without one, as before the field existed
+            del d["data_seed"]
         if self.save_epochs is not None:
             d["save_epochs"] = list(self.save_epochs)
         return d
@@ -390,9 +411,23 @@ def check_run(workdir, config):
         checkpoints.verify(resume_dir)
 
 
+def _run_identity(config):
+    """A recorded configuration (a dict) as compared on resume: with its effective data seed (a record
+    without ``data_seed``, from before the field existed, or None: ``seed``), so ``data_seed = seed``
+    and no data seed are the same run, and any other data seed is another run."""
+    config = dict(config)
+    if config.get("data_seed") is None:
+        config["data_seed"] = config.get("seed")
+    return config
+
+
 def _check_same_run(workdir, saved, config):
+    explicit = saved.get("data_seed") is not None or config.get("data_seed") is not None
+    saved, config = _run_identity(saved), _run_identity(config)
     if saved != config:
         diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        if not explicit:  # the data seed is the seed on both sides: name only the seed
+            diff = [k for k in diff if k != "data_seed"]
         raise RunConfigMismatchError(
             f"{workdir} holds a run with another configuration (differs in: {', '.join(diff)})")
 
@@ -421,7 +456,7 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
         ``strategy.scope()``.
       dataset_fn: ``epoch -> tf.data.Dataset`` of (images (B, H, W, C) in [0, 1], int labels (B,))
         global batches; must give the same batches for the same epoch (e.g. `tf_ntk.data.load` with
-        ``shuffle=True, seed=config.seed, epoch=epoch``).
+        ``shuffle=True, seed=config.effective_data_seed, epoch=epoch``).
       config: a `TrainConfig`.
       workdir: the run directory. A run found there resumes from its resume checkpoint; a finished
         one is returned as is. A run with another configuration raises `RunConfigMismatchError`.
@@ -604,7 +639,7 @@ class _Run:
         self.partial = None
         batches = self.strategy.experimental_distribute_dataset(dataset)
         for batch_index, batch in enumerate(batches, start=first_batch):
-            seed = tf.constant([config.seed, self._current_step()], tf.int64)
+            seed = tf.constant([config.effective_data_seed, self._current_step()], tf.int64)
             stop = tf.constant(1.0 if self._stop_now() else 0.0)
             batch_loss, batch_correct, examples, stops = (float(v) for v in step_fn(batch, seed, stop))
             self.step.assign_add(1)

@@ -12,6 +12,14 @@ accuracy with the strong attack), online kernel metrics and heat maps against th
 spawn checkpoints, resume state, history.json, online_kernels.npz (with --kernel_every or
 --kernel_at_spawns: the kernels the online metrics are measured against) and results.json. A run
 directory with an unfinished run resumes; a finished one is refused unless --overwrite.
+
+Seeds: --seed draws the initial weights (phase 1; phase 2 starts from the spawn checkpoint's) and,
+unless --data_seed is given, also the data order (shuffled by (seed, epoch)), every PGD random start
+of adversarial training (keyed by (seed, step)) and the quick evaluation's attack. --data_seed takes
+those over, so two runs with the same --seed and different --data_seed start from the same weights
+and differ only in data order and attack starts (a matched noise floor):
+
+    tf-ntk-train --workdir=runs/adv-d1 --data_mode=adv --seed=0 --data_seed=1
 """
 
 import math
@@ -56,6 +64,9 @@ flags.DEFINE_enum("data_mode", "clean", list(training.DATA_MODES),
                   "clean, adv (PGD examples) or flip (clean before --flip_epoch, adversarial after).")
 flags.DEFINE_enum("adv_mode", "clean_then_adv", list(training.ADV_MODES),
                   "clean_then_adv (the authors': clean step, then PGD step) or madry (PGD step only).")
+flags.DEFINE_integer("data_seed", None, "Seed of the data order, of every PGD random start of "
+                     "training and of the quick evaluation's attack (default: --seed, which then keys "
+                     "the initial weights only).")
 flags.DEFINE_integer("flip_epoch", 50, "First adversarial epoch of --data_mode=flip.", lower_bound=0)
 flags.DEFINE_integer("epochs", None, "Epochs (default: 101 in phase 1, 100 in phase 2).", lower_bound=1)
 common_flags.define_fraction("lr", None, "Learning rate (default: 0.1 in phase 1, 0.01 in phase 2).",
@@ -116,6 +127,7 @@ def _resolve():
         batch_size=FLAGS.batch_size, lr_factor=FLAGS.lr_factor, momentum=FLAGS.momentum,
         data_mode=FLAGS.data_mode, flip_epoch=FLAGS.flip_epoch, adv_mode=FLAGS.adv_mode,
         attack=common_flags.attack_config(FLAGS, default_steps=20), seed=FLAGS.seed,
+        data_seed=FLAGS.data_seed,
         dynamics=FLAGS.dynamics, batchnorm=FLAGS.batchnorm,
         spawn=rundir.abspath(FLAGS.spawn) if phase2 else None, jit_compile=FLAGS.jit_compile,
         model=spec, data={"dataset": FLAGS.dataset, **opts}, **overrides)
@@ -154,7 +166,8 @@ class _Logger(training.Callback):
     def evaluate(self, epoch):
         fn = evaluation.inference_fn(self.model)
         benign = evaluation.accuracy(fn, self.test)
-        robust = evaluation.robust_accuracy(fn, self.test, self.eval_attack, seed=FLAGS.seed)
+        robust = evaluation.robust_accuracy(fn, self.test, self.eval_attack,
+                                            seed=self.config.effective_data_seed)
         self.last_eval = {"epoch": epoch, "benign_accuracy": benign, "robust_accuracy_quick": robust}
         with self.writer.as_default(step=summaries.epoch_step(epoch)):
             step = summaries.epoch_step(epoch)
@@ -247,11 +260,11 @@ def main(argv):
     strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, cluster_timeout=FLAGS.cluster_timeout)
     common.catch_interrupts()  # TensorFlow's multi-worker runtime took SIGTERM over
     config, info, opts = _resolve()
-    training.set_seed(FLAGS.seed)
+    training.set_seed(FLAGS.seed)  # the initialisation (phase 2: the spawn's weights instead)
     test = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, **opts)
     train_data = lambda epoch: data.load(  # noqa: E731
-        FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True, seed=FLAGS.seed,
-        epoch=epoch, drop_remainder=FLAGS.strategy == "tpu", **opts)
+        FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True,
+        seed=config.effective_data_seed, epoch=epoch, drop_remainder=FLAGS.strategy == "tpu", **opts)
     probe = common.probe_set(FLAGS) if FLAGS.kernel_every or FLAGS.kernel_at_spawns else None
     with strategy.scope():
         if config.spawn:
@@ -281,6 +294,7 @@ def main(argv):
                          } if config.spawn else {}
                 summaries.write_hparams(
                     {**config.to_dict(), "phase": 2 if config.spawn else 1, **spawn,
+                     "data_seed": config.effective_data_seed,
                      "eps": config.attack.eps, "attack_steps": config.attack.steps,
                      "model_name": config.model["name"],
                      "width": config.model["options"].get("width", 0)},
@@ -308,6 +322,7 @@ def main(argv):
         results = {**final, "final_train_loss": history[-1]["loss"] if history else None,
                    "quick_attack": logger.eval_attack.to_dict(), "dynamics": config.dynamics,
                    "data_mode": config.data_mode, "adv_mode": config.adv_mode,
+                   "seed": config.seed, "data_seed": config.effective_data_seed,
                    "spawn": config.spawn, "flags": resolved}
         writer.flush()  # the final evaluation's events before results.json, which finishes the run
         rundir.write_json(rundir.join(workdir, rundir.RESULTS), results)
