@@ -348,6 +348,11 @@ CASES = [
     ("evaluate-transfer-previous-format-other-images", evaluate, [CKPT, TRANSFER],
      _adv_set(_previous_format_other_images), "--transfer_from={tmp}/adv.npz: its 16 clean images and "
      "labels are not the first 16 of digits/test (and it records no indices)"),
+    ("evaluate-transfer-second-set-nan", evaluate, [CKPT, "--transfer_from={good}/adv.npz,{tmp}/adv.npz"],
+     _adv_set(_set_item("x_adv", (3, 0, 0, 0), np.nan)),
+     "--transfer_from={tmp}/adv.npz: 1 adversarial image is not finite (first: image 3)"),
+    ("evaluate-transfer-empty-name", evaluate, [CKPT, "--transfer_from={good}/adv.npz,"], None,
+     "--transfer_from: an empty name in the list of sets"),
     ("evaluate-save-into-a-file", evaluate, [CKPT, "--save_adversarial={tmp}/afile/adv.npz"], _a_file,
      "--save_adversarial: {tmp}/afile is not a directory"),
     ("evaluate-save-not-npz", evaluate, [CKPT, "--save_adversarial={tmp}/adv.txt"], None,

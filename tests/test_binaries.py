@@ -27,6 +27,7 @@ from tf_ntk.cli import visualize_features
 from tests import helpers
 from tf_ntk import data
 from tf_ntk import dynamics
+from tf_ntk import evaluation
 from tf_ntk import ntk
 from tf_ntk import summaries
 
@@ -147,8 +148,103 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     assert cen_eval["sanity_checks"]["attack"].startswith("strong")
     terms = np.load(os.path.join(cen, "eval", "epoch_1", "output_terms.npz"))
     assert terms["kernel_clean"].shape == terms["spawn_adv"].shape == (64, 10)
+    # The accuracies of the saved terms; a centered model's output is its kernel term.
+    assert cen_eval["output_terms"] == evaluation.output_term_accuracies(dict(terms))
+    assert cen_eval["output_terms"]["clean"]["kernel_term"] == cen_eval["benign_accuracy"]
     values, _ = _events(os.path.join(cen, "eval", "epoch_1"))
     assert "eval/robust_accuracy" in values and "eval/robust_accuracy_strong" in values
+
+
+def _bits(text):
+    return evaluation.decode_bits(text)
+
+
+def test_evaluate_records_per_example_outcomes_and_transfer_from_several_sets(runs, capsys):
+    """Sets saved from two checkpoints replayed against a third (the first set twice): each transfer
+    accuracy and its per-example string are the model's own predictions on the set; the per-example
+    strings' means are the recorded accuracies, and "robust" is the AND of the attacks'."""
+    std = os.path.join(runs, "std")
+    short = ["--eps=0.2", "--attack_steps=2", "--max_examples=32"]
+    sets = []
+    for name in ("std", "adv"):
+        sets.append(os.path.join(runs, f"transfer_{name}.npz"))
+        _run(evaluate, [f"--checkpoint={runs}/{name}/spawn/epoch_2", "--attack=protocol",
+                        f"--save_adversarial={sets[-1]}", f"--workdir={runs}/transfer_source_{name}"]
+             + short)
+    checkpoint = f"{std}/spawn/epoch_1"
+    workdir = os.path.join(runs, "transfer_three")
+    capsys.readouterr()
+    _run(evaluate, [f"--checkpoint={checkpoint}", "--attack=protocol,strong", "--strong_restarts=1",
+                    "--square_queries=10", f"--transfer_from={sets[0]},{sets[1]},{sets[0]}",
+                    f"--workdir={workdir}", "--eps=0.06", "--attack_steps=2", "--max_examples=32"])
+    out = capsys.readouterr().out
+    r = helpers.read_json(os.path.join(workdir, "evaluation.json"))
+    model, _ = dynamics.load_model(checkpoint)
+    # Per example: one character per evaluated example, each string's mean its recorded accuracy.
+    per_example = r["per_example"]
+    assert set(per_example) == {"benign", "robust", "protocol", "strong"}
+    assert all(len(v) == r["examples"] == 32 for v in per_example.values())
+    assert np.mean(_bits(per_example["benign"])) == r["benign_accuracy"]
+    assert np.mean(_bits(per_example["robust"])) == r["robust_accuracy"]
+    for name in ("protocol", "strong"):
+        assert np.mean(_bits(per_example[name])) == r["robust"][name]["accuracy"]
+    np.testing.assert_array_equal(_bits(per_example["robust"]),
+                                  _bits(per_example["protocol"]) & _bits(per_example["strong"]))
+    assert not (_bits(per_example["robust"]) & ~_bits(per_example["benign"])).any()
+    assert r["robust_accuracy"] < r["benign_accuracy"]
+    # The benign outcome is the model's prediction on the clean images (the first 32 of the split,
+    # which the saved set holds).
+    first = evaluation.load_adversarial(sets[0])
+    clean = np.argmax(model(first["x"], training=False).numpy(), -1) == first["y"]
+    np.testing.assert_array_equal(_bits(per_example["benign"]), clean)
+    # Transfer: one entry per set, in the order given, each recomputed by hand.
+    transfer = r["transfer"]
+    assert [t["from"] for t in transfer] == [sets[0], sets[1], sets[0]]
+    accuracies = []
+    for t in transfer:
+        saved = evaluation.load_adversarial(t["from"])
+        hits = np.argmax(model(saved["x_adv"], training=False).numpy(), -1) == saved["y"]
+        assert t["examples"] == len(t["correct"]) == 32
+        np.testing.assert_array_equal(_bits(t["correct"]), hits)
+        assert t["accuracy"] == np.mean(hits)
+        accuracies.append(t["accuracy"])
+    assert transfer[0] == transfer[2]
+    # The single-set keys are written for one set only.
+    assert not {"transfer_accuracy", "transfer_from", "transfer_examples"} & set(r)
+    lines = [line for line in out.splitlines() if line.startswith("transfer accuracy")]
+    assert lines == [f"transfer accuracy {a:.4f}  (set {p}, 32 examples)"
+                     for a, p in zip(accuracies, [sets[0], sets[1], sets[0]])]
+    values, _ = _events(workdir)
+    for i, a in enumerate(accuracies):
+        assert list(values[f"eval/transfer_accuracy/{i}"].values()) == [pytest.approx(a)]
+    # One set: the list of one and the earlier keys, the same numbers.
+    _run(evaluate, [f"--checkpoint={checkpoint}", "--attack=protocol", f"--transfer_from={sets[1]}",
+                    f"--workdir={runs}/transfer_one"] + short)
+    one = helpers.read_json(os.path.join(runs, "transfer_one", "evaluation.json"))
+    assert one["transfer"] == [transfer[1]]
+    assert (one["transfer_accuracy"], one["transfer_from"], one["transfer_examples"]) == (
+        transfer[1]["accuracy"], sets[1], 32)
+
+
+def test_output_terms_of_a_phase1_checkpoint_under_linearized_dynamics(runs):
+    """At θ = θ_s the kernel term is exactly 0, so its argmax is class 0 everywhere: its accuracy is
+    the share of label 0; the sum is the spawn term, and the model's output."""
+    std = os.path.join(runs, "std")
+    workdir = os.path.join(runs, "lin_terms")
+    _run(evaluate, [f"--checkpoint={std}/spawn/epoch_2", "--eval_dynamics=linearized", "--eps=0.2",
+                    "--attack_steps=2", "--max_examples=32", "--attack=protocol", "--output_terms",
+                    f"--workdir={workdir}"])
+    r = helpers.read_json(os.path.join(workdir, "evaluation.json"))
+    terms = dict(np.load(os.path.join(workdir, "output_terms.npz")))
+    assert r["dynamics"] == "linearized" and set(r["output_terms"]) == {"clean", "adversarial"}
+    assert not terms["kernel_clean"].any() and not terms["kernel_adv"].any()
+    share_of_0 = float(np.mean(terms["y"] == 0))
+    for inputs in ("clean", "adversarial"):
+        got = r["output_terms"][inputs]
+        assert got["kernel_term"] == share_of_0
+        assert got["sum"] == got["spawn_term"]
+    assert r["output_terms"]["clean"]["sum"] == r["benign_accuracy"]
+    assert r["output_terms"]["adversarial"]["sum"] < r["output_terms"]["clean"]["sum"]
 
 
 def test_compute_kernel_and_kernel_dynamics_over_two_runs(runs):

@@ -27,9 +27,38 @@ def trained():
 def test_accuracy_is_the_fraction_of_correct_argmax(trained):
     model, test = trained
     x, y = data.load_arrays("digits", "test")
-    want = np.mean(np.argmax(model(x, training=False).numpy(), -1) == y)
-    assert evaluation.accuracy(evaluation.inference_fn(model), test) == pytest.approx(want)
+    hits = np.argmax(model(x, training=False).numpy(), -1) == y
+    want = np.mean(hits)
+    fn = evaluation.inference_fn(model)
+    assert evaluation.accuracy(fn, test) == pytest.approx(want)
     assert want > 0.85
+    # Per example, in data order: the vector whose mean is the accuracy.
+    correct = evaluation.correct_per_example(fn, test)
+    assert correct.dtype == bool
+    np.testing.assert_array_equal(correct, hits)
+    assert np.mean(correct) == evaluation.accuracy(fn, test)
+
+
+def test_bits_round_trip_through_strings_of_0s_and_1s():
+    assert evaluation.encode_bits(np.array([True, False, True, True])) == "1011"
+    assert evaluation.encode_bits(np.array([0, 1, 1])) == "011"
+    assert evaluation.encode_bits(np.zeros(0, bool)) == ""
+    np.testing.assert_array_equal(evaluation.decode_bits("0110"), [False, True, True, False])
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 1000):
+        bits = rng.random(n) < 0.3
+        text = evaluation.encode_bits(bits)
+        assert len(text) == n and set(text) <= {"0", "1"} and text.count("1") == bits.sum()
+        decoded = evaluation.decode_bits(text)
+        assert decoded.dtype == bool
+        np.testing.assert_array_equal(decoded, bits)
+        assert n == 0 or np.mean(decoded) == np.mean(bits)
+    for bad in (np.ones((2, 2), bool), np.array([0, 2]), np.array([0.0, 1.0])):
+        with pytest.raises(ValueError, match="encode_bits takes"):
+            evaluation.encode_bits(bad)
+    for bad in ("0120", "01 ", "1é", b"01"):
+        with pytest.raises(ValueError, match="decode_bits takes a string of 0s and 1s"):
+            evaluation.decode_bits(bad)
 
 
 def test_robust_accuracy_is_seeded_and_saved_sets_replay_exactly(trained, tmp_path):
@@ -52,8 +81,9 @@ def test_robust_accuracy_is_seeded_and_saved_sets_replay_exactly(trained, tmp_pa
     assert evaluation.transfer_accuracy(fn, path) == pytest.approx(robust)
     # …and against another model, that model's accuracy on those inputs (a transfer attack).
     other = models.get("mlp", 10, (8, 8, 1), width=8)
-    want = np.mean(np.argmax(other(x_adv).numpy(), -1) == y)
-    assert evaluation.transfer_accuracy(evaluation.inference_fn(other), path) == pytest.approx(want)
+    hits = np.argmax(other(x_adv).numpy(), -1) == y
+    assert evaluation.transfer_accuracy(evaluation.inference_fn(other), path) == pytest.approx(np.mean(hits))
+    np.testing.assert_array_equal(evaluation.transfer_correct(evaluation.inference_fn(other), path), hits)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a tf_ntk adversarial set"):
         evaluation.load_adversarial(str(tmp_path / "bad.npz"))
@@ -83,6 +113,51 @@ def test_output_terms_of_a_linearized_model_add_up(trained):
     assert terms["spawn_adv"].shape == terms["kernel_adv"].shape == (256, 10)
     with pytest.raises(ValueError, match="only for tf_ntk.linearize models"):
         evaluation.output_terms(model, small)
+
+
+def test_output_term_accuracies_of_hand_made_terms():
+    """Five examples of three classes; each term's argmax is chosen: spawn [0, 0, 2, 2, 0] (3 of 5
+    right), kernel [1, 1, 1, 1, 2] (2 of 5), sum [0, 1, 2, 1, 2] (4 of 5)."""
+    y = np.array([0, 1, 2, 1, 0])
+    spawn = np.array([[4, 0, 0], [4, 0, 0], [0, 0, 4], [0, 0, 4], [4, 0, 0]], np.float32)
+    kernel = np.array([[0, 1, 0], [0, 5, 0], [0, 1, 0], [0, 5, 0], [0, 0, 5]], np.float32)
+    np.testing.assert_array_equal(np.argmax(spawn + kernel, -1), [0, 1, 2, 1, 2])
+    clean = {"spawn_term": 0.6, "kernel_term": 0.4, "sum": 0.8}
+    got = evaluation.output_term_accuracies({"spawn_clean": spawn, "kernel_clean": kernel, "y": y})
+    assert got == {"clean": clean}
+    # The adversarial inputs' terms, here the clean ones swapped.
+    got = evaluation.output_term_accuracies({"spawn_clean": spawn, "kernel_clean": kernel, "y": y,
+                                             "spawn_adv": kernel, "kernel_adv": spawn})
+    assert got == {"clean": clean, "adversarial": {"spawn_term": 0.4, "kernel_term": 0.6, "sum": 0.8}}
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        evaluation.output_term_accuracies({"spawn_clean": spawn, "kernel_clean": kernel, "y": y[:4]})
+    with pytest.raises(ValueError, match="on an empty dataset"):
+        evaluation.output_term_accuracies({"spawn_clean": spawn[:0], "kernel_clean": kernel[:0],
+                                           "y": y[:0]})
+
+
+def test_output_term_accuracies_of_real_models_are_their_own_accuracies(trained):
+    """A linearized model's output is the sum of the terms, a centered model's the kernel term, and
+    the spawn term is the network they were linearized around: each accuracy is the model's own, on
+    the clean images and on the PGD images `output_terms` crafts (those of `robust_accuracy`)."""
+    model, test = trained
+    small = test.take(2)
+    config = attacks.PGDConfig(eps=0.1, steps=3)
+    spawn_fn = evaluation.inference_fn(model)
+    for centered in (False, True):
+        lin = tf_ntk.linearize(model, centered=centered)
+        rng = np.random.default_rng(0)
+        for v in lin.theta:
+            v.assign(v.numpy() + rng.normal(0, 0.02, v.shape).astype(np.float32))
+        fn = evaluation.inference_fn(lin)
+        got = evaluation.output_term_accuracies(evaluation.output_terms(lin, small, config, seed=4))
+        own = "kernel_term" if centered else "sum"
+        assert got["clean"][own] == evaluation.accuracy(fn, small)
+        assert got["clean"]["spawn_term"] == evaluation.accuracy(spawn_fn, small)
+        assert got["adversarial"][own] == evaluation.robust_accuracy(fn, small, config, seed=4)
+        # The terms disagree somewhere: the accuracies are of different classifiers.
+        assert got["clean"]["kernel_term"] != got["clean"]["spawn_term"]
+        assert got["adversarial"][own] < got["clean"][own]
 
 
 def _sound_set(n=6):

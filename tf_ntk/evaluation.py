@@ -1,5 +1,8 @@
 """Benign and robust accuracy, saved adversarial sets, transfer attacks, linearized output terms.
 
+Per-example outcomes (`correct_per_example`, `transfer_correct`) travel in JSON as strings of '0'/'1'
+characters, one per example in data order (`encode_bits`, `decode_bits`).
+
 All functions take ``model_fn``: one stable callable images (N, H, W, C) in [0, 1] -> logits (N, O)
 (`inference_fn(model)`: BN in inference mode; a linearized model is attacked under its own
 dynamics), and ``dataset``: batches of (images, int labels). ε is in [0, 1] pixel units (L∞).
@@ -50,8 +53,42 @@ def _check_nonempty(total, what):
         raise ValueError(f"cannot compute {what} on an empty dataset")
 
 
-def accuracy(model_fn, dataset):
-    """Fraction in [0, 1] of the examples of ``dataset`` that ``model_fn`` classifies right.
+def encode_bits(bits):
+    """The string of '0'/'1' characters of a (N,) bool array (or of 0/1 integers), one per element
+    in order, '1' for True: per-example outcomes in JSON. `decode_bits` inverts it.
+
+    Raises:
+      ValueError: not one-dimensional, or values other than 0/1.
+    """
+    bits = np.asarray(bits)
+    if bits.ndim != 1:
+        raise ValueError(f"encode_bits takes a (N,) array, got shape {bits.shape}")
+    if bits.dtype != bool:
+        if bits.size and (not np.issubdtype(bits.dtype, np.integer) or not np.isin(bits, (0, 1)).all()):
+            raise ValueError(f"encode_bits takes bools or 0/1 integers, got {bits.dtype} values")
+        bits = bits.astype(bool)
+    return (bits.astype(np.uint8) + ord("0")).tobytes().decode("ascii")
+
+
+def decode_bits(text):
+    """(N,) bool array of a string of N '0'/'1' characters (`encode_bits`).
+
+    Raises:
+      ValueError: not a string, or characters other than '0' and '1'.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"decode_bits takes a string of 0s and 1s, got {type(text).__name__}")
+    codes = np.frombuffer(text.encode("utf-8"), np.uint8)
+    bad = (codes != ord("0")) & (codes != ord("1"))
+    if bad.any():
+        raise ValueError(f"decode_bits takes a string of 0s and 1s; byte {int(np.flatnonzero(bad)[0])} "
+                         "is neither")
+    return codes == ord("1")
+
+
+def correct_per_example(model_fn, dataset):
+    """(N,) bool, in data order: each example of ``dataset`` classified right by ``model_fn``
+    (argmax of the logits, ties to the lowest class).
 
     Args:
       model_fn: images (B, H, W, C) -> logits (B, O), e.g. `inference_fn`; the argmax is the class.
@@ -60,14 +97,21 @@ def accuracy(model_fn, dataset):
     Raises:
       ValueError: the dataset is empty.
     """
-    step = tf.function(lambda x, y: tf.reduce_sum(tf.cast(_correct(model_fn, x, y), tf.int64)),
-                       reduce_retracing=True)
-    correct = total = 0
-    for x, y in dataset:
-        correct += int(step(x, y))
-        total += int(tf.shape(y)[0])
-    _check_nonempty(total, "accuracy")
-    return correct / total
+    step = tf.function(lambda x, y: _correct(model_fn, x, y), reduce_retracing=True)
+    out = [step(x, y).numpy() for x, y in dataset]
+    _check_nonempty(sum(len(c) for c in out), "accuracy")
+    return np.concatenate(out)
+
+
+def accuracy(model_fn, dataset):
+    """Fraction in [0, 1] of the examples of ``dataset`` that ``model_fn`` classifies right: the mean
+    of `correct_per_example` (same arguments).
+
+    Raises:
+      ValueError: the dataset is empty.
+    """
+    correct = correct_per_example(model_fn, dataset)
+    return int(np.sum(correct)) / len(correct)
 
 
 def _attack_fn(model_fn, config, jit_compile=False):
@@ -324,12 +368,21 @@ def load_adversarial(path, *, name=None, **expected):
 def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
     """Accuracy of ``model_fn`` on a saved adversarial set (a path or `load_adversarial`'s dict):
     a transfer attack when the set was crafted against another model. Returns a fraction in [0, 1] of
-    its x_adv images classified as their label y, evaluated ``batch_size`` at a time.
+    its x_adv images classified as their label y, evaluated ``batch_size`` at a time: the mean of
+    `transfer_correct`.
 
     Raises:
       ValueError: the set is unsound (`check_adversarial_set`), its labels included: they must be
         classes of ``model_fn``.
     """
+    correct = transfer_correct(model_fn, adversarial_set, batch_size)
+    return int(np.sum(correct)) / len(correct)
+
+
+def transfer_correct(model_fn, adversarial_set, batch_size=256):
+    """(N,) bool, in the set's order: each x_adv image of a saved adversarial set (a path or
+    `load_adversarial`'s dict) classified as its label y by ``model_fn``. Checked as
+    `transfer_accuracy` says."""
     if isinstance(adversarial_set, (str, os.PathLike)):
         name = os.fspath(adversarial_set)
         adversarial_set = load_adversarial(name)
@@ -338,12 +391,17 @@ def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
         check_adversarial_set(adversarial_set, name=name)
     num_classes = int(model_fn(tf.constant(adversarial_set["x_adv"][:1])).shape[-1])
     check_adversarial_set(adversarial_set, name=name, num_classes=num_classes)
-    return accuracy(model_fn, as_dataset(adversarial_set["x_adv"], adversarial_set["y"], batch_size))
+    return correct_per_example(model_fn, as_dataset(adversarial_set["x_adv"], adversarial_set["y"],
+                                                    batch_size))
 
 
 def output_terms(model, dataset, config=None, *, seed=0):
     """The two output terms of a linearized or centered model, per example, on clean inputs and
     (when ``config`` is given) on PGD inputs crafted against the model under its own dynamics.
+
+    The adversarial inputs of batch b are crafted with seed (seed, b) against the model's own output
+    (``inference_fn(model)``), exactly as `adversarial_examples` and `robust_accuracy` with a
+    `tf_ntk.attacks.PGDConfig` craft them. `output_term_accuracies` turns the result into accuracies.
 
     Returns:
       {"spawn_clean", "kernel_clean"[, "spawn_adv", "kernel_adv"]}: (N, O) arrays of f_{θ_s}(x) and
@@ -367,3 +425,44 @@ def output_terms(model, dataset, config=None, *, seed=0):
             out["spawn_adv"].append(s.numpy())
             out["kernel_adv"].append(k.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+TERM_SPLITS = (("clean", "clean"), ("adversarial", "adv"))
+"""(key of `output_term_accuracies`, suffix of the `output_terms` arrays)."""
+
+
+def output_term_accuracies(terms):
+    """Accuracies of the output terms of a linearized or centered model (`output_terms`'s dict).
+
+    For the clean inputs and, when ``terms`` holds them, the adversarial ones: the fraction of
+    examples whose label y is the argmax (ties to the lowest class) of
+
+    - "spawn_term": the spawn function f_{θ_s}(x) alone;
+    - "kernel_term": the kernel term J_{θ_s}(x)(θ − θ_s) alone;
+    - "sum": f_{θ_s}(x) + J_{θ_s}(x)(θ − θ_s).
+
+    A linearized model's output is the sum, so its "sum" is the model's accuracy on those inputs;
+    a centered model's output is the kernel term alone (it has no spawn function: its "spawn_term"
+    is what the spawn network it was linearized around scores, and its "sum" what the linearized
+    model with the centered model's θ would score), so its "kernel_term" is the model's accuracy.
+
+    Returns:
+      {"clean": {"spawn_term", "kernel_term", "sum"}[, "adversarial": {...}]}, fractions in [0, 1].
+
+    Raises:
+      ValueError: no examples, or arrays whose shapes do not match (N, O) and labels (N,).
+    """
+    y = np.asarray(terms["y"])
+    out = {}
+    for key, suffix in TERM_SPLITS:
+        if f"spawn_{suffix}" not in terms:
+            continue
+        spawn, kernel = np.asarray(terms[f"spawn_{suffix}"]), np.asarray(terms[f"kernel_{suffix}"])
+        if spawn.ndim != 2 or spawn.shape != kernel.shape or y.shape != spawn.shape[:1]:
+            raise ValueError(f"output terms of inconsistent shapes: spawn_{suffix} {spawn.shape}, "
+                             f"kernel_{suffix} {kernel.shape}, y {y.shape}")
+        _check_nonempty(len(y), "output term accuracies")
+        out[key] = {name: int(np.sum(np.argmax(logits, axis=-1) == y)) / len(y)
+                    for name, logits in (("spawn_term", spawn), ("kernel_term", kernel),
+                                         ("sum", spawn + kernel))}
+    return out

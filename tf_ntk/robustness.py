@@ -161,6 +161,12 @@ class AttackResult:
     def accuracy(self):
         return float(np.mean(self.correct))
 
+    @property
+    def clean_correct(self):
+        """(N,) bool: the clean image classified correctly (the clean pass every evaluation starts
+        with, or the one of the result it continued from); ``correct`` implies it."""
+        return self.broken_by != CLEAN_WRONG
+
     def breaks(self):
         """{member: number of examples it broke first}."""
         return {m: int(np.sum(self.broken_by == i)) for i, m in enumerate(self.members)}

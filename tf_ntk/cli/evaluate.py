@@ -4,7 +4,7 @@ r"""Benign and robust accuracy of a checkpoint under its dynamics, with a gradie
     tf-ntk-evaluate --checkpoint=runs/std/spawn/epoch_10 --eps=0.2 \
         --save_adversarial=runs/std/adv_eps0.2.npz
     tf-ntk-evaluate --checkpoint=runs/adv/spawn/epoch_10 \
-        --transfer_from=runs/std/adv_eps0.2.npz
+        --transfer_from=runs/std/adv_eps0.2.npz,runs/other/adv_eps0.2.npz
 
 --attack names the attacks, each reported on its own, and the robust accuracy is the worst case per
 example over all of them (RobustBench's count: clean and every adversarial image right):
@@ -21,14 +21,39 @@ example over all of them (RobustBench's count: clean and every adversarial image
   --autoattack_restarts and --square_queries shape it; slow on CPUs.
 
 --save_adversarial writes the worst case per example with its record (the eps-ball, the data set,
-split and indices of its examples, the number of classes); --transfer_from checks a set against
-that record, the model and the split before any attack runs or anything is written, and reports the
-model's accuracy on the set's own examples.
+split and indices of its examples, the number of classes); --transfer_from takes one or more such
+sets, comma-separated, checks each against its record, the model and the split before any attack
+runs or anything is written, and reports the model's accuracy on each set's own examples.
 
 --sanity_checks adds the report that fails when more steps, restarts, other losses or the black-box
 Square attack break more examples. A phase-1 checkpoint can be evaluated under another dynamics
 (--eval_dynamics). Results go to --workdir (default RUN/eval/<checkpoint name>): flags.json,
 evaluation.json and TensorBoard events.
+
+evaluation.json holds, besides the checkpoint, its epoch and dynamics, the number of examples and the
+resolved flags:
+
+- "benign_accuracy"; "robust": {attack: {"accuracy", "attack", "description", "breaks",
+  "rejected"}}; "robust_accuracy", the worst case per example over the attacks; "attack";
+- "per_example": {"benign", "robust", and one per attack}: strings of '0'/'1', one character per
+  evaluated example in data order (tf_ntk.evaluation.decode_bits reads them): "benign" the clean
+  image classified right (the clean pass the attacks start from, which gives benign_accuracy), each
+  attack's name the example still right under that attack (clean image included), "robust" all of
+  them at once. Each string's mean is exactly the accuracy recorded for it, for bootstraps over
+  examples (and seeds);
+- with --transfer_from: "transfer": [{"from" (absolute path), "accuracy", "examples", "correct"
+  (a '0'/'1' string over the set's own examples, in its order)}, ...] in the order given; with a
+  single set also the earlier keys "transfer_accuracy", "transfer_from" and "transfer_examples";
+- with --save_adversarial: "saved_adversarial"; with --sanity_checks: "sanity_checks";
+- with --output_terms: "output_terms": {"clean": {"spawn_term", "kernel_term", "sum"},
+  "adversarial": {...}} (tf_ntk.evaluation.output_term_accuracies): the accuracies of the argmax of
+  the spawn function f_{θ_s}(x) alone, of the kernel term J_{θ_s}(x)(θ − θ_s) alone and of their
+  sum, on the clean images and on PGD images of the protocol attack crafted against the model (one
+  start per batch, seeded by batch: not the images behind robust["protocol"]). A linearized model's
+  output is the sum, a centered model's the kernel term alone.
+
+TensorBoard gets eval/benign_accuracy, eval/robust_accuracy, eval/robust_accuracy_<attack> and, per
+--transfer_from set in the order given, eval/transfer_accuracy/<i> (i from 0).
 """
 
 import os
@@ -72,15 +97,18 @@ flags.DEFINE_string("save_adversarial", None, "Save the adversarial set (the wor
                     "example) to this .npz, with its record: the eps-ball (--attack_norm, --eps) "
                     "every image lies in, the data set, split and indices of the examples it "
                     "perturbs, and the number of classes.")
-flags.DEFINE_string("transfer_from", None, "Also evaluate on a saved adversarial set (.npz): a "
-                    "transfer attack. Checked before any attack runs: finite images in [0, 1] "
-                    "inside its recorded eps-ball around its clean images, labels within the "
-                    "model's classes, and clean images and labels exactly the images of the split "
-                    "it records (of this evaluation's data set) at its indices (sets that record "
-                    "none: the first N of --split). Its transfer accuracy is on its own examples, "
-                    "whatever --max_examples says.")
+flags.DEFINE_list("transfer_from", None, "Also evaluate on saved adversarial sets (.npz written by "
+                  "--save_adversarial, comma-separated): transfer attacks, each reported on its own "
+                  "in the order given. Each is checked before any attack runs: finite images in "
+                  "[0, 1] inside its recorded eps-ball around its clean images, labels within the "
+                  "model's classes, and clean images and labels exactly the images of the split it "
+                  "records (of this evaluation's data set) at its indices (sets that record none: "
+                  "the first N of --split). A transfer accuracy is on the set's own examples, "
+                  "whatever --max_examples says.")
 flags.DEFINE_bool("output_terms", False, "For linearized/centered models, save the two output terms "
-                  "on clean and adversarial (protocol attack) inputs to output_terms.npz.")
+                  "(spawn function and kernel term) on clean and adversarial (protocol attack) inputs "
+                  "to output_terms.npz, and record the accuracy of each term alone and of their sum "
+                  "in evaluation.json (\"output_terms\").")
 flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
@@ -145,12 +173,15 @@ def _describe(record):
     return f"{record.get('dataset')}{split}" + (f" ({options})" if options else "")
 
 
-def load_transfer(num_classes, opts, image_shape):
-    """The --transfer_from set, checked (`evaluation.check_adversarial_set`) against the model's
-    ``num_classes`` and ``image_shape`` (H, W, C) and against the split of this evaluation's data set
-    it records (--split for sets that record none). ValueError (one line naming it) otherwise."""
-    name = f"--transfer_from={FLAGS.transfer_from}"
-    adv = evaluation.load_adversarial(FLAGS.transfer_from, name=name, num_classes=num_classes,
+def load_transfer(path, num_classes, opts, image_shape):
+    """The --transfer_from set at ``path``, checked (`evaluation.check_adversarial_set`) against the
+    model's ``num_classes`` and ``image_shape`` (H, W, C) and against the split of this evaluation's
+    data set it records (--split for sets that record none). ValueError (one line naming it,
+    "--transfer_from=<path>") otherwise."""
+    name = f"--transfer_from={path}"
+    if not path:
+        raise ValueError("--transfer_from: an empty name in the list of sets")
+    adv = evaluation.load_adversarial(path, name=name, num_classes=num_classes,
                                       image_shape=image_shape)
     recorded = adv["meta"].get("data")
     split = FLAGS.split
@@ -201,8 +232,8 @@ def main(argv):
     if FLAGS.max_examples:
         dataset = dataset.unbatch().take(FLAGS.max_examples).batch(FLAGS.batch_size)
     num_classes = meta["model"]["num_classes"]
-    transfer = (load_transfer(num_classes, opts, info.image_shape) if FLAGS.transfer_from
-                else None)
+    transfers = [(path, load_transfer(path, num_classes, opts, info.image_shape))
+                 for path in FLAGS.transfer_from or []]
     model, _ = dynamics.load_model(FLAGS.checkpoint, dynamics=FLAGS.eval_dynamics, reuse=True)
     centered = getattr(model, "centered", None)
     kind = "standard" if centered is None else ("centered" if centered else "linearized")
@@ -219,7 +250,6 @@ def main(argv):
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
         results = {"checkpoint": rundir.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
                    "dynamics": kind, "examples": len(y), "flags": resolved, "robust": {}}
-        results["benign_accuracy"] = evaluation.accuracy(fn, dataset)
         outcomes = []
         for name, attack in chosen.items():
             members = getattr(attack, "members", None)
@@ -236,8 +266,16 @@ def main(argv):
             if outcome.rejected:
                 print(f"warning: {outcome.rejected} images crafted by the {name} attack lay outside "
                       "the eps-ball or [0, 1] or were not finite, and were discarded")
+        # Every attack's evaluation starts with the same clean pass; the first one's is the benign
+        # outcome, so an example right under the attacks is right on its clean image.
+        benign = outcomes[0].clean_correct
+        results["benign_accuracy"] = int(np.sum(benign)) / len(benign)
         correct, x_adv = worst_case(outcomes)
         results["robust_accuracy"] = float(np.mean(correct))
+        results["per_example"] = {"benign": evaluation.encode_bits(benign),
+                                  "robust": evaluation.encode_bits(correct),
+                                  **{name: evaluation.encode_bits(outcome.correct)
+                                     for name, outcome in zip(chosen, outcomes)}}
         results["attack"] = {"name": "+".join(chosen), "eps": FLAGS.eps, "norm": FLAGS.attack_norm}
         if FLAGS.save_adversarial:
             evaluation.save_adversarial(FLAGS.save_adversarial, x, x_adv, y, protocol,
@@ -246,10 +284,18 @@ def main(argv):
                                         attacks={n: a.to_dict() for n, a in chosen.items()},
                                         checkpoint=results["checkpoint"], dynamics=kind)
             results["saved_adversarial"] = rundir.abspath(FLAGS.save_adversarial)
-        if transfer is not None:
-            results["transfer_accuracy"] = evaluation.transfer_accuracy(fn, transfer)
-            results["transfer_from"] = rundir.abspath(FLAGS.transfer_from)
-            results["transfer_examples"] = len(transfer["y"])
+        if transfers:
+            results["transfer"] = []
+            for path, transfer in transfers:
+                hits = evaluation.transfer_correct(fn, transfer, FLAGS.batch_size)
+                results["transfer"].append({"from": rundir.abspath(path),
+                                            "accuracy": int(np.sum(hits)) / len(hits),
+                                            "examples": len(hits),
+                                            "correct": evaluation.encode_bits(hits)})
+            if len(transfers) == 1:  # the keys of a single set, as before
+                only = results["transfer"][0]
+                results.update(transfer_accuracy=only["accuracy"], transfer_from=only["from"],
+                               transfer_examples=only["examples"])
         if FLAGS.sanity_checks:
             white = [n for n in ("strong", "protocol") if n in chosen] or ["strong"]
             target = chosen.get(white[0]) or strong_from_flags()
@@ -261,14 +307,15 @@ def main(argv):
         if FLAGS.output_terms:
             terms = evaluation.output_terms(model, dataset, protocol, seed=FLAGS.seed)
             rundir.write_npz(os.path.join(workdir, "output_terms.npz"), compressed=True, **terms)
+            results["output_terms"] = evaluation.output_term_accuracies(terms)
         writer = tf.summary.create_file_writer(workdir)
         with writer.as_default(step=summaries.epoch_step(meta.get("epoch") or 0)):
             tf.summary.scalar("eval/benign_accuracy", results["benign_accuracy"])
             tf.summary.scalar("eval/robust_accuracy", results["robust_accuracy"])
             for name, r in results["robust"].items():
                 tf.summary.scalar(f"eval/robust_accuracy_{name}", r["accuracy"])
-            if "transfer_accuracy" in results:
-                tf.summary.scalar("eval/transfer_accuracy", results["transfer_accuracy"])
+            for i, t in enumerate(results.get("transfer", [])):
+                tf.summary.scalar(f"eval/transfer_accuracy/{i}", t["accuracy"])
             summaries.write_config(resolved)
         writer.flush()
         rundir.write_json(results_path, results)
@@ -277,9 +324,11 @@ def main(argv):
         print(f"robust accuracy {r['accuracy']:.4f}  ({name})")
     if len(chosen) > 1:
         print(f"robust accuracy {results['robust_accuracy']:.4f}  (worst case over {', '.join(chosen)})")
-    if "transfer_accuracy" in results:
-        print(f"transfer accuracy {results['transfer_accuracy']:.4f}  (set {FLAGS.transfer_from}, "
-              f"{results['transfer_examples']} examples)")
+    for path, t in zip(FLAGS.transfer_from or [], results.get("transfer", [])):
+        print(f"transfer accuracy {t['accuracy']:.4f}  (set {path}, {t['examples']} examples)")
+    for inputs, accuracies in results.get("output_terms", {}).items():
+        print(f"output terms ({inputs}): spawn term {accuracies['spawn_term']:.4f}, kernel term "
+              f"{accuracies['kernel_term']:.4f}, sum {accuracies['sum']:.4f}")
     if "sanity_checks" in results:
         failed = [c["name"] for c in results["sanity_checks"]["checks"] if not c["passed"]]
         print("sanity checks " + ("passed" if not failed else "FAILED: " + "; ".join(failed)))
