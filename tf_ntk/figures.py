@@ -6,6 +6,7 @@ through tf.io.gfile."""
 
 import io
 import os
+import warnings
 
 import matplotlib
 
@@ -48,8 +49,10 @@ def _band(ax, epochs, series, color, label, style="-"):
     values = np.asarray(series, np.float64)
     if values.size == 0 or np.all(np.isnan(values)):
         return
-    mean = np.nanmean(values, axis=0)
-    std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
+    with warnings.catch_warnings():  # epochs no seed measured: NaN, not drawn
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
     std = np.nan_to_num(std)
     ax.plot(epochs, mean, style, color=color, marker="o", markersize=3, label=label)
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)

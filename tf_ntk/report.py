@@ -202,6 +202,7 @@ def results_rows(preset, collected, verdicts):
                 rows.append(_row("output_terms", run, f"{inputs}_{term}_accuracy", value, **base))
     for run, krows in collected.kernels.items():
         source, seed = run.split("-s", 1)
+        seed = int(seed.split("-")[0])  # <source>-s<seed>[-rep]
         for k in krows:
             for metric, value in k.items():
                 if metric in ("run", "epoch") or value != value:  # NaN: not measured there
@@ -587,7 +588,7 @@ def write(preset, sweep_dir, outcome_line=""):
     (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
 
     collected = collect(preset, sweep_dir)
-    verdicts = claims(preset, collected)
+    verdicts = claims.claims(preset, collected)
     figure_dir = os.path.join(sweep_dir, "figures")
     drawn = figures.draw_all(preset, collected, figure_dir)
     write_tensorboard(preset, sweep_dir, collected)

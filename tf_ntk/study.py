@@ -63,6 +63,7 @@ class Preset:
       phase2_dynamics: subset of ("centered", "linearized", "standard"); standard dynamics trains on
         clean data only (on PGD data it would be phase-1 adversarial training continued).
       phase2_data: subset of ("clean", "adv").
+      phase2_skip: "<dynamics>-<data>" conditions of that product not to run (e.g. "linearized-adv").
       flip: also train the flip source (clean until phase1_epochs // 2, then clean-then-adversarial),
         with its kernel walk, evaluation and centered clean phase 2 from its spawns after the flip.
       matched_floor: train each standard and adversarial run a second time from the same
@@ -104,6 +105,7 @@ class Preset:
     phase2_lr: float = 0.01
     phase2_dynamics: tuple = ("centered",)
     phase2_data: tuple = ("clean", "adv")
+    phase2_skip: tuple = ()
     flip: bool = False
     matched_floor: bool = True
     transfer: bool = True
@@ -152,6 +154,8 @@ class Preset:
         unknown = set(self.phase2_data) - {"clean", "adv"}
         if unknown or not self.phase2_data:
             raise ValueError(f"phase2_data must be clean and/or adv, got {','.join(self.phase2_data)}")
+        if {"centered-clean", "centered-adv"} & set(self.phase2_skip):
+            raise ValueError("centered phase 2 carries the primary endpoints: it cannot be skipped")
         if "centered" not in self.phase2_dynamics or "clean" not in self.phase2_data:
             raise ValueError("the study needs centered phase 2 on clean data (C2's primary endpoint)")
         if self.eval_examples is not None and not 1 <= self.eval_examples <= info.num_examples["test"]:
@@ -186,7 +190,7 @@ class Preset:
     def phase2_conditions(self):
         """[(dynamics, data)] of phase 2 (standard dynamics on clean data only)."""
         return [(d, m) for d in self.phase2_dynamics for m in self.phase2_data
-                if d != "standard" or m == "clean"]
+                if (d != "standard" or m == "clean") and f"{d}-{m}" not in self.phase2_skip]
 
     def flip_epoch(self):
         """The flip source's first adversarial epoch (None without it)."""
@@ -236,8 +240,8 @@ PRESETS = {
                     "nothing.",
         width=16, seeds=2, phase1_epochs=2, spawn_epochs=(0.0, 2.0), kernel_epochs=(0.0, 0.5, 1.0, 2.0),
         train_attack_steps=2, phase2_epochs=1, phase2_dynamics=("centered", "linearized", "standard"),
-        flip=True, per_class=2, test_per_class=1, eval_examples=24, primary_examples=32,
-        eval_steps=5, strong_restarts=1, square_queries=20, primary_restarts=1,
+        phase2_skip=("linearized-adv",), flip=True, per_class=2, test_per_class=1, eval_examples=24,
+        primary_examples=32, eval_steps=5, strong_restarts=1, square_queries=20, primary_restarts=1,
         primary_square_queries=20, eigen_images=1, eigen_steps=5, kernel_machine_per_class=2,
         kernel_machine_epochs=(2.0,), batch_size=256),
     "quick": Preset(
@@ -496,7 +500,9 @@ class _Planner:
                     args = [f"--checkpoint={self.spawn(phase1_name(source, seed), spawn)}",
                             f"--workdir={out}", f"--eps={p.eps!r}", "--attack=protocol",
                             f"--attack_steps={p.eval_steps}", f"--batch_size={p.batch_size}",
-                            f"--save_adversarial={os.path.join(out, TRANSFER_SET)}"]
+                            f"--save_adversarial={os.path.join(out, TRANSFER_SET)}",
+                            "--overwrite"]  # runs only while evaluation.json is missing: a set
+                    # left by a job killed before it is replaced
                     examples = eval_examples(p, True)
                     if examples:
                         args.append(f"--max_examples={examples}")

@@ -221,7 +221,8 @@ def main(argv):
     if FLAGS.save_adversarial:
         common.check_new_output(FLAGS.save_adversarial, FLAGS.overwrite)
         parent = os.path.dirname(rundir.abspath(FLAGS.save_adversarial))
-        if not rundir.isdir(parent):
+        inside_run = FLAGS.workdir and parent == rundir.abspath(FLAGS.workdir).rstrip("/")
+        if not inside_run and not rundir.isdir(parent):  # the run directory is made below
             raise ValueError(f"--save_adversarial: {parent} is not a directory")
     norm, eps = attack_ball(chosen) if FLAGS.save_adversarial else (None, None)
     _, opts = common.recorded_data(FLAGS, meta)  # the data the checkpoint was trained on
