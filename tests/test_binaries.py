@@ -143,9 +143,14 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     cen_eval = helpers.read_json(os.path.join(cen, "eval", "epoch_1", "evaluation.json"))
     assert cen_eval["dynamics"] == "centered" and "checks" in cen_eval["sanity_checks"]
     robust = cen_eval["robust"]
-    assert set(robust) == {"protocol", "strong"} and robust["strong"]["attack"]["name"] == "strong"
+    assert set(robust) == {"protocol", "strong", "sanity"} and robust["strong"]["attack"]["name"] == "strong"
     assert cen_eval["robust_accuracy"] <= min(r["accuracy"] for r in robust.values())
     assert cen_eval["sanity_checks"]["attack"].startswith("strong")
+    # The sanity report's stronger attacks count: robust = every attack's bits and the report's.
+    bits = {k: evaluation.decode_bits(v) for k, v in cen_eval["per_example"].items()}
+    assert np.array_equal(bits["robust"], bits["protocol"] & bits["strong"] & bits["sanity"])
+    assert cen_eval["robust_accuracy"] == np.mean(bits["robust"])
+    assert robust["sanity"]["accuracy"] == cen_eval["sanity_checks"]["worst_case"] == np.mean(bits["sanity"])
     terms = np.load(os.path.join(cen, "eval", "epoch_1", "output_terms.npz"))
     assert terms["kernel_clean"].shape == terms["spawn_adv"].shape == (64, 10)
     # The accuracies of the saved terms; a centered model's output is its kernel term.

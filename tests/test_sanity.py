@@ -65,9 +65,16 @@ def test_an_attack_that_has_not_converged_fails_the_steps_and_loss_checks(traine
     assert len(report.checks) == 7  # no black-box check with 0 queries
     # One sign step (FGSM from a random start): two steps of half the size break more examples.
     one_step = attacks.PGDConfig(eps=EPS, steps=1, keep="best")
-    failed = _failed(sanity.sanity_checks(fn, x, y, one_step, blackbox_queries=0))
+    report = sanity.sanity_checks(fn, x, y, one_step, blackbox_queries=0)
+    failed = _failed(report)
     assert "2x steps break no more examples" in failed
     assert failed["2x steps break no more examples"].shortfall > 0
+    # What the stronger attacks broke is counted: the report's worst case per example is at most the
+    # attack's own outcome and at most the 2x-steps attack's, rerun here with the report's seeds.
+    base = robustness.evaluate(fn, x, y, one_step, seed=0)
+    more = robustness.evaluate(fn, x, y, one_step.replace(steps=2), seed=1, start=base)
+    assert not (report.correct & ~base.correct).any() and not (report.correct & ~more.correct).any()
+    assert report.worst_case <= more.accuracy < base.accuracy == report.robust
 
 
 def test_random_noise_fails_the_restarts_check(trained):

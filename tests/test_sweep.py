@@ -92,16 +92,16 @@ def test_quick_plan_structure(tmp_path):
     seeds = preset.seeds
     assert preset.seed_list() == (100, 101, 102)
     conditions = preset.phase2_conditions()
-    assert conditions == [("centered", "clean"), ("centered", "adv"), ("standard", "clean")]
+    assert conditions == [("centered", "clean"), ("centered", "adv")]
     later = [e for e in preset.spawn_epochs if e > 0]
-    # standard, adversarial, flip; the matched-floor replicas of the first two.
-    assert sum(n.startswith("phase1/") for n in names) == 3 * seeds + 2 * seeds
-    # Spawn 0 (the initialisation) once per seed; the flip source's spawns after the flip, centered clean.
-    phase2 = seeds * len(conditions) * (1 + 2 * len(later)) + seeds * 1
+    # standard, adversarial; their matched-floor replicas.
+    assert sum(n.startswith("phase1/") for n in names) == 2 * seeds + 2 * seeds
+    # Spawn 0 (the initialisation) once per seed.
+    phase2 = seeds * len(conditions) * (1 + 2 * len(later))
     assert sum(n.startswith("phase2/") for n in names) == phase2
-    assert sum(n.startswith("eval/") for n in names) == 3 * seeds + phase2
+    assert sum(n.startswith("eval/") for n in names) == 2 * seeds + phase2
     assert sum(n.startswith("transfer/") for n in names) == 2 * seeds * len(later)
-    assert sum(n.startswith("kernels/") for n in names) == 5 * seeds + len(study.comparison_pairs(preset))
+    assert sum(n.startswith("kernels/") for n in names) == 4 * seeds + len(study.comparison_pairs(preset))
     assert sum(n.startswith("kernel_machine/") for n in names) == 2 * seeds
     km = by_name["kernel_machine/adversarial-s101"]
     assert km.deps == ("phase1/adversarial-s101",) and "--at_epochs=1,10" in km.args
@@ -112,13 +112,15 @@ def test_quick_plan_structure(tmp_path):
     assert "--seed=101" in job.args and "--dynamics=centered" in job.args
     assert "phase2/centered-clean-from-adversarial-s101-e0" not in by_name
     assert "phase2/standard-adv-from-standard-s101-e1" not in by_name  # standard dynamics: clean only
+    assert study.PRESETS["digits"].phase2_conditions()[-1] == ("standard", "clean")
     # The replica: the same initialisation seed, another data seed.
     rep = by_name["phase1/adversarial-s101-rep"]
     assert "--seed=101" in rep.args and f"--data_seed={101 + study.REPLICA_DATA_SEED}" in rep.args
-    flip = by_name["phase1/flip-s100"]
+    flip_plan = {j.name: j for j in study.plan(preset.replace(flip=True), str(tmp_path))}
+    flip = flip_plan["phase1/flip-s100"]
     assert "--data_mode=flip" in flip.args and "--flip_epoch=5" in flip.args
-    assert "phase2/centered-clean-from-flip-s100-e10" in by_name
-    assert "phase2/centered-clean-from-flip-s100-e1" not in by_name  # before the flip: standard's
+    assert "phase2/centered-clean-from-flip-s100-e10" in flip_plan
+    assert "phase2/centered-clean-from-flip-s100-e1" not in flip_plan  # before the flip: standard's
     # Transfer: the parent's and the sibling's PGD examples on every centered child of a spawn > 0.
     ev = by_name["eval/centered-adv-from-standard-s100-e10"]
     assert set(ev.deps) == {"phase2/centered-adv-from-standard-s100-e10",
@@ -126,7 +128,7 @@ def test_quick_plan_structure(tmp_path):
     assert (f"--transfer_from={tmp_path}/transfer/standard-s100-e10/adversarial.npz,"
             f"{tmp_path}/transfer/adversarial-s100-e10/adversarial.npz") in ev.args
     # Primary checkpoints at full strength with the sanity report; the others lighter.
-    assert {"--sanity_checks", "--strong_restarts=5", "--square_queries=1000"} <= set(ev.args)
+    assert {"--sanity_checks", "--strong_restarts=2", "--square_queries=500"} <= set(ev.args)
     assert not any(a.startswith("--max_examples") for a in ev.args)  # the whole test set
     light = by_name["eval/centered-adv-from-standard-s100-e1"]
     assert "--sanity_checks" not in light.args and "--max_examples=180" in light.args

@@ -193,11 +193,16 @@ def _bits(collected, runs, key="robust"):
 
 
 def _sanity(collected, runs):
-    failed = []
+    """"k of n runs: <checks> broke more (counted)" for the runs whose sanity report failed."""
+    failed = {}
     for run in runs:
         for name in (collected.evals.get(run) or {}).get("sanity_failed", ()):
-            failed.append(f"{run}: {name}")
-    return "; ".join(failed)
+            failed.setdefault(run, []).append(name.split(" break")[0].split(" not ")[0])
+    if not failed:
+        return ""
+    names = sorted({n for v in failed.values() for n in v})
+    return (f"{len(failed)} of {len(runs)} runs failed a sanity check ({', '.join(names)} broke "
+            "more examples); the robust accuracies count those breaks")
 
 
 def _both(a, b):

@@ -39,6 +39,9 @@ class SanityReport:
       checks: the individual checks; ``passed`` is True when all pass.
       tolerance: how many more examples (as a fraction of N) a stronger attack may break.
       attack: the attack's description.
+      correct: (N,) bool, the worst case per example over every attack the report ran at the
+        attack's ε (the attack itself, more steps, more restarts, other losses, Square): what an
+        evaluation that ran the report can count as robust (None for reports built by hand).
     """
 
     benign: float
@@ -47,6 +50,12 @@ class SanityReport:
     checks: list
     tolerance: float
     attack: str = ""
+    correct: np.ndarray | None = None
+
+    @property
+    def worst_case(self):
+        """Accuracy under every attack the report ran at the attack's ε (``robust`` if unknown)."""
+        return self.robust if self.correct is None else float(np.mean(self.correct))
 
     @property
     def passed(self):
@@ -57,9 +66,9 @@ class SanityReport:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self):
-        return {"benign": self.benign, "robust": self.robust, "eps_curve": self.eps_curve,
-                "tolerance": self.tolerance, "passed": self.passed, "attack": self.attack,
-                "checks": [dataclasses.asdict(c) for c in self.checks]}
+        return {"benign": self.benign, "robust": self.robust, "worst_case": self.worst_case,
+                "eps_curve": self.eps_curve, "tolerance": self.tolerance, "passed": self.passed,
+                "attack": self.attack, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
     def __str__(self):
         lines = []
@@ -198,6 +207,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     other_losses = run(other, 3, start=base)
     checks.append(_stronger_check("other losses break no more examples", base, other_losses, tol,
                                   f"{len(other.members)} PGD attacks with other losses/schedules"))
+    correct = base.correct & more_steps.correct & more_restarts.correct & other_losses.correct
 
     if blackbox_queries:
 
@@ -214,5 +224,6 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
                             f"Square alone {alone.accuracy:.4f} vs white-box {white.accuracy:.4f}; "
                             f"breaks {more} examples the white-box attack missed "
                             f"({square.queries} queries)", max(0.0, below - tol, drop - tol)))
+        correct = correct & alone.correct & union.correct
     return SanityReport(benign=benign, robust=robust, eps_curve=curve, checks=checks, tolerance=tol,
-                        attack=attack.describe())
+                        attack=attack.describe(), correct=correct)
