@@ -269,7 +269,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
              "paired Student-t 95% interval and its two-level bootstrap 95% interval (seeds × test "
              "images) both lie above its margin, does not hold at this scale when both lie below, and "
              "is inconclusive otherwise. Every other row is descriptive: its p-value against its margin "
-             "is Holm-adjusted within the claim (\"1 of k\": k tests in the family), and it never "
+             "is Holm-adjusted within the claim (\"Holm over k\": k tests in the family), and it never "
              "decides. \"Seeds for 80% power\": how many seeds a paired t-test needs to resolve the "
              "row at the observed mean and sd. Robust accuracy is the worst case per example over "
              f"the paper's PGD-{preset.eval_steps} and the strong attack ensemble; one test image is "

@@ -28,8 +28,8 @@ runs or anything is written, and reports the model's accuracy on each set's own 
 --sanity_checks adds the report that fails when more steps, restarts, other losses or the black-box
 Square attack break more examples; every example one of its attacks broke counts as broken in the
 robust accuracy (robust["sanity"]: the report's own worst case). A phase-1 checkpoint can be
-evaluated under another dynamics (--eval_dynamics). Results go to --workdir (default RUN/eval/<checkpoint name>): flags.json,
-evaluation.json and TensorBoard events.
+evaluated under another dynamics (--eval_dynamics). Results go to --workdir (default
+RUN/eval/<checkpoint name>): flags.json, evaluation.json and TensorBoard events.
 
 evaluation.json holds, besides the checkpoint, its epoch and dynamics, the number of examples and the
 resolved flags:
