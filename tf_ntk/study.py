@@ -228,7 +228,8 @@ class Preset:
         return tuple(float(e) for e in (self.kernel_machine_epochs or self.spawn_epochs))
 
 
-_DIGITS_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0)
+_DIGITS_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0,
+                36.0, 40.0)
 _CIFAR_GRID = tuple(sorted({*map(float, range(102)), 0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5}))
 
 PRESETS = {
@@ -260,18 +261,20 @@ PRESETS = {
         primary_square_queries=500, eigen_steps=300, kernel_machine_epochs=(1.0, 10.0)),
     "digits": Preset(
         name="digits",
-        description="The full study on digits at ε = 0.2: 10 seeds, MLP 64-256-256-10, 20 "
-                    "phase-1 epochs (standard, adversarial, matched floors, flip), centered, "
-                    "linearized and standard phase 2 (20 epochs) on clean and PGD data from 8 spawns "
-                    "(0, 0.125, 0.5, 1, 2, 5, 10, 20), transfer attacks, output terms, kernels at 11 "
-                    "epochs, evaluation on all 360 test images (primary checkpoints at 10 restarts "
-                    "and 5000 Square queries with the sanity report; the others at 2 and 250); "
-                    "kernel machines of the spawns on 500 training images.",
-        seeds=10, seed_base=200, phase1_epochs=20,
-        spawn_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0), kernel_epochs=_DIGITS_GRID,
+        description="The full study on digits at ε = 0.2: 10 seeds, MLP 64-256-256-10, 40 "
+                    "phase-1 epochs at lr 0.05, × 0.1 from epoch 30 (long enough for the kernel to "
+                    "reach its lazy phase: bench/phase1_convergence.py), standard, adversarial (PGD-10 "
+                    "clean-then-adversarial), matched floors and flip (adversarial from epoch 20); "
+                    "centered, linearized and standard phase 2 (20 epochs) on clean and PGD data from "
+                    "8 spawns (0, 0.125, 0.5, 1, 2, 4, 10, 40); transfer attacks, output terms, kernels "
+                    "at 17 epochs; evaluation on all 360 test images (primary checkpoints at 10 "
+                    "restarts and 5000 Square queries with the sanity report, the others at 2 and "
+                    "250); kernel machines of 4 spawns on 500 training images.",
+        seeds=10, seed_base=200, phase1_epochs=40, phase1_lr_boundaries=(30.0,),
+        spawn_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 4.0, 10.0, 40.0), kernel_epochs=_DIGITS_GRID,
         phase2_epochs=20, phase2_dynamics=("centered", "linearized", "standard"), flip=True,
         eval_examples=None, strong_restarts=2, square_queries=250, kernel_machine_per_class=50,
-        kernel_machine_epochs=(0.0, 1.0, 5.0, 20.0)),
+        kernel_machine_epochs=(0.0, 1.0, 4.0, 40.0)),
     "digits-resnet": Preset(
         name="digits-resnet",
         description="The claims on the paper's architecture family: ResNet-18 (width 8, BatchNorm "
