@@ -126,10 +126,12 @@ def standard_vs_adversarial(preset, collected, path):
 
 
 def _accuracy_axis(ax, values):
-    """y from 0 to a little above the largest value shown (robust accuracies are often ≤ 0.2)."""
+    """y around the values shown (robust accuracies are often ≤ 0.2, benign ones ≥ 0.8), within
+    [0, 1]."""
     values = [v for v in values if v is not None and v == v]
-    top = max(values) if values else 1.0
-    ax.set_ylim(-0.01, min(1.02, max(0.1, top * 1.15 + 0.02)))
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = 0.1 * (hi - lo) + 0.02
+    ax.set_ylim(max(-0.01, lo - pad), min(1.01, hi + pad))
 
 
 def phase2_vs_spawn(preset, collected, path):
@@ -164,8 +166,8 @@ def phase2_vs_spawn(preset, collected, path):
                                                   if metric == "robust" else ""))
             ax.set_title(f"{dynamics} phase 2: {metric} accuracy")
             ax.legend(fontsize=7)
-    fig.suptitle("Fig. 3: phase-2 accuracy against the spawn epoch (mean ± sd over seeds; spawn 0 is "
-                 "the initialisation, shared by both sources)")
+    fig.suptitle("Fig. 3: phase-2 accuracy against the spawn epoch (mean ± sd over seeds)\n"
+                 "spawn 0 is the initialisation, shared by both sources")
     fig.tight_layout()
     _save(fig, path)
 
@@ -226,8 +228,8 @@ def png_bytes(fig):
 def velocity(preset, collected, path):
     _kernel_panels(preset, collected, path,
                    [("velocity", "kernel velocity (distance per epoch)", "velocity of the kernel")],
-                   "Fig. 7: kernel velocity d(K_t, K_t+dt) / dt (mean ± sd over seeds; log scale): "
-                   "phase 1 is lazy when it has fallen below 10% of its peak", log=True)
+                   "Fig. 7: kernel velocity d(K_t, K_t+dt) / dt (mean ± sd over seeds, log scale)\n"
+                   "phase 1 is lazy once it has fallen below 10% of its peak", log=True)
 
 
 def eigen_images(preset, collected, path):

@@ -1,12 +1,15 @@
-r"""Reproduces the paper's three claims: phase-1 runs over seeds, phase-2 runs from their spawns, kernel
-dynamics and seed-to-seed baselines, strong evaluations, then statistics, figures and a report.
+r"""Reproduces the paper's claims: phase-1 runs over seeds (and their matched-floor replicas, and the
+flip run), phase-2 runs from their spawns, kernel dynamics, transfer attacks, strong evaluations, then
+each claim's pre-registered primary endpoint (tf_ntk/claims.py), descriptive statistics, figures and a
+report.
 
-    tf-ntk-reproduce --preset=quick                  # make run: ≤ 4 minutes on 2 cores
+    tf-ntk-reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
     tf-ntk-reproduce --preset=digits --jobs=2        # the full digits study
     tf-ntk-reproduce --preset=cifar10 --dry_run      # the paper's plan and its cost
     tf-ntk-reproduce --preset=cifar10 --print_commands > jobs.sh   # for a scheduler
 
-Presets (tf_ntk.study.PRESETS): smoke (the tests' plumbing check), quick, digits, cifar10; the flags
+Presets (tf_ntk.study.PRESETS): smoke (the tests' plumbing check), quick, digits, digits-resnet,
+cifar10; the flags
 below override a preset's settings. Jobs run on a pool of --jobs worker processes (default: one per
 core), each with its share of the cores; a rerun skips finished jobs and resumes interrupted ones.
 Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, and every run, kernel walk and evaluation
@@ -35,7 +38,8 @@ common_flags.define_model_flags()
 common_flags.define_eps_flag()
 common_flags.define_strong_flags()
 flags.DEFINE_enum("preset", "quick", list(study.PRESETS), "The study's configuration: smoke (plumbing "
-                  "only), quick (make run), digits (the full digits study), cifar10 (the paper's).")
+                  "only), quick (make run), digits (the full digits study), digits-resnet (ResNet-18 "
+                  "on digits), cifar10 (the paper's).")
 flags.DEFINE_integer("jobs", None, "Worker processes (default: the number of cores).", lower_bound=1)
 flags.DEFINE_bool("dry_run", False, "Print the job plan and its cost; run nothing, load no data.")
 flags.DEFINE_bool("print_commands", False, "Print every job as a shell command, in dependency order.")
@@ -45,7 +49,7 @@ flags.DEFINE_integer("phase1_epochs", None, "Override: phase-1 epochs.", lower_b
 flags.DEFINE_integer("phase2_epochs", None, "Override: phase-2 epochs.", lower_bound=1)
 flags.DEFINE_list("spawn_epochs", None, "Override: phase-1 epochs phase 2 starts from.")
 flags.DEFINE_list("kernel_epochs", None, "Override: phase-1 epochs at which kernels are measured.")
-flags.DEFINE_list("phase2_dynamics", None, "Override: centered and/or linearized.")
+flags.DEFINE_list("phase2_dynamics", None, "Override: centered, linearized and/or standard.")
 flags.DEFINE_list("phase2_data", None, "Override: clean and/or adv.")
 flags.DEFINE_integer("eval_examples", None, "Override: test examples evaluated.", lower_bound=1)
 flags.adopt_module_key_flags(common_flags)
