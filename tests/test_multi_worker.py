@@ -116,7 +116,7 @@ def test_stopped_and_killed_workers_resume_together(tmp_path, capsys):
     """SIGTERM to the non-chief only: both stop at one step, exit 143 with one line, the chief keeps
     a resumable checkpoint; then SIGKILL of the non-chief a later epoch: the chief fails or hangs and
     is killed; restarting both finishes with the weights of one uninterrupted process."""
-    argv = ARGS + ["--batch_size=64", "--epochs=6", "--save_epochs=", "--data_mode=adv"]
+    argv = ARGS + ["--batch_size=64", "--epochs=4", "--save_epochs=", "--data_mode=adv"]
     workdir = tmp_path / "two"
     with _Cluster(workdir, argv, tmp_path) as cluster:
         _wait_for(lambda: _epochs_done(workdir) >= 1)
@@ -126,19 +126,19 @@ def test_stopped_and_killed_workers_resume_together(tmp_path, capsys):
     for log in logs:
         assert "train: interrupted by SIGTERM" in log.strip().splitlines()[-1], log  # after a progress bar
     stopped_at = helpers.read_json(workdir / "resume" / "meta.json")
-    assert 1 <= len(stopped_at["history"]) < 6
+    assert 1 <= len(stopped_at["history"]) < 4
     with _Cluster(workdir, argv, tmp_path) as cluster:
         _wait_for(lambda: _epochs_done(workdir) > len(stopped_at["history"]))
         cluster.kill(1)
         cluster.kill(0)
-    assert _epochs_done(workdir) < 6 and not os.path.exists(workdir / "results.json")
+    assert _epochs_done(workdir) < 4 and not os.path.exists(workdir / "results.json")
     with _Cluster(workdir, argv, tmp_path) as cluster:
         codes, logs = cluster.wait()
     assert codes == [0, 0], logs
     assert "resuming" in logs[0]
     code, err = helpers.run_app(train, [f"--workdir={tmp_path}/one"] + argv, capsys)
     assert not code, err
-    _assert_same_training(workdir, tmp_path / "one", atol=5e-6)  # 138 steps: rounding grows
+    _assert_same_training(workdir, tmp_path / "one", atol=5e-6)  # 92 steps: rounding grows
 
 
 def test_workers_that_disagree_fail_with_one_line(tmp_path):

@@ -299,6 +299,8 @@ def _spawn_rows(preset, collected, claim, data_mode):
             continue
         for spawn in sorted(preset.spawn_epochs, key=lambda e: (e != last, e)):
             if spawn == 0:
+                if dynamics != "centered":
+                    continue  # phase 2 from the initialisation runs centered only
                 runs = [study.phase2_name(dynamics, mode, "standard", s, 0.0) for s in seeds]
                 values = [_eval(collected, r) for r in runs]
                 tests.append(Test(claim, f"{dynamics} phase 2 on {mode} data from the initialisation "

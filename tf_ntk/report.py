@@ -170,6 +170,8 @@ def _run_rows(preset, collected):
                 for dynamics, data_mode in preset.phase2_conditions():
                     if source == study.FLIP and (dynamics, data_mode) != ("centered", "clean"):
                         continue
+                    if spawn == 0 and dynamics != "centered":
+                        continue
                     rows.append((study.phase2_name(dynamics, data_mode, source, s, spawn), "2",
                                  source, s, dynamics, data_mode, float(spawn)))
     return rows

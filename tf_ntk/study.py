@@ -9,7 +9,8 @@ Sweep directory layout (every path relative to it):
                                                 same initialisation, another data order and attack
                                                 starts (--data_seed)
   phase2/<dyn>-<data>-from-<source>-s<seed>-e<spawn>/   phase-2 runs from phase1/<source>-s<seed>
-                                                (spawn epoch 0, the initialisation: from standard only)
+                                                (spawn epoch 0, the initialisation: centered, from
+                                                standard only)
   <run>/eval/epoch_<E>/evaluation.json          strong + protocol evaluation of a run's final checkpoint
   transfer/<source>-s<seed>-e<spawn>/           PGD examples of a spawn (adversarial.npz), evaluated on
                                                 its centered children and on its sibling's
@@ -528,6 +529,8 @@ class _Planner:
                     for dynamics, data_mode in p.phase2_conditions():
                         if source == FLIP and (dynamics, data_mode) != ("centered", "clean"):
                             continue
+                        if spawn == 0 and dynamics != "centered":
+                            continue  # the control is the claims' dynamics
                         name = phase2_name(dynamics, data_mode, source, seed, spawn)
                         run = self.path("phase2", name)
                         adversarial = data_mode == "adv"
