@@ -470,7 +470,7 @@ class _Planner:
                             f"--epochs={p.phase1_epochs}", f"--lr={p.phase1_lr!r}",
                             f"--lr_boundaries={_epochs_arg(p.phase1_lr_boundaries)}",
                             f"--save_epochs={_epochs_arg(p.save_epochs())}", "--eval_every=0",
-                            f"--data_mode={data_mode}"]
+                            f"--eval_attack_steps={min(20, p.eval_steps)}", f"--data_mode={data_mode}"]
                     if data_seed is not None:
                         args.append(f"--data_seed={data_seed}")
                     if adversarial:
@@ -538,7 +538,8 @@ class _Planner:
                                 f"--spawn={self.spawn(parent, spawn)}",
                                 f"--dynamics={dynamics}", f"--data_mode={data_mode}",
                                 f"--epochs={p.phase2_epochs}", f"--lr={p.phase2_lr!r}",
-                                f"--save_epochs={p.phase2_epochs}", "--eval_every=0"]
+                                f"--save_epochs={p.phase2_epochs}", "--eval_every=0",
+                                f"--eval_attack_steps={min(20, p.eval_steps)}"]
                         if adversarial:
                             args += [f"--adv_mode={p.adv_mode}",
                                      f"--attack_steps={p.train_attack_steps}"]
