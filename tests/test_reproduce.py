@@ -43,12 +43,37 @@ def _run_app(argv, capsys):
 
 
 @pytest.fixture(scope="session")
-def pool_sweep(tmp_path_factory):
-    """The smoke preset run by the pool of 2 workers (once per test process: session scope, since
-    xdist may interleave other modules' tests with this group's)."""
+def killed_sweep(tmp_path_factory):
+    """The smoke preset on the pool of 2 workers, its process killed (SIGKILL) while a phase-2 run
+    trains, then rerun to the end (once per test process: session scope, since xdist may interleave
+    other modules' tests with this group's). Returns (sweep directory, what the kill left: the
+    workers still alive, {finished output: mtime}, the phase-2 runs caught mid-training)."""
     root = tmp_path_factory.mktemp("sweep") / "pool"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "binaries.reproduce", "--preset=smoke", f"--workdir={root}", "--jobs=2"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(root / "phase2" / "*" / "resume")) and time.time() < deadline:
+        time.sleep(0.2)
+    workers = psutil.Process(process.pid).children()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    interrupted = [os.path.basename(os.path.dirname(p)) for p in glob.glob(str(root / "phase2" / "*" / "resume"))
+                   if not os.path.exists(os.path.join(os.path.dirname(p), "results.json"))]
+    left = {"workers": len(workers), "alive": alive, "report": (root / "report.md").exists(),
+            "interrupted": interrupted,
+            "done": {j.output: os.path.getmtime(j.output) for j in study.plan(study.PRESETS["smoke"], str(root))
+                     if j.output and os.path.exists(j.output)}}
     _run(["--preset=smoke", f"--workdir={root}", "--jobs=2"])
-    return root
+    return root, left
+
+
+@pytest.fixture(scope="session")
+def pool_sweep(killed_sweep):
+    """The smoke sweep's directory (finished: the killed pool resumed)."""
+    return killed_sweep[0]
 
 
 def _results(root):
@@ -226,42 +251,33 @@ def test_the_summary_runs_draw_phase2_curves_and_kernel_comparisons(pool_sweep):
     assert distances[2000] == pytest.approx(want, rel=1e-5)
 
 
-def test_interrupted_sweep_resumes_to_the_same_numbers(pool_sweep, tmp_path):
-    """A sweep whose process is killed (SIGKILL) mid-way, then rerun: its workers end with it,
-    finished jobs are not redone, and every number equals the uninterrupted pool's. (One seed,
-    centered phase 2 from the last spawn only, to save time: its runs are the pool's runs of seed 0,
-    the same jobs with the same arguments.)"""
-    root = tmp_path / "killed"
-    argv = ["--preset=smoke", "--seeds=1", "--phase2_dynamics=centered", "--spawn_epochs=2",
-            f"--workdir={root}", "--jobs=2"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "binaries.reproduce", *argv],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not glob.glob(str(root / "phase2" / "*" / "resume")) and time.time() < deadline:
-        time.sleep(0.2)
-    workers = psutil.Process(process.pid).children()
-    assert len(workers) >= 2
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive, "worker processes outlived the sweep"
-    assert not (root / "report.md").exists(), "the sweep finished before it could be killed"
-    preset = study.PRESETS["smoke"].replace(seeds=1, phase2_dynamics=("centered",), spawn_epochs=(2.0,))
-    done = {j.output: os.path.getmtime(j.output) for j in study.plan(preset, str(root))
-            if j.output and os.path.exists(j.output)}
-    _run(argv)
-    for output, mtime in done.items():
+def test_interrupted_sweep_resumes_to_the_same_numbers(killed_sweep, tmp_path):
+    """The sweep behind every test here was killed (SIGKILL) mid-way and rerun: its workers ended
+    with it, finished jobs were not redone, and a phase-2 run it caught mid-training ends exactly as
+    the same job run uninterrupted in a fresh directory (its losses, its weights, its evaluation)."""
+    root, left = killed_sweep
+    assert left["workers"] >= 2 and not left["alive"], "worker processes outlived the sweep"
+    assert not left["report"], "the sweep finished before it could be killed"
+    for output, mtime in left["done"].items():
         assert os.path.getmtime(output) == mtime, f"{output} was recomputed"
-    ours = [r for r in _results(root) if r["kind"] != "claim"]
-    runs = {r["run"] for r in ours}
-    theirs = [r for r in _results(pool_sweep) if r["kind"] != "claim" and r["run"] in runs]
-    assert len(ours) > 100 and ours == theirs
-    assert "centered-adv-from-adversarial-s0-e2" in runs and "flip-s0" in runs
-    for name in ("phase1/adversarial-s0", "phase2/centered-adv-from-adversarial-s0-e2"):
-        with open(root / name / "history.json") as f, open(pool_sweep / name / "history.json") as g:
-            assert [r["loss"] for r in json.load(f)] == [r["loss"] for r in json.load(g)]
+    assert left["interrupted"], "no phase-2 run was caught mid-training"
+    name = left["interrupted"][0]
+    jobs = {j.name: j for j in study.plan(study.PRESETS["smoke"], str(root))}
+    fresh = tmp_path / "fresh"
+    for job in (jobs[f"phase2/{name}"], jobs[f"eval/{name}"]):
+        args = [a.replace(f"{root}/phase2/{name}", str(fresh)) for a in job.args]
+        error = common.execute(job.module, args, str(tmp_path / "log.txt"))
+        assert error is None, (job.name, error)
+    with open(root / "phase2" / name / "history.json") as f, open(fresh / "history.json") as g:
+        assert [r["loss"] for r in json.load(f)] == [r["loss"] for r in json.load(g)]
+    resumed = tf.train.load_checkpoint(str(root / "phase2" / name / "spawn" / "epoch_1" / "ckpt"))
+    uninterrupted = tf.train.load_checkpoint(str(fresh / "spawn" / "epoch_1" / "ckpt"))
+    keys = [k for k in resumed.get_variable_to_shape_map() if "OPTIMIZER" not in k and "save_counter" not in k]
+    assert keys and all(np.array_equal(resumed.get_tensor(k), uninterrupted.get_tensor(k)) for k in keys)
+    ours = helpers.read_json(root / "phase2" / name / "eval" / "epoch_1" / "evaluation.json")
+    theirs = helpers.read_json(fresh / "eval" / "epoch_1" / "evaluation.json")
+    for key in ("benign_accuracy", "robust_accuracy", "per_example"):
+        assert ours[key] == theirs[key], key
 
 
 def test_printed_commands_are_the_pools_jobs_and_run_alone_to_its_numbers(pool_sweep, tmp_path, capsys):
