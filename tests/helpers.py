@@ -1,8 +1,13 @@
 """Shared test utilities."""
 
+import contextlib
 import csv
 import json
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 
 from absl import flags
 import keras
@@ -118,3 +123,43 @@ def closed_form_linf_robust(w, b, x, y, eps):
             best = logits[j] - logits[y[n]] + np.maximum(c * lo[n], c * hi[n]).sum()
             robust[n] &= best < 0
     return robust
+
+
+@contextlib.contextmanager
+def tensorboard(logdir, *flags_):
+    """Serves ``logdir`` with TensorBoard (``flags_`` added, e.g. the README's) on a free local
+    port; yields ``get(route, body=None)`` -> the decoded JSON (or bytes) of an HTTP API route.
+    --reload_task=blocking: TensorBoard reads every event file before it serves, so the first
+    answer is complete; the only wait is for the server to start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", *flags_, "--host=127.0.0.1",
+         f"--port={port}", "--reload_task=blocking", "--reload_interval=0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(route, body=None):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{route}", headers={"Content-Type": "application/json"},
+            data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=60) as r:
+            raw = r.read()
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return raw
+
+    try:
+        for _ in range(600):  # up to ~5 min on a loaded machine; typically ~5 s
+            if proc.poll() is not None:
+                pytest.fail(f"tensorboard exited with status {proc.returncode}")
+            try:
+                get("/data/runs")
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield get
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -6,11 +6,9 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -99,15 +97,24 @@ def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
     assert plugins["online_kernel/heat_map"] == "images"
     assert plugins["online_kernel/spectrum_log10"] == "histograms"
     assert plugins["config"] == "text"
-    # HParams: the trial is named after the run; phase and dynamics are columns; test/* metrics
-    # come first and the eigenvalue scalars are not metrics.
+    # HParams: the trial is named after the run; spawn source and epoch (phase 1: the init, 0),
+    # dynamics, data and seed are the first columns (TensorBoard sorts by name: ranked names, plain
+    # display names); the evaluation's numbers are the first metrics, the eigenvalue scalars none.
     session, experiment = _hparams(std)
     assert session.group_name == "std"
-    assert session.hparams["phase"].number_value == 1 and session.hparams["dynamics"].string_value == "standard"
+    assert session.hparams["06_phase"].number_value == 1
+    assert session.hparams["03_dynamics"].string_value == "standard"
+    assert session.hparams["01_spawn_source"].string_value == "init"
+    assert session.hparams["02_spawn_epoch"].number_value == 0
     metrics = [m.name.tag for m in experiment.metric_infos]
-    assert metrics[:2] == ["test/benign_accuracy", "test/robust_accuracy_quick"]
+    assert metrics[:2] == ["eval/robust_accuracy", "eval/benign_accuracy"]
+    assert "online_kernel/distance_to_init" in metrics  # this run logs its kernel
     assert not any("eigenvalue" in m for m in metrics)
-    assert [h.name for h in experiment.hparam_infos][:4] == ["phase", "dynamics", "data_mode", "adv_mode"]
+    names = [h.name for h in experiment.hparam_infos]
+    assert names[:5] == ["01_spawn_source", "02_spawn_epoch", "03_dynamics", "04_data_mode", "05_seed"]
+    assert names == sorted(names)  # the order TensorBoard shows
+    assert [h.display_name for h in experiment.hparam_infos][:5] == [
+        "spawn_source", "spawn_epoch", "dynamics", "data_mode", "seed"]
     assert any(p == "hparams" for p in plugins.values())
     # A finished run is refused without --overwrite, with one line and exit status 2.
     code, err = _run_app(train, [f"--workdir={std}"] + TINY + ["--epochs=2"], capsys)
@@ -142,6 +149,17 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
                     "--square_queries=20", "--blackbox_queries=20"])
     cen_eval = helpers.read_json(os.path.join(cen, "eval", "epoch_1", "evaluation.json"))
     assert cen_eval["dynamics"] == "centered" and "checks" in cen_eval["sanity_checks"]
+    # The headline numbers are in the evaluated run's own events (its scalars and HParams row), at
+    # the checkpoint's epoch; a protocol-only pass (std above) is not the run's robust accuracy.
+    own = summaries.read_events(cen)
+    assert own[("eval/robust_accuracy", 1000)] == [pytest.approx(cen_eval["robust_accuracy"])]
+    assert own[("eval/benign_accuracy", 1000)] == [pytest.approx(cen_eval["benign_accuracy"])]
+    assert own[("eval/robust_accuracy_strong", 1000)] == [pytest.approx(cen_eval["robust"]["strong"]["accuracy"])]
+    assert not any(tag.startswith("eval/") for tag, _ in summaries.read_events(std))
+    session, experiment = _hparams(cen)
+    assert session.hparams["01_spawn_source"].string_value == "adv"
+    assert session.hparams["02_spawn_epoch"].number_value == 0.5
+    assert "online_kernel/distance_to_init" not in [m.name.tag for m in experiment.metric_infos]
     robust = cen_eval["robust"]
     assert set(robust) == {"protocol", "strong", "sanity"} and robust["strong"]["attack"]["name"] == "strong"
     assert cen_eval["robust_accuracy"] <= min(r["accuracy"] for r in robust.values())
@@ -397,41 +415,13 @@ def test_summaries_step_is_milli_epochs():
     assert [summaries.epoch_step(e) for e in (0, 0.125, 1, 2.5)] == [0, 125, 1000, 2500]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensorboard_serves_the_scalars_images_and_histograms(runs):
-    port = _free_port()
-    # --reload_task=blocking: TensorBoard reads every event file before it serves, so the first
-    # answer is complete; the only wait is for the server to start.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", f"--logdir={runs}", "--host=127.0.0.1",
-         f"--port={port}", "--load_fast=false", "--reload_task=blocking", "--reload_interval=0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        def get(route):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=30) as r:
-                return json.loads(r.read())
-
-        for _ in range(600):  # up to ~5 min on a loaded machine; typically ~5 s
-            if proc.poll() is not None:
-                pytest.fail(f"tensorboard exited with status {proc.returncode}")
-            try:
-                get("/data/runs")
-                break
-            except OSError:
-                time.sleep(0.5)
+    with helpers.tensorboard(runs, "--load_fast=false") as get:
         tags = {p: get(f"/data/plugin/{p}/tags") for p in ("scalars", "images", "histograms")}
-        assert "train/loss" in tags["scalars"]["std"]
-        assert "online_kernel/distance_to_init" in tags["scalars"]["std"]
-        assert "online_kernel/heat_map" in tags["images"]["std"]
-        assert "online_kernel/spectrum_log10" in tags["histograms"]["std"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert "train/loss" in tags["scalars"]["std"]
+    assert "online_kernel/distance_to_init" in tags["scalars"]["std"]
+    assert "online_kernel/heat_map" in tags["images"]["std"]
+    assert "online_kernel/spectrum_log10" in tags["histograms"]["std"]
 
 
 def test_subprocess_is_quiet_and_bad_input_is_one_line(tmp_path):

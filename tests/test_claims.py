@@ -129,3 +129,12 @@ def test_missing_runs_decide_nothing():
     verdicts = claims.claims(_preset(), report.Collected({}, {}, {}, {}, []))
     assert {v for v, _, _ in verdicts.values()} == {claims.MISSING}
     assert set(verdicts) == set(claims.PRIMARY) == {"C1a", "C1b", "C2", "C3"}
+
+
+def test_wall_time_adds_the_invocations_that_ran_jobs(tmp_path):
+    assert report.wall_time_text(str(tmp_path)) == ""
+    report.record_time(str(tmp_path), 300.0, 50, 2)
+    report.record_time(str(tmp_path), 5.0, 0, 2)  # a rerun that only rewrote the report
+    report.record_time(str(tmp_path), 150.0, 10, 2)
+    text = report.wall_time_text(str(tmp_path))
+    assert text.startswith("Wall time measured: 7.5 min in 2 invocations (resumed), 60 jobs, 2 workers on ")

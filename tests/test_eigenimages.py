@@ -2,6 +2,7 @@
 its input gradient against finite differences, and the image search raising the cosine."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import helpers
@@ -90,3 +91,28 @@ def test_the_search_keeps_the_better_start_and_says_whether_the_sign_was_reached
         assert found["start"] == max(ends, key=lambda k: sign * ends[k])
         assert found["cosine"] == ends[found["start"]]
         assert found["reached"] == (sign * found["cosine"] > 0)
+
+
+def test_cosine_parts_split_the_cosine_by_layer_and_a_one_signed_vector_keeps_its_readout_sign():
+    """readout + other = the cosine (checked against flattened per-example gradients); for a ReLU
+    MLP the output layer reads features h ≥ 0, so with u ≥ 0 the readout share,
+    (⟨h(x), Σ u_j h(x_j)⟩ + Σ u_j) / norms, is ≥ 0 for every image: the reason a negative search
+    can fail, which the diagnosis names."""
+    model = _model()
+    rng = np.random.default_rng(5)
+    probe = rng.uniform(size=(4, 3, 3, 1)).astype(np.float32)
+    u = np.abs(rng.normal(size=4)).astype(np.float32)
+    direction = eigenimages.tangent_direction(model, probe, u, 2)
+    v = np.concatenate([d.numpy().ravel() for d in direction]).astype(np.float64)
+    last = sum(int(np.prod(w.shape)) for w in model.layers[-1].trainable_variables)
+    for x in rng.uniform(size=(6, 3, 3, 1)).astype(np.float32):
+        g = _grad(model, x, 2).astype(np.float64)
+        scale = np.linalg.norm(g) * np.linalg.norm(v)
+        readout, other = eigenimages.cosine_parts(model, direction, 2, x)
+        assert readout == pytest.approx(g[-last:] @ v[-last:] / scale, abs=1e-5)
+        assert other == pytest.approx(g[:-last] @ v[:-last] / scale, abs=1e-5)
+        assert readout >= 0
+    found = {"reached": False, "readout": 0.4, "other": -0.1}
+    assert "one-signed" in eigenimages.diagnosis(found, one_signed=True)
+    assert "+0.400" in eigenimages.diagnosis(found, one_signed=False)
+    assert eigenimages.diagnosis({**found, "reached": True}, one_signed=True) == ""

@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from tf_ntk.cli import common
 from tf_ntk.cli import reproduce
+from tf_ntk import board
+from tf_ntk import claims
 from tf_ntk import data
 from tf_ntk import report
 from tf_ntk import study
@@ -171,7 +173,7 @@ def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
     line = next(x for x in text.splitlines() if x.startswith("| 1 | adversarial |"))
     assert f"| 2 | {np.mean(benign):.3f} ± {np.std(benign, ddof=1):.3f} |" in line
     assert line.endswith(f"| {np.mean(robust):.3f} ± {np.std(robust, ddof=1):.3f} |")
-    assert f"tensorboard --logdir {pool_sweep}" in text
+    assert f"tensorboard --logdir {pool_sweep}/tensorboard" in text
     # Kernel machines: every number of every run's kernel_machine.json, and the report's table.
     machine_rows = {(r["run"], float(r["spawn_epoch"]), r["metric"]): float(r["value"])
                     for r in rows if r["kind"] == "kernel_machine"}
@@ -187,8 +189,20 @@ def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
     line = next(x for x in text.splitlines() if x.startswith("| adversarial | 2 | 2 |"))
     assert f"| {np.mean(robust):.3f} ± {np.std(robust, ddof=1):.3f} |" in line
     for name in ("fig1_kernel_distance", "fig3_phase2_vs_spawn", "fig5_eigen_images", "fig6_kernel_machine",
-                 "fig7_velocity"):
-        assert f"(figures/{name}.png)" in text
+                 "fig7_velocity", "fig8_heat_maps", "fig9_scree"):
+        assert f"](figures/{name}.png)" in text and "![" in text  # embedded, not only linked
+    # Self-contained: a paragraph per claim (its primary, the sign that supports it, what was
+    # measured and why the verdict), the rules, the resolution, the terms, the measured wall time.
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections[:6] == ["## What the numbers show", "## How a claim is decided", "## The claims table",
+                            "## Resolution", "## Terms", "## Figures"]
+    claim_verdicts = claims.claims(preset, report.collect(preset, str(pool_sweep)))
+    for claim, (verdict, _, _) in claim_verdicts.items():
+        paragraph = next(x for x in text.splitlines() if x.startswith(f"**{claim}: "))
+        assert claims.PRIMARY[claim].reading in paragraph and f"**{verdict}**" in paragraph
+    n = 32  # the smoke preset's primary_examples
+    assert f"evaluated on {n} test images: one image is {1 / n:.4f}" in text
+    assert "Wall time measured: " in text
 
 
 def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
@@ -196,7 +210,7 @@ def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
     assert [os.path.basename(p) for p in pngs] == [
         "fig1_kernel_distance.png", "fig2_standard_vs_adversarial.png", "fig3_phase2_vs_spawn.png",
         "fig4_alignment_rank.png", "fig5_eigen_images.png", "fig6_kernel_machine.png",
-        "fig7_velocity.png"]
+        "fig7_velocity.png", "fig8_heat_maps.png", "fig9_scree.png"]
     for path in pngs:
         with open(path, "rb") as f:
             raw = f.read()
@@ -223,32 +237,63 @@ def _scalars(directory):
     return values, plugins
 
 
-def test_the_summary_runs_draw_phase2_curves_and_kernel_comparisons(pool_sweep):
-    """summary/<source>: phase-2 accuracy at every spawn epoch (milli-epochs), the mean over seeds of
-    the runs' own evaluations; summary/comparison: the Custom Scalars layout and the mean
-    standard-vs-adversarial kernel distance per epoch."""
+def test_the_board_holds_one_run_per_condition_with_the_seeds_mean_and_range(pool_sweep):
+    """tensorboard/phase2/<source>-<dynamics>-<data>: accuracy/robust at every spawn epoch
+    (milli-epochs) = the mean over seeds of the runs' own evaluations, the seeds' min and max beside
+    it; tensorboard/distance/standard_vs_adversarial: the mean kernel distance per epoch."""
     evals = _evaluations(pool_sweep)
     preset = study.PRESETS["smoke"]
+    root = os.path.join(pool_sweep, board.BOARD_DIR)
     for source in study.SOURCES:
-        values, _ = _scalars(os.path.join(pool_sweep, "summary", source))
         for dynamics, data_mode in preset.phase2_conditions():
-            curve = values[f"phase2_{dynamics}_{data_mode}/robust_accuracy"]
-            spawns = [e for e in preset.spawn_epochs
-                      if e > 0 or (source == "standard" and dynamics == "centered")]
+            values, _ = _scalars(os.path.join(root, "phase2", f"{source}-{dynamics}-{data_mode}"))
+            curve = values[board.ROBUST]
+            spawns = [e for e in preset.spawn_epochs if e > 0 or dynamics == "centered"]
             assert sorted(curve) == [round(1000 * e) for e in spawns]
             for spawn in spawns:
-                runs = [study.phase2_name(dynamics, data_mode, source, s, spawn)
-                        for s in preset.seed_list()]
-                want = np.mean([evals[r]["robust_accuracy"] for r in runs])
-                assert curve[round(1000 * spawn)] == pytest.approx(want, abs=1e-6)
-    values, plugins = _scalars(os.path.join(pool_sweep, "summary", "comparison"))
-    assert "custom_scalars" in plugins
-    distances = values["kernel_comparison/standard_vs_adversarial"]
+                runs = [study.child_name(dynamics, data_mode, source, s, spawn) for s in preset.seed_list()]
+                got = [evals[r]["robust_accuracy"] for r in runs]
+                step = round(1000 * spawn)
+                assert curve[step] == pytest.approx(np.mean(got), abs=1e-6)
+                assert values[f"spread/{board.ROBUST}/min"][step] == pytest.approx(min(got), abs=1e-6)
+                assert values[f"spread/{board.ROBUST}/max"][step] == pytest.approx(max(got), abs=1e-6)
+    values, _ = _scalars(os.path.join(root, "distance", "standard_vs_adversarial"))
+    distances = values[board.DISTANCE]
     assert sorted(distances) == [round(1000 * e) for e in preset.kernel_epochs]
     rows = [helpers.read_csv(os.path.join(pool_sweep, "kernels", f"standard-s{s}_vs_adversarial-s{s}",
                                           "comparison.csv")) for s in preset.seed_list()]
     want = np.mean([float(next(r for r in rs if float(r["epoch"]) == 2.0)["distance"]) for rs in rows])
     assert distances[2000] == pytest.approx(want, rel=1e-5)
+    _, plugins = _scalars(root)
+    assert {"custom_scalars", "hparams"} <= plugins
+
+
+def test_tensorboard_as_the_readme_says_shows_images_few_runs_and_the_worst_case_metric(pool_sweep):
+    """The README's command on the smoke sweep, through TensorBoard's HTTP API: ≤ 40 runs (its
+    dashboards select runs on their own only up to 40), the heat maps and eigen-images returned
+    as PNG, HParams with the worst-case robust accuracy as a metric and the columns in order."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    command = board.command("runs/reproduce-quick")
+    assert command in readme
+    argv = shlex.split(command)
+    assert argv[:3] == ["tensorboard", "--logdir", "runs/reproduce-quick/tensorboard"]
+    with helpers.tensorboard(os.path.join(pool_sweep, board.BOARD_DIR), *argv[3:]) as get:
+        runs = get("/data/runs")
+        tags = get("/data/plugin/images/tags")
+        shown = {}
+        for tag in ("figures/fig8_heat_maps", "figures/fig5_eigen_images"):
+            found = get(f"/data/plugin/images/images?run=figures&tag={tag}")
+            assert len(found) == 1, (tag, found)
+            shown[tag] = get(f"/data/plugin/images/individualImage?{found[0]['query']}")
+        experiment = get("/data/plugin/hparams/experiment", {"experimentName": ""})
+    assert 10 <= len(runs) <= 40, runs
+    assert "figures" in tags
+    assert all(png.startswith(b"\x89PNG") for png in shown.values())
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert metrics[0] == board.ROBUST and "worst case" in experiment["metricInfos"][0]["displayName"]
+    assert [h["displayName"] for h in experiment["hparamInfos"]] == [
+        "spawn source", "spawn epoch", "dynamics", "data", "seeds"]
 
 
 def test_interrupted_sweep_resumes_to_the_same_numbers(killed_sweep, tmp_path):

@@ -17,6 +17,13 @@ vector, all of one sign) every image near grey may have a positive cosine, and 6
 cannot leave that region. So the search also starts from the probe image whose cosine is already
 best for the sign sought, keeps the better end point, and reports whether the cosine has the sign
 sought (``reached``); a search that does not is reported, never passed off as an eigen-image.
+
+Why it can fail: split the cosine by layer, cos = readout + other, where readout is the output
+layer's share, ⟨∇_W f_c(x), v_W⟩ + ⟨∇_b f_c(x), v_b⟩ = ⟨h(x), Σ_j u_j h(x_j)⟩ + Σ_j u_j over the norms,
+with h(x) the features the output layer reads. For a ReLU network h ≥ 0, so with a one-signed u
+the readout share has u's sign for *every* input: no image can flip it, and only the other layers'
+share can. Each search reports both shares at its end point (``readout``, ``other``), and a failed
+one says which held it (`diagnosis`).
 """
 
 import numpy as np
@@ -60,6 +67,43 @@ def cosine_fn(model, direction, logit):
     return fn
 
 
+def _readout_count(model):
+    """How many of ``model.trainable_variables`` (the last ones) belong to its output layer."""
+    for layer in reversed(model.layers):
+        if layer.trainable_variables:
+            return len(layer.trainable_variables)
+    return 0
+
+
+def cosine_parts(model, direction, logit, x):
+    """(readout, other): the output layer's and the other layers' shares of the cosine between
+    ∇θ f_c(x) and the tangent direction, at one image ``x`` (H, W, C); they sum to the cosine."""
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        out = model(tf.convert_to_tensor(np.asarray(x, np.float32)[None]), training=False)[0, logit]
+    grads = tape.gradient(out, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    dots = [float(tf.reduce_sum(g * d)) for g, d in zip(grads, direction)]
+    g_norm = float(tf.sqrt(tf.add_n([tf.reduce_sum(g * g) for g in grads]) + 1e-30))
+    v_norm = float(tf.sqrt(tf.add_n([tf.reduce_sum(d * d) for d in direction])))
+    k = _readout_count(model)
+    scale = g_norm * v_norm
+    return sum(dots[len(dots) - k:]) / scale, sum(dots[:len(dots) - k]) / scale
+
+
+def diagnosis(found, one_signed):
+    """Why a search did not reach the sign sought, from its end point's shares ("" when it did)."""
+    if found["reached"]:
+        return ""
+    text = (f"the output layer's share of the cosine is {found['readout']:+.3f}, the other layers' "
+            f"{found['other']:+.3f}")
+    if one_signed:
+        text += ("; the eigenvector is one-signed (the Perron vector of a kernel with positive "
+                 "entries), so for a network whose output layer reads non-negative (ReLU) features "
+                 "the output layer's share has one sign for every input and only the other layers "
+                 "can oppose it")
+    return text
+
+
 def optimise_image(model, direction, logit, *, input_shape, sign=1.0, steps=600, step_size=0.001,
                    start=0.5, fn=None):
     """The image (H, W, C) in [0, 1] that maximises (sign=+1) or minimises (sign=−1) the cosine,
@@ -86,7 +130,7 @@ def search(model, direction, logit, probe, *, sign=1.0, steps=600, step_size=0.0
 
     Returns:
       {"image" (H, W, C), "cosine", "start" ("grey" or "probe <j>"), "reached" (the cosine has the
-      sign sought)}.
+      sign sought), "readout", "other" (`cosine_parts` at the image)}.
     """
     fn = cosine_fn(model, direction, logit)
     probe = np.asarray(probe, np.float32)
@@ -99,6 +143,7 @@ def search(model, direction, logit, probe, *, sign=1.0, steps=600, step_size=0.0
         if best is None or sign * cos > sign * best["cosine"]:
             best = {"image": image, "cosine": cos, "start": name}
     best["reached"] = bool(sign * best["cosine"] > 0)
+    best["readout"], best["other"] = cosine_parts(model, direction, logit, best["image"])
     return best
 
 
@@ -117,7 +162,8 @@ def eigen_images(model, probe, kernel, logit, *, labels=None, num_eigen=3, steps
 
     Returns:
       A list of dicts {"name" ("eig0+", "eig0-", …, "w"), "eigenvalue" (or None), "image" (H, W, C),
-      "cosine", "start", "reached"} (see `search`).
+      "cosine", "start", "reached", "readout", "other"} (see `search`) and "diagnosis" (why the
+      sign was not reached; "" when it was).
     """
     k = np.asarray(kernel, np.float64)
     n = k.shape[0]
@@ -126,13 +172,15 @@ def eigen_images(model, probe, kernel, logit, *, labels=None, num_eigen=3, steps
     out = []
     for rank, i in enumerate(order):
         direction = tangent_direction(model, probe, vecs[:, i], logit)
+        one_signed = bool(np.all(vecs[:, i] >= 0) or np.all(vecs[:, i] <= 0))
         for sign, tag in ((1.0, "+"), (-1.0, "-")):
             found = search(model, direction, logit, probe, sign=sign, steps=steps, step_size=step_size)
-            out.append({"name": f"eig{rank}{tag}", "eigenvalue": float(lam[i]), **found})
+            out.append({"name": f"eig{rank}{tag}", "eigenvalue": float(lam[i]), **found,
+                        "diagnosis": diagnosis(found, one_signed)})
     if labels is not None:
         y = (np.asarray(labels) == logit).astype(np.float64)
         alpha = np.linalg.solve(k + ridge * np.trace(k) / n * np.eye(n), y)
         direction = tangent_direction(model, probe, alpha, logit)
         found = search(model, direction, logit, probe, steps=steps, step_size=step_size)
-        out.append({"name": "w", "eigenvalue": None, **found})
+        out.append({"name": "w", "eigenvalue": None, **found, "diagnosis": diagnosis(found, False)})
     return out

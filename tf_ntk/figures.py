@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tf_ntk import claims
 from tf_ntk import rundir
 from tf_ntk import study
 
@@ -21,6 +22,38 @@ DPI = 100
 SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
 COLORS = {"standard": "tab:blue", "adversarial": "tab:red", "flip": "tab:green"}
 STYLES = {"clean": "-", "adv": "--"}
+
+
+def _primary(verdicts, claim):
+    """(verdict, the primary `tf_ntk.claims.Test`) of ``claim`` in ``verdicts``, or None."""
+    if not verdicts or claim not in verdicts:
+        return None
+    verdict, tests, _ = verdicts[claim]
+    primary = next((t for t in tests if t.primary), None)
+    return None if primary is None or primary.interval is None else (verdict, primary)
+
+
+def _annotate(ax, verdicts, claims, loc=(0.01, 0.98)):
+    """Writes each claim's primary endpoint on ``ax`` (two lines per claim: its mean, t-interval and
+    bootstrap interval; its margin and verdict), and raises the top of a linear y axis to make room."""
+    lines = []
+    for claim in claims:
+        found = _primary(verdicts, claim)
+        if found is None:
+            continue
+        verdict, t = found
+        text = f"{claim} primary: {t.interval.mean:+.3f} [{t.interval.low:+.3f}, {t.interval.high:+.3f}]"
+        if t.bootstrap is not None:
+            text += f", bootstrap [{t.bootstrap.low:+.3f}, {t.bootstrap.high:+.3f}]"
+        lines += [text, f"    margin {t.margin:g} → {verdict}"]
+    if not lines:
+        return
+    if ax.get_yscale() == "linear" and loc[1] > 0.5:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.09 * len(lines) * (hi - lo))
+    ax.text(*loc, "\n".join(lines), transform=ax.transAxes, va="top" if loc[1] > 0.5 else "bottom",
+            ha="left", fontsize=7,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9, "edgecolor": "0.6"})
 
 
 def _save(fig, path_png):
@@ -95,7 +128,7 @@ def kernel_distance(preset, collected, path):
                    "Fig. 1: how far the kernel moves (mean ± sd over seeds)")
 
 
-def standard_vs_adversarial(preset, collected, path):
+def standard_vs_adversarial(preset, collected, path, verdicts=None):
     fig, ax = plt.subplots(figsize=SIZE)
     epochs = [float(e) for e in preset.kernel_epochs]
     seeds = preset.seed_list()
@@ -120,7 +153,8 @@ def standard_vs_adversarial(preset, collected, path):
     ax.set_ylabel("kernel distance 1 − cos(K, K')")
     ax.set_title("Fig. 2: distance between the standard and the adversarial kernel vs the matched "
                  "noise floors (C1a)")
-    ax.legend(fontsize=7)
+    _annotate(ax, verdicts, ("C1a",))
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     _save(fig, path)
 
@@ -134,7 +168,7 @@ def _accuracy_axis(ax, values):
     ax.set_ylim(max(-0.01, lo - pad), min(1.01, hi + pad))
 
 
-def phase2_vs_spawn(preset, collected, path):
+def phase2_vs_spawn(preset, collected, path, verdicts=None):
     rows = len(preset.phase2_dynamics)
     fig, axes = plt.subplots(rows, 2, figsize=(SIZE[0], SIZE[1] * rows), squeeze=False)
     spawns = [float(e) for e in preset.spawn_epochs]
@@ -165,7 +199,9 @@ def phase2_vs_spawn(preset, collected, path):
             ax.set_ylabel(f"{metric} accuracy" + (f" (ε = {preset.eps:.3g}, worst case)"
                                                   if metric == "robust" else ""))
             ax.set_title(f"{dynamics} phase 2: {metric} accuracy")
-            ax.legend(fontsize=7)
+            if dynamics == "centered" and metric == "robust":
+                _annotate(ax, verdicts, ("C2", "C3"))
+            ax.legend(fontsize=7, loc="best")
     fig.suptitle("Fig. 3: phase-2 accuracy against the spawn epoch (mean ± sd over seeds)\n"
                  "spawn 0 is the initialisation, shared by both sources")
     fig.tight_layout()
@@ -179,11 +215,15 @@ def alignment_and_rank(preset, collected, path):
                    "Fig. 4: kernel-target alignment and effective rank (mean ± sd over seeds)")
 
 
-def _eigen_label(name, eigenvalue, cosine, reached):
-    """``eig0+`` → "eigenvector 0, + / λ 1.2e+03 / cos +0.81"; a failed search says so."""
+def _eigen_label(name, eigenvalue, cosine, reached, readout=None, other=None):
+    """``eig0+`` → "eigenvector 0, + / λ 1.2e+03 / cos +0.81"; a failed search says so, with the
+    output layer's and the other layers' shares of its cosine (`tf_ntk.eigenimages.cosine_parts`)."""
     head = "w = K⁻¹y" if name == "w" else f"eigvec {name[3:-1]}, {name[-1]}"
     lam = "" if eigenvalue is None or not np.isfinite(eigenvalue) else f"λ {eigenvalue:.3g}\n"
-    return f"{head}\n{lam}cos {cosine:+.2f}{'' if reached else ' NOT REACHED'}"
+    text = f"{head}\n{lam}cos {cosine:+.2f}{'' if reached else ' NOT REACHED'}"
+    if not reached and readout is not None:
+        text += f"\n(output layer {readout:+.2f}, rest {other:+.2f})"
+    return text
 
 
 def eigen_image_panel(rows, title, figsize=None):
@@ -206,14 +246,18 @@ def eigen_image_panel(rows, title, figsize=None):
                 ax.axis("off")
                 continue
             image = arrays["images"][col]
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            shown = ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0,
+                              vmax=1)
+            parts = ((float(arrays["readout"][col]), float(arrays["other"][col]))
+                     if "readout" in arrays else (None, None))
             ax.set_title(_eigen_label(str(arrays["names"][col]), float(eigenvalues[col]),
-                                      float(arrays["cosines"][col]), bool(reached[col])),
+                                      float(arrays["cosines"][col]), bool(reached[col]), *parts),
                          fontsize=7, color="black" if reached[col] else "red")
             if col == 0:
                 ax.set_ylabel(label)
     fig.suptitle(title)
     fig.tight_layout()
+    fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label="pixel value")
     return fig
 
 
@@ -225,11 +269,97 @@ def png_bytes(fig):
     return buf.getvalue()
 
 
-def velocity(preset, collected, path):
-    _kernel_panels(preset, collected, path,
-                   [("velocity", "kernel velocity (distance per epoch)", "velocity of the kernel")],
-                   "Fig. 7: kernel velocity d(K_t, K_t+dt) / dt (mean ± sd over seeds, log scale)\n"
-                   "phase 1 is lazy once it has fallen below 10% of its peak", log=True)
+def velocity(preset, collected, path, verdicts=None):
+    """Kernel velocity (log scale) and the C1b measure: the share of the way to the final kernel
+    covered, 1 − d(K_e, K_T) / d(K_0, K_T), with the primary's epoch (10% of phase 1) and margin."""
+    fig, axes = plt.subplots(1, 2, figsize=SIZE)
+    final = float(preset.phase1_epochs)
+    for source in study.phase1_sources(preset):
+        epochs, series = _kernel_series(preset, collected, source, "velocity")
+        _band(axes[0], epochs, series, COLORS[source], f"{source} training")
+        covered = []
+        for s in preset.seed_list():
+            run = study.phase1_name(source, s)
+            covered.append([np.nan if claims.remaining(collected, run, e, final) is None
+                            else 1.0 - claims.remaining(collected, run, e, final) for e in epochs])
+        _band(axes[1], epochs, covered, COLORS[source], f"{source} training")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("kernel velocity (distance per epoch)")
+    axes[0].set_title("velocity; lazy once below 10% of its peak")
+    early = preset.early_epoch()
+    axes[1].axvline(early, color="gray", linestyle=":",
+                    label=f"epoch {early:g} = 10% of phase 1 ({preset.optimizer_steps(early):g} steps)")
+    axes[1].axhline(claims.PRIMARY["C1b"].margin, color="gray", linestyle="--", label="C1b margin")
+    axes[1].set_ylim(-0.05, 1.05)  # raised by the annotation
+    axes[1].set_ylabel("share of the way to the final kernel covered")
+    axes[1].set_title("C1b: 1 − d(K_e, K_T) / d(K_0, K_T)")
+    for ax in axes:
+        _epoch_axis(ax, preset, "phase-1 epoch")
+    _annotate(axes[1], verdicts, ("C1b",), loc=(0.01, 0.98))
+    axes[0].legend(fontsize=7, loc="best")
+    axes[1].legend(fontsize=6, loc="lower right")
+    fig.suptitle("Fig. 7: how fast the kernel settles (mean ± sd over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _final_kernels(preset, collected):
+    """{source: eigen_images.npz arrays} of the first seed's final kernels (the features jobs)."""
+    first = preset.seed_list()[0]
+    return {source: rundir.read_npz(collected.features[study.phase1_name(source, first)])
+            for source in study.SOURCES if study.phase1_name(source, first) in collected.features}
+
+
+def heat_maps(preset, collected, path):
+    """The standard and the adversarial final kernel (first seed, the logit of the eigen-images) on
+    one colour scale, with a colour bar; examples class by class."""
+    loaded = _final_kernels(preset, collected)
+    if not loaded:
+        return False
+    kernels = {source: np.asarray(a["kernel"], np.float64) for source, a in loaded.items()}
+    lo = min(float(k.min()) for k in kernels.values())
+    hi = max(float(k.max()) for k in kernels.values())
+    fig, axes = plt.subplots(1, len(kernels), figsize=SIZE, squeeze=False)
+    for ax, (source, kernel) in zip(axes[0], kernels.items()):
+        shown = ax.imshow(kernel, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+        labels = np.asarray(loaded[source]["labels"])
+        for cut in [i - 0.5 for i in range(1, len(labels)) if labels[i] != labels[i - 1]]:
+            ax.axhline(cut, color="white", linewidth=0.5)
+            ax.axvline(cut, color="white", linewidth=0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{source} training, logit {int(loaded[source]['logit'])}\n"
+                     f"max {kernel.max():.3g}, trace {np.trace(kernel):.3g}", fontsize=9)
+    fig.colorbar(shown, ax=axes[0].tolist(), label="k(x, x') (one scale for both)")
+    fig.suptitle(f"Fig. 8: the final (epoch {preset.phase1_epochs}) kernels of seed "
+                 f"{preset.seed_list()[0]} on the probe images, class by class")
+    _save(fig, path)
+    return True
+
+
+def scree(preset, collected, path):
+    """Normalised spectra λ_i / Σλ of the final kernels (first seed), log scale: how concentrated
+    each kernel is, independent of its scale."""
+    loaded = _final_kernels(preset, collected)
+    if not loaded:
+        return False
+    fig, ax = plt.subplots(figsize=SIZE)
+    for source, arrays in loaded.items():
+        lam = np.clip(np.linalg.eigvalsh(np.asarray(arrays["kernel"], np.float64))[::-1], 0, None)
+        share = lam / lam.sum()
+        ax.plot(np.arange(1, len(share) + 1), share, "o-", markersize=2, color=COLORS[source],
+                label=f"{source} training (top eigenvalue {100 * share[0]:.0f}% of the trace)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.5 * min(float(np.min(line.get_ydata()[line.get_ydata() > 0])) for line in ax.get_lines()))
+    ax.set_xlabel("eigenvalue index i")
+    ax.set_ylabel("λ_i / Σ λ")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Fig. 9: normalised spectrum (scree) of the final kernels, seed {preset.seed_list()[0]}")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
 
 
 def eigen_images(preset, collected, path):
@@ -286,15 +416,22 @@ FIGURES = (
     ("Fig. 5: eigen-images of the final kernels", "fig5_eigen_images.png", eigen_images),
     ("Fig. 6: kernel-machine robust and benign accuracy vs spawn epoch, next to centered phase 2",
      "fig6_kernel_machine.png", kernel_machine),
-    ("Fig. 7: kernel velocity during phase 1", "fig7_velocity.png", velocity),
+    ("Fig. 7: kernel velocity and the C1b measure during phase 1", "fig7_velocity.png", velocity),
+    ("Fig. 8: heat maps of the final kernels on one colour scale", "fig8_heat_maps.png", heat_maps),
+    ("Fig. 9: normalised spectra of the final kernels", "fig9_scree.png", scree),
 )
 
+# Figures that annotate the claims they illustrate with the primary endpoint's numbers.
+ANNOTATED = {standard_vs_adversarial, phase2_vs_spawn, velocity}
 
-def draw_all(preset, collected, directory):
-    """Draws every figure into ``directory``; returns [(title, png path)] of those drawn."""
+
+def draw_all(preset, collected, directory, verdicts=None):
+    """Draws every figure into ``directory``; ``verdicts`` (`tf_ntk.claims.claims`) annotate the
+    claims' figures. Returns [(title, png path)] of those drawn."""
     drawn = []
     for title, name, draw in FIGURES:
         path = os.path.join(directory, name)
-        if draw(preset, collected, path) is not False:
+        done = draw(preset, collected, path, verdicts) if draw in ANNOTATED else draw(preset, collected, path)
+        if done is not False:
             drawn.append((title, path))
     return drawn

@@ -14,10 +14,9 @@ import json
 import os
 
 import numpy as np
-from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import summary as custom_scalars
 import tensorflow as tf
 
+from tf_ntk import board
 from tf_ntk import claims
 from tf_ntk import data
 from tf_ntk import figures
@@ -153,30 +152,6 @@ def claims_table(preset, verdicts):
     return "\n".join(lines)
 
 
-def _run_rows(preset, collected):
-    """[(run, phase, source, seed, dynamics, data, spawn epoch)] of every evaluated run, in plan
-    order."""
-    rows = []
-    for source in study.phase1_sources(preset):
-        for s in preset.seed_list():
-            data_mode = {"standard": "clean", "adversarial": "adv", study.FLIP: "flip"}[source]
-            rows.append((study.phase1_name(source, s), "1", source, s, "standard", data_mode, None))
-    flip = preset.flip_epoch()
-    for source in study.phase1_sources(preset):
-        for s in preset.seed_list():
-            for spawn in preset.spawn_epochs:
-                if (spawn == 0 and source != "standard") or (source == study.FLIP and spawn < flip):
-                    continue
-                for dynamics, data_mode in preset.phase2_conditions():
-                    if source == study.FLIP and (dynamics, data_mode) != ("centered", "clean"):
-                        continue
-                    if spawn == 0 and dynamics != "centered":
-                        continue
-                    rows.append((study.phase2_name(dynamics, data_mode, source, s, spawn), "2",
-                                 source, s, dynamics, data_mode, float(spawn)))
-    return rows
-
-
 def _row(kind, run, metric, value, **fields):
     base = dict.fromkeys(COLUMNS, "")
     base.update(kind=kind, run=run, metric=metric, value=value, **fields)
@@ -186,7 +161,7 @@ def _row(kind, run, metric, value, **fields):
 def results_rows(preset, collected, verdicts):
     """Every number of the study as long-format rows (dicts)."""
     rows = []
-    for run, phase, source, seed, dynamics, data_mode, spawn in _run_rows(preset, collected):
+    for run, phase, source, seed, dynamics, data_mode, spawn in study.evaluated_runs(preset):
         r = collected.evals.get(run)
         if r is None:
             continue
@@ -259,6 +234,119 @@ def _num(value):
     return "–" if value is None else f"{value:.3f}"
 
 
+RULES = (
+    "- **One primary endpoint per claim**, declared in `tf_ntk/claims.py` before any run; the "
+    "claim's verdict is its primary's.",
+    "- **Holds**: the paired Student-t 95% interval over seeds and the two-level bootstrap 95% "
+    "interval (seeds × test images) both lie above the margin.",
+    "- **Does not hold at this scale**: both intervals lie below the margin.",
+    "- **Inconclusive**: anything else (an interval contains the margin, or the two disagree).",
+    "- **Descriptive rows** never decide: each shows its t-interval and a p-value against its "
+    "margin, Holm-adjusted within its claim (\"Holm over k\": k rows in the family).",
+    "- **Seeds for 80% power**: the seeds a paired t-test needs to resolve the row at the observed "
+    "mean and sd.",
+    "- **Robust accuracy** is the worst case per test image over the paper's PGD and the strong "
+    "ensemble (and, at the primary checkpoints, the sanity report's stronger attacks); a failed "
+    "sanity check is shown beside the verdict it touches, its breaks counted.",
+)
+
+TIMES = "sweep_times.json"  # in the sweep directory: one record per sweep invocation
+
+
+def record_time(sweep_dir, seconds, ran, workers):
+    """Appends one sweep invocation's wall time to ``sweep_dir/sweep_times.json`` (atomically)."""
+    path = os.path.join(sweep_dir, TIMES)
+    records = rundir.read_json(path, expect=list) if tf.io.gfile.exists(path) else []
+    records.append({"seconds": round(float(seconds), 1), "jobs_run": int(ran), "workers": int(workers),
+                    "cores": os.cpu_count()})
+    rundir.write_json(path, records)
+
+
+def wall_time_text(sweep_dir):
+    """"Wall time: …" of every recorded sweep invocation that ran jobs ("" when none is recorded)."""
+    path = os.path.join(sweep_dir, TIMES)
+    if not tf.io.gfile.exists(path):
+        return ""
+    records = [r for r in rundir.read_json(path, expect=list) if r["jobs_run"]]
+    if not records:
+        return ""
+    total = sum(r["seconds"] for r in records)
+    where = ", ".join(sorted({f"{r['workers']} workers on {r['cores']} cores" for r in records}))
+    parts = f" in {len(records)} invocations (resumed)" if len(records) > 1 else ""
+    return (f"Wall time measured: {total / 60:.1f} min{parts}, {sum(r['jobs_run'] for r in records)} "
+            f"jobs, {where}.")
+
+
+def _verdict_reason(t, margin):
+    low, high = t.interval.low, t.interval.high
+    boot = t.bootstrap
+    if t.verdict == claims.HOLDS:
+        return f"both intervals lie above {margin:g}"
+    if t.verdict == claims.FAILS:
+        return f"both intervals lie below {margin:g}"
+    inside = [name for name, (lo, hi) in (("the t interval", (low, high)),
+                                          ("the bootstrap interval", (boot.low, boot.high) if boot else (0, 0)))
+              if lo <= margin <= hi and (boot or name == "the t interval")]
+    if inside:
+        return f"{' and '.join(inside)} contain{'s' if len(inside) == 1 else ''} {margin:g}"
+    return "the t and the bootstrap intervals fall on different sides of the margin"
+
+
+def claim_paragraphs(preset, verdicts):
+    """A paragraph per claim: its primary endpoint, which sign supports it, what was measured, why
+    the verdict, and where its descriptive rows point."""
+    out = []
+    for claim, (verdict, tests, family) in verdicts.items():
+        endpoint = claims.PRIMARY[claim]
+        primary = next((t for t in tests if t.primary), None)
+        text = (f"**{claim}: {endpoint.statement}** Primary endpoint: {endpoint.primary}; "
+                f"{endpoint.reading}.")
+        if primary is None or primary.interval is None:
+            text += f" Not measured (runs missing): **{verdict}**."
+        else:
+            i = primary.interval
+            text += (f" Measured over {i.n} seeds: {i.mean:+.3f}, t 95% CI [{i.low:+.3f}, {i.high:+.3f}]"
+                     + (f", bootstrap [{primary.bootstrap.low:+.3f}, {primary.bootstrap.high:+.3f}]"
+                        if primary.bootstrap else "")
+                     + f": **{verdict}** ({_verdict_reason(primary, endpoint.margin)}).")
+            if verdict == claims.OPEN and primary.power:
+                text += (f" At the observed mean and sd a paired t-test resolves it with about "
+                         f"{primary.power} seeds.")
+            if primary.sanity:
+                text += f" Sanity: {primary.sanity}."
+        described = [t for t in tests if not t.primary and not t.control and t.interval is not None]
+        if described:
+            above = sum(t.verdict.startswith("above") for t in described)
+            below = sum(t.verdict.startswith("below") for t in described)
+            text += (f" Descriptive rows ({len(described)}, Holm over {family}): {above} above their "
+                     f"margin, {below} below, {len(described) - above - below} not resolved.")
+        out += [text, ""]
+    return out[:-1]
+
+
+def _resolution_lines(preset, collected):
+    """The test-set resolution, and the gap between the protocol PGD and the worst case."""
+    n = _test_images(preset, True)
+    lines = [f"Primary checkpoints are evaluated on {n} test images: one image is {1 / n:.4f} of an "
+             f"accuracy, and binomial noise at an accuracy of 0.3 is about {_binomial_sd(preset):.3f}; "
+             "the bootstrap's second level (test images) carries it into the primaries' intervals."]
+    if preset.eval_examples and preset.eval_examples != n:
+        lines[0] += (f" The other checkpoints are evaluated on {preset.eval_examples} images (one "
+                     f"image = {1 / preset.eval_examples:.4f}).")
+    gaps = [r["protocol"] - r["robust"] for r in collected.evals.values() if r.get("strong") is not None]
+    if gaps:
+        lines += ["", f"The paper's PGD-{preset.eval_steps} alone overstates robust accuracy: over "
+                  f"{len(gaps)} evaluations the worst case is {np.mean(gaps):.3f} lower on average "
+                  f"(largest gap {max(gaps):.3f}); the strong ensemble's restarts, losses and "
+                  "black-box Square attack break images that one PGD start misses. Every robust "
+                  "accuracy in this report is the worst case."]
+    lines += ["", "Across machines: the same seed gives the same numbers on one machine (tested), but "
+              "other CPUs sum floating-point numbers in another order and the runs drift apart: the "
+              "C2 primary at spawn 10 of the quick preset measured +0.128 on one machine and +0.113 "
+              "on another; read differences of that size as machine noise, not as effects."]
+    return lines
+
+
 def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
     """report.md's text."""
     n = preset.seeds
@@ -266,33 +354,27 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
              preset.description, "",
              "Claims of *Evolution of Neural Tangent Kernels under Benign and Adversarial Training* "
              f"(NeurIPS 2022), tested over {n} seed{'s' if n > 1 else ''} "
-             f"({preset.seed_list()[0]}–{preset.seed_list()[-1]}). Each claim is decided by one primary "
-             "endpoint declared in advance (tf_ntk/claims.py, docs/reproduction.md): it holds when its "
-             "paired Student-t 95% interval and its two-level bootstrap 95% interval (seeds × test "
-             "images) both lie above its margin, does not hold at this scale when both lie below, and "
-             "is inconclusive otherwise. Every other row is descriptive: its p-value against its margin "
-             "is Holm-adjusted within the claim (\"Holm over k\": k tests in the family), and it never "
-             "decides. \"Seeds for 80% power\": how many seeds a paired t-test needs to resolve the "
-             "row at the observed mean and sd. Robust accuracy is the worst case per example over "
-             f"the paper's PGD-{preset.eval_steps} and the strong attack ensemble; one test image is "
-             f"{1 / _test_images(preset, True):.4f} of a primary's accuracy and binomial noise on it is "
-             f"about {_binomial_sd(preset):.3f}.", "", claims_table(preset, verdicts), "",
-             *_glossary(preset), ""]
+             f"({preset.seed_list()[0]}–{preset.seed_list()[-1]}). {wall_time_text(sweep_dir)}", ""]
     if outcome_line:
         lines += [outcome_line, ""]
     if collected.missing:
         lines += [f"**Incomplete sweep**: {len(collected.missing)} outputs missing "
                   f"({', '.join(collected.missing[:8])}{' …' if len(collected.missing) > 8 else ''}).",
                   ""]
-    lines += ["## Figures", ""]
+    lines += ["## What the numbers show", "", *claim_paragraphs(preset, verdicts), "",
+              "## How a claim is decided", "", *RULES, "",
+              "## The claims table", "", claims_table(preset, verdicts), "",
+              "## Resolution", "", *_resolution_lines(preset, collected), "",
+              "## Terms", "", *_glossary(preset), "",
+              "## Figures", ""]
     for title, path in drawn:
-        lines.append(f"- [{title}]({os.path.relpath(path, sweep_dir)})")
-    lines += ["", "## Accuracy over seeds", "",
+        lines += [f"### {title}", "", f"![{title}]({os.path.relpath(path, sweep_dir)})", ""]
+    lines += ["## Accuracy over seeds", "",
               "Mean ± sample standard deviation over the seeds measured (n).", "",
               "| phase | source | spawn | dynamics | data | n | benign | robust (protocol) | "
               "robust |", "|---|---|---|---|---|---|---|---|---|"]
     groups = {}
-    for run, phase, source, _, dynamics, data_mode, spawn in _run_rows(preset, collected):
+    for run, phase, source, _, dynamics, data_mode, spawn in study.evaluated_runs(preset):
         if run in collected.evals:
             groups.setdefault((phase, source, spawn, dynamics, data_mode), []).append(
                 collected.evals[run])
@@ -306,7 +388,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
               "the strong ensemble).", "",
               "| run | phase | spawn | seed | dynamics | data | benign | robust (protocol) | "
               "robust (strong) | robust |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for run, phase, source, seed, dynamics, data_mode, spawn in _run_rows(preset, collected):
+    for run, phase, source, seed, dynamics, data_mode, spawn in study.evaluated_runs(preset):
         r = collected.evals.get(run, {})
         spawn_text = "" if spawn is None else f"{source} @ {spawn:g}"
         lines.append(f"| {run} | {phase} | {spawn_text} | {seed} | {dynamics} | {data_mode} | "
@@ -336,9 +418,12 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
               "- `kernels/`: kernel metrics per run and distances per pair; `features/`: eigen-images; "
               "`transfer/`: each spawn's PGD examples; `kernel_machine/`: the kernel machines.",
               "- `logs/`: each job's output.", "",
-              f"TensorBoard: `{summaries.tensorboard_command(sweep_dir)}` (Custom "
-              "Scalars: standard and adversarial curves paired; `summary/`: phase 2 against the spawn "
-              "epoch)", ""]
+              f"- `{board.BOARD_DIR}/`: the study's TensorBoard log directory, one run per condition "
+              "(means over seeds, the seeds' range in Custom Scalars' margin charts, the figures as "
+              "images, HParams of the phase-2 conditions).", "",
+              f"TensorBoard: `{board.command(sweep_dir)}`; every run of a family: "
+              f"`{summaries.tensorboard_command(os.path.join(sweep_dir, 'phase2'))}` (HParams: spawn "
+              "source, spawn epoch, dynamics, data, seed).", ""]
     return "\n".join(lines)
 
 
@@ -380,22 +465,30 @@ def _binomial_sd(preset, accuracy=0.3):
 
 
 def _glossary(preset):
-    return ["Terms: *spawn* — a phase-1 checkpoint phase 2 starts from; *centered* phase 2 trains "
-            "f(x) = J(x)(θ − θ_s), the spawn's kernel fixed and its function removed; *linearized* "
-            "trains f_s(x) + J(x)(θ − θ_s); *standard* trains the network itself; "
-            f"*clean-then-adversarial* ({preset.adv_mode == 'clean_then_adv' and 'used here' or 'not used here'}) "
-            "takes a step on the clean batch, then one on PGD examples crafted against the updated "
-            "weights; *flip* trains on clean data for the first half of phase 1, then adversarially; "
-            "*matched floor* — the same training from the same initialisation with another data "
-            "order and other attack starts; *strong ensemble* — PGD with several losses and "
-            "restarts, APGD-CE/DLR and Square, worst case per example. Primary checkpoints (phase-1 "
-            "finals, centered phase 2 from the last spawn) are evaluated on "
-            f"{_test_images(preset, True)} test images at {preset.primary_restarts} restarts and "
-            f"{preset.primary_square_queries} Square queries with the sanity report; the others on "
-            f"{_test_images(preset)} images at {preset.strong_restarts} restarts and "
-            f"{preset.square_queries} queries. The protocol PGD alone overstates robustness where "
-            "the worst case is lower: the gap is the strong ensemble's extra breaks. Numbers are "
-            "bit-for-bit reproducible on one machine; another CPU may differ by a few images."]
+    adv = "used here" if preset.adv_mode == "clean_then_adv" else "not used here"
+    return [
+        "- *Phase 1*: training from the initialisation (standard: clean data; adversarial: PGD data).",
+        "- *Spawn*: a phase-1 checkpoint that phase 2 starts from; its *spawn epoch* is when it was "
+        "saved (0: the initialisation, shared by both trainings).",
+        "- *Centered* phase 2 trains f(x) = J(x)(θ − θ_s): the spawn's kernel fixed, its function "
+        "removed, so only the kernel can carry what the spawn learned; *linearized* trains "
+        "f_s(x) + J(x)(θ − θ_s); *standard* trains the network itself.",
+        f"- *Clean-then-adversarial* ({adv}): a step on the clean batch, then one on PGD examples "
+        "crafted against the updated weights (two optimizer steps per batch).",
+        "- *Flip*: clean training for the first half of phase 1, adversarial after.",
+        "- *Kernel distance* d(K, K') = 1 − ⟨K, K'⟩ / (‖K‖ ‖K'‖) between two empirical NTKs on the "
+        "same probe images (0: the same up to scale); *velocity*: distance per epoch between "
+        "consecutive kernels.",
+        "- *Matched floor*: the distance between a run and its replica, the same training from the "
+        "same initialisation with another data order and other attack starts.",
+        "- *Strong ensemble*: PGD with several losses and restarts, targeted PGD, APGD-CE/DLR and the "
+        f"black-box Square attack, worst case per example. Primary checkpoints (phase-1 finals, "
+        f"centered phase 2 from the last spawn): {preset.primary_restarts} restarts, "
+        f"{preset.primary_square_queries} Square queries and the sanity report; the others: "
+        f"{preset.strong_restarts} restarts, {preset.square_queries} queries.",
+        "- *Transfer*: accuracy on PGD examples crafted against another model (the parent spawn, "
+        "the sibling spawn).",
+    ]
 
 
 def _mean_of(values):
@@ -505,86 +598,6 @@ def _examples_text(preset):
             else "the whole test set")
 
 
-SUMMARY_DIR = "summary"
-
-
-def _layout():
-    """TensorBoard's Custom Scalars layout: standard and adversarial curves side by side."""
-    def chart(title, *tags):
-        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags)))
-
-    return layout_pb2.Layout(category=[
-        layout_pb2.Category(title="Phase 2 against the spawn epoch (mean over seeds; standard and "
-                                  "adversarial spawns)", chart=[
-            chart("robust accuracy (worst of protocol and strong)", r"^phase2_.*/robust_accuracy$"),
-            chart("benign accuracy", r"^phase2_.*/benign_accuracy$"),
-            chart("kernel machine: robust accuracy", r"^kernel_machine/robust_accuracy$"),
-            chart("kernel machine: benign accuracy", r"^kernel_machine/benign_accuracy$")]),
-        layout_pb2.Category(title="Kernels: standard vs adversarial (every seed)", chart=[
-            chart("distance to init", r"^kernel/distance_to_init$"),
-            chart("target alignment", r"^kernel/target_alignment$"),
-            chart("effective rank", r"^kernel/effective_rank$"),
-            chart("CKA between the two runs", r"^comparison/cka$"),
-            chart("standard vs adversarial distance, and seed-to-seed baselines",
-                  r"^kernel_comparison/")]),
-        layout_pb2.Category(title="Training", chart=[
-            chart("test accuracy (benign, quick robust estimate)", r"^test/"),
-            chart("training loss", r"^train/loss$")]),
-    ])
-
-
-def write_tensorboard(preset, sweep_dir, collected):
-    """The study's summary runs under ``sweep_dir/summary`` (rewritten on every report): phase-2
-    accuracy against the spawn epoch, one run per phase-1 source so that the standard and the
-    adversarial curves share a chart; kernel distances standard-vs-adversarial and seed-to-seed
-    against the epoch (means over seeds); and the Custom Scalars layout pairing the curves."""
-    root = os.path.join(sweep_dir, SUMMARY_DIR)
-    rundir.rmtree(root)
-    groups = {}
-    for run, phase, source, _, dynamics, data_mode, spawn in _run_rows(preset, collected):
-        r = collected.evals.get(run)
-        if phase == "2" and r is not None:
-            groups.setdefault((source, f"phase2_{dynamics}_{data_mode}", spawn), []).append(r)
-    for source in study.SOURCES:
-        writer = tf.summary.create_file_writer(os.path.join(root, source))
-        with writer.as_default():
-            for (src, tag, spawn), rows in sorted(groups.items()):
-                if src != source:
-                    continue
-                step = summaries.epoch_step(spawn)
-                tf.summary.scalar(f"{tag}/robust_accuracy", float(np.mean([r["robust"] for r in rows])), step)
-                tf.summary.scalar(f"{tag}/benign_accuracy", float(np.mean([r["benign"] for r in rows])), step)
-            for epoch in preset.machine_epochs():
-                found = [collected.machines[r][epoch] for r in
-                         (study.phase1_name(source, s) for s in preset.seed_list())
-                         if epoch in collected.machines.get(r, {})]
-                for metric in ("robust_accuracy", "benign_accuracy"):
-                    if found:
-                        tf.summary.scalar(f"kernel_machine/{metric}",
-                                          float(np.mean([row[metric] for row in found])),
-                                          summaries.epoch_step(epoch))
-        writer.close()
-    series = {}
-    for a, b in study.comparison_pairs(preset):
-        if b.endswith(study.REPLICA):
-            kind = f"matched_floor_{a.split('-s')[0]}"
-        elif a.startswith(study.FLIP):
-            kind = "flip_vs_adversarial"
-        else:
-            kind = "standard_vs_adversarial"
-        for epoch, distance in (collected.comparisons.get((a, b)) or {}).items():
-            series.setdefault(kind, {}).setdefault(epoch, []).append(distance)
-    writer = tf.summary.create_file_writer(os.path.join(root, "comparison"))
-    with writer.as_default():
-        tf.summary.experimental.write_raw_pb(custom_scalars.pb(_layout()).SerializeToString(), step=0)
-        for kind, by_epoch in series.items():
-            for epoch, values in sorted(by_epoch.items()):
-                tf.summary.scalar(f"kernel_comparison/{kind}", float(np.mean(values)),
-                                  summaries.epoch_step(epoch))
-    writer.close()
-    return root
-
-
 def write(preset, sweep_dir, outcome_line=""):
     """Collects, computes the claims, draws the figures and writes results.csv and report.md
     (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
@@ -592,8 +605,8 @@ def write(preset, sweep_dir, outcome_line=""):
     collected = collect(preset, sweep_dir)
     verdicts = claims.claims(preset, collected)
     figure_dir = os.path.join(sweep_dir, "figures")
-    drawn = figures.draw_all(preset, collected, figure_dir)
-    write_tensorboard(preset, sweep_dir, collected)
+    drawn = figures.draw_all(preset, collected, figure_dir, verdicts)
+    board.write(preset, sweep_dir, collected, drawn)
     results_path = os.path.join(sweep_dir, "results.csv")
     report_path = os.path.join(sweep_dir, "report.md")
     rundir.write_text(results_path, _csv_text(results_rows(preset, collected, verdicts)))

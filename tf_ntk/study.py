@@ -351,6 +351,30 @@ def phase1_runs(preset):
     return names
 
 
+def evaluated_runs(preset):
+    """[(run, phase, source, seed, dynamics, data, spawn epoch)] of every evaluated run, in plan
+    order."""
+    rows = []
+    for source in phase1_sources(preset):
+        for s in preset.seed_list():
+            data_mode = {"standard": "clean", "adversarial": "adv", FLIP: "flip"}[source]
+            rows.append((phase1_name(source, s), "1", source, s, "standard", data_mode, None))
+    flip = preset.flip_epoch()
+    for source in phase1_sources(preset):
+        for s in preset.seed_list():
+            for spawn in preset.spawn_epochs:
+                if (spawn == 0 and source != "standard") or (source == FLIP and spawn < flip):
+                    continue
+                for dynamics, data_mode in preset.phase2_conditions():
+                    if source == FLIP and (dynamics, data_mode) != ("centered", "clean"):
+                        continue
+                    if spawn == 0 and dynamics != "centered":
+                        continue
+                    rows.append((phase2_name(dynamics, data_mode, source, s, spawn), "2",
+                                 source, s, dynamics, data_mode, float(spawn)))
+    return rows
+
+
 def _epochs_arg(epochs):
     return ",".join(epoch_name(e) for e in epochs)
 

@@ -74,31 +74,45 @@ def write_config(config, step=0):
     tf.summary.text("config", text, step=step)
 
 
-# The HParams dashboard's metric columns, in this order: test accuracies first. Naming them keeps
-# the dashboard from listing every scalar (ten eigenvalue_i among them).
+# The HParams dashboard's metric columns, in this order: the evaluation's numbers (written into the
+# run's events by tf-ntk-evaluate) first. Naming them keeps the dashboard from listing every scalar.
 HPARAMS_METRICS = (
-    ("test/benign_accuracy", "benign test accuracy"),
-    ("test/robust_accuracy_quick", "robust test accuracy (quick PGD estimate)"),
+    ("eval/robust_accuracy", "robust accuracy (worst case over the attacks; tf-ntk-evaluate)"),
+    ("eval/benign_accuracy", "benign accuracy (tf-ntk-evaluate)"),
+    ("test/benign_accuracy", "benign test accuracy during training"),
+    ("test/robust_accuracy_quick", "quick robust estimate during training (PGD-k, one start; not "
+                                   "the reported robust accuracy)"),
     ("train/loss", "training loss"),
     ("train/accuracy", "training accuracy"),
+)
+ONLINE_KERNEL_METRICS = (
     ("online_kernel/distance_to_init", "kernel distance to init"),
     ("online_kernel/target_alignment", "kernel-target alignment"),
     ("online_kernel/effective_rank", "kernel effective rank"),
 )
-# The columns a researcher sorts runs by, first.
-HPARAMS_FIRST = ("phase", "spawn_epoch", "dynamics", "data_mode", "adv_mode", "eps", "seed", "data_seed")
+# The columns a researcher sorts runs by, first. TensorBoard orders the columns by name, so these
+# are written as "01_spawn_source", … with their plain name as the display name.
+HPARAMS_FIRST = ("spawn_source", "spawn_epoch", "dynamics", "data_mode", "seed", "phase", "adv_mode",
+                 "eps", "data_seed")
 
 
-def write_hparams(config, trial_id=None):
+def hparam_name(key):
+    """The HParams name of a configuration key: ranked ("01_spawn_source") for `HPARAMS_FIRST`."""
+    return f"{HPARAMS_FIRST.index(key) + 1:02d}_{key}" if key in HPARAMS_FIRST else key
+
+
+def write_hparams(config, trial_id=None, online_kernel=False):
     """HParams for run comparison: the scalar-valued entries (bool, int, float, str) of ``config``,
     as the trial ``trial_id`` (e.g. the run's name; TensorBoard shows a hash otherwise), with the
-    experiment's columns and `HPARAMS_METRICS`."""
+    `HPARAMS_FIRST` columns first and `HPARAMS_METRICS` (and the online kernel's metrics when the
+    run logs them)."""
     flat = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
     order = [k for k in HPARAMS_FIRST if k in flat] + sorted(k for k in flat if k not in HPARAMS_FIRST)
+    metrics = HPARAMS_METRICS + (ONLINE_KERNEL_METRICS if online_kernel else ())
     hparams_api.hparams_config(
-        hparams=[hparams_api.HParam(k) for k in order],
-        metrics=[hparams_api.Metric(tag, display_name=name) for tag, name in HPARAMS_METRICS])
-    hparams_api.hparams({k: flat[k] for k in order}, trial_id=trial_id)
+        hparams=[hparams_api.HParam(hparam_name(k), display_name=k) for k in order],
+        metrics=[hparams_api.Metric(tag, display_name=name) for tag, name in metrics])
+    hparams_api.hparams({hparam_name(k): flat[k] for k in order}, trial_id=trial_id)
 
 
 def event_files(logdir):

@@ -212,6 +212,30 @@ def worst_case(results):
     return correct, x_adv
 
 
+def _log_into_run(checkpoint, results, meta, own_dynamics):
+    """Writes the headline numbers into the evaluated run's own events (RUN for a checkpoint
+    RUN/spawn/<name>), at the checkpoint's epoch, so that the run's scalars and its HParams row
+    hold them: eval/benign_accuracy, eval/robust_accuracy (the worst case) and one
+    eval/robust_accuracy_<attack> per attack. Only an evaluation with the strong ensemble under the
+    run's own dynamics counts (a transfer set's protocol-only pass, or a phase-1 checkpoint
+    evaluated as a centered model, is not the run's robust accuracy); each (tag, epoch) once."""
+    ckpt = rundir.abspath(checkpoint).rstrip("/")
+    run = os.path.dirname(os.path.dirname(ckpt))
+    if (not own_dynamics or "strong" not in results["robust"]
+            or os.path.basename(os.path.dirname(ckpt)) != "spawn"
+            or not rundir.exists(os.path.join(run, rundir.RECORD))):
+        return
+    step = summaries.epoch_step(meta.get("epoch") or 0)
+    ledger = summaries.Ledger(run)
+    writer = tf.summary.create_file_writer(run)
+    with writer.as_default():
+        ledger.scalar("eval/benign_accuracy", results["benign_accuracy"], step)
+        ledger.scalar("eval/robust_accuracy", results["robust_accuracy"], step)
+        for name, r in results["robust"].items():
+            ledger.scalar(f"eval/robust_accuracy_{name}", r["accuracy"], step)
+    writer.close()
+
+
 def main(argv):
     del argv
     meta = checkpoints.read_spawn_meta(FLAGS.checkpoint)
@@ -330,6 +354,7 @@ def main(argv):
                 tf.summary.scalar(f"eval/transfer_accuracy/{i}", t["accuracy"])
             summaries.write_config(resolved)
         writer.flush()
+        _log_into_run(FLAGS.checkpoint, results, meta, own_dynamics=FLAGS.eval_dynamics is None)
         rundir.write_json(results_path, results)
     print(f"benign accuracy {results['benign_accuracy']:.4f}")
     for name, r in results["robust"].items():

@@ -25,11 +25,11 @@ from absl import flags
 
 from tf_ntk.cli import common
 from tf_ntk.cli import common_flags
+from tf_ntk import board
 from tf_ntk import data
 from tf_ntk import report
 from tf_ntk import rundir
 from tf_ntk import study
-from tf_ntk import summaries
 from tf_ntk import sweep
 
 common_flags.define_run_flags()
@@ -139,7 +139,7 @@ def _report(preset, workdir, outcome_line=""):
     print(f"report:  {paths['report']}")
     print(f"numbers: {paths['results']}")
     print(f"figures: {os.path.join(workdir, 'figures')}/ ({len(paths['figures'])} PNG + PDF)")
-    print(f"TensorBoard:  {summaries.tensorboard_command(workdir)}")
+    print(f"TensorBoard:  {board.command(workdir)}")
 
 
 def _preset_flags():
@@ -227,6 +227,7 @@ def _sweep(preset, jobs, workdir):
             f"{len(outcome.failed)} failed, {len(outcome.blocked)} not run; "
             f"{time.time() - start:.0f} s with {workers} worker{'s' if workers > 1 else ''}.")
     print(line)
+    report.record_time(workdir, outcome.seconds, len(outcome.ran), workers)
     _report(preset, workdir, line)
     if not outcome.ok:
         print(f"reproduce: error: {len(outcome.failed)} jobs failed ({', '.join(outcome.failed)}); "

@@ -290,15 +290,20 @@ def main(argv):
             if ledger.new("config", 0):
                 summaries.write_config(resolved)
             if ledger.new("_hparams_/session_start_info", 0):
-                spawn = {"spawn_epoch": float(checkpoints.read_meta(config.spawn).get("epoch", -1))
-                         } if config.spawn else {}
+                # phase 2: its spawn's epoch and the phase-1 run it comes from (RUN/spawn/<name>);
+                # phase 1 starts from the initialisation, "spawn epoch" 0.
+                spawn = ({"spawn_epoch": float(checkpoints.read_meta(config.spawn).get("epoch", -1)),
+                          "spawn_source": os.path.basename(os.path.dirname(os.path.dirname(
+                              rundir.abspath(config.spawn).rstrip("/"))))}
+                         if config.spawn else {"spawn_epoch": 0.0, "spawn_source": "init"})
                 summaries.write_hparams(
                     {**config.to_dict(), "phase": 2 if config.spawn else 1, **spawn,
                      "data_seed": config.effective_data_seed,
                      "eps": config.attack.eps, "attack_steps": config.attack.steps,
                      "model_name": config.model["name"],
                      "width": config.model["options"].get("width", 0)},
-                    trial_id=os.path.basename(rundir.abspath(workdir).rstrip("/")))
+                    trial_id=os.path.basename(rundir.abspath(workdir).rstrip("/")),
+                    online_kernel=probe is not None)
         phase = f"phase 2 ({config.dynamics} from {config.spawn})" if config.spawn else "phase 1"
         print(f"{config.model['name']} ({models.num_params(model):,} parameters) on {FLAGS.dataset} "
               f"{info.image_shape}, {phase}, {config.data_mode} data"

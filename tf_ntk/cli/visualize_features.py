@@ -81,14 +81,17 @@ def main(argv):
             note = "" if item["reached"] else "  NOT REACHED (the cosine has the wrong sign)"
             print(f"  {item['name']:>6}: {ev}cosine {item['cosine']:+.4f} (from {item['start']}){note}")
             if not item["reached"]:
-                failed.append(f"{item['name']} (cosine {item['cosine']:+.3f})")
+                failed.append(f"{item['name']} (cosine {item['cosine']:+.3f}: {item['diagnosis']})")
         stack = np.stack([item["image"] for item in images])
         arrays = dict(images=stack, names=np.array([i["name"] for i in images]),
                       cosines=np.array([i["cosine"] for i in images]),
                       eigenvalues=np.array([np.nan if i["eigenvalue"] is None else i["eigenvalue"]
                                             for i in images]),
                       reached=np.array([i["reached"] for i in images]),
-                      starts=np.array([i["start"] for i in images]))
+                      starts=np.array([i["start"] for i in images]),
+                      readout=np.array([i["readout"] for i in images]),
+                      other=np.array([i["other"] for i in images]),
+                      diagnoses=np.array([i["diagnosis"] for i in images]))
         panel = figures.eigen_image_panel(
             [(f"logit {logit}", arrays)],
             f"eigen-images of {FLAGS.checkpoint} (epoch {meta.get('epoch')}), logit {logit}")
