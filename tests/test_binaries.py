@@ -539,7 +539,7 @@ def test_data_seed_keys_the_data_order_and_attack_starts_and_is_recorded(tmp_pat
     results = helpers.read_json(os.path.join(tmp_path, "d5", "results.json"))
     assert results["seed"] == 3 and results["data_seed"] == 5 and results["flags"]["data_seed"] == 5
     session, _ = _hparams(os.path.join(tmp_path, "d5"))
-    assert session.hparams["seed"].number_value == 3 and session.hparams["data_seed"].number_value == 5
+    assert session.hparams["05_seed"].number_value == 3 and session.hparams["09_data_seed"].number_value == 5
     default = helpers.read_json(os.path.join(tmp_path, "d3", "results.json"))
     assert default["flags"]["data_seed"] is None and default["data_seed"] == 3
     assert "data_seed" not in default["flags"]["resolved_config"]  # recorded as before the flag

@@ -36,8 +36,14 @@ def _model(name, golden):
     return model
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("implementation", ["jacobian", "ntvp", "structured"])
+# Every engine on every model, except ntvp on ResNet-18 (~45 s of tracing here): the ResNet's kernel
+# values regress through jacobian and structured, and ntvp on ResNet-18 is checked against the
+# float64 per-example loop in tests/test_ntk.py.
+PAIRS = [(name, implementation) for name in sorted(CASES) for implementation in ("jacobian", "ntvp", "structured")
+         if (name, implementation) != ("resnet18", "ntvp")]
+
+
+@pytest.mark.parametrize("name,implementation", PAIRS)
 def test_float64_kernels_equal_the_golden_ones(name, implementation, golden):
     model = _model(name, golden)
     x = golden[f"{name}/x"]

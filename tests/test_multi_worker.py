@@ -218,12 +218,12 @@ def test_well_formed_addresses_are_accepted(address, host_port):
 
 def test_a_worker_whose_peer_never_starts_stops_with_one_line_within_the_timeout(tmp_path):
     """Worker 0 of two, worker 1 never started: TensorFlow would wait for ever (deaf to SIGTERM);
-    --cluster_timeout=15 ends it with one line naming worker 1, and no run directory."""
+    --cluster_timeout=6 ends it with one line naming worker 1, and no run directory."""
     ports = _free_ports(2)
     env = dict(os.environ, TF_CONFIG=_cluster(*(f"localhost:{p}" for p in ports)))
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "binaries.train", f"--workdir={tmp_path}/run",
-                             "--strategy=multi_worker", "--cluster_timeout=15", "--epochs=1", *ARGS],
+                             "--strategy=multi_worker", "--cluster_timeout=6", "--epochs=1", *ARGS],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -232,8 +232,8 @@ def test_a_worker_whose_peer_never_starts_stops_with_one_line_within_the_timeout
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     elapsed = time.monotonic() - start
-    assert proc.returncode != 0 and 15 <= elapsed < 60, (proc.returncode, elapsed, err)
+    assert proc.returncode != 0 and 6 <= elapsed < 60, (proc.returncode, elapsed, err)
     assert err.strip().splitlines() == [
-        "train: error: worker 1 of the multi-worker job did not answer within 15 s; start every worker "
+        "train: error: worker 1 of the multi-worker job did not answer within 6 s; start every worker "
         "with the same command"], err
     assert not (tmp_path / "run").exists()

@@ -118,7 +118,9 @@ def test_chunked_and_grouped_columns_match_the_oracle(chunk):
     f = functional.FunctionalModel(model, dtype="float64")
     theta = [tf.cast(p, tf.float64) for p in f.params]
     a, b = tf.constant(x1, tf.float64), tf.constant(x2, tf.float64)
-    for kind in ("full", "diagonal", "trace"):
+    # Single columns (chunk 1) are the slowest to run and share the kinds' code with chunk 4: "full"
+    # only there.
+    for kind in ("full",) if chunk == 1 else ("full", "diagonal", "trace"):
         for symmetric in (True, False):
             got = ntvp.ntvp_block(f, theta, a, None if symmetric else b, range(NUM_CLASSES),
                                   kind, chunk).numpy()
