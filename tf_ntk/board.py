@@ -49,9 +49,12 @@ DISTANCE = "kernel/distance_between_runs"
 # their rank and the display names read plainly.
 HPARAMS = (("1_spawn_source", "spawn source"), ("2_spawn_epoch", "spawn epoch"),
            ("3_dynamics", "dynamics"), ("4_data", "data"), ("5_seeds", "seeds"))
-HPARAMS_METRICS = ((ROBUST, "robust accuracy at the spawn epoch (worst case over the attacks, "
-                            "mean over seeds)"),
-                   (BENIGN, "benign accuracy at the spawn epoch (mean over seeds)"))
+HPARAMS_METRICS = ((ROBUST, "robust accuracy (worst case)"), (BENIGN, "benign accuracy"))
+"""At the spawn epoch of the row, means over seeds."""
+
+URL_HINT = ("open http://localhost:6006/#custom_scalars&_smoothingWeight=0 (Custom Scalars, smoothing "
+            "off) and untick \"Ignore outliers in chart scaling\" (TensorBoard clips the top of short "
+            "series otherwise)")
 
 
 def _spread(values_by_step):
@@ -166,9 +169,7 @@ def layout():
             _margin("benign accuracy, seeds' range", BENIGN)]),
         layout_pb2.Category(title="Phase-1 training (mean over seeds)", chart=[
             _lines("training loss", "train/loss"),
-            _lines("benign test accuracy", "test/benign_accuracy"),
-            _lines("quick robust estimate logged during training (PGD-k, one start; not the "
-                   "reported robust accuracy)", "test/robust_accuracy_quick")]),
+            _margin("training loss, seeds' range", "train/loss")]),
     ])
 
 

@@ -140,6 +140,7 @@ def _report(preset, workdir, outcome_line=""):
     print(f"numbers: {paths['results']}")
     print(f"figures: {os.path.join(workdir, 'figures')}/ ({len(paths['figures'])} PNG + PDF)")
     print(f"TensorBoard:  {board.command(workdir)}")
+    print(f"              {board.URL_HINT}")
 
 
 def _preset_flags():
