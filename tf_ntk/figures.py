@@ -256,8 +256,8 @@ def eigen_image_panel(rows, title, figsize=None):
             if col == 0:
                 ax.set_ylabel(label)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label="pixel value")
+    fig.tight_layout(rect=(0, 0, 0.91, 1))
+    fig.colorbar(shown, cax=fig.add_axes((0.925, 0.12, 0.012, 0.7)), label="pixel value")
     return fig
 
 
