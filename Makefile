@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): setup.py constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,docs]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,docs,ray]"
 	$(PY) -m pip check
 	@touch $(STAMP)
 

@@ -45,6 +45,8 @@ EXTRAS_REQUIRE = {
     # `make docs`: the API reference generated from the docstrings.
     "docs": ["pdoc>=16.0.0,<17"],
     "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "packaging>=26.4", "ruff==0.17.6"],
+    # `tf-ntk-reproduce --executor=ray`: the study's job graph on a Ray cluster.
+    "ray": ["ray>=2.60.0,<3"],
 }
 
 # The absl programs as console commands: tf-ntk-train runs tf_ntk.cli.train.run (in a checkout,

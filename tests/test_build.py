@@ -20,6 +20,7 @@ REQUIREMENTS = {
     "packaging": "packaging",
     "psutil": "psutil",
     "pytest": "pytest",
+    "ray": "ray",
     "scipy": "scipy",
     "sklearn": "scikit-learn",
     "tensorboard": "tensorboard",

@@ -84,6 +84,8 @@ class Preset:
         class-balanced; 0: no kernel-machine jobs).
       kernel_machine_epochs: spawn epochs whose kernel machine is evaluated (None: ``spawn_epochs``).
       jit_compile: compile train and attack steps with XLA (TPUs).
+      resources: Ray task options per job family for --executor=ray (`job_resources`); they shape
+        how the sweep runs, not its numbers (`RUN_ONLY`).
     """
 
     name: str
@@ -124,6 +126,11 @@ class Preset:
     kernel_machine_per_class: int = 20
     kernel_machine_epochs: tuple | None = None
     jit_compile: bool = False
+    resources: dict | None = None
+
+    # Settings that shape how the sweep runs, not its numbers: a sweep directory may be resumed
+    # with other values.
+    RUN_ONLY = ("resources",)
 
     def __post_init__(self):
         info = data.info(self.dataset)  # raises on an unknown data set
@@ -178,6 +185,15 @@ class Preset:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def numbers_dict(self):
+        """`to_dict` without the `RUN_ONLY` settings: what a sweep's numbers depend on."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY}
+
+    def job_resources(self):
+        """{job family or "*": Ray task options} (num_cpus, num_gpus, memory in bytes, resources:
+        e.g. {"TPU": 4}); default one CPU per job."""
+        return self.resources or {"*": {"num_cpus": 1}}
 
     @classmethod
     def from_dict(cls, d):
@@ -300,7 +316,9 @@ PRESETS = {
         spawn_epochs=_CIFAR_GRID, kernel_epochs=_CIFAR_GRID,
         phase2_epochs=100, phase2_lr=0.01, phase2_dynamics=("centered", "linearized", "standard"),
         flip=True, per_class=50, test_per_class=10, eigen_images=3, kernel_machine_per_class=50,
-        kernel_machine_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 101.0)),
+        kernel_machine_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 101.0),
+        # One accelerator per training, evaluation, kernel and kernel-machine job; the report on a CPU.
+        resources={"*": {"num_cpus": 1, "num_gpus": 1}, "report": {"num_cpus": 1}}),
 }
 
 

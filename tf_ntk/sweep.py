@@ -1,5 +1,6 @@
-"""A sweep: a graph of jobs, each one invocation of a tf_ntk binary, run by a local pool of worker
-processes or printed as shell commands for a cluster scheduler.
+"""A sweep: a graph of jobs, each one invocation of a tf_ntk binary, run by an `Executor`: the local
+pool of worker processes (`LocalPool`, the default), a Ray cluster (`tf_ntk.ray_sweep.RayExecutor`),
+or printed as shell commands for a scheduler (`PrintCommands`).
 
 A job is done when its output file exists: every binary writes that file last and atomically, so a
 rerun skips finished jobs, and an interrupted one runs again and resumes from its own state (a
@@ -85,14 +86,15 @@ def order(jobs):
 
 @dataclasses.dataclass
 class Outcome:
-    """What a local sweep did: names of the jobs run, skipped as done, failed ({name: error}), and
-    not run because a dependency failed."""
+    """What a sweep did: names of the jobs run, skipped as done, failed ({name: error}), and not run
+    because a dependency failed; its wall time, and when each job ran (Unix seconds)."""
 
     ran: list
     skipped: list
     failed: dict
     blocked: list
     seconds: float
+    times: dict = dataclasses.field(default_factory=dict)  # {job name: (start, end)} of the jobs run
 
     @property
     def ok(self):
@@ -118,10 +120,11 @@ def _init_worker(threads, parent):
 
 
 def _timed(execute, job, log_path):
+    """Runs ``job``; (error or None, start, end) in Unix seconds."""
     start = time.time()
     tf.io.gfile.makedirs(os.path.dirname(log_path))
     error = execute(job.module, list(job.args), log_path)
-    return error, time.time() - start
+    return error, start, time.time()
 
 
 # Jobs a worker process runs before it is replaced by a fresh one. TensorFlow and Keras keep some
@@ -160,7 +163,7 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
     finished = {j.name for j in ordered if j.done()}
     skipped = [j.name for j in ordered if j.name in finished]
     pending = [j for j in ordered if j.name not in finished]
-    ran, failed, blocked = [], {}, []
+    ran, failed, blocked, times = [], {}, [], {}
     threads = threads_per_worker(workers)
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ[var] = str(threads)
@@ -187,16 +190,17 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
             for future in done:
                 job = running.pop(future)
                 try:
-                    error, seconds = future.result()
+                    error, started, ended = future.result()
                 except concurrent.futures.process.BrokenProcessPool as e:
                     raise WorkerDiedError(f"a worker process died while running {job.name} (out of "
                                           "memory?); rerun to resume the sweep") from e
                 if error is None and job.output is not None and not job.done():
                     error = f"finished without writing {job.output}"
+                times[job.name] = (started, ended)
                 if error is None:
                     finished.add(job.name)
                     ran.append(job.name)
-                    report("done", job, seconds)
+                    report("done", job, ended - started)
                 else:
                     failed[job.name] = error
                     report("failed", job, error)
@@ -209,4 +213,62 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
         raise
     pool.shutdown(wait=True)
     return Outcome(ran=ran, skipped=skipped, failed=failed, blocked=blocked,
-                   seconds=time.time() - start)
+                   seconds=time.time() - start, times=times)
+
+
+class Executor:
+    """Runs a sweep's jobs, each once its dependencies are done, skipping finished ones; another
+    engine is one subclass with ``run``.
+
+    ``run(jobs, execute, *, log_dir, report=None) -> Outcome``: ``execute`` is the module-level
+    ``(module, args, log_path) -> None or error line`` that runs a job in a process
+    (tf_ntk.cli.common.execute); each job's output goes to ``log_dir/<job name>.log``; ``report`` is
+    called with ("start" | "done" | "failed" | "blocked", job, detail).
+    """
+
+    name = ""
+    workers = 1
+
+    def run(self, jobs, execute, *, log_dir, report=None):
+        raise NotImplementedError
+
+    def describe(self):
+        """One line for the sweep's first message."""
+        return self.name
+
+
+class LocalPool(Executor):
+    """`run_local`: a pool of ``workers`` processes on this machine, each with its share of the
+    cores."""
+
+    name = "local"
+
+    def __init__(self, workers, jobs_per_worker=JOBS_PER_WORKER):
+        self.workers = workers
+        self.jobs_per_worker = jobs_per_worker
+
+    def run(self, jobs, execute, *, log_dir, report=None):
+        return run_local(jobs, execute, workers=self.workers, log_dir=log_dir, report=report,
+                         jobs_per_worker=self.jobs_per_worker)
+
+    def describe(self):
+        return (f"{self.workers} worker{'s' if self.workers > 1 else ''} × "
+                f"{threads_per_worker(self.workers)} thread(s)")
+
+
+class PrintCommands(Executor):
+    """Prints every job as a shell command in dependency order (for any scheduler); runs nothing."""
+
+    name = "print"
+
+    def __init__(self, python="python", out=None):
+        self.python = python
+        self.out = out
+
+    def run(self, jobs, execute=None, *, log_dir=None, report=None):
+        import sys  # noqa: PLC0415  (stdout at call time: tests capture it)
+
+        out = self.out or sys.stdout
+        for job in order(jobs):
+            print(job.command(self.python), file=out)
+        return Outcome(ran=[], skipped=[], failed={}, blocked=[], seconds=0.0)

@@ -27,6 +27,7 @@ from tf_ntk.cli import common
 from tf_ntk.cli import common_flags
 from tf_ntk import board
 from tf_ntk import data
+from tf_ntk import ray_sweep
 from tf_ntk import report
 from tf_ntk import rundir
 from tf_ntk import study
@@ -43,6 +44,12 @@ flags.DEFINE_enum("preset", "quick", list(study.PRESETS), "The study's configura
 flags.DEFINE_integer("jobs", None, "Worker processes (default: the number of cores).", lower_bound=1)
 flags.DEFINE_bool("dry_run", False, "Print the job plan and its cost; run nothing, load no data.")
 flags.DEFINE_bool("print_commands", False, "Print every job as a shell command, in dependency order.")
+flags.DEFINE_enum("executor", "local", ["local", "ray"], "What runs the jobs: local (a pool of --jobs "
+                  "worker processes on this machine) or ray (one Ray task per job on the cluster at "
+                  "--ray_address, or on a local Ray started for the sweep; pip install \"tf_ntk[ray]\").")
+flags.DEFINE_string("ray_address", None, "--executor=ray: the Ray head's address host:port (default: "
+                    "start a local Ray with --jobs CPUs). A cluster on other machines needs a shared "
+                    "--workdir (gs://…).")
 flags.DEFINE_bool("report_only", False, "Only (re)write the report from what the sweep holds.")
 flags.DEFINE_integer("seeds", None, "Override: number of seeds.", lower_bound=1)
 flags.DEFINE_integer("phase1_epochs", None, "Override: phase-1 epochs.", lower_bound=1)
@@ -98,8 +105,9 @@ def _check_record(workdir, preset, replace=True):
     path = rundir.join(workdir, SWEEP_RECORD)
     if not rundir.exists(path):
         return
-    recorded = rundir.read_json(path, what="sweep record").get("preset")
-    wanted = json.loads(json.dumps(preset.to_dict()))
+    recorded = {k: v for k, v in rundir.read_json(path, what="sweep record").get("preset").items()
+                if k not in study.Preset.RUN_ONLY}
+    wanted = json.loads(json.dumps(preset.numbers_dict()))
     if recorded != wanted:
         if FLAGS.overwrite and replace:
             rundir.rmtree(workdir)
@@ -145,7 +153,8 @@ def _report(preset, workdir, outcome_line=""):
 
 def _preset_flags():
     """The flags given that shape the preset (serialized), for the report job's command."""
-    skip = {"workdir", "jobs", "dry_run", "print_commands", "report_only", "overwrite"}
+    skip = {"workdir", "jobs", "dry_run", "print_commands", "report_only", "overwrite", "executor",
+            "ray_address"}
     module = sys.modules[__name__]
     return [FLAGS[f.name].serialize() for f in FLAGS.get_key_flags_for_module(module)
             if f.present and f.name not in skip]
@@ -179,9 +188,10 @@ def main(argv):
         _print_plan(preset, jobs)
         return
     if FLAGS.print_commands:
-        for job in jobs:
-            print(job.command())
+        sweep.PrintCommands().run(jobs)
         return
+    if FLAGS.executor == "ray":
+        ray_sweep.check(FLAGS.ray_address, workdir)
     if rundir.isdir(workdir) and rundir.gfile.listdir(workdir) and not rundir.exists(
             rundir.join(workdir, SWEEP_RECORD)):
         raise FileExistsError(f"{workdir} exists and holds no sweep ({SWEEP_RECORD}); choose another "
@@ -195,23 +205,37 @@ def main(argv):
         _sweep(preset, jobs, workdir)
 
 
+JOB_TIMES = "job_times.json"  # in WORKDIR/logs: {job name: [start, end]} (Unix s), latest run of each
+
+
+def _record_job_times(workdir, times):
+    path = os.path.join(workdir, "logs", JOB_TIMES)
+    recorded = rundir.read_json(path) if rundir.exists(path) else {}
+    recorded.update({name: [round(a, 3), round(b, 3)] for name, (a, b) in times.items()})
+    rundir.write_json(path, recorded)
+
+
 def _sweep(preset, jobs, workdir):
     """Runs the unfinished ``jobs`` on the local pool, then writes the report."""
     common.write_flags(workdir, __name__)
     rundir.write_json(os.path.join(workdir, SWEEP_RECORD), {"preset": preset.to_dict()})
     workers = FLAGS.jobs or os.cpu_count() or 1
+    executor = (ray_sweep.RayExecutor(FLAGS.ray_address, workers, preset.job_resources())
+                if FLAGS.executor == "ray" else sweep.LocalPool(workers))
     runnable = [j for j in jobs if j.output is not None]
     todo = sum(not j.done() for j in runnable)
+    total_cost = sum(j.cost for j in runnable if not j.done()) or 1.0
     print(f"preset {preset.name}: {len(runnable)} jobs ({len(runnable) - todo} already done), "
-          f"{workers} worker{'s' if workers > 1 else ''} × {sweep.threads_per_worker(workers)} "
-          f"thread(s) → {workdir}")
+          f"{executor.describe()} → {workdir}")
     start = time.time()
-    count = [len(runnable) - todo]
+    count = [len(runnable) - todo, 0.0]
 
     def progress(event, job, detail):
         if event == "done":
             count[0] += 1
-            print(f"[{count[0]}/{len(runnable)}] {job.name} ({detail:.1f} s)", flush=True)
+            count[1] += job.cost
+            print(f"[{count[0]}/{len(runnable)}, {count[1] / total_cost:.0%} of the estimated cost] "
+                  f"{job.name} ({detail:.1f} s)", flush=True)
         elif event == "failed":
             print(f"FAILED {job.name}: {detail} (log: {os.path.join(workdir, 'logs', job.name)}.log)",
                   flush=True)
@@ -219,8 +243,8 @@ def _sweep(preset, jobs, workdir):
             print(f"not run: {job.name} (a job it needs failed)", flush=True)
 
     try:
-        outcome = sweep.run_local(runnable, common.execute, workers=workers,
-                                  log_dir=os.path.join(workdir, "logs"), report=progress)
+        outcome = executor.run(runnable, common.execute, log_dir=os.path.join(workdir, "logs"),
+                               report=progress)
     except sweep.WorkerDiedError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -229,6 +253,7 @@ def _sweep(preset, jobs, workdir):
             f"{time.time() - start:.0f} s with {workers} worker{'s' if workers > 1 else ''}.")
     print(line)
     report.record_time(workdir, outcome.seconds, len(outcome.ran), workers)
+    _record_job_times(workdir, outcome.times)
     _report(preset, workdir, line)
     if not outcome.ok:
         print(f"reproduce: error: {len(outcome.failed)} jobs failed ({', '.join(outcome.failed)}); "
