@@ -44,6 +44,16 @@ def device_kind():
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
+def device_model(kind):
+    """The accelerator's model name ("NVIDIA H100 80GB HBM3", "TPU v4"), or the CPU's."""
+    if kind == "gpu":
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        return details.get("device_name", "GPU")
+    if kind == "tpu":
+        return tf.config.list_logical_devices("TPU")[0].name
+    return f"CPU ({os.cpu_count()} cores)"
+
+
 def _step(model, config, adversarial, batch):
     optimizer = keras.optimizers.SGD(config.lr, momentum=config.momentum)
     step = training.TrainSteps(model, optimizer, config, tf.distribute.get_strategy()).make(adversarial)
@@ -102,6 +112,7 @@ def main(argv):
     sizes = SMOKE if FLAGS.smoke else FULL
     device = device_kind()
     result = {"device": device, "device_names": [d.name for d in tf.config.list_logical_devices()],
+              "device_model": device_model(device),
               "smoke": FLAGS.smoke, "sizes": sizes, **measure_steps(sizes, 1 if FLAGS.smoke else FLAGS.repeats)}
     name = f"accelerator_{device}{'_smoke' if FLAGS.smoke else ''}.json"
     output = FLAGS.output or os.path.join(os.path.dirname(__file__), "results", name)

@@ -351,19 +351,22 @@ def test_printed_commands_are_the_pools_jobs_and_run_alone_to_its_numbers(pool_s
         assert len(keys) >= 2 and {k: ours.get(k) for k in keys} == {k: theirs[k] for k in keys}, job.name
 
 
-def test_cifar10_dry_run_is_offline(monkeypatch, capsys):
+@pytest.mark.parametrize("preset, spawns, flip_spawns", [
+    ("cifar10", 10, 2),  # 0, 0.125, 0.5, 1, 2, 5, 10, 20, 50, 100; the flip source's: 50, 100
+    ("cifar10-full", 108, 51),  # whole epochs 0..100 and 7 fractions; the flip source's: 50..100
+])
+def test_cifar10_dry_runs_are_offline_and_cost_device_hours(preset, spawns, flip_spawns, monkeypatch, capsys):
     def no_data(*args, **kwargs):
         raise AssertionError("the dry run loaded data")
 
     monkeypatch.setattr(data, "load", no_data)
     monkeypatch.setattr(data, "load_arrays", no_data)
-    _run(["--preset=cifar10", "--dry_run", "--workdir=/nonexistent/sweep"])
+    _run([f"--preset={preset}", "--dry_run", "--workdir=/nonexistent/sweep"])
     out = capsys.readouterr().out
     kinds = ("phase1", "phase2", "eval", "transfer", "kernels", "kernel_machine", "features", "total")
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if line.split() and line.split()[0] in kinds}
-    spawns, seeds, conditions = 109, 3, 5  # whole epochs 0..101 and 7 fractions; 3 seeds
-    flip_spawns = 101 - 50 + 1  # the flip source's spawns from its flip (epoch 50) on
+    seeds, conditions = 3, 5
     assert counts["phase1"] == 3 * seeds + 2 * seeds  # standard, adversarial, flip; 2 replicas
     # Spawn 0 (the initialisation, shared): centered clean and adv only.
     assert counts["phase2"] == seeds * (2 + conditions * 2 * (spawns - 1)) + seeds * flip_spawns
@@ -373,6 +376,12 @@ def test_cifar10_dry_run_is_offline(monkeypatch, capsys):
     assert counts["kernel_machine"] == 2 * seeds  # one per standard/adversarial phase-1 run
     assert counts["total"] == sum(counts[k] for k in kinds[:-1]) + 1
     assert "train-step equivalents" in out
+    # Device-hours per device kind: the plan's train-step equivalents × seconds per step / 3600.
+    total = float(next(x for x in out.splitlines() if x.startswith("total")).split()[2].replace(",", ""))
+    for kind, (seconds, source) in study.step_seconds(study.PRESETS[preset]).items():
+        line = next(x for x in out.splitlines() if x.startswith(kind + " "))
+        assert float(line.split()[2].replace(",", "")) == pytest.approx(total * seconds / 3600, abs=1)
+        assert source in line and (source.startswith("estimated") or source.startswith("measured"))
     assert not os.path.exists("/nonexistent/sweep")
 
 

@@ -181,13 +181,19 @@ def test_preset_validation(changes, message):
         study.PRESETS["quick"].replace(**changes)
 
 
-def test_cifar10_preset_is_the_protocol():
-    p = study.PRESETS["cifar10"]
+@pytest.mark.parametrize("name", ["cifar10", "cifar10-full"])
+def test_cifar10_presets_are_the_protocol(name):
+    p = study.PRESETS[name]
     assert (p.model, p.eps, p.phase1_epochs, p.train_attack_steps, p.eval_steps) == (
         "resnet18", 4 / 255, 101, 20, 100)
     assert p.per_class * 10 == 500 and p.phase2_epochs == 100 and p.phase2_lr == 0.01
-    assert len(p.spawn_epochs) == 102 + 7  # every whole epoch 0..101 and the 7 fractional ones
+    assert p.phase2_dynamics == ("centered", "linearized", "standard") and p.phase2_data == ("clean", "adv")
     assert p.primary_restarts == 10 and p.primary_square_queries == 5000 and p.primary_examples is None
+    assert p.last_spawn() == 100 and p.job_resources()["*"]["num_gpus"] == 1
+    if name == "cifar10-full":  # every whole epoch 0..100 and the 7 fractional ones
+        assert len(p.spawn_epochs) == 101 + 7 and p.eval_examples is None
+    else:
+        assert p.spawn_epochs == (0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 
 def test_a_shorter_phase1_trims_the_grids_and_ends_them_at_its_last_epoch():

@@ -24,6 +24,7 @@ Sweep directory layout (every path relative to it):
 """
 
 import dataclasses
+import json
 import math
 import os
 
@@ -247,7 +248,9 @@ class Preset:
 
 _DIGITS_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0,
                 36.0, 40.0)
-_CIFAR_GRID = tuple(sorted({*map(float, range(102)), 0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5}))
+_CIFAR_GRID = tuple(sorted({*map(float, range(101)), 0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5}))
+# One accelerator per training, evaluation, kernel and kernel-machine job; the report on a CPU.
+_ACCELERATOR_JOBS = {"*": {"num_cpus": 1, "num_gpus": 1}, "report": {"num_cpus": 1}}
 
 PRESETS = {
     "smoke": Preset(
@@ -304,21 +307,37 @@ PRESETS = {
         per_class=5, test_per_class=5, eigen_images=0, kernel_machine_per_class=0),
     "cifar10": Preset(
         name="cifar10",
-        description="The paper's protocol: CIFAR-10, ResNet-18, ε = 4/255, 101 phase-1 epochs (lr "
-                    "0.1, PGD-20 clean-then-adversarial; standard, adversarial, matched floors, "
-                    "flip at epoch 50), every spawn (each whole epoch and the fractional ones), "
-                    "centered, linearized and standard phase 2 for 100 epochs at lr 0.01 on clean "
-                    "and PGD data, transfer attacks, 500-image kernels (50 per class), PGD-100 and "
-                    "the strong ensemble (10 restarts, 5000 Square queries) on the whole test set; "
-                    "kernel machines (500 training images) of 10 spawns. For GPUs/TPUs.",
+        description="The paper's figures on a focused grid: CIFAR-10, ResNet-18, ε = 4/255, 101 "
+                    "phase-1 epochs (lr 0.1, × 0.1 from epoch 100, PGD-20 clean-then-adversarial; "
+                    "standard, adversarial, matched floors, flip at epoch 50), 3 seeds, spawns 0, "
+                    "0.125, 0.5, 1, 2, 5, 10, 20, 50 and 100, centered, linearized and standard phase "
+                    "2 for 100 epochs at lr 0.01 on clean and PGD data, transfer attacks, 500-image "
+                    "kernels (50 per class) at 16 epochs, the primary endpoints at full strength "
+                    "(PGD-100, 10 restarts, 5000 Square queries, the sanity report, the whole test "
+                    "set), the other checkpoints on 1000 test images (2 restarts, 500 queries); "
+                    "kernel machines (500 training images) of 6 spawns. For GPUs/TPUs "
+                    "(--executor=ray).",
         dataset="cifar10", model="resnet18", width=None, eps=4 / 255, seeds=3, seed_base=400,
         phase1_epochs=101, phase1_lr=0.1, phase1_lr_boundaries=(100.0,), train_attack_steps=20,
-        spawn_epochs=_CIFAR_GRID, kernel_epochs=_CIFAR_GRID,
+        spawn_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0),
+        kernel_epochs=(0.0, 0.125, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0,
+                       100.0, 101.0),
         phase2_epochs=100, phase2_lr=0.01, phase2_dynamics=("centered", "linearized", "standard"),
         flip=True, per_class=50, test_per_class=10, eigen_images=3, kernel_machine_per_class=50,
-        kernel_machine_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 101.0),
-        # One accelerator per training, evaluation, kernel and kernel-machine job; the report on a CPU.
-        resources={"*": {"num_cpus": 1, "num_gpus": 1}, "report": {"num_cpus": 1}}),
+        kernel_machine_epochs=(0.0, 0.5, 2.0, 10.0, 50.0, 100.0), eval_examples=1000,
+        strong_restarts=2, square_queries=500, resources=_ACCELERATOR_JOBS),
+    "cifar10-full": Preset(
+        name="cifar10-full",
+        description="The paper's protocol in full: as cifar10, but every spawn (each whole epoch 0…"
+                    "100 and the fractions 0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5), kernels at "
+                    "every spawn, kernel machines of 10 spawns.",
+        dataset="cifar10", model="resnet18", width=None, eps=4 / 255, seeds=3, seed_base=410,
+        phase1_epochs=101, phase1_lr=0.1, phase1_lr_boundaries=(100.0,), train_attack_steps=20,
+        spawn_epochs=_CIFAR_GRID, kernel_epochs=_CIFAR_GRID + (101.0,),
+        phase2_epochs=100, phase2_lr=0.01, phase2_dynamics=("centered", "linearized", "standard"),
+        flip=True, per_class=50, test_per_class=10, eigen_images=3, kernel_machine_per_class=50,
+        kernel_machine_epochs=(0.0, 0.125, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0),
+        resources=_ACCELERATOR_JOBS),
 }
 
 
@@ -666,6 +685,39 @@ def plan(preset, sweep_dir, report_args=None):
     planner.add("report", "tf_ntk.cli.reproduce", report_args, None,
                 [j.name for j in planner.jobs])
     return sweep.order(planner.jobs)
+
+
+# Seconds of one train-step equivalent per device kind, for presets whose standard step is the one
+# bench/accelerator.py measures (ResNet-18 width 64, batch 128, 32×32×3 images): measured where
+# bench/results/accelerator_<kind>.json exists, else these estimates, labelled as such.
+STEP_SECONDS_ESTIMATE = {
+    "gpu": (0.03, "estimated: one A100-class GPU (ResNet-18 training at ~4,000 CIFAR images/s)"),
+    "tpu": (0.03, "estimated: one TPU v4 chip (about an A100's throughput under XLA)"),
+    "cpu": (6.0, "estimated: 2 CPU cores"),
+}
+BENCH_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                             "results")
+
+
+def step_seconds(preset, results_dir=BENCH_RESULTS):
+    """{device kind: (seconds per train-step equivalent, where the number comes from)}, or None when
+    ``preset``'s standard step is not the benchmarked ResNet-18 step (its cost has no device table)."""
+    if (preset.model, preset.width, preset.batch_size, data.info(preset.dataset).image_shape) != (
+            "resnet18", None, 128, (32, 32, 3)):
+        return None
+    out = {}
+    for kind, estimate in STEP_SECONDS_ESTIMATE.items():
+        path = os.path.join(results_dir, f"accelerator_{kind}.json")
+        out[kind] = estimate
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+            key = "standard_xla" if preset.jit_compile else "standard_tf"
+            seconds = record.get("steps_seconds", {}).get(key)
+            if seconds and not record.get("smoke"):
+                out[kind] = (seconds, f"measured on {record.get('device_model', kind)} "
+                                      f"(bench/results/accelerator_{kind}.json, {key})")
+    return out
 
 
 def cost_table(jobs):

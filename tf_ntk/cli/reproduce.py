@@ -5,15 +5,18 @@ report.
 
     tf-ntk-reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
     tf-ntk-reproduce --preset=digits --jobs=2        # the full digits study
-    tf-ntk-reproduce --preset=cifar10 --dry_run      # the paper's plan and its cost
-    tf-ntk-reproduce --preset=cifar10 --print_commands > jobs.sh   # for a scheduler
+    tf-ntk-reproduce --preset=cifar10 --dry_run      # the paper's figures: plan, device-hours
+    tf-ntk-reproduce --preset=cifar10 --executor=ray --ray_address=HEAD:6379 \
+        --workdir=gs://bucket/sweep --data_dir=gs://bucket/tfds   # on a Ray cluster
+    tf-ntk-reproduce --preset=cifar10 --print_commands > jobs.sh   # for another scheduler
 
 Presets (tf_ntk.study.PRESETS): smoke (the tests' plumbing check), quick, digits, digits-resnet,
-cifar10; the flags
-below override a preset's settings. Jobs run on a pool of --jobs worker processes (default: one per
-core), each with its share of the cores; a rerun skips finished jobs and resumes interrupted ones.
-Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, and every run, kernel walk and evaluation
-under WORKDIR (see tf_ntk/study.py for the layout); each job's output goes to WORKDIR/logs/.
+cifar10 (focused spawn grid), cifar10-full (every spawn); the flags below override a preset's
+settings. Jobs run on a pool of --jobs worker processes (default: one per core), each with its share
+of the cores, or with --executor=ray as Ray tasks (tf_ntk/ray_sweep.py); a rerun skips finished jobs
+and resumes interrupted ones. Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, the
+TensorBoard log directory WORKDIR/tensorboard, and every run, kernel walk and evaluation under
+WORKDIR (see tf_ntk/study.py for the layout); each job's output goes to WORKDIR/logs/.
 """
 
 import json
@@ -40,7 +43,8 @@ common_flags.define_eps_flag()
 common_flags.define_strong_flags()
 flags.DEFINE_enum("preset", "quick", list(study.PRESETS), "The study's configuration: smoke (plumbing "
                   "only), quick (make run), digits (the full digits study), digits-resnet (ResNet-18 "
-                  "on digits), cifar10 (the paper's).")
+                  "on digits), cifar10 (the paper's figures on a focused spawn grid), cifar10-full "
+                  "(every spawn of the protocol).")
 flags.DEFINE_integer("jobs", None, "Worker processes (default: the number of cores).", lower_bound=1)
 flags.DEFINE_bool("dry_run", False, "Print the job plan and its cost; run nothing, load no data.")
 flags.DEFINE_bool("print_commands", False, "Print every job as a shell command, in dependency order.")
@@ -136,6 +140,13 @@ def _print_plan(preset, jobs):
     print("(one train-step equivalent: one SGD step of the standard network on one batch of "
           f"{preset.batch_size}; an evaluation counts the strong ensemble's first attack on every image "
           f"and the others on {study.SURVIVING_SHARE:.0%} of them)")
+    devices = study.step_seconds(preset)
+    if devices:
+        print(f"{'device':<8}{'s/step':>8}{'device-hours':>14}  source")
+        for kind, (seconds, source) in devices.items():
+            print(f"{kind:<8}{seconds:>8.3g}{total * seconds / 3600:>14,.0f}  {source}")
+        print("(device-hours: the plan on one device of the kind, or the sum over a cluster's devices; "
+              "python -m bench.accelerator on a device measures its step)")
 
 
 def _report(preset, workdir, outcome_line=""):
