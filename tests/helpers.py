@@ -163,3 +163,48 @@ def tensorboard(logdir, *flags_):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def ray_head(cpus=2):
+    """A real local Ray cluster: `ray start --head --block` with ``cpus`` CPUs in its own short
+    temporary directory (Unix socket paths are limited); yields its address host:port; then stops
+    only the processes it started."""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    import psutil  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=root, RAY_USAGE_STATS_ENABLED="0")
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", f"--port={port}",
+         f"--num-cpus={cpus}", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats",
+         "--block"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if head.poll() is not None:
+                pytest.fail(f"ray start exited with status {head.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        started = psutil.Process(head.pid).children(recursive=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        for p in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -3,18 +3,12 @@ directory, 2 CPUs): dependencies as task dependencies (checked from the jobs' st
 failures block their dependents, finished jobs are skipped, a killed worker's job is retried and
 resumes; and the one-line refusals of --executor=ray."""
 
-import contextlib
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-import psutil
 import pytest
 
 from tests import helpers
@@ -23,7 +17,6 @@ from tf_ntk import ray_sweep
 from tf_ntk import sweep
 
 pytestmark = pytest.mark.xdist_group("ray")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ray_job(module, args, log_path):
@@ -54,37 +47,8 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """`ray start --head --block` with 2 CPUs in its own short temporary directory (Unix socket
-    paths are limited); yields its address; stops only the processes it started."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    port = _free_port()
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    env = dict(os.environ, PYTHONPATH=ROOT, RAY_USAGE_STATS_ENABLED="0")
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}",
-         "--include-dashboard=false", "--disable-usage-stats", "--block"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if head.poll() is not None:
-            pytest.fail(f"ray start exited with status {head.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    try:
+    with helpers.ray_head() as address:
         yield address
-    finally:
-        started = psutil.Process(head.pid).children(recursive=True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        for p in started:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        head.wait(timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _job(tmp_path, name, deps=(), fail=False, sleep=0.0):

@@ -438,3 +438,59 @@ def test_the_report_is_written_on_a_file_system_that_is_not_posix(pool_sweep, tm
         assert ours == (local / name).read_text().replace(str(local), "ROOT"), name
     figures = sorted(tf.io.gfile.listdir(os.path.join(ram, "figures")))
     assert figures == sorted(os.listdir(local / "figures")) and any(f.endswith(".png") for f in figures)
+
+
+def _ray_worker_with_open(path):
+    """The Ray worker process that has ``path`` open (the job it runs writes its log there)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ray::" not in " ".join(proc.info["cmdline"] or ()):
+                continue
+            if any(f.path == path for f in proc.open_files()):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def test_the_smoke_preset_on_a_ray_cluster_equals_the_pool_and_a_killed_worker_s_job_resumes(pool_sweep, tmp_path):
+    """The smoke preset through --executor=ray on a real local Ray cluster (head and workers as
+    processes), a worker SIGKILLed while it trains a phase-1 run past its first checkpoint: Ray
+    retries the task, the run resumes from its checkpoint, and results.csv equals the local pool's
+    byte for byte; no job started before the jobs it needs had ended (logs/job_times.json)."""
+    root = tmp_path / "ray"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    with helpers.ray_head() as address:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "binaries.reproduce", "--preset=smoke", f"--workdir={root}",
+             "--executor=ray", f"--ray_address={address}"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        killed = None
+        deadline = time.time() + 600
+        while killed is None and process.poll() is None and time.time() < deadline:
+            for resume in glob.glob(str(root / "phase1" / "*" / "resume")):
+                run = os.path.dirname(resume)
+                if os.path.exists(os.path.join(run, "results.json")):
+                    continue
+                log = str(root / "logs" / "phase1" / (os.path.basename(run) + ".log"))
+                worker = _ray_worker_with_open(log)
+                if worker is not None and not os.path.exists(os.path.join(run, "results.json")):
+                    worker.kill()
+                    killed = os.path.basename(run)
+                    break
+            time.sleep(0.05)
+        _, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err
+    assert killed is not None, "no phase-1 run was caught between its first checkpoint and its end"
+    log = (root / "logs" / "phase1" / f"{killed}.log").read_text()
+    assert log.count("$ python -m tf_ntk.cli.train") == 2 and "resuming" in log.split("$ python -m")[-1]
+    assert (root / "results.csv").read_bytes() == (pool_sweep / "results.csv").read_bytes()
+    times = helpers.read_json(str(root / "logs" / "job_times.json"))
+    checked = 0
+    for job in study.plan(study.PRESETS["smoke"], str(root)):
+        for dep in job.deps:
+            if job.name in times and dep in times:
+                assert times[job.name][0] >= times[dep][1], (job.name, dep)
+                checked += 1
+    assert checked > 50
