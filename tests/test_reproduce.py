@@ -454,15 +454,17 @@ def _ray_worker_with_open(path):
 
 
 def test_the_smoke_preset_on_a_ray_cluster_equals_the_pool_and_a_killed_worker_s_job_resumes(pool_sweep, tmp_path):
-    """The smoke preset through --executor=ray on a real local Ray cluster (head and workers as
-    processes), a worker SIGKILLed while it trains a phase-1 run past its first checkpoint: Ray
-    retries the task, the run resumes from its checkpoint, and results.csv equals the local pool's
-    byte for byte; no job started before the jobs it needs had ended (logs/job_times.json)."""
+    """The smoke preset (its first seed: every job family, half the jobs) through --executor=ray on
+    a real local Ray cluster (head and workers as processes), a worker SIGKILLed while it trains a
+    phase-1 run past its first checkpoint: Ray retries the task, the run resumes from its checkpoint,
+    and every number of results.csv (but the claims', which need two seeds) equals the local pool's
+    for the same runs, to the last digit; no job started before the jobs it needs had ended
+    (logs/job_times.json)."""
     root = tmp_path / "ray"
     env = dict(os.environ, PYTHONPATH=ROOT)
     with helpers.ray_head() as address:
         process = subprocess.Popen(
-            [sys.executable, "-m", "binaries.reproduce", "--preset=smoke", f"--workdir={root}",
+            [sys.executable, "-m", "binaries.reproduce", "--preset=smoke", "--seeds=1", f"--workdir={root}",
              "--executor=ray", f"--ray_address={address}"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
@@ -485,12 +487,16 @@ def test_the_smoke_preset_on_a_ray_cluster_equals_the_pool_and_a_killed_worker_s
     assert killed is not None, "no phase-1 run was caught between its first checkpoint and its end"
     log = (root / "logs" / "phase1" / f"{killed}.log").read_text()
     assert log.count("$ python -m tf_ntk.cli.train") == 2 and "resuming" in log.split("$ python -m")[-1]
-    assert (root / "results.csv").read_bytes() == (pool_sweep / "results.csv").read_bytes()
+    ours = [r for r in _results(root) if r["kind"] != "claim"]
+    pool = {(r["kind"], r["run"], r["metric"], r["epoch"], r["spawn_epoch"]): r for r in _results(pool_sweep)}
+    assert len(ours) > 100
+    for row in ours:
+        assert row == pool[(row["kind"], row["run"], row["metric"], row["epoch"], row["spawn_epoch"])], row
     times = helpers.read_json(str(root / "logs" / "job_times.json"))
     checked = 0
-    for job in study.plan(study.PRESETS["smoke"], str(root)):
+    for job in study.plan(study.PRESETS["smoke"].replace(seeds=1), str(root)):
         for dep in job.deps:
             if job.name in times and dep in times:
                 assert times[job.name][0] >= times[dep][1], (job.name, dep)
                 checked += 1
-    assert checked > 50
+    assert checked > 30
