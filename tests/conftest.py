@@ -24,26 +24,12 @@ def _seed():
     yield
 
 
-# The long groups go first: pytest-xdist hands work out in collection order, and a long group
-# collected last (test_reproduce.py's smoke sweeps, ~5 minutes on one worker) would run alone at the
-# end while the other worker idles.
-FIRST = ("reproduce", "multi_worker", "ray")
-
-
-def _first(item):
-    groups = {str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-              for m in item.iter_markers("xdist_group")}
-    return min((FIRST.index(g) for g in groups if g in FIRST), default=len(FIRST))
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """The long groups first (`FIRST`; a stable sort keeps every other order). Then, for `--dist
-    loadgroup` with pytest 9: pytest-xdist 3.8 tags a grouped test by assigning ``item._nodeid``,
-    which pytest 9 no longer reads (node ids live in ``item._id``), so its groups were ignored and
-    session fixtures such as the smoke sweep ran on both workers. Tag ``_id``'s string the way xdist
-    means to (``nodeid@group``) on the workers."""
-    items.sort(key=_first)
+    """`--dist loadgroup` with pytest 9: pytest-xdist 3.8 tags a grouped test by assigning
+    ``item._nodeid``, which pytest 9 no longer reads (node ids live in ``item._id``), so its groups
+    were ignored and session fixtures such as the smoke sweep ran on both workers. Tag ``_id``'s
+    string the way xdist means to (``nodeid@group``) on the workers."""
     if not (hasattr(config, "workerinput") and getattr(config.option, "loadgroup", False)):
         return
     for item in items:
