@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Two workers: most of the suite's time is single-threaded graph tracing.
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: run test bench docs install clean
+.PHONY: run test bench docs install clean build-file
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ docs: $(STAMP)
 	$(PY) -W error -c "from tf_ntk.cli import quiet; import runpy, sys; sys.argv[0] = 'pdoc'; \
 	  runpy.run_module('pdoc', run_name='__main__')" --docformat google --output-directory $(DOCS_DIR) tf_ntk
 	@echo "API reference: $(DOCS_DIR)/index.html"
+
+# `make build-file`: rewrite BUILD (Bazel targets) from the imports; run it after adding, moving or
+# re-importing a module (tests/test_build.py fails on a stale BUILD).
+build-file:
+	$(PYTHON) -m tools.build_file
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DOCS_DIR)

@@ -1,32 +1,13 @@
-"""Keeps BUILD honest: every module, binary, test and benchmark has a target whose srcs exist and whose
-deps name exactly what its file imports (project modules and third-party packages)."""
+"""Keeps BUILD honest: it is what `make build-file` writes (tools/build_file.py), every module, binary,
+test and benchmark has a target whose srcs exist, and its deps name exactly what its file imports."""
 
-import ast
 import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("tf_ntk", "binaries", "tests", "bench")
-# Third-party import name -> the pip requirement BUILD names.
-REQUIREMENTS = {
-    "absl": "absl-py",
-    "art": "adversarial-robustness-toolbox",
-    "cleverhans": "cleverhans",
-    "keras": "keras",
-    "matplotlib": "matplotlib",
-    "numpy": "numpy",
-    "packaging": "packaging",
-    "psutil": "psutil",
-    "pytest": "pytest",
-    "ray": "ray",
-    "scipy": "scipy",
-    "sklearn": "scikit-learn",
-    "tensorboard": "tensorboard",
-    "tensorflow": "tensorflow",
-    "tensorflow_datasets": "tensorflow-datasets",
-}
+from tools import build_file
+
+ROOT = build_file.ROOT
 
 
 def _parse_build():
@@ -53,52 +34,11 @@ def _parse_build():
 
 
 def _python_files():
-    out = []
-    for package in PACKAGES:
-        for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
-            if "__pycache__" in dirpath:
-                continue
-            out += [os.path.relpath(os.path.join(dirpath, f), ROOT) for f in files if f.endswith(".py")]
-    return sorted(out)
-
-
-def _module_file(name):
-    """The file of a project module or package (its __init__.py) named ``name``, or None."""
-    base = name.replace(".", "/")
-    for candidate in (base + ".py", base + "/__init__.py"):
-        if os.path.exists(os.path.join(ROOT, candidate)):
-            return candidate
-    return None
+    return build_file.python_files()
 
 
 def _imports(path):
-    """(project module paths, third-party requirement names) imported by ``path``."""
-    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    project, external = set(), set()
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # ``from M import a`` names the module or package M.a when there is one (``from tf_ntk
-            # import data`` names tf_ntk/data.py, ``from tf_ntk import ntk`` the package
-            # tf_ntk/ntk/__init__.py), else the attribute a of M (``from tf_ntk.ntk import
-            # empirical_ntk`` names tf_ntk/ntk/__init__.py).
-            inner = [f"{node.module}.{a.name}" for a in node.names]
-            names = [n for n in inner if _module_file(n)]
-            if len(names) < len(inner):
-                names.append(node.module)
-        for name in names:
-            top = name.split(".")[0]
-            if top in PACKAGES:
-                if _module_file(name):
-                    project.add(_module_file(name))
-            elif top in REQUIREMENTS:
-                external.add(REQUIREMENTS[top])
-            elif top not in sys.stdlib_module_names:
-                raise AssertionError(f"{path} imports {top!r}, which REQUIREMENTS does not map")
-    return project, external
+    return build_file.imports(path)
 
 
 TARGETS = _parse_build()
@@ -146,3 +86,27 @@ def test_deps_name_exactly_what_the_file_imports(path):
         if dep.startswith(":"):
             assert dep[1:] in TARGETS, f"{path}: unknown target {dep}"
             assert TARGETS[dep[1:]]["kind"] != "py_test", f"{path}: depends on a test target {dep}"
+
+
+def test_build_is_what_the_generator_writes():
+    with open(os.path.join(ROOT, "BUILD"), encoding="utf-8") as f:
+        assert f.read() == build_file.generate(), "BUILD is stale: run `make build-file`"
+
+
+def test_generator_names_each_file_once_and_refuses_an_unmapped_package(tmp_path):
+    (tmp_path / "tf_ntk").mkdir()
+    (tmp_path / "tf_ntk" / "__init__.py").write_text("from tf_ntk import a\n")
+    (tmp_path / "tf_ntk" / "a.py").write_text("import os\nimport numpy as np\nfrom tf_ntk import b\n")
+    (tmp_path / "tf_ntk" / "b.py").write_text("")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("from tf_ntk.a import np\nimport pytest\n")
+    text = build_file.generate(str(tmp_path))
+    assert text.count("py_library(") == 3 and text.count("py_test(") == 1
+    a = text[text.index('name = "tf_ntk/a"'):]
+    a = a[:a.index("\n)")]
+    assert '":tf_ntk/b"' in a and 'requirement("numpy")' in a and a.count("requirement") == 1
+    test = text[text.index('name = "tests/test_a"'):]
+    assert '":tf_ntk/a"' in test and 'requirement("pytest")' in test and 'size = "medium"' in test
+    (tmp_path / "tf_ntk" / "b.py").write_text("import leftpad\n")
+    with pytest.raises(ValueError, match="leftpad"):
+        build_file.generate(str(tmp_path))

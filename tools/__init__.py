@@ -1,0 +1,1 @@
+"""Maintenance programs of the repository (not part of the installed package)."""
