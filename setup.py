@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21.0,<3",
     "numpy>=2.4.6,<3",
     "absl-py>=2.5.1,<3",
-    # Student-t intervals of the seed statistics (tf_ntk.stats).
+    # Student-t intervals of the seed statistics (tf_ntk.study.stats).
     "scipy>=1.17.1,<2",
     # The bundled offline data set (8x8 digits) ships inside scikit-learn.
     "scikit-learn>=1.9.1,<2",
@@ -31,11 +31,11 @@ INSTALL_REQUIRES = [
     "importlib_resources>=7.1.0,<8",
     # Free host memory for the kernel engine's default memory budget.
     "psutil>=7.2.2,<8",
-    # AutoAttack and the black-box Square attack of the robust evaluation (tf_ntk.autoattack);
+    # AutoAttack and the black-box Square attack of the robust evaluation (tf_ntk.robust.autoattack);
     # ART's AutoAttack imports multiprocess without declaring it.
     "adversarial-robustness-toolbox>=1.20.1,<2",
     "multiprocess>=0.70.19,<0.71",
-    # The reproduction report's figures (tf_ntk.figures) and heat-map colour maps.
+    # The reproduction report's figures (tf_ntk.study.figures) and heat-map colour maps.
     "matplotlib>=3.11.2,<4",
 ]
 

@@ -21,11 +21,11 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from tf_ntk.cli import common
 import tf_ntk
-from tf_ntk import attacks
 from tf_ntk import models
 from tf_ntk import training
+from tf_ntk.cli import common
+from tf_ntk.robust import attacks
 
 flags.DEFINE_bool("smoke", False, "Toy sizes (ResNet-18 width 2, batch 8, 16 kernel images) so the "
                   "script's code runs on any CPU in seconds; its numbers mean nothing.")

@@ -7,7 +7,7 @@ The per-logit kernel (logit 0, float32, the implementation `auto` picks) of ResN
 N random 32x32x3 images, in blocks of N/4:
   - in this process, `empirical_ntk` on one device, then with ``strategy=`` MirroredStrategy over two
     logical CPU devices (the same blocks, two per round); each after a warm-up call that traces them;
-  - `tf_ntk.kernel_shards` tiles: one process computing all of them, then two processes started
+  - `tf_ntk.ntk.kernel_shards` tiles: one process computing all of them, then two processes started
     together computing one shard each (then assembled), wall time from start to the assembled
     kernel, process start-up (importing TensorFlow) and tracing included, as a scheduler would see.
 Writes bench/results/distributed_kernel.json and .txt; the ratios are measured in one run. On a
@@ -34,10 +34,10 @@ import keras
 import numpy as np
 
 from bench import measure
-from tf_ntk.cli import common
 import tf_ntk
-from tf_ntk import kernel_shards
 from tf_ntk import models
+from tf_ntk.cli import common
+from tf_ntk.ntk import kernel_shards
 
 flags.DEFINE_bool("smoke", False, "Toy sizes (width 2, N = 16) so the code runs in seconds.")
 flags.DEFINE_string("shard_worker", None, "Internal: JSON {dir, shard, num_shards, sizes} of one shard.")

@@ -6,8 +6,8 @@ sweep evaluated: bench/results/ensemble_agreement.json and a table.
 For each evaluation of a finished sweep (its checkpoint, test images and strong ensemble, as its
 evaluation.json records them), the strong ensemble two ways, per example:
 
-- now: APGD-CE and APGD-DLR from `tf_ntk.apgd` with the ensemble's restarts, Square from
-  `tf_ntk.square` (``--strong_implementation=tf``, the default);
+- now: APGD-CE and APGD-DLR from `tf_ntk.robust.apgd` with the ensemble's restarts, Square from
+  `tf_ntk.robust.square` (``--strong_implementation=tf``, the default);
 - before issue 23: ART's APGD with 5 starts whatever the restarts, and ART's Square.
 
 The PGD members are the same in both. Reported: each robust accuracy, the examples only one of the
@@ -22,12 +22,12 @@ from absl import flags
 import numpy as np
 
 from bench import measure
-from tf_ntk.cli import common
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import robustness
 from tf_ntk import rundir
+from tf_ntk.cli import common
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
 
 flags.DEFINE_string("sweep", None, "A finished sweep directory (tf-ntk-reproduce --workdir).")
 flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results",
@@ -49,8 +49,8 @@ def _compare(record):
     results = {}
     for name, extra in (("now", {"implementation": "tf"}),
                         ("before", {"implementation": "art", "apgd_restarts": 5})):
-        ensemble = robustness.strong(f["eps"], f["attack_norm"], **options, **extra)
-        results[name] = robustness.evaluate(fn, x, y, ensemble, seed=f["seed"],
+        ensemble = ensembles.strong(f["eps"], f["attack_norm"], **options, **extra)
+        results[name] = ensembles.evaluate(fn, x, y, ensemble, seed=f["seed"],
                                             batch_size=f["batch_size"]).correct
     now, before = results["now"], results["before"]
     return {"checkpoint": record["checkpoint"], "examples": int(len(y)), "now": float(now.mean()),
@@ -61,7 +61,7 @@ def _compare(record):
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    paths = sorted(glob.glob(os.path.join(FLAGS.sweep, "*", "*", "eval", "*", "evaluation.json")))
+    paths = sorted(glob.glob(os.path.join(FLAGS.sweep, "*", "*", "eval", "*", rundir.EVALUATION)))
     if not paths:
         raise ValueError(f"no evaluation.json under {FLAGS.sweep}/*/*/eval/: not a finished sweep")
     rows = []

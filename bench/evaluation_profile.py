@@ -33,15 +33,16 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from tf_ntk.cli import common
-from tf_ntk import attacks
-from tf_ntk import autoattack
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import robustness
 from tf_ntk import rundir
-from tf_ntk import study
+from tf_ntk.cli import common
+from tf_ntk.robust import attacks
+from tf_ntk.robust import autoattack
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
+from tf_ntk.study import plan
+from tf_ntk.study import presets
 
 flags.DEFINE_integer("examples", 180, "Test images (the quick preset evaluates 180).", lower_bound=1)
 flags.DEFINE_string("workdir", None, "Where the two models are trained (default: a temporary "
@@ -56,17 +57,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _train_models(root):
     """(phase-1 adversarial checkpoint, centered clean phase-2 checkpoint) of the quick preset,
     trained by the sweep's own commands."""
-    preset = study.PRESETS["quick"]
-    jobs = {job.name: job for job in study.plan(preset, root)}
-    phase1 = jobs[f"phase1/{study.phase1_name('adversarial', 0)}"]
+    preset = presets.PRESETS["quick"]
+    jobs = {job.name: job for job in plan.plan(preset, root)}
+    phase1 = jobs[f"phase1/{plan.phase1_name('adversarial', 0)}"]
     last = float(preset.phase1_epochs)
-    phase2 = jobs[f"phase2/{study.phase2_name('centered', 'clean', 'adversarial', 0, last)}"]
+    phase2 = jobs[f"phase2/{plan.phase2_name('centered', 'clean', 'adversarial', 0, last)}"]
     for job in (phase1, phase2):
         _subprocess(["-m", job.module, *job.args])
-    spawn = os.path.join(root, "phase1", study.phase1_name("adversarial", 0), "spawn")
-    run2 = os.path.join(root, "phase2", study.phase2_name("centered", "clean", "adversarial", 0, last))
-    return (os.path.join(spawn, f"epoch_{study.epoch_name(last)}"),
-            os.path.join(run2, "spawn", f"epoch_{study.epoch_name(float(preset.phase2_epochs))}"))
+    spawn = os.path.join(root, "phase1", plan.phase1_name("adversarial", 0), "spawn")
+    run2 = os.path.join(root, "phase2", plan.phase2_name("centered", "clean", "adversarial", 0, last))
+    return (os.path.join(spawn, f"epoch_{plan.epoch_name(last)}"),
+            os.path.join(run2, "spawn", f"epoch_{plan.epoch_name(float(preset.phase2_epochs))}"))
 
 
 def _passes(member):
@@ -104,7 +105,7 @@ def _pass_seconds(fn, x, y, backward, passes=20):
 
 
 def _ensemble(preset, implementation, apgd_restarts=None):
-    return robustness.strong(preset.eps, steps=preset.eval_steps, restarts=preset.strong_restarts,
+    return ensembles.strong(preset.eps, steps=preset.eval_steps, restarts=preset.strong_restarts,
                              square_queries=preset.square_queries, implementation=implementation,
                              apgd_restarts=apgd_restarts)
 
@@ -115,7 +116,7 @@ def _before(fn, x, y, preset):
     so nothing is shared between them)."""
     result, start = None, time.perf_counter()
     for member in _ensemble(preset, "art", apgd_restarts=5).members:
-        result = robustness.evaluate(lambda v: fn(v), x, y, robustness.Ensemble((member,)),
+        result = ensembles.evaluate(lambda v: fn(v), x, y, ensembles.Ensemble((member,)),
                                      start=result, batch_size=preset.batch_size)
     return time.perf_counter() - start, result
 
@@ -128,14 +129,14 @@ def _profile(checkpoint, x, y, preset):
     print(f"  before: {before_seconds:.2f} s, robust accuracy {before.accuracy:.3f}", flush=True)
     cold = lambda v: fn(v)  # noqa: E731  (a fresh callable: its traces are made in this call)
     start = time.perf_counter()
-    after = robustness.evaluate(cold, x, y, ensemble, batch_size=preset.batch_size)
+    after = ensembles.evaluate(cold, x, y, ensemble, batch_size=preset.batch_size)
     after_seconds = time.perf_counter() - start
     print(f"  after: {after_seconds:.2f} s, robust accuracy {after.accuracy:.3f}", flush=True)
     rows, result, warm_total = [], None, 0.0
     for member in ensemble.members:  # again, member by member, on the traces made above
         survivors = np.flatnonzero(result.correct) if result is not None else np.arange(len(y))
         start = time.perf_counter()
-        result = robustness.evaluate(cold, x, y, robustness.Ensemble((member,)), start=result,
+        result = ensembles.evaluate(cold, x, y, ensembles.Ensemble((member,)), start=result,
                                      batch_size=preset.batch_size)
         seconds = time.perf_counter() - start
         warm_total += seconds
@@ -168,15 +169,15 @@ def _side_by_side(checkpoint, x, y, preset):
     fn = evaluation.inference_fn(model)
     cold = lambda v: fn(v)  # noqa: E731
     start = time.perf_counter()
-    robustness.evaluate(cold, x, y, robustness.protocol(preset.eps, steps=preset.eval_steps),
+    ensembles.evaluate(cold, x, y, ensembles.protocol(preset.eps, steps=preset.eval_steps),
                         batch_size=preset.batch_size)
-    robustness.evaluate(cold, x, y, _ensemble(preset, "tf"), batch_size=preset.batch_size)
+    ensembles.evaluate(cold, x, y, _ensemble(preset, "tf"), batch_size=preset.batch_size)
     evaluate_seconds = time.perf_counter() - start
     plain = lambda v: fn(v)  # noqa: E731
     start = time.perf_counter()
     for loss in ("ce", "margin"):
         config = attacks.PGDConfig(eps=preset.eps, steps=100, restarts=3, loss=loss, keep="best")
-        robustness.evaluate(plain, x, y, config, batch_size=len(y), jit_compile=True)
+        ensembles.evaluate(plain, x, y, config, batch_size=len(y), jit_compile=True)
     return evaluate_seconds, time.perf_counter() - start
 
 
@@ -196,10 +197,10 @@ def _training(root, preset):
     beyond the process's start-up (importing TensorFlow and tf_ntk, measured alone), its epochs'
     seconds from its history.json, and the ideal: every epoch at the speed of the later ones
     (compiled steps, nothing traced)."""
-    jobs = {job.name: job for job in study.plan(preset, root)}
+    jobs = {job.name: job for job in plan.plan(preset, root)}
     last = float(preset.phase1_epochs)
-    names = [f"phase1/{study.phase1_name('adversarial', 0)}"]
-    names += [f"phase2/{study.phase2_name('centered', mode, 'adversarial', 0, last)}"
+    names = [f"phase1/{plan.phase1_name('adversarial', 0)}"]
+    names += [f"phase2/{plan.phase2_name('centered', mode, 'adversarial', 0, last)}"
               for mode in ("clean", "adv")]
     train_size = len(data.load_arrays(preset.dataset, "train")[1])
     start_up = float(np.median([_subprocess(["-c", "import tf_ntk.cli.train"]) for _ in range(3)]))
@@ -226,7 +227,7 @@ def _training(root, preset):
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    preset = study.PRESETS["quick"]
+    preset = presets.PRESETS["quick"]
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="evaluation-profile-")
     try:
         adversarial, centered = _train_models(root)

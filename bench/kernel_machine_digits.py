@@ -21,10 +21,11 @@ import time
 from absl import app
 from absl import flags
 
-from tf_ntk.cli import common
 from tf_ntk import rundir
-from tf_ntk import stats
-from tf_ntk import study
+from tf_ntk.cli import common
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import stats
 
 # Names of their own: the binaries run in this process define theirs (and reset every flag).
 flags.DEFINE_integer("bench_seeds", 3, "Seeds (one standard and one adversarial run each).")
@@ -50,14 +51,14 @@ def main(argv):
     # Read once: tf_ntk.cli.common.execute resets every flag after each command.
     seeds, workdir, output = FLAGS.bench_seeds, FLAGS.bench_dir, FLAGS.bench_output
     train_per_class, test_examples = FLAGS.bench_train_per_class, FLAGS.bench_test_examples
-    preset = study.PRESETS["quick"]
+    preset = presets.PRESETS["quick"]
     spawns = [float(e) for e in FLAGS.bench_spawn_epochs]
     save = sorted(set(spawns) | {float(preset.phase1_epochs)})
     start = time.time()
     rows = []
     for seed in range(seeds):
-        for source in study.SOURCES:
-            name = study.phase1_name(source, seed)
+        for source in presets.SOURCES:
+            name = plan.phase1_name(source, seed)
             run = os.path.join(workdir, name)
             log = os.path.join(workdir, "logs", f"{name}.log")
             if not rundir.is_finished(run):
@@ -70,18 +71,18 @@ def main(argv):
                     args += [f"--adv_mode={preset.adv_mode}", f"--attack_steps={preset.train_attack_steps}"]
                 _execute("tf_ntk.cli.train", args, log)
             out = os.path.join(run, "kernel_machine")
-            if not rundir.exists(os.path.join(out, "kernel_machine.json")):
+            if not rundir.exists(os.path.join(out, rundir.KERNEL_MACHINE)):
                 _execute("tf_ntk.cli.kernel_machine", [
                     f"--phase1_run={run}", f"--workdir={out}", f"--at_epochs={','.join(f'{e:g}' for e in spawns)}",
                     f"--train_per_class={train_per_class}", f"--test_examples={test_examples}",
                     f"--eps={preset.eps!r}", f"--attack_steps={preset.eval_steps}",
                     f"--strong_restarts={preset.strong_restarts}", f"--square_queries={preset.square_queries}",
                     f"--batch_size={preset.batch_size}"], log)
-            for row in rundir.read_json(os.path.join(out, "kernel_machine.json"))["rows"]:
+            for row in rundir.read_json(os.path.join(out, rundir.KERNEL_MACHINE))["rows"]:
                 rows.append({"source": source, "seed": seed, **row})
             print(f"{name} done ({time.time() - start:.0f} s)", flush=True)
     table = []
-    for source in study.SOURCES:
+    for source in presets.SOURCES:
         for epoch in spawns:
             found = [r for r in rows if r["source"] == source and r["epoch"] == epoch]
             table.append({"source": source, "epoch": epoch, "n": len(found), **{

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from tf_ntk.cli import common
 import tf_ntk
 from tf_ntk import models
+from tf_ntk.cli import common
 from tf_ntk.ntk import oracle
 
 flags.DEFINE_bool("quick", False, "Only the small models at N=64 and 128.")

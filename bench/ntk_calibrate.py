@@ -27,17 +27,16 @@ import json
 import os
 import statistics
 
-from tf_ntk.cli import quiet  # noqa: F401  (must precede TensorFlow)
-
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
 import tensorflow as tf
 
 from bench import ntk as ntk_bench
-from tf_ntk.cli import common
 import tf_ntk
 from tf_ntk import functional
 from tf_ntk import models
+from tf_ntk.cli import common
+from tf_ntk.cli import quiet  # noqa: F401  (must precede TensorFlow)
 from tf_ntk.ntk import cost
 from tf_ntk.ntk import jacobian
 from tf_ntk.ntk import keras_graph

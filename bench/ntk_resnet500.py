@@ -16,10 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from tf_ntk.cli import common
 import tf_ntk
-from tf_ntk import rundir
 from tf_ntk import models
+from tf_ntk import rundir
+from tf_ntk.cli import common
 
 flags.DEFINE_integer("n", 500, "Examples.", lower_bound=1)
 flags.DEFINE_enum("kernel_kind", "logit", ["logit", "trace"], "logit 0 or the trace kernel.")

@@ -22,10 +22,10 @@ import time
 from absl import app
 from absl import flags
 
-from tf_ntk.cli import common
 from tf_ntk import rundir
-from tf_ntk import stats
-from tf_ntk import study
+from tf_ntk.cli import common
+from tf_ntk.study import presets
+from tf_ntk.study import stats
 
 flags.DEFINE_integer("bench_seeds", 2, "Seeds per schedule and source.")
 flags.DEFINE_list("bench_schedules", ["20:", "40:30", "50:", "60:40/50"],
@@ -58,13 +58,13 @@ def main(argv):
     for text in FLAGS.bench_schedules:
         epochs, _, boundaries = text.partition(":")
         schedules.append((int(epochs), tuple(float(b) for b in boundaries.split("/") if b)))
-    preset = study.PRESETS["digits"]
+    preset = presets.PRESETS["digits"]
     start = time.time()
     rows = []
     for epochs, boundaries in schedules:
         label = f"{epochs} epochs, lr x0.1 at {','.join(f'{b:g}' for b in boundaries) or 'never'}"
         grid = _grid(epochs)
-        for source in study.SOURCES:
+        for source in presets.SOURCES:
             for seed in range(SEED_BASE, SEED_BASE + seeds):
                 name = f"e{epochs}-b{'-'.join(f'{b:g}' for b in boundaries)}-{source}-s{seed}"
                 run = os.path.join(workdir, name)
@@ -82,7 +82,7 @@ def main(argv):
                                  f"--attack_steps={preset.train_attack_steps}"]
                     _execute("tf_ntk.cli.train", args, log)
                 out = os.path.join(run, "kernels")
-                csv_path = os.path.join(out, "kernel_dynamics.csv")
+                csv_path = os.path.join(out, rundir.KERNEL_DYNAMICS)
                 if not rundir.exists(csv_path):
                     _execute("tf_ntk.cli.kernel_dynamics",
                              [f"--run={run}", f"--workdir={out}", f"--per_class={preset.per_class}",
@@ -104,7 +104,7 @@ def main(argv):
                       f"{early:g}: {covered:.3f} ({time.time() - start:.0f} s)", flush=True)
     table = []
     for epochs, boundaries in schedules:
-        for source in study.SOURCES:
+        for source in presets.SOURCES:
             found = [r for r in rows if r["epochs"] == epochs and r["boundaries"] == list(boundaries)
                      and r["source"] == source]
             table.append({"schedule": found[0]["schedule"], "source": source, "n": len(found),

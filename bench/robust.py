@@ -5,7 +5,7 @@ r"""Benchmark of the robust evaluation: bench/results/robust.json and a table.
 
 On the whole digits test set (360 images) at ε = 0.2, for a centered CNN (the `make run` one:
 centered phase 2 on clean data from an adversarially trained spawn): the wall time and the
-robust accuracy of each named attack (`tf_ntk.robustness`), with times as ratios to the protocol's
+robust accuracy of each named attack (`tf_ntk.robust.ensembles`), with times as ratios to the protocol's
 PGD-100 measured in one run. Target: the strong evaluation of the 360 images in under 2 minutes
 on the 2-core machine.
 """
@@ -17,15 +17,15 @@ import time
 from absl import app
 from absl import flags
 
-from tf_ntk import attacks
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import evaluation
 from tf_ntk import models
-from tf_ntk import robustness
 from tf_ntk import rundir
-from tf_ntk import sanity
 from tf_ntk import training
+from tf_ntk.robust import attacks
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
+from tf_ntk.robust import sanity
 
 flags.DEFINE_float("eps", 0.2, "L∞ radius in pixel units.")
 flags.DEFINE_bool("autoattack", True, "Also time ART's AutoAttack (about 2 minutes here).")
@@ -75,14 +75,14 @@ def main(argv):
     fn = evaluation.inference_fn(model)
     x, y = data.load_arrays("digits", "test")
     benign = evaluation.accuracy(fn, evaluation.as_dataset(x, y, 256))
-    runs = [("protocol", lambda: robustness.evaluate(fn, x, y, robustness.protocol(FLAGS.eps)).accuracy),
-            ("strong", lambda: robustness.evaluate(fn, x, y, robustness.strong(FLAGS.eps)).accuracy)]
+    runs = [("protocol", lambda: ensembles.evaluate(fn, x, y, ensembles.protocol(FLAGS.eps)).accuracy),
+            ("strong", lambda: ensembles.evaluate(fn, x, y, ensembles.strong(FLAGS.eps)).accuracy)]
     if FLAGS.sanity:
         runs.append(("strong + sanity report", lambda: sanity.sanity_checks(
-            fn, x, y, robustness.strong(FLAGS.eps)).robust))
+            fn, x, y, ensembles.strong(FLAGS.eps)).robust))
     if FLAGS.autoattack:
-        runs.append(("autoattack", lambda: robustness.evaluate(
-            fn, x, y, robustness.named("autoattack", FLAGS.eps)).accuracy))
+        runs.append(("autoattack", lambda: ensembles.evaluate(
+            fn, x, y, ensembles.named("autoattack", FLAGS.eps)).accuracy))
     rows = []
     for name, run in runs:
         start = time.perf_counter()

@@ -33,10 +33,10 @@ from absl import flags
 import numpy as np
 
 from bench import measure
-from tf_ntk.cli import common
 from tf_ntk import checkpoints
 from tf_ntk import rundir
 from tf_ntk import summaries
+from tf_ntk.cli import common
 
 flags.DEFINE_integer("n", 20, "Kills (trials).", lower_bound=1)
 flags.DEFINE_integer("epochs", 3, "Epochs of the soaked run.", lower_bound=1)

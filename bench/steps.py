@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from tf_ntk.cli import common
 import tf_ntk
-from tf_ntk import attacks
 from tf_ntk import models
 from tf_ntk import rundir
 from tf_ntk import training
+from tf_ntk.cli import common
+from tf_ntk.robust import attacks
 
 flags.DEFINE_bool("quick", False, "Only the MLP and the CNN.")
 flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")

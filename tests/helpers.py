@@ -14,10 +14,10 @@ import keras
 import numpy as np
 import pytest
 
-from tf_ntk.cli import common
 from tf_ntk import data
 from tf_ntk import models
 from tf_ntk import training
+from tf_ntk.cli import common
 
 
 def randomize_bn_statistics(model, seed=0):

@@ -1,15 +1,15 @@
-"""The TensorFlow APGD (tf_ntk.apgd) against closed forms and against ART's APGD."""
+"""The TensorFlow APGD (tf_ntk.robust.apgd) against closed forms and against ART's APGD."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ntk import apgd
-from tf_ntk import autoattack
-from tf_ntk import data
-from tf_ntk import evaluation
-from tf_ntk import robustness
 from tests import helpers
+from tf_ntk import data
+from tf_ntk.robust import apgd
+from tf_ntk.robust import autoattack
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
 
 
 def test_the_checkpoint_schedule_is_croce_and_hein_s():
@@ -30,8 +30,8 @@ def test_iterates_stay_in_the_ball_and_the_same_key_gives_the_same_images(traine
     b = apgd.apgd(fn, x, y, eps=eps, norm=norm, steps=15, restarts=2, seed=3).numpy()
     np.testing.assert_array_equal(a, b)
     assert a.min() >= 0.0 and a.max() <= 1.0
-    size = robustness.perturbation_size(a, x, norm)
-    assert np.all(size <= robustness.ball_limit(eps)) and size.max() > 0.5 * eps
+    size = ensembles.perturbation_size(a, x, norm)
+    assert np.all(size <= ensembles.ball_limit(eps)) and size.max() > 0.5 * eps
     wrong = np.argmax(fn(a).numpy(), -1) != y
     assert 0.1 < wrong.mean() < 1.0
 
@@ -62,7 +62,7 @@ def test_it_breaks_at_least_what_art_s_apgd_breaks_on_the_same_model(trained_mlp
         for implementation, out in (("art", art), ("tf", ours)):
             member = autoattack.APGDConfig(eps=0.1, loss=loss, steps=20, restarts=2,
                                            implementation=implementation)
-            out.append(robustness.evaluate(fn, x, y, robustness.Ensemble((member,)), seed=0).correct)
+            out.append(ensembles.evaluate(fn, x, y, ensembles.Ensemble((member,)), seed=0).correct)
     art, ours = np.logical_and(*art), np.logical_and(*ours)
     assert 0.05 < ours.mean() < 0.9
     assert np.sum(~art & ours) <= 1, f"ART broke {np.sum(~art & ours)} examples ours did not"
@@ -76,7 +76,7 @@ def test_it_compiles_with_xla_and_keys_starts_per_example(trained_mlp):
                                                         seed=[1, 2], example_rows=(rows, 160)),
                            jit_compile=True)
     whole = compiled(x, y, rows).numpy()
-    assert np.all(robustness.perturbation_size(whole, x, "linf") <= robustness.ball_limit(0.1))
+    assert np.all(ensembles.perturbation_size(whole, x, "linf") <= ensembles.ball_limit(0.1))
     part = compiled(x[40:80], y[40:80], rows[40:80]).numpy()
     np.testing.assert_allclose(part, whole[40:80], atol=1e-5)
     eager = apgd.apgd(fn, x, y, eps=0.1, steps=10, restarts=2, seed=[1, 2],
@@ -100,11 +100,11 @@ def test_bad_configurations_are_one_line_errors():
 def test_the_strong_ensemble_runs_it_compiled_in_place_of_art_s(trained_mlp):
     model, x, y = trained_mlp
     fn = evaluation.inference_fn(model)
-    ensemble = robustness.strong(0.1, steps=10, restarts=1, targets=1, square_queries=0,
+    ensemble = ensembles.strong(0.1, steps=10, restarts=1, targets=1, square_queries=0,
                                  implementation="tf")
     assert [m.short() for m in ensemble.members[-2:]] == ["APGD-CE (TF) x1", "APGD-DLR (TF) x1"]
-    result = robustness.evaluate(fn, x, y, ensemble, seed=0, jit_compile=True, batch_size=64)
+    result = ensembles.evaluate(fn, x, y, ensemble, seed=0, jit_compile=True, batch_size=64)
     assert result.rejected == 0 and 0.0 < result.accuracy < 0.9
-    pgd_only = robustness.evaluate(fn, x, y, robustness.Ensemble(ensemble.members[:-2]), seed=0,
+    pgd_only = ensembles.evaluate(fn, x, y, ensembles.Ensemble(ensemble.members[:-2]), seed=0,
                                    jit_compile=True, batch_size=64)
     assert np.all(result.correct <= pgd_only.correct)

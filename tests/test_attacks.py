@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import tf_ntk
-from tf_ntk import attacks
 from tf_ntk import models
+from tf_ntk.robust import attacks
 
 
 def _linear_model(weights):

@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import helpers
+from tf_ntk import checkpoints
+from tf_ntk import dynamics
 from tf_ntk.cli import compute_kernel
 from tf_ntk.cli import evaluate
 from tf_ntk.cli import kernel_dynamics
@@ -29,10 +32,7 @@ from tf_ntk.cli import results
 from tf_ntk.cli import startup
 from tf_ntk.cli import train
 from tf_ntk.cli import visualize_features
-from tests import helpers
-from tf_ntk import checkpoints
-from tf_ntk import dynamics
-from tf_ntk import evaluation
+from tf_ntk.robust import evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
@@ -262,9 +262,9 @@ CASES = [
     ("train-epochs-zero", train, ["--epochs=0"], None, "--epochs=0: 0 is not a positive integer"),
     ("train-batch-zero", train, ["--batch_size=0"], None, "--batch_size=0"),
     ("train-save-epochs", train, ["--epochs=1", "--save_epochs=0,x"], None,
-     "--save_epochs must be numbers separated by commas, got 0,x"),
+     "flag --save_epochs=0,x: '0,x' is not numbers separated by commas"),
     ("train-lr-boundaries", train, ["--epochs=1", "--lr_boundaries=a"], None,
-     "--lr_boundaries must be numbers separated by commas, got a"),
+     "flag --lr_boundaries=a: 'a' is not numbers separated by commas"),
     ("train-positional", train, ["--epochs=1", "extra"], None, "unexpected arguments: extra"),
     ("train-centered-without-spawn", train, ["--epochs=1", "--dynamics=centered"], None,
      "--dynamics=centered needs --spawn (phase 2 starts from a checkpoint)"),
@@ -418,7 +418,13 @@ CASES = [
     ("reproduce-not-a-sweep", reproduce, ["--preset=smoke"], _not_a_sweep,
      "{tmp}/busy exists and holds no sweep (sweep.json); choose another --workdir", "{tmp}/busy"),
     ("reproduce-spawn-epochs", reproduce, ["--preset=smoke", "--spawn_epochs=a"], None,
-     "--spawn_epochs must be numbers separated by commas"),
+     "flag --spawn_epochs=a: 'a' is not numbers separated by commas"),
+    ("reproduce-resources-json", reproduce, ["--preset=smoke", "--job_resources={{"], None,
+     "--job_resources is not JSON: Expecting property name enclosed in double quotes at character 1"),
+    ("reproduce-resources-option", reproduce, ["--preset=smoke", '--job_resources={{"*": {{"gpus": 1}}}}'], None,
+     "resources['*']: unknown Ray task option(s) gpus (num_cpus, num_gpus, memory, resources)"),
+    ("reproduce-job-strategy", reproduce, ["--preset=smoke", "--job_strategy=multi_worker"], None,
+     "--job_strategy=multi_worker: value should be one of"),
 ]
 
 

@@ -15,6 +15,11 @@ import pytest
 from tensorboard.plugins.hparams import plugin_data_pb2
 import tensorflow as tf
 
+from tests import helpers
+from tf_ntk import data
+from tf_ntk import dynamics
+from tf_ntk import ntk
+from tf_ntk import summaries
 from tf_ntk.cli import compute_kernel
 from tf_ntk.cli import evaluate
 from tf_ntk.cli import kernel_dynamics
@@ -22,12 +27,7 @@ from tf_ntk.cli import kernel_machine
 from tf_ntk.cli import results
 from tf_ntk.cli import train
 from tf_ntk.cli import visualize_features
-from tests import helpers
-from tf_ntk import data
-from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import ntk
-from tf_ntk import summaries
+from tf_ntk.robust import evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]

@@ -6,10 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from tf_ntk import claims
-from tf_ntk import report
-from tf_ntk import stats
-from tf_ntk import study
+from tf_ntk.study import claims
+from tf_ntk.study import collect
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import report
+from tf_ntk.study import stats
 
 IMAGES = 200
 T_975_2DF = 4.302652729911275
@@ -23,7 +25,7 @@ def _bits(correct):
 
 
 def _preset():
-    return study.PRESETS["smoke"].replace(seeds=3, seed_base=0, spawn_epochs=(0.0, 1.0, 2.0))
+    return presets.PRESETS["smoke"].replace(seeds=3, seed_base=0, spawn_epochs=(0.0, 1.0, 2.0))
 
 
 def _collected(c3_child=72):
@@ -32,14 +34,14 @@ def _collected(c3_child=72):
     evals = {}
     for s in range(3):
         for mode in ("clean", "adv"):
-            evals[study.phase2_name("centered", mode, "standard", s, 0.0)] = _bits(10)
-            evals[study.phase2_name("centered", mode, "adversarial", s, 2.0)] = _bits(
+            evals[plan.phase2_name("centered", mode, "standard", s, 0.0)] = _bits(10)
+            evals[plan.phase2_name("centered", mode, "adversarial", s, 2.0)] = _bits(
                 (60 if mode == "clean" else c3_child) + 2 * s)
-            evals[study.phase2_name("centered", mode, "standard", s, 2.0)] = _bits(4 + s)
-            evals[study.phase2_name("centered", mode, "adversarial", s, 1.0)] = _bits(10 + s)
-            evals[study.phase2_name("centered", mode, "standard", s, 1.0)] = _bits(50 + s)
-        evals[study.phase1_name("adversarial", s)] = _bits(80 + 2 * s)
-        evals[study.phase1_name("standard", s)] = _bits(0)
+            evals[plan.phase2_name("centered", mode, "standard", s, 2.0)] = _bits(4 + s)
+            evals[plan.phase2_name("centered", mode, "adversarial", s, 1.0)] = _bits(10 + s)
+            evals[plan.phase2_name("centered", mode, "standard", s, 1.0)] = _bits(50 + s)
+        evals[plan.phase1_name("adversarial", s)] = _bits(80 + 2 * s)
+        evals[plan.phase1_name("standard", s)] = _bits(0)
     comparisons, kernels = {}, {}
     final = 2.0
     for s in range(3):
@@ -51,7 +53,7 @@ def _collected(c3_child=72):
         kernels[f"adversarial-s{s}"] = [{"epoch": 0.5, "distance_to_final": 0.02 + 0.01 * s},
                                         {"epoch": final, "distance_to_init": 0.20,
                                          "distance_to_final": 0.0}]
-    return report.Collected(evals, kernels, comparisons, {}, [])
+    return collect.Collected(evals, kernels, comparisons, {}, [])
 
 
 def _primary(tests):
@@ -126,7 +128,7 @@ def test_both_intervals_must_agree():
 
 
 def test_missing_runs_decide_nothing():
-    verdicts = claims.claims(_preset(), report.Collected({}, {}, {}, {}, []))
+    verdicts = claims.claims(_preset(), collect.Collected({}, {}, {}, {}, []))
     assert {v for v, _, _ in verdicts.values()} == {claims.MISSING}
     assert set(verdicts) == set(claims.PRIMARY) == {"C1a", "C1b", "C2", "C3"}
 

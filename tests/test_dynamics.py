@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tf_ntk
 from tests import helpers
-from tf_ntk import attacks
+import tf_ntk
 from tf_ntk import checkpoints
 from tf_ntk import dynamics
-from tf_ntk import evaluation
 from tf_ntk import functional
 from tf_ntk import models
-from tf_ntk import robustness
 from tf_ntk.ntk import jacobian
+from tf_ntk.robust import attacks
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
 
 
 def _spawn():
@@ -197,7 +197,7 @@ def test_reused_models_hold_the_new_checkpoint_and_keep_their_traced_attacks(tmp
             other, _ = dynamics.load_model(paths["phase1-1"], dynamics=kind, reuse=True)
             assert other is not first  # two at once: two models
             fn = evaluation.inference_fn(first)
-            robustness.evaluate(fn, x, y, attack)
+            ensembles.evaluate(fn, x, y, attack)
             traced = {k: f.experimental_get_tracing_count()
                       for k, f in vars(fn)["_tf_ntk_traces"].items()}
         with dynamics.reuse_models():  # the two kept models, each with the weights asked for
@@ -208,8 +208,8 @@ def test_reused_models_hold_the_new_checkpoint_and_keep_their_traced_attacks(tmp
             for name, model in loaded.items():
                 np.testing.assert_array_equal(model(x, training=False).numpy(), fresh(paths[name], kind))
             name = next(n for n, m in loaded.items() if m is first)
-            got = robustness.evaluate(evaluation.inference_fn(first), x, y, attack)
-            want = robustness.evaluate(evaluation.inference_fn(
+            got = ensembles.evaluate(evaluation.inference_fn(first), x, y, attack)
+            want = ensembles.evaluate(evaluation.inference_fn(
                 dynamics.load_model(paths[name], dynamics=kind)[0]), x, y, attack)
             np.testing.assert_array_equal(got.x_adv, want.x_adv)
             assert {k: f.experimental_get_tracing_count()  # nothing traced again

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tests import helpers
-from tf_ntk import eigenimages
 from tf_ntk import models
+from tf_ntk.ntk import eigenimages
 
 
 def _model():

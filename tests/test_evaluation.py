@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import tf_ntk
-from tf_ntk import attacks
 from tf_ntk import data
-from tf_ntk import evaluation
 from tf_ntk import models
 from tf_ntk import training
+from tf_ntk.robust import attacks
+from tf_ntk.robust import evaluation
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import helpers
+from tf_ntk import checkpoints
+from tf_ntk import models
+from tf_ntk import rundir
 from tf_ntk.cli import common
 from tf_ntk.cli import compute_kernel
 from tf_ntk.cli import evaluate
 from tf_ntk.cli import kernel_dynamics
 from tf_ntk.cli import results
 from tf_ntk.cli import train
-from tests import helpers
-from tf_ntk import checkpoints
-from tf_ntk import models
-from tf_ntk import rundir
 
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tf_ntk
 from bench import measure
 from tests import helpers
-from tf_ntk import kernel_regression
+import tf_ntk
 from tf_ntk import models
+from tf_ntk.ntk import kernel_regression
 from tf_ntk.ntk import oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
-from tf_ntk.cli import compute_kernel
-from tf_ntk.cli import kernel_dynamics
-from tf_ntk.cli import train
 from tests import helpers
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import kernel_shards
 from tf_ntk import ntk
+from tf_ntk.cli import compute_kernel
+from tf_ntk.cli import kernel_dynamics
+from tf_ntk.cli import train
+from tf_ntk.ntk import kernel_shards
 
 TINY = ["--width=4", "--batch_size=256", "--epochs=1", "--save_epochs=0,0.5,1", "--eval_every=0"]
 KERNEL = ["--per_class=2", "--block_size=7", "--kernel_dtype=float64"]  # 20 examples: 3x3 tiles, 6 above

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tf_ntk import metrics
+from tf_ntk.ntk import metrics
 
 
 def _psd(n, rank, seed):

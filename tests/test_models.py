@@ -1,8 +1,8 @@
 """Model registry and architectures."""
 
+from keras import layers
 import numpy as np
 import pytest
-from keras import layers
 
 from tf_ntk import models
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ntk.cli import train
-from tf_ntk import distribute
 from tests import helpers
+from tf_ntk import distribute
+from tf_ntk.cli import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--model=mlp", "--width=4", "--eps=0.2", "--attack_steps=2", "--eval_every=0",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tf_ntk
 from tests import helpers
 from tests import ntk_cases
+import tf_ntk
 from tf_ntk import functional
 from tf_ntk import models
 from tf_ntk.ntk import cost

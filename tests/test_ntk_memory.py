@@ -48,10 +48,10 @@ def _model(name):
 
 def _child(implementation, model_name, n, budget):
     """Runs one kernel call and prints its peak growth as JSON (the subprocess side)."""
-    from tf_ntk.cli import quiet  # noqa: F401, PLC0415  (must precede TensorFlow)
     import keras  # noqa: PLC0415
 
     import tf_ntk  # noqa: PLC0415
+    from tf_ntk.cli import quiet  # noqa: F401, PLC0415  (must precede TensorFlow)
 
     keras.utils.set_random_seed(0)
     model = _model(model_name)

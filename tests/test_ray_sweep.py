@@ -13,8 +13,8 @@ import pytest
 
 from tests import helpers
 from tf_ntk.cli import reproduce
-from tf_ntk import ray_sweep
-from tf_ntk import sweep
+from tf_ntk.study import ray_sweep
+from tf_ntk.study import sweep
 
 pytestmark = pytest.mark.xdist_group("ray")
 

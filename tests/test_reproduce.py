@@ -19,14 +19,16 @@ import psutil
 import pytest
 import tensorflow as tf
 
+from tests import helpers
+from tf_ntk import data
 from tf_ntk.cli import common
 from tf_ntk.cli import reproduce
-from tf_ntk import board
-from tf_ntk import claims
-from tf_ntk import data
-from tf_ntk import report
-from tf_ntk import study
-from tests import helpers
+from tf_ntk.study import board
+from tf_ntk.study import claims
+from tf_ntk.study import collect
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import report
 
 # One xdist worker runs the whole module, so the smoke sweep (the fixture) runs once.
 pytestmark = pytest.mark.xdist_group("reproduce")
@@ -66,7 +68,7 @@ def killed_sweep(tmp_path_factory):
                    if not os.path.exists(os.path.join(os.path.dirname(p), "results.json"))]
     left = {"workers": len(workers), "alive": alive, "report": (root / "report.md").exists(),
             "interrupted": interrupted,
-            "done": {j.output: os.path.getmtime(j.output) for j in study.plan(study.PRESETS["smoke"], str(root))
+            "done": {j.output: os.path.getmtime(j.output) for j in plan.plan(presets.PRESETS["smoke"], str(root))
                      if j.output and os.path.exists(j.output)}}
     _run(["--preset=smoke", f"--workdir={root}", "--jobs=2"])
     return root, left
@@ -95,8 +97,8 @@ def _evaluations(root):
 def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
     rows = _results(pool_sweep)
     evals = _evaluations(pool_sweep)
-    preset = study.PRESETS["smoke"]
-    assert len(evals) == sum(j.name.startswith("eval/") for j in study.plan(preset, str(pool_sweep)))
+    preset = presets.PRESETS["smoke"]
+    assert len(evals) == sum(j.name.startswith("eval/") for j in plan.plan(preset, str(pool_sweep)))
     # 3 phase-1 sources x 2 seeds; phase 2: the 2 centered conditions from spawn 0 and 4 conditions
     # (centered clean and adv, linearized and standard clean) x 2 sources from spawn 2, x 2 seeds; the
     # flip source's centered clean child at spawn 2.
@@ -196,7 +198,7 @@ def test_results_csv_and_report_equal_the_runs_own_files(pool_sweep):
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections[:6] == ["## What the numbers show", "## How a claim is decided", "## The claims table",
                             "## Resolution", "## Terms", "## Figures"]
-    claim_verdicts = claims.claims(preset, report.collect(preset, str(pool_sweep)))
+    claim_verdicts = claims.claims(preset, collect.collect(preset, str(pool_sweep)))
     for claim, (verdict, _, _) in claim_verdicts.items():
         paragraph = next(x for x in text.splitlines() if x.startswith(f"**{claim}: "))
         assert claims.PRIMARY[claim].reading in paragraph and f"**{verdict}**" in paragraph
@@ -216,7 +218,7 @@ def test_figures_are_valid_pngs_of_the_expected_size(pool_sweep):
             raw = f.read()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n"
         image = tf.io.decode_png(raw).numpy()
-        rows = len(study.PRESETS["smoke"].phase2_dynamics) if "fig3" in path else 1
+        rows = len(presets.PRESETS["smoke"].phase2_dynamics) if "fig3" in path else 1
         assert image.shape[:2] == (400 * rows, 1000), path  # one 1000 x 400 row of panels each
         gray = image[..., :3].mean(axis=-1)
         assert (gray < 200).mean() > 0.01, f"{path} is (nearly) blank"
@@ -242,16 +244,16 @@ def test_the_board_holds_one_run_per_condition_with_the_seeds_mean_and_range(poo
     (milli-epochs) = the mean over seeds of the runs' own evaluations, the seeds' min and max beside
     it; tensorboard/distance/standard_vs_adversarial: the mean kernel distance per epoch."""
     evals = _evaluations(pool_sweep)
-    preset = study.PRESETS["smoke"]
+    preset = presets.PRESETS["smoke"]
     root = os.path.join(pool_sweep, board.BOARD_DIR)
-    for source in study.SOURCES:
+    for source in presets.SOURCES:
         for dynamics, data_mode in preset.phase2_conditions():
             values, _ = _scalars(os.path.join(root, "phase2", f"{source}-{dynamics}-{data_mode}"))
             curve = values[board.ROBUST]
             spawns = [e for e in preset.spawn_epochs if e > 0 or dynamics == "centered"]
             assert sorted(curve) == [round(1000 * e) for e in spawns]
             for spawn in spawns:
-                runs = [study.child_name(dynamics, data_mode, source, s, spawn) for s in preset.seed_list()]
+                runs = [plan.child_name(dynamics, data_mode, source, s, spawn) for s in preset.seed_list()]
                 got = [evals[r]["robust_accuracy"] for r in runs]
                 step = round(1000 * spawn)
                 assert curve[step] == pytest.approx(np.mean(got), abs=1e-6)
@@ -308,7 +310,7 @@ def test_interrupted_sweep_resumes_to_the_same_numbers(killed_sweep, tmp_path):
         assert os.path.getmtime(output) == mtime, f"{output} was recomputed"
     assert left["interrupted"], "no phase-2 run was caught mid-training"
     name = left["interrupted"][0]
-    jobs = {j.name: j for j in study.plan(study.PRESETS["smoke"], str(root))}
+    jobs = {j.name: j for j in plan.plan(presets.PRESETS["smoke"], str(root))}
     fresh = tmp_path / "fresh"
     for job in (jobs[f"phase2/{name}"], jobs[f"eval/{name}"]):
         args = [a.replace(f"{root}/phase2/{name}", str(fresh)) for a in job.args]
@@ -332,7 +334,7 @@ def test_printed_commands_are_the_pools_jobs_and_run_alone_to_its_numbers(pool_s
     root = tmp_path / "commands"
     _run(["--preset=smoke", f"--workdir={root}", "--print_commands"])
     lines = capsys.readouterr().out.strip().splitlines()
-    jobs = study.plan(study.PRESETS["smoke"], str(root), report_args=[
+    jobs = plan.plan(presets.PRESETS["smoke"], str(root), report_args=[
         f"--workdir={root}", "--preset=smoke", "--report_only"])
     assert lines == [job.command() for job in jobs]
     assert lines[-1].endswith("--report_only") and "--preset=smoke" in lines[-1]
@@ -378,7 +380,7 @@ def test_cifar10_dry_runs_are_offline_and_cost_device_hours(preset, spawns, flip
     assert "train-step equivalents" in out
     # Device-hours per device kind: the plan's train-step equivalents × seconds per step / 3600.
     total = float(next(x for x in out.splitlines() if x.startswith("total")).split()[2].replace(",", ""))
-    for kind, (seconds, source) in study.step_seconds(study.PRESETS[preset]).items():
+    for kind, (seconds, source) in plan.step_seconds(presets.PRESETS[preset]).items():
         line = next(x for x in out.splitlines() if x.startswith(kind + " "))
         assert float(line.split()[2].replace(",", "")) == pytest.approx(total * seconds / 3600, abs=1)
         assert source in line and (source.startswith("estimated") or source.startswith("measured"))
@@ -494,7 +496,7 @@ def test_the_smoke_preset_on_a_ray_cluster_equals_the_pool_and_a_killed_worker_s
         assert row == pool[(row["kind"], row["run"], row["metric"], row["epoch"], row["spawn_epoch"])], row
     times = helpers.read_json(str(root / "logs" / "job_times.json"))
     checked = 0
-    for job in study.plan(study.PRESETS["smoke"].replace(seeds=1), str(root)):
+    for job in plan.plan(presets.PRESETS["smoke"].replace(seeds=1), str(root)):
         for dep in job.deps:
             if job.name in times and dep in times:
                 assert times[job.name][0] >= times[dep][1], (job.name, dep)

@@ -5,12 +5,12 @@ standard and centered models."""
 import numpy as np
 import pytest
 
-import tf_ntk
 from tests import helpers
-from tf_ntk import autoattack
+import tf_ntk
 from tf_ntk import data
-from tf_ntk import evaluation
-from tf_ntk import robustness
+from tf_ntk.robust import autoattack
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
 
 
 def test_strong_attack_reaches_the_closed_form_optimum_of_a_linear_model():
@@ -22,11 +22,11 @@ def test_strong_attack_reaches_the_closed_form_optimum_of_a_linear_model():
     for eps in (0.02, 0.05):
         want = helpers.closed_form_linf_robust(w, b, x, y, eps)
         assert 0.05 < want.mean() < 0.95  # the test must be able to fail either way
-        got = robustness.evaluate(fn, x, y, robustness.strong(eps, steps=20, restarts=1, square_queries=100),
+        got = ensembles.evaluate(fn, x, y, ensembles.strong(eps, steps=20, restarts=1, square_queries=100),
                                  seed=0)
         np.testing.assert_array_equal(got.correct, want)
         # The protocol's single CE attack is weaker (it cannot beat the optimum either).
-        protocol = robustness.evaluate(fn, x, y, robustness.protocol(eps, steps=20), seed=0)
+        protocol = ensembles.evaluate(fn, x, y, ensembles.protocol(eps, steps=20), seed=0)
         assert np.all(protocol.correct >= want)
 
 
@@ -40,24 +40,24 @@ def test_ensemble_worst_case_is_never_above_any_member(trained_mlp):
     model, x, y = trained_mlp
     fn = evaluation.inference_fn(model)
     # PGD members only: their random starts are seeded per example, so membership cannot change them.
-    ensemble = robustness.strong(0.1, steps=10, restarts=2, targets=2, apgd=False, square_queries=0)
-    together = robustness.evaluate(fn, x, y, ensemble, seed=1, batch_size=64)
+    ensemble = ensembles.strong(0.1, steps=10, restarts=2, targets=2, apgd=False, square_queries=0)
+    together = ensembles.evaluate(fn, x, y, ensemble, seed=1, batch_size=64)
     assert 0.0 < together.accuracy < 0.9
     for member in ensemble.members:
-        alone = robustness.evaluate(fn, x, y, robustness.Ensemble((member,)), seed=1, batch_size=64)
+        alone = ensembles.evaluate(fn, x, y, ensembles.Ensemble((member,)), seed=1, batch_size=64)
         assert np.all(together.correct <= alone.correct), member.describe()
     # Every example the ensemble calls broken has an adversarial image that the model misclassifies,
     # inside the ball.
     broken = ~together.correct
     assert np.all(np.argmax(fn(together.x_adv).numpy(), -1)[broken] != y[broken])
     assert np.abs(together.x_adv - x).max() <= 0.1 + 1e-6
-    assert sum(together.breaks().values()) + np.sum(together.broken_by == robustness.CLEAN_WRONG) \
+    assert sum(together.breaks().values()) + np.sum(together.broken_by == ensembles.CLEAN_WRONG) \
         == np.sum(broken)
     # Continuing from a result gives the worst case of both attacks.
-    protocol = robustness.evaluate(fn, x, y, robustness.protocol(0.1, steps=10), seed=1)
-    both = robustness.evaluate(fn, x, y, ensemble, seed=1, start=protocol)
+    protocol = ensembles.evaluate(fn, x, y, ensembles.protocol(0.1, steps=10), seed=1)
+    both = ensembles.evaluate(fn, x, y, ensemble, seed=1, start=protocol)
     assert np.all(both.correct <= protocol.correct)
-    assert robustness.evaluate(fn, x, y, ensemble, seed=1).accuracy == together.accuracy  # seeded
+    assert ensembles.evaluate(fn, x, y, ensemble, seed=1).accuracy == together.accuracy  # seeded
 
 
 def test_robust_accuracy_takes_attack_names(trained_mlp):
@@ -69,7 +69,7 @@ def test_robust_accuracy_takes_attack_names(trained_mlp):
     protocol = evaluation.robust_accuracy(fn, dataset, "protocol", eps=0.1)
     assert strong <= protocol
     with pytest.raises(ValueError, match="unknown attack 'weak'"):
-        robustness.named("weak", 0.1)
+        ensembles.named("weak", 0.1)
     with pytest.raises(ValueError, match="needs eps"):
         evaluation.robust_accuracy(fn, dataset, "strong")
 
@@ -86,7 +86,7 @@ def test_autoattack_runs_on_standard_and_centered_models(trained_mlp, dynamics):
     x, y = x[:24], y[:24]
     tiny = autoattack.AutoAttackConfig(eps=0.1, apgd_steps=5, apgd_restarts=1, square_queries=20,
                                        square_restarts=1, batch_size=24)
-    result = robustness.evaluate(fn, x, y, tiny, seed=0)
+    result = ensembles.evaluate(fn, x, y, tiny, seed=0)
     clean = np.argmax(fn(x).numpy(), -1) == y
     assert np.all(result.correct <= clean) and result.accuracy < clean.mean()
     assert result.rejected == 0
@@ -99,9 +99,26 @@ def test_autoattack_runs_on_standard_and_centered_models(trained_mlp, dynamics):
 def test_the_pgd_members_run_under_xla_with_static_shapes(trained_mlp):
     model, x, y = trained_mlp
     fn = evaluation.inference_fn(model)
-    ensemble = robustness.strong(0.1, steps=5, restarts=1, targets=1, apgd=False, square_queries=0)
-    eager = robustness.evaluate(fn, x[:100], y[:100], ensemble, seed=2, batch_size=32)
-    xla = robustness.evaluate(fn, x[:100], y[:100], ensemble, seed=2, batch_size=32, jit_compile=True)
+    ensemble = ensembles.strong(0.1, steps=5, restarts=1, targets=1, apgd=False, square_queries=0)
+    eager = ensembles.evaluate(fn, x[:100], y[:100], ensemble, seed=2, batch_size=32)
+    xla = ensembles.evaluate(fn, x[:100], y[:100], ensemble, seed=2, batch_size=32, jit_compile=True)
     # Same starts, same steps; XLA may round differently, so allow a few examples to differ.
     assert abs(xla.accuracy - eager.accuracy) <= 0.03
     assert np.abs(xla.x_adv - x[:100]).max() <= 0.1 + 1e-6
+
+
+def test_worst_case_takes_the_first_breaking_attacks_image():
+    x = np.zeros((4, 1, 1, 1), np.float32)
+
+    def result(correct, value):
+        correct = np.array(correct)
+        return ensembles.AttackResult(x_adv=x + value, correct=correct,
+                                      broken_by=np.where(correct, ensembles.ROBUST, 0), members=["a"])
+
+    a, b, c = (result(np.array(v, bool), k) for v, k in (([1, 0, 1, 1], 1.0), ([0, 0, 1, 1], 2.0),
+                                                          ([1, 1, 1, 0], 3.0)))
+    correct, x_adv = ensembles.worst_case([a, b, c])
+    np.testing.assert_array_equal(correct, [False, False, True, False])
+    np.testing.assert_array_equal(x_adv.ravel(), [2.0, 1.0, 3.0, 3.0])  # first breaker; else the last
+    with pytest.raises(ValueError, match="at least one"):
+        ensembles.worst_case([])

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from bench import write_faults
-from tf_ntk.cli import train
+from tests import helpers
 from tf_ntk import checkpoints
 from tf_ntk import summaries
-from tests import helpers
+from tf_ntk.cli import train
 
 ARGS = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256",
         "--epochs=2", "--save_epochs=0,0.5,1,2", "--eval_every=1", "--kernel_every=1",
@@ -104,3 +104,17 @@ def test_history_json_lags_the_resume_state_only_inside_the_window(tmp_path):
     helpers.run_binary(train, [f"--workdir={workdir}"] + ARGS)
     assert (workdir / "resume" / "meta.json").read_bytes() == before
     assert json.loads((workdir / "history.json").read_text()) == resume
+
+
+def test_a_binarys_recorded_flags_are_the_ones_it_defines():
+    # Every binary imported into one process (as in a sweep worker): each records only its own flags.
+    from tf_ntk.cli import common  # noqa: PLC0415 - after train, on purpose
+    from tf_ntk.cli import evaluate  # noqa: PLC0415
+    from tf_ntk.cli import reproduce  # noqa: PLC0415
+
+    recorded = {m.__name__: set(common.resolved_flags(m.__name__)) for m in (train, evaluate, reproduce)}
+    assert {"model", "lr", "save_epochs", "eps", "workdir"} <= recorded["tf_ntk.cli.train"]
+    assert {"checkpoint", "eps", "strong_restarts", "workdir"} <= recorded["tf_ntk.cli.evaluate"]
+    assert not {"model", "width", "lr", "save_epochs", "jit_compile"} & recorded["tf_ntk.cli.evaluate"]
+    assert {"preset", "spawn_epochs", "model", "jit_compile"} <= recorded["tf_ntk.cli.reproduce"]
+    assert not {"checkpoint", "lr", "attack_steps"} & recorded["tf_ntk.cli.reproduce"]

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tf_ntk.cli import train
 from tests import helpers
 from tf_ntk import rundir
+from tf_ntk.cli import train
 
 
 def _hold(directory, pid, host=None):

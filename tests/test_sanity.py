@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 from tests import helpers
-from tf_ntk import attacks
-from tf_ntk import evaluation
-from tf_ntk import robustness
-from tf_ntk import sanity
+from tf_ntk.robust import attacks
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
+from tf_ntk.robust import sanity
 
 EPS = 0.1
 
@@ -26,7 +26,7 @@ def _failed(report):
 def test_sanity_report_passes_on_an_honest_model_under_the_strong_attack(trained):
     model, x, y = trained
     fn = evaluation.inference_fn(model)
-    attack = robustness.strong(EPS, steps=20, restarts=2, square_queries=200)
+    attack = ensembles.strong(EPS, steps=20, restarts=2, square_queries=200)
     report = sanity.sanity_checks(fn, x, y, attack, blackbox_queries=200)
     assert report.passed, str(report)
     assert report.eps_curve[0] == (0.0, report.benign)
@@ -40,7 +40,7 @@ def test_sanity_report_fails_on_masked_gradients_and_the_black_box_check_catches
     model, x, y = trained
     # A stop-gradient input layer: zero input gradients, so PGD cannot move beyond its random start.
     masked = lambda t: model(tf.stop_gradient(t) + 0.0 * t, training=False)  # noqa: E731
-    attack = robustness.strong(EPS, steps=10, restarts=1, square_queries=200)
+    attack = ensembles.strong(EPS, steps=10, restarts=1, square_queries=200)
     report = sanity.sanity_checks(masked, x, y, attack, blackbox_queries=200)
     failed = _failed(report)
     blackbox = "black-box Square attack not stronger than the white-box attack"
@@ -71,8 +71,8 @@ def test_an_attack_that_has_not_converged_fails_the_steps_and_loss_checks(traine
     assert failed["2x steps break no more examples"].shortfall > 0
     # What the stronger attacks broke is counted: the report's worst case per example is at most the
     # attack's own outcome and at most the 2x-steps attack's, rerun here with the report's seeds.
-    base = robustness.evaluate(fn, x, y, one_step, seed=0)
-    more = robustness.evaluate(fn, x, y, one_step.replace(steps=2), seed=1, start=base)
+    base = ensembles.evaluate(fn, x, y, one_step, seed=0)
+    more = ensembles.evaluate(fn, x, y, one_step.replace(steps=2), seed=1, start=base)
     assert not (report.correct & ~base.correct).any() and not (report.correct & ~more.correct).any()
     assert report.worst_case <= more.accuracy < base.accuracy == report.robust
 

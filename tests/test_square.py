@@ -1,15 +1,15 @@
-"""The TensorFlow Square attack (tf_ntk.square) against closed forms and against ART's Square."""
+"""The TensorFlow Square attack (tf_ntk.robust.square) against closed forms and against ART's Square."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ntk import autoattack
-from tf_ntk import data
-from tf_ntk import evaluation
-from tf_ntk import robustness
-from tf_ntk import square
 from tests import helpers
+from tf_ntk import data
+from tf_ntk.robust import autoattack
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
+from tf_ntk.robust import square
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def test_images_stay_in_the_ball_never_raise_the_margin_and_repeat_with_the_key(
     np.testing.assert_array_equal(a, square.square(fn, x, y, eps=0.1, queries=60, restarts=2,
                                                    seed=3).numpy())
     assert a.min() >= 0.0 and a.max() <= 1.0
-    size = robustness.perturbation_size(a, x, "linf")
-    assert np.all(size <= robustness.ball_limit(0.1)) and size.min() > 0.05
+    size = ensembles.perturbation_size(a, x, "linf")
+    assert np.all(size <= ensembles.ball_limit(0.1)) and size.min() > 0.05
 
     def margin(images):
         logits = fn(images).numpy()
@@ -72,10 +72,10 @@ def test_it_breaks_as_many_as_art_s_square_and_the_ensemble_at_least_what_art_s_
     broken = {}
     for implementation in ("art", "tf"):
         member = autoattack.SquareConfig(eps=0.1, queries=1000, implementation=implementation)
-        broken[implementation] = int(np.sum(~robustness.evaluate(
-            fn, x, y, robustness.Ensemble((member,)), seed=0).correct))
+        broken[implementation] = int(np.sum(~ensembles.evaluate(
+            fn, x, y, ensembles.Ensemble((member,)), seed=0).correct))
     assert broken["tf"] >= broken["art"] - 3 and broken["art"] > 40, broken
-    correct = {implementation: robustness.evaluate(fn, x, y, robustness.strong(
+    correct = {implementation: ensembles.evaluate(fn, x, y, ensembles.strong(
         0.1, steps=20, restarts=1, targets=1, square_queries=250, implementation=implementation),
         seed=0).correct for implementation in ("art", "tf")}
     assert 0.05 < correct["tf"].mean() < 0.9
@@ -91,7 +91,7 @@ def test_it_compiles_with_xla_and_searches_per_example(trained_mlp):
                                                             example_rows=(rows, 160)),
                            jit_compile=True)
     whole = compiled(x, y, rows).numpy()
-    assert np.all(robustness.perturbation_size(whole, x, "linf") <= robustness.ball_limit(0.1))
+    assert np.all(ensembles.perturbation_size(whole, x, "linf") <= ensembles.ball_limit(0.1))
     part = compiled(x[40:80], y[40:80], rows[40:80]).numpy()
     np.testing.assert_allclose(part, whole[40:80], atol=1e-6)
 

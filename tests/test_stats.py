@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tf_ntk import stats
+from tf_ntk.study import stats
 
 
 def test_summary_is_mean_and_sample_std():

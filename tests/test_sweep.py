@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from tf_ntk import study
-from tf_ntk import sweep
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import sweep
 
 
 def fake_execute(module, args, log_path):
@@ -70,8 +71,8 @@ def test_threads_per_worker_share_the_cores():
 
 
 def test_comparison_pairs_are_independent_matched_floors():
-    preset = study.PRESETS["smoke"].replace(seeds=3, seed_base=5)
-    pairs = study.comparison_pairs(preset)
+    preset = presets.PRESETS["smoke"].replace(seeds=3, seed_base=5)
+    pairs = plan.comparison_pairs(preset)
     assert pairs[:4] == [("standard-s5", "adversarial-s5"), ("standard-s5", "standard-s5-rep"),
                          ("adversarial-s5", "adversarial-s5-rep"), ("flip-s5", "adversarial-s5")]
     floors = [p for p in pairs if p[1].endswith("-rep")]
@@ -79,13 +80,13 @@ def test_comparison_pairs_are_independent_matched_floors():
     runs = [r for p in floors for r in p]
     assert len(runs) == len(set(runs))  # no run in two matched-floor pairs: independent pairs
     assert all(a + "-rep" == b for a, b in floors)  # each run against its own replica
-    assert study.comparison_pairs(preset.replace(matched_floor=False, flip=False)) == [
+    assert plan.comparison_pairs(preset.replace(matched_floor=False, flip=False)) == [
         (f"standard-s{s}", f"adversarial-s{s}") for s in (5, 6, 7)]
 
 
 def test_quick_plan_structure(tmp_path):
-    preset = study.PRESETS["quick"]
-    jobs = study.plan(preset, str(tmp_path))
+    preset = presets.PRESETS["quick"]
+    jobs = plan.plan(preset, str(tmp_path))
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
     by_name = {j.name: j for j in jobs}
@@ -101,7 +102,7 @@ def test_quick_plan_structure(tmp_path):
     assert sum(n.startswith("phase2/") for n in names) == phase2
     assert sum(n.startswith("eval/") for n in names) == 2 * seeds + phase2
     assert sum(n.startswith("transfer/") for n in names) == 2 * seeds * len(later)
-    assert sum(n.startswith("kernels/") for n in names) == 4 * seeds + len(study.comparison_pairs(preset))
+    assert sum(n.startswith("kernels/") for n in names) == 4 * seeds + len(plan.comparison_pairs(preset))
     assert sum(n.startswith("kernel_machine/") for n in names) == 2 * seeds
     km = by_name["kernel_machine/adversarial-s101"]
     assert km.deps == ("phase1/adversarial-s101",) and "--at_epochs=1,10" in km.args
@@ -112,11 +113,11 @@ def test_quick_plan_structure(tmp_path):
     assert "--seed=101" in job.args and "--dynamics=centered" in job.args
     assert "phase2/centered-clean-from-adversarial-s101-e0" not in by_name
     assert "phase2/standard-adv-from-standard-s101-e1" not in by_name  # standard dynamics: clean only
-    assert study.PRESETS["digits"].phase2_conditions()[-1] == ("standard", "clean")
+    assert presets.PRESETS["digits"].phase2_conditions()[-1] == ("standard", "clean")
     # The replica: the same initialisation seed, another data seed.
     rep = by_name["phase1/adversarial-s101-rep"]
-    assert "--seed=101" in rep.args and f"--data_seed={101 + study.REPLICA_DATA_SEED}" in rep.args
-    flip_plan = {j.name: j for j in study.plan(preset.replace(flip=True), str(tmp_path))}
+    assert "--seed=101" in rep.args and f"--data_seed={101 + presets.REPLICA_DATA_SEED}" in rep.args
+    flip_plan = {j.name: j for j in plan.plan(preset.replace(flip=True), str(tmp_path))}
     flip = flip_plan["phase1/flip-s100"]
     assert "--data_mode=flip" in flip.args and "--flip_epoch=5" in flip.args
     assert "phase2/centered-clean-from-flip-s100-e10" in flip_plan
@@ -149,7 +150,7 @@ def test_quick_plan_structure(tmp_path):
 
 def test_presets_use_disjoint_seeds():
     used = {}
-    for name, preset in study.PRESETS.items():
+    for name, preset in presets.PRESETS.items():
         for seed in preset.seed_list():
             assert seed not in used, f"{name} and {used.get(seed)} share seed {seed}"
             used[seed] = name
@@ -157,8 +158,8 @@ def test_presets_use_disjoint_seeds():
 
 def test_cost_model_closed_form(tmp_path):
     """Phase-1 adversarial, clean-then-adversarial: (1 + 0.65 k + 1) per step; centered x1.3."""
-    preset = study.PRESETS["smoke"]  # digits: 1437 images, batch 256 -> 6 steps; k = 2 PGD steps
-    by_name = {j.name: j for j in study.plan(preset, str(tmp_path))}
+    preset = presets.PRESETS["smoke"]  # digits: 1437 images, batch 256 -> 6 steps; k = 2 PGD steps
+    by_name = {j.name: j for j in plan.plan(preset, str(tmp_path))}
     assert by_name["phase1/standard-s0"].cost == pytest.approx(2 * 6 * 1.0)
     assert by_name["phase1/adversarial-s0"].cost == pytest.approx(2 * 6 * (2 + 2 * 0.65))
     assert by_name["phase2/centered-adv-from-standard-s0-e2"].cost == pytest.approx(
@@ -175,15 +176,16 @@ def test_cost_model_closed_form(tmp_path):
     ({"seeds": 0}, "seeds must be >= 1"),
     ({"eval_examples": 5000}, r"eval_examples must be in \[1, 360\]"),
     ({"dataset": "imagenet"}, "unknown data set"),
+    ({"job_strategy": "multi_worker"}, "job_strategy must be one of default, mirrored, tpu"),
 ])
 def test_preset_validation(changes, message):
     with pytest.raises(ValueError, match=message):
-        study.PRESETS["quick"].replace(**changes)
+        presets.PRESETS["quick"].replace(**changes)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar10-full"])
 def test_cifar10_presets_are_the_protocol(name):
-    p = study.PRESETS[name]
+    p = presets.PRESETS[name]
     assert (p.model, p.eps, p.phase1_epochs, p.train_attack_steps, p.eval_steps) == (
         "resnet18", 4 / 255, 101, 20, 100)
     assert p.per_class * 10 == 500 and p.phase2_epochs == 100 and p.phase2_lr == 0.01
@@ -197,9 +199,27 @@ def test_cifar10_presets_are_the_protocol(name):
 
 
 def test_a_shorter_phase1_trims_the_grids_and_ends_them_at_its_last_epoch():
-    p = study.PRESETS["quick"].replace(phase1_epochs=3)
+    p = presets.PRESETS["quick"].replace(phase1_epochs=3)
     assert p.spawn_epochs == (0.0, 1.0, 3.0)
     assert p.kernel_epochs == (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 3.0)
-    q = study.PRESETS["quick"].replace(phase1_epochs=3, spawn_epochs=(1.0,))
+    q = presets.PRESETS["quick"].replace(phase1_epochs=3, spawn_epochs=(1.0,))
     assert q.spawn_epochs == (1.0,)
-    assert study.Preset.from_dict(p.to_dict()) == p
+    assert presets.Preset.from_dict(p.to_dict()) == p
+
+
+def test_job_strategy_reaches_the_training_and_kernel_jobs_only(tmp_path):
+    preset = presets.PRESETS["smoke"].replace(job_strategy="tpu", jit_compile=True)
+    jobs = plan.plan(preset, str(tmp_path))
+    tpu = ("--strategy=tpu", "--tpu=local")
+    for job in jobs:
+        on_tpu = all(a in job.args for a in tpu)
+        if job.module in ("tf_ntk.cli.train", "tf_ntk.cli.kernel_dynamics"):
+            assert on_tpu, job.name
+        else:
+            assert not any(a.startswith(("--strategy", "--tpu")) for a in job.args), job.name
+        if job.module == "tf_ntk.cli.train":
+            assert "--jit_compile" in job.args, job.name
+    # Run-only: the numbers' record is the default preset's, so a sweep may resume on another device.
+    assert preset.numbers_dict() == presets.PRESETS["smoke"].replace(jit_compile=True).numbers_dict()
+    assert presets.PRESETS["smoke"].strategy_args() == ()
+    assert presets.PRESETS["smoke"].replace(job_strategy="mirrored").strategy_args() == ("--strategy=mirrored",)

@@ -16,6 +16,8 @@ import threading
 
 import tensorflow as tf
 
+from tf_ntk import rundir
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RESOLVE_TIMEOUT_S = 5.0  # the longest a TF_CONFIG host name may take to resolve, in seconds
 
@@ -187,7 +189,7 @@ def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, RuntimeError) as e:
-            raise ValueError(f"cannot start the multi-worker strategy: {str(e).splitlines()[0]} "
+            raise ValueError(f"cannot start the multi-worker strategy: {rundir.one_line(e)} "
                              "(it must be created before any other TensorFlow operation)") from e
         finally:
             started()
@@ -196,7 +198,7 @@ def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise ValueError(f"cannot reach TPU {tpu or 'local'!r}: {str(e).splitlines()[0]}") from e
+        raise ValueError(f"cannot reach TPU {tpu or 'local'!r}: {rundir.one_line(e)}") from e
     return tf.distribute.TPUStrategy(resolver)
 
 

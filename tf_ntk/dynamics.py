@@ -191,7 +191,7 @@ def reuse_models():
     instead of building a new one; the block's models are free again when it ends.
 
     For processes that run job after job (the sweep's workers): the functions traced on a model (its
-    attacks and predictions, `tf_ntk.robustness`) capture its variables, not their values, so the
+    attacks and predictions, `tf_ntk.robust.ensembles`) capture its variables, not their values, so the
     next job reuses them with its own weights instead of tracing them again. Restoring matches every
     variable of the model (`tf_ntk.checkpoints.restore`), so nothing of an earlier job's weights
     survives. A job must not keep a model past its block.

@@ -38,6 +38,14 @@ RECORD = "run.json"
 FLAGS_FILE = "flags.json"
 HISTORY = "history.json"
 RESULTS = "results.json"
+# The output files of the binaries, named once for the binaries that write them and the study that
+# plans, waits for and reads them.
+EVALUATION = "evaluation.json"  # tf-ntk-evaluate, in <run>/eval/epoch_<E>/ by default
+OUTPUT_TERMS = "output_terms.npz"  # tf-ntk-evaluate --output_terms, beside it
+KERNEL_DYNAMICS = "kernel_dynamics.csv"  # tf-ntk-kernel-dynamics: one row per spawn checkpoint
+COMPARISON = "comparison.csv"  # tf-ntk-kernel-dynamics --compare_run: distance between two runs by epoch
+EIGEN_IMAGES = "eigen_images.npz"  # tf-ntk-visualize-features
+KERNEL_MACHINE = "kernel_machine.json"  # tf-ntk-kernel-machine: one row per spawn
 
 gfile = tf.io.gfile
 
@@ -80,6 +88,16 @@ def isdir(path):
 def glob(pattern):
     """Paths matching ``pattern`` (``*`` within one directory level), on any file system."""
     return sorted(gfile.glob(str(pattern)))
+
+
+def listdir(path):
+    """Names of the entries of the directory ``path`` (sub-directories without a trailing slash)."""
+    return sorted(n.rstrip("/") for n in gfile.listdir(str(path)))
+
+
+def remove(path):
+    """Deletes the file ``path``."""
+    gfile.remove(str(path))
 
 
 def walk_files(root, name):

@@ -8,10 +8,11 @@ import json
 
 from matplotlib import colormaps
 import numpy as np
-import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
+import tensorflow as tf
 
-from tf_ntk import metrics
+from tf_ntk import rundir
+from tf_ntk.ntk import metrics
 
 TENSORBOARD_FLAGS = "--samples_per_plugin=images=100000"
 """What `tensorboard` needs to show every epoch's heat map and eigen-image: TensorBoard keeps 10
@@ -117,7 +118,7 @@ def write_hparams(config, trial_id=None, online_kernel=False):
 
 def event_files(logdir):
     """The TensorBoard event files directly in ``logdir`` (any file system), sorted."""
-    return sorted(tf.io.gfile.glob(f"{str(logdir).rstrip('/')}/events.out.tfevents.*"))
+    return rundir.glob(f"{str(logdir).rstrip('/')}/events.out.tfevents.*")
 
 
 def read_events(logdir):

@@ -44,11 +44,11 @@ import time
 import keras
 import tensorflow as tf
 
-from tf_ntk import attacks
 from tf_ntk import checkpoints
 from tf_ntk import distribute
 from tf_ntk import ntk
 from tf_ntk import rundir
+from tf_ntk.robust import attacks
 
 DATA_MODES = ("clean", "adv", "flip")
 """Training data: clean images, PGD images ("adv"), or clean until `TrainConfig.flip_epoch`
@@ -682,15 +682,3 @@ class _Run:
             cb.on_epoch_end(epoch + 1, row)
         if self.chief:
             rundir.write_json(rundir.join(self.workdir, rundir.HISTORY), self.history)
-
-
-def is_trained(workdir, config=None):
-    """Whether ``workdir`` holds a run that trained all its epochs (of ``config`` when given); it is
-    finished (`tf_ntk.rundir.is_finished`) once its final evaluation is recorded too."""
-    resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
-    if not checkpoints.exists(resume_dir):
-        return False
-    saved = checkpoints.read_meta(resume_dir)
-    epochs = (config.epochs if config is not None else saved["config"]["epochs"])
-    return len(saved.get("history", [])) >= epochs
-

@@ -15,12 +15,12 @@ from absl import flags
 from absl import logging
 import keras
 
-from tf_ntk.cli import common_flags
 from tf_ntk import data
 from tf_ntk import dynamics
 from tf_ntk import functional
 from tf_ntk import rundir
 from tf_ntk import training
+from tf_ntk.cli import common_flags
 
 # Errors that mean "the user asked for something impossible": reported in one line, exit status 2.
 # (CheckpointError and RunConfigMismatchError are ValueErrors.)
@@ -39,8 +39,7 @@ def _environment_error(e):
     tf = sys.modules.get("tensorflow")
     if tf is not None and isinstance(e, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
                                          tf.errors.DataLossError)):
-        text = str(getattr(e, "message", "") or e).strip()
-        return text.splitlines()[0] if text else type(e).__name__
+        return rundir.one_line(e)
     if tf is not None and isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
         # A multi-worker job whose peer died: TensorFlow aborts the collectives of the others.
         text = str(getattr(e, "message", "") or e)
@@ -62,7 +61,7 @@ def _fail(message):
 
 def _flag_error(error):
     """absl's flag error in one line ("--checkpoint is required" for a missing required flag)."""
-    text = str(error).strip().splitlines()[0]
+    text = rundir.one_line(error)
     missing = re.search(r"Flag --(\w+) must have a value other than None", text)
     return f"--{missing.group(1)} is required" if missing else text
 
@@ -162,7 +161,7 @@ def run(main):
                 raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
             return main(argv)
         except USER_ERRORS as e:
-            _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            _fail(rundir.one_line(e))
         except Interrupted as e:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one line, however many signals follow
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -313,7 +312,7 @@ def execute(module_name, args, log_path=None):
             with dynamics.reuse_models():  # later jobs reuse this job's models and their traces
                 module.main([program])
         except USER_ERRORS as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = rundir.one_line(e)
             print(f"{program}: error: {message}", file=sys.stderr)
             return message
         except Exception as e:
@@ -322,7 +321,7 @@ def execute(module_name, args, log_path=None):
                 print(f"{program}: error: {message}", file=sys.stderr)
                 return message
             traceback.print_exc()  # a bug: its traceback goes to the log
-            return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            return f"{type(e).__name__}: {rundir.one_line(e) if str(e).strip() else ''}"
         return None
     finally:
         flags.FLAGS.unparse_flags()

@@ -2,19 +2,24 @@
 
 Every ``define_*`` is idempotent, so several binaries can be imported into one process (the tests
 do): a shared flag has one definition, one default and one help text for all binaries. Flags whose
-sensible default differs per binary default to None and are resolved by the binary.
+sensible default differs per binary default to None and are resolved by the binary. Each call makes
+its flags key flags of the calling binary (and of no other): its ``--help`` and its recorded
+``flags.json`` hold exactly the flags it defined, whatever other binaries the process imported.
 """
 
 import fractions
+import functools
+import inspect
 import math
 
 from absl import flags
 
-from tf_ntk import attacks
 from tf_ntk import data
 from tf_ntk import distribute
 from tf_ntk import models
 from tf_ntk import ntk
+from tf_ntk.robust import attacks
+from tf_ntk.robust import ensembles
 
 
 class FractionParser(flags.FloatParser):
@@ -33,23 +38,63 @@ class FractionParser(flags.FloatParser):
         return value
 
 
+_GROUPS = {}  # define_* function name -> the names of the flags it defined
+
+
+def _declare(names):
+    """Registers ``names`` as key flags of the module that called into this one (the binary)."""
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    if frame is None:
+        return
+    for name in names:
+        flags.FLAGS.register_key_flag_for_module(frame.f_globals["__name__"], flags.FLAGS[name])
+
+
 def define_fraction(name, default, help_text, lower=None, upper=None):
     """Defines a finite float flag (decimals or fractions); every float flag of the binaries is one."""
-    if name in flags.FLAGS:
-        return
-    flags.DEFINE(FractionParser(lower_bound=lower, upper_bound=upper), name, default, help_text,
-                 serializer=flags.ArgumentSerializer())
+    if name not in flags.FLAGS:
+        flags.DEFINE(FractionParser(lower_bound=lower, upper_bound=upper), name, default, help_text,
+                     serializer=flags.ArgumentSerializer())
+    _declare([name])
+
+
+class FloatListParser(flags.ListParser):
+    """Parses comma-separated finite floats (decimals or fractions; empty items skipped) into a list."""
+
+    def parse(self, argument):
+        items = argument if isinstance(argument, (list, tuple)) else super().parse(argument)
+        try:
+            return [FractionParser().convert(v.strip() if isinstance(v, str) else v)
+                    for v in items if str(v).strip()]
+        except ValueError as e:
+            raise ValueError(f"{argument!r} is not numbers separated by commas") from e
+
+    def flag_type(self):
+        return "comma separated list of floats"
+
+
+def define_float_list(name, default, help_text):
+    """Defines a flag of comma-separated floats (`FloatListParser`); its value is a list of floats."""
+    if name not in flags.FLAGS:
+        flags.DEFINE(FloatListParser(), name, default, help_text, serializer=flags.CsvListSerializer(","))
+    _declare([name])
 
 
 def _once(first_flag):
-    """Decorator: run a define_* function only if its first flag is not defined yet."""
+    """Decorator: run a define_* function only if its first flag is not defined yet; either way, its
+    flags become key flags of the calling binary."""
 
     def wrap(fn):
+        @functools.wraps(fn)
         def define(*args, **kwargs):
             if first_flag not in flags.FLAGS:
+                before = set(flags.FLAGS)
                 fn(*args, **kwargs)
+                _GROUPS[fn.__name__] = sorted(set(flags.FLAGS) - before)
+            _declare(_GROUPS.get(fn.__name__, ()))
 
-        define.__doc__ = fn.__doc__
         return define
 
     return wrap
@@ -115,7 +160,7 @@ def define_strong_flags():
                          "ensemble and in AutoAttack (ART's default 5000; 0: no Square in the strong "
                          "ensemble).", lower_bound=0)
     flags.DEFINE_enum("strong_implementation", "tf", ["tf", "art"], "APGD-CE/-DLR and Square of the "
-                      "strong ensemble: compiled TensorFlow loops (tf_ntk.apgd, tf_ntk.square; L2 "
+                      "strong ensemble: compiled TensorFlow loops (tf_ntk.robust.apgd, tf_ntk.robust.square; L2 "
                       "Square is ART's) or ART's (NumPy, one TensorFlow call per step; "
                       "bench/results/evaluation_profile.txt has the speed-up).")
 
@@ -212,8 +257,17 @@ def model_options(FLAGS):  # noqa: N803
     return {} if FLAGS.width is None else {"width": FLAGS.width}
 
 
+def strong_ensemble(FLAGS):  # noqa: N803
+    """The strong ensemble (`tf_ntk.robust.ensembles.strong`) from the attack and strong flags:
+    --eps, --attack_norm, --attack_steps (default 100), --strong_restarts, --square_queries,
+    --strong_implementation."""
+    return ensembles.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
+                            restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
+                            implementation=FLAGS.strong_implementation)
+
+
 def attack_config(FLAGS, default_steps):  # noqa: N803
-    """A `tf_ntk.attacks.PGDConfig` from the attack flags."""
+    """A `tf_ntk.robust.attacks.PGDConfig` from the attack flags."""
 
     return attacks.PGDConfig(eps=FLAGS.eps, steps=FLAGS.attack_steps or default_steps,
                              step_size=FLAGS.attack_step_size, norm=FLAGS.attack_norm,

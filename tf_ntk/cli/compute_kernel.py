@@ -24,15 +24,15 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk.cli import common
-from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import dynamics
-from tf_ntk import kernel_shards
-from tf_ntk import metrics
 from tf_ntk import ntk
 from tf_ntk import rundir
 from tf_ntk import summaries
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
+from tf_ntk.ntk import kernel_shards
+from tf_ntk.ntk import metrics
 
 common_flags.define_data_flags()
 common_flags.define_image_flags()
@@ -43,7 +43,6 @@ common_flags.define_shard_flags()
 common_flags.define_strategy_flags()
 flags.DEFINE_integer("block_size", None, "Tile side in examples (default: the largest the memory "
                      "budget allows).", lower_bound=1)
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk.cli.common.run)
@@ -92,7 +91,7 @@ def main(argv):
         with rundir.open_run(workdir):
             rundir.rmtree(tiles_dir)
             if rundir.exists(out):
-                rundir.gfile.remove(out)
+                rundir.remove(out)
     if sharded:
         with rundir.open_run(os.path.join(workdir, "shards", f"{FLAGS.shard}-of-{FLAGS.num_shards}")) as d:
             common.write_flags(d, __name__)

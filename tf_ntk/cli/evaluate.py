@@ -12,7 +12,7 @@ example over all of them (RobustBench's count: clean and every adversarial image
 - protocol: the paper's L∞ PGD-100, ε = 4/255 (--eps), step 2ε/100, one random start, CE; the
   --attack_* flags and --restarts change it (--attack_norm=l2 --eps=0.25 --attack_step_size=0.01
   for the L2 attack);
-- strong (default with protocol): the ensemble of tf_ntk.robustness.strong: PGD with CE, CW margin,
+- strong (default with protocol): the ensemble of tf_ntk.robust.ensembles.strong: PGD with CE, CW margin,
   DLR and targeted margins (constant and cosine steps, every iterate counted), APGD-CE and
   APGD-DLR, and Square (compiled TensorFlow loops; ART's with --strong_implementation=art); --eps,
   --attack_norm, --attack_steps, --strong_restarts and --square_queries shape it (--attack_loss,
@@ -37,7 +37,7 @@ resolved flags:
 - "benign_accuracy"; "robust": {attack: {"accuracy", "attack", "description", "breaks",
   "rejected"}}; "robust_accuracy", the worst case per example over the attacks; "attack";
 - "per_example": {"benign", "robust", and one per attack}: strings of '0'/'1', one character per
-  evaluated example in data order (tf_ntk.evaluation.decode_bits reads them): "benign" the clean
+  evaluated example in data order (tf_ntk.robust.evaluation.decode_bits reads them): "benign" the clean
   image classified right (the clean pass the attacks start from, which gives benign_accuracy), each
   attack's name the example still right under that attack (clean image included), "robust" all of
   them at once. Each string's mean is exactly the accuracy recorded for it, for bootstraps over
@@ -47,7 +47,7 @@ resolved flags:
   single set also the earlier keys "transfer_accuracy", "transfer_from" and "transfer_examples";
 - with --save_adversarial: "saved_adversarial"; with --sanity_checks: "sanity_checks";
 - with --output_terms: "output_terms": {"clean": {"spawn_term", "kernel_term", "sum"},
-  "adversarial": {...}} (tf_ntk.evaluation.output_term_accuracies): the accuracies of the argmax of
+  "adversarial": {...}} (tf_ntk.robust.evaluation.output_term_accuracies): the accuracies of the argmax of
   the spawn function f_{θ_s}(x) alone, of the kernel term J_{θ_s}(x)(θ − θ_s) alone and of their
   sum, on the clean images and on PGD images of the protocol attack crafted against the model (one
   start per batch, seeded by batch: not the images behind robust["protocol"]). A linearized model's
@@ -63,16 +63,16 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk.cli import common
-from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import robustness
 from tf_ntk import rundir
-from tf_ntk import sanity
 from tf_ntk import summaries
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
+from tf_ntk.robust import sanity
 
 common_flags.define_data_flags()
 common_flags.define_image_flags()
@@ -87,7 +87,7 @@ flags.DEFINE_enum("eval_dynamics", None, ["standard", "linearized", "centered"],
 flags.DEFINE_enum("split", "test", list(data.SPLITS), "Split to evaluate on.")
 flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.", lower_bound=1)
 flags.DEFINE_list("attack", ["protocol", "strong"], "Attacks to run, comma-separated, from "
-                  f"{', '.join(robustness.NAMES)}; the robust accuracy is the worst case over all.")
+                  f"{', '.join(ensembles.NAMES)}; the robust accuracy is the worst case over all.")
 flags.DEFINE_integer("autoattack_restarts", 5, "AutoAttack: random starts of APGD and restarts of "
                      "Square (ART's default 5).", lower_bound=1)
 flags.DEFINE_bool("sanity_checks", False, "Run the sanity report on the strongest white-box attack "
@@ -110,39 +110,32 @@ flags.DEFINE_bool("output_terms", False, "For linearized/centered models, save t
                   "(spawn function and kernel term) on clean and adversarial (protocol attack) inputs "
                   "to output_terms.npz, and record the accuracy of each term alone and of their sum "
                   "in evaluation.json (\"output_terms\").")
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 
 
-def strong_from_flags():
-    return robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
-                             restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
-                             implementation=FLAGS.strong_implementation)
-
-
 def attacks_from_flags():
     """{name: attack} in the order --attack lists them."""
     names = list(dict.fromkeys(FLAGS.attack))
-    unknown = [n for n in names if n not in robustness.NAMES]
+    unknown = [n for n in names if n not in ensembles.NAMES]
     if unknown or not names:
         raise ValueError(f"--attack: unknown attack {', '.join(unknown) or '(none)'}; known attacks: "
-                         f"{', '.join(robustness.NAMES)}")
+                         f"{', '.join(ensembles.NAMES)}")
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
     out = {}
     for name in names:
         if name == "protocol":
             out[name] = protocol
         elif name == "strong":
-            out[name] = strong_from_flags()
+            out[name] = common_flags.strong_ensemble(FLAGS)
         else:
             if FLAGS.eps <= 0:
                 raise ValueError("--attack=autoattack needs --eps > 0")
             if FLAGS.square_queries < 1:
                 raise ValueError("--attack=autoattack needs --square_queries >= 1 (Square is one of "
                                  "its attacks)")
-            out[name] = robustness.named(name, FLAGS.eps, FLAGS.attack_norm,
+            out[name] = ensembles.named(name, FLAGS.eps, FLAGS.attack_norm,
                                          apgd_restarts=FLAGS.autoattack_restarts,
                                          square_restarts=FLAGS.autoattack_restarts,
                                          square_queries=FLAGS.square_queries,
@@ -152,7 +145,7 @@ def attacks_from_flags():
 
 def attack_ball(chosen):
     """(norm, eps): the ε-ball every chosen attack keeps its images in, which a saved set records."""
-    balls = {(m.norm, float(m.eps)) for a in chosen.values() for m in robustness.members(a)}
+    balls = {(m.norm, float(m.eps)) for a in chosen.values() for m in ensembles.members(a)}
     if len(balls) != 1:
         raise ValueError(f"the attacks use different eps-balls {sorted(balls)}; a saved set records one")
     return balls.pop()
@@ -193,23 +186,11 @@ def load_transfer(path, num_classes, opts, image_shape):
         if theirs != mine or split not in data.SPLITS:
             raise ValueError(f"{name} perturbs {_describe(theirs)}; this evaluation reads "
                              f"{_describe(dict(mine, split=None))}")
-    x_split, y_split = robustness.arrays(data.load(FLAGS.dataset, split, batch_size=FLAGS.batch_size,
+    x_split, y_split = ensembles.arrays(data.load(FLAGS.dataset, split, batch_size=FLAGS.batch_size,
                                                    **opts))
     evaluation.check_adversarial_set(adv, name=name, num_classes=num_classes, image_shape=image_shape,
                                      split=(x_split, y_split), split_name=f"{FLAGS.dataset}/{split}")
     return adv
-
-
-def worst_case(results):
-    """(correct (N,) bool, x_adv (N, ...)): an example is robust only if every attack left it right;
-    its adversarial image is the one of the first attack that broke it, else the last attack's."""
-    correct = np.ones(len(results[0].correct), bool)
-    x_adv = results[-1].x_adv.copy()
-    for r in results:
-        hit = correct & ~r.correct
-        x_adv[hit] = r.x_adv[hit]
-        correct &= r.correct
-    return correct, x_adv
 
 
 def _log_into_run(checkpoint, results, meta, own_dynamics):
@@ -266,10 +247,10 @@ def main(argv):
     if FLAGS.output_terms and kind == "standard":
         raise ValueError("--output_terms needs a linearized or centered model (--eval_dynamics)")
     workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "eval")
-    results_path = os.path.join(workdir, "evaluation.json")
+    results_path = os.path.join(workdir, rundir.EVALUATION)
     common.check_new_output(results_path, FLAGS.overwrite)
     fn = evaluation.inference_fn(model)
-    x, y = robustness.arrays(dataset)
+    x, y = ensembles.arrays(dataset)
     with rundir.open_run(workdir):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {kind} dynamics) on "
@@ -283,7 +264,7 @@ def main(argv):
                                         f"{len(members)} attacks, worst case per example: "
                                         + ", ".join(m.short() for m in members)))
             bar = common.progress(len(y), unit="image") if name == "protocol" else None
-            outcome = robustness.evaluate(fn, x, y, attack, seed=FLAGS.seed,
+            outcome = ensembles.evaluate(fn, x, y, attack, seed=FLAGS.seed,
                                           batch_size=FLAGS.batch_size, progress=bar)
             outcomes.append(outcome)
             results["robust"][name] = {"accuracy": outcome.accuracy, "attack": attack.to_dict(),
@@ -296,7 +277,7 @@ def main(argv):
         # outcome, so an example right under the attacks is right on its clean image.
         benign = outcomes[0].clean_correct
         results["benign_accuracy"] = int(np.sum(benign)) / len(benign)
-        correct, x_adv = worst_case(outcomes)
+        correct, x_adv = ensembles.worst_case(outcomes)
         results["robust_accuracy"] = float(np.mean(correct))
         results["per_example"] = {"benign": evaluation.encode_bits(benign),
                                   "robust": evaluation.encode_bits(correct),
@@ -324,7 +305,7 @@ def main(argv):
                                transfer_examples=only["examples"])
         if FLAGS.sanity_checks:
             white = [n for n in ("strong", "protocol") if n in chosen] or ["strong"]
-            target = chosen.get(white[0]) or strong_from_flags()
+            target = chosen.get(white[0]) or common_flags.strong_ensemble(FLAGS)
             print(f"sanity checks of the {white[0]} attack")
             report = sanity.sanity_checks(fn, x, y, target, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                                           blackbox_queries=FLAGS.blackbox_queries)
@@ -342,7 +323,7 @@ def main(argv):
             results["attack"]["name"] += "+sanity"
         if FLAGS.output_terms:
             terms = evaluation.output_terms(model, dataset, protocol, seed=FLAGS.seed)
-            rundir.write_npz(os.path.join(workdir, "output_terms.npz"), compressed=True, **terms)
+            rundir.write_npz(os.path.join(workdir, rundir.OUTPUT_TERMS), compressed=True, **terms)
             results["output_terms"] = evaluation.output_term_accuracies(terms)
         writer = tf.summary.create_file_writer(workdir)
         with writer.as_default(step=summaries.epoch_step(meta.get("epoch") or 0)):

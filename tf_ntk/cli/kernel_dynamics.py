@@ -24,15 +24,15 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk.cli import common
-from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import metrics
 from tf_ntk import ntk
 from tf_ntk import rundir
 from tf_ntk import summaries
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
+from tf_ntk.ntk import metrics
 
 common_flags.define_data_flags()
 common_flags.define_image_flags()
@@ -53,7 +53,6 @@ flags.DEFINE_string("kernel_cache", None, "Directory of cached kernels, shared b
                     "and checkpoint digest.")
 flags.DEFINE_bool("compare_only", False, "With --compare_run, write only the comparison (the runs' "
                   "own metrics come from their own walks).")
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("run",)  # marked required when the binary runs (tf_ntk.cli.common.run)
@@ -241,8 +240,8 @@ def _walk(runs, spawns, labels, workdir, cache_path, x_all, n, x_q, y_p, y_q, pr
                 comparison_rows.append({"run": f"{labels[runs[0]]} vs {labels[runs[1]]}",
                                         "epoch": epoch, **values})
             writer.flush()
-        _write_csv(os.path.join(workdir, "kernel_dynamics.csv"), rows)
-        _write_csv(os.path.join(workdir, "comparison.csv"), comparison_rows)
+        _write_csv(os.path.join(workdir, rundir.KERNEL_DYNAMICS), rows)
+        _write_csv(os.path.join(workdir, rundir.COMPARISON), comparison_rows)
     last = {}
     for r in rows:
         last[r["run"]] = r

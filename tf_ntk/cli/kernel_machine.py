@@ -26,16 +26,16 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk.cli import common
-from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import kernel_regression
-from tf_ntk import robustness
 from tf_ntk import rundir
 from tf_ntk import summaries
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
+from tf_ntk.ntk import kernel_regression
+from tf_ntk.robust import ensembles
+from tf_ntk.robust import evaluation
 
 common_flags.define_data_flags()
 common_flags.define_image_flags()
@@ -46,7 +46,7 @@ common_flags.define_seed_flag()
 common_flags.define_run_flags()
 flags.DEFINE_string("phase1_run", None, "Phase-1 run directory whose spawn checkpoints to walk "
                     "(tf-ntk-train --workdir).")
-flags.DEFINE_list("at_epochs", None, "Only the spawn checkpoints at these epochs (default: every one).")
+common_flags.define_float_list("at_epochs", None, "Only the spawn checkpoints at these epochs (default: every one).")
 common_flags.define_fraction("max_epoch", None, "Only spawn checkpoints up to this epoch.")
 flags.declare_key_flag("max_epoch")  # shared with tf-ntk-kernel-dynamics, which may define it first
 flags.DEFINE_integer("train_per_class", 50, "Training examples per class the kernel machine is solved "
@@ -66,12 +66,11 @@ flags.DEFINE_enum("solve_dtype", "float32", ["float32", "float64"], "Precision o
                   "the VJP/JVP passes (the solve itself is float64).")
 flags.DEFINE_integer("test_examples", None, "Evaluate on the first N test images (default: all).",
                      lower_bound=1)
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("phase1_run",)  # marked required when the binary runs (tf_ntk.cli.common.run)
 SPAWNS_DIR = "spawns"
-RESULTS = "kernel_machine.json"
+RESULTS = rundir.KERNEL_MACHINE
 CSV = "kernel_machine.csv"
 METRICS = ("benign_accuracy", "robust_accuracy", "robust_accuracy_protocol", "robust_accuracy_strong",
            "train_accuracy")
@@ -83,10 +82,7 @@ def _spawns(run):
     if not spawns:
         raise ValueError(f"no spawn checkpoints in {run} (expected {run}/spawn/epoch_*)")
     if FLAGS.at_epochs:
-        try:
-            wanted = {float(e) for e in FLAGS.at_epochs}
-        except ValueError as e:
-            raise ValueError("--at_epochs must be numbers separated by commas") from e
+        wanted = set(FLAGS.at_epochs)
         missing = sorted(wanted - {epoch for epoch, _ in spawns})
         if missing:
             raise ValueError(f"--at_epochs: no spawn checkpoint at epoch(s) "
@@ -102,10 +98,7 @@ def _spawns(run):
 def _attacks():
     """(protocol PGD, strong ensemble) from the attack flags."""
     protocol = common_flags.attack_config(FLAGS, default_steps=100)
-    strong = robustness.strong(FLAGS.eps, FLAGS.attack_norm, steps=FLAGS.attack_steps or 100,
-                               restarts=FLAGS.strong_restarts, square_queries=FLAGS.square_queries,
-                               implementation=FLAGS.strong_implementation)
-    return protocol, strong
+    return protocol, common_flags.strong_ensemble(FLAGS)
 
 
 def _settings(protocol, strong):
@@ -140,10 +133,10 @@ def _measure(path, train, test, protocol, strong, holder):
     row["benign_accuracy"] = evaluation.accuracy(fn, evaluation.as_dataset(x_te, y_te, FLAGS.batch_size))
     outcomes = {}
     for name, attack in (("protocol", protocol), ("strong", strong)):
-        outcomes[name] = robustness.evaluate(fn, x_te, y_te, attack, seed=FLAGS.seed,
+        outcomes[name] = ensembles.evaluate(fn, x_te, y_te, attack, seed=FLAGS.seed,
                                              batch_size=FLAGS.batch_size)
         row[f"robust_accuracy_{name}"] = outcomes[name].accuracy
-    row["robust_accuracy"] = float(np.mean(outcomes["protocol"].correct & outcomes["strong"].correct))
+    row["robust_accuracy"] = float(np.mean(ensembles.worst_case([outcomes["protocol"], outcomes["strong"]])[0]))
     row["rejected"] = sum(o.rejected for o in outcomes.values())
     row.update(info.to_dict())
     row["seconds"] = time.time() - start

@@ -37,8 +37,8 @@ def silence(argv=None):
     try:
         os.dup2(devnull, 2)
         # The point of this module: TensorFlow's import-time C++ chatter goes to /dev/null.
-        import tensorflow  # noqa: PLC0415
         import keras  # noqa: F401, PLC0415
+        import tensorflow  # noqa: PLC0415
 
         # TensorFlow's Python warnings (e.g. pfor's "uses a while_loop") only on request too.
         tensorflow.get_logger().setLevel("ERROR")

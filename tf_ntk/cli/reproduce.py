@@ -1,6 +1,6 @@
 r"""Reproduces the paper's claims: phase-1 runs over seeds (and their matched-floor replicas, and the
 flip run), phase-2 runs from their spawns, kernel dynamics, transfer attacks, strong evaluations, then
-each claim's pre-registered primary endpoint (tf_ntk/claims.py), descriptive statistics, figures and a
+each claim's pre-registered primary endpoint (tf_ntk/study/claims.py), descriptive statistics, figures and a
 report.
 
     tf-ntk-reproduce --preset=quick                  # make run: ≤ 10 minutes on 2 cores
@@ -10,13 +10,13 @@ report.
         --workdir=gs://bucket/sweep --data_dir=gs://bucket/tfds   # on a Ray cluster
     tf-ntk-reproduce --preset=cifar10 --print_commands > jobs.sh   # for another scheduler
 
-Presets (tf_ntk.study.PRESETS): smoke (the tests' plumbing check), quick, digits, digits-resnet,
+Presets (tf_ntk.study.presets.PRESETS): smoke (the tests' plumbing check), quick, digits, digits-resnet,
 cifar10 (focused spawn grid), cifar10-full (every spawn); the flags below override a preset's
 settings. Jobs run on a pool of --jobs worker processes (default: one per core), each with its share
-of the cores, or with --executor=ray as Ray tasks (tf_ntk/ray_sweep.py); a rerun skips finished jobs
+of the cores, or with --executor=ray as Ray tasks (tf_ntk/study/ray_sweep.py); a rerun skips finished jobs
 and resumes interrupted ones. Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, the
 TensorBoard log directory WORKDIR/tensorboard, and every run, kernel walk and evaluation under
-WORKDIR (see tf_ntk/study.py for the layout); each job's output goes to WORKDIR/logs/.
+WORKDIR (see tf_ntk/jobs.py for the layout); each job's output goes to WORKDIR/logs/.
 """
 
 import json
@@ -26,22 +26,31 @@ import time
 
 from absl import flags
 
+from tf_ntk import data
+from tf_ntk import rundir
 from tf_ntk.cli import common
 from tf_ntk.cli import common_flags
-from tf_ntk import board
-from tf_ntk import data
-from tf_ntk import ray_sweep
-from tf_ntk import report
-from tf_ntk import rundir
-from tf_ntk import study
-from tf_ntk import sweep
+from tf_ntk.study import board
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import ray_sweep
+from tf_ntk.study import report
+from tf_ntk.study import sweep
 
 common_flags.define_run_flags()
 common_flags.define_data_flags()
 common_flags.define_model_flags()
 common_flags.define_eps_flag()
 common_flags.define_strong_flags()
-flags.DEFINE_enum("preset", "quick", list(study.PRESETS), "The study's configuration: smoke (plumbing "
+common_flags.define_jit_flag()
+flags.DEFINE_enum("job_strategy", None, list(presets.Preset.JOB_STRATEGIES), "Override: the tf.distribute "
+                  "strategy of the training and kernel jobs (tpu: each job on the TPU VM it runs on; "
+                  "mirrored: the host's GPUs). Shapes how the sweep runs, not its numbers.")
+flags.DEFINE_string("job_resources", None, "Override: Ray task options per job family as JSON, e.g. "
+                    "'{\"*\": {\"num_cpus\": 1, \"resources\": {\"TPU\": 4}}, \"report\": {\"num_cpus\": 1}}' "
+                    "(families: phase1, phase2, eval, transfer, kernels, features, kernel_machine, report; "
+                    "\"*\" for the rest). Shapes how the sweep runs, not its numbers.")
+flags.DEFINE_enum("preset", "quick", list(presets.PRESETS), "The study's configuration: smoke (plumbing "
                   "only), quick (make run), digits (the full digits study), digits-resnet (ResNet-18 "
                   "on digits), cifar10 (the paper's figures on a focused spawn grid), cifar10-full "
                   "(every spawn of the protocol).")
@@ -58,40 +67,40 @@ flags.DEFINE_bool("report_only", False, "Only (re)write the report from what the
 flags.DEFINE_integer("seeds", None, "Override: number of seeds.", lower_bound=1)
 flags.DEFINE_integer("phase1_epochs", None, "Override: phase-1 epochs.", lower_bound=1)
 flags.DEFINE_integer("phase2_epochs", None, "Override: phase-2 epochs.", lower_bound=1)
-flags.DEFINE_list("spawn_epochs", None, "Override: phase-1 epochs phase 2 starts from.")
-flags.DEFINE_list("kernel_epochs", None, "Override: phase-1 epochs at which kernels are measured.")
+common_flags.define_float_list("spawn_epochs", None, "Override: phase-1 epochs phase 2 starts from.")
+common_flags.define_float_list("kernel_epochs", None, "Override: phase-1 epochs at which kernels are "
+                               "measured.")
 flags.DEFINE_list("phase2_dynamics", None, "Override: centered, linearized and/or standard.")
 flags.DEFINE_list("phase2_data", None, "Override: clean and/or adv.")
 flags.DEFINE_integer("eval_examples", None, "Override: test examples evaluated.", lower_bound=1)
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 SWEEP_RECORD = "sweep.json"
-
-
-def _floats(values, name):
-    try:
-        return tuple(float(v) for v in values if v.strip())
-    except ValueError as e:
-        raise ValueError(f"--{name} must be numbers separated by commas") from e
 
 
 def preset_from_flags():
     """The preset --preset names, with the override flags applied (validated)."""
     changes = {}
     for name in ("seeds", "phase1_epochs", "phase2_epochs", "eval_examples", "strong_restarts",
-                 "square_queries", "dataset", "model", "width", "eps", "jit_compile"):
+                 "square_queries", "dataset", "model", "width", "eps", "jit_compile", "job_strategy"):
         if name in FLAGS and FLAGS[name].present:
             changes[name] = FLAGS[name].value
     for name in ("spawn_epochs", "kernel_epochs"):
         if FLAGS[name].present:
-            changes[name] = _floats(FLAGS[name].value, name)
+            changes[name] = tuple(FLAGS[name].value)
     for name in ("phase2_dynamics", "phase2_data"):
         if FLAGS[name].present:
             changes[name] = tuple(FLAGS[name].value)
+    if FLAGS.job_resources is not None:
+        try:
+            changes["resources"] = json.loads(FLAGS.job_resources)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--job_resources is not JSON: {e.msg} at character {e.pos}") from e
+        if not isinstance(changes["resources"], dict):
+            raise ValueError("--job_resources must be a JSON object {family: Ray task options}")
     if "model" in changes and "width" not in changes:
         changes["width"] = None
-    return study.PRESETS[FLAGS.preset].replace(**changes)
+    return presets.PRESETS[FLAGS.preset].replace(**changes)
 
 
 def _data_args():
@@ -110,7 +119,7 @@ def _check_record(workdir, preset, replace=True):
     if not rundir.exists(path):
         return
     recorded = {k: v for k, v in rundir.read_json(path, what="sweep record").get("preset").items()
-                if k not in study.Preset.RUN_ONLY}
+                if k not in presets.Preset.RUN_ONLY}
     wanted = json.loads(json.dumps(preset.numbers_dict()))
     if recorded != wanted:
         if FLAGS.overwrite and replace:
@@ -126,12 +135,12 @@ def _recorded_preset(workdir):
     if not rundir.exists(path):
         raise FileNotFoundError(f"{path} not found: --report_only needs a sweep directory (or the "
                                 "--preset and override flags the sweep ran with)")
-    return study.Preset.from_dict(rundir.read_json(path, what="sweep record").get("preset"))
+    return presets.Preset.from_dict(rundir.read_json(path, what="sweep record").get("preset"))
 
 
 def _print_plan(preset, jobs):
     print(f"preset {preset.name}: {preset.description}")
-    table = study.cost_table(jobs)
+    table = plan.cost_table(jobs)
     total = sum(cost for _, _, cost in table)
     print(f"{'jobs':<10}{'count':>8}{'train-step equivalents':>26}{'share':>8}")
     for kind, count, cost in table:
@@ -139,8 +148,8 @@ def _print_plan(preset, jobs):
     print(f"{'total':<10}{len(jobs):>8}{total:>26,.0f}")
     print("(one train-step equivalent: one SGD step of the standard network on one batch of "
           f"{preset.batch_size}; an evaluation counts the strong ensemble's first attack on every image "
-          f"and the others on {study.SURVIVING_SHARE:.0%} of them)")
-    devices = study.step_seconds(preset)
+          f"and the others on {plan.SURVIVING_SHARE:.0%} of them)")
+    devices = plan.step_seconds(preset)
     if devices:
         print(f"{'device':<8}{'s/step':>8}{'device-hours':>14}  source")
         for kind, (seconds, source) in devices.items():
@@ -189,7 +198,7 @@ def main(argv):
         _report(_report_preset(workdir), workdir)
         return
     preset = preset_from_flags()
-    jobs = study.plan(preset, workdir,
+    jobs = plan.plan(preset, workdir,
                       report_args=[f"--workdir={workdir}", *_preset_flags(), "--report_only"])
     extra = _data_args()
     if extra:
@@ -203,7 +212,7 @@ def main(argv):
         return
     if FLAGS.executor == "ray":
         ray_sweep.check(FLAGS.ray_address, workdir)
-    if rundir.isdir(workdir) and rundir.gfile.listdir(workdir) and not rundir.exists(
+    if rundir.isdir(workdir) and rundir.listdir(workdir) and not rundir.exists(
             rundir.join(workdir, SWEEP_RECORD)):
         raise FileExistsError(f"{workdir} exists and holds no sweep ({SWEEP_RECORD}); choose another "
                               "--workdir")

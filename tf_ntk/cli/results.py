@@ -10,8 +10,8 @@ import os
 
 from absl import flags
 
-from tf_ntk.cli import common
 from tf_ntk import rundir
+from tf_ntk.cli import common
 
 flags.DEFINE_string("root", "runs", "Directory holding the run directories.")
 
@@ -30,7 +30,7 @@ def evaluations(run_dir, epoch, skipped):
     result for the run's checkpoint at ``epoch`` (RUN/eval/*/evaluation.json); one file, so the
     numbers share their ε and data. Unreadable files are skipped, their one-line errors appended
     to ``skipped``."""
-    paths = rundir.glob(os.path.join(run_dir, "eval", "*", "evaluation.json"))
+    paths = rundir.glob(os.path.join(run_dir, "eval", "*", rundir.EVALUATION))
     for path in sorted(paths, key=rundir.mtime, reverse=True):
         try:
             r = rundir.read_json(path, what="evaluation file")

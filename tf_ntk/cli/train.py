@@ -31,19 +31,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk.cli import common
-from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import distribute
 from tf_ntk import dynamics
-from tf_ntk import evaluation
-from tf_ntk import metrics
 from tf_ntk import models
 from tf_ntk import ntk
 from tf_ntk import rundir
 from tf_ntk import summaries
 from tf_ntk import training
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
+from tf_ntk.ntk import metrics
+from tf_ntk.robust import evaluation
 
 common_flags.define_data_flags()
 common_flags.define_image_flags()
@@ -71,13 +71,13 @@ flags.DEFINE_integer("flip_epoch", 50, "First adversarial epoch of --data_mode=f
 flags.DEFINE_integer("epochs", None, "Epochs (default: 101 in phase 1, 100 in phase 2).", lower_bound=1)
 common_flags.define_fraction("lr", None, "Learning rate (default: 0.1 in phase 1, 0.01 in phase 2).",
                              lower=0.0)
-flags.DEFINE_list("lr_boundaries", None, "Epochs at which the learning rate is multiplied by "
-                  "--lr_factor (default: 100,150 in phase 1, none in phase 2).")
+common_flags.define_float_list("lr_boundaries", None, "Epochs at which the learning rate is "
+                               "multiplied by --lr_factor (default: 100,150 in phase 1, none in phase 2).")
 common_flags.define_fraction("lr_factor", 0.1, "Learning-rate decay factor at each boundary.",
                              lower=0.0)
 common_flags.define_fraction("momentum", 0.9, "SGD momentum.", lower=0.0)
-flags.DEFINE_list("save_epochs", None, "Spawn checkpoint epochs (fractions allowed); default: every "
-                  "whole epoch and 0.125,0.25,0.375,0.5,0.75,1.5,2.5; empty for none.")
+common_flags.define_float_list("save_epochs", None, "Spawn checkpoint epochs (fractions allowed); "
+                               "default: every whole epoch and 0.125,0.25,0.375,0.5,0.75,1.5,2.5; empty for none.")
 flags.DEFINE_integer("kernel_every", 0, "Compute the NTK on the probe set every K epochs and log its "
                      "metrics and heat map (0: never).", lower_bound=0)
 flags.DEFINE_bool("kernel_at_spawns", False, "Also compute the kernel at every spawn checkpoint.")
@@ -86,17 +86,9 @@ flags.DEFINE_integer("eval_every", 1, "Benign and robust test accuracy every K e
 flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps of the quick robust-accuracy estimate logged "
                      "during training; an estimate only: tf-ntk-evaluate measures robust accuracy "
                      "with the protocol and strong attacks.", lower_bound=1)
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("workdir",)  # marked required when the binary runs (tf_ntk.cli.common.run)
-
-
-def _floats(values, name):
-    try:
-        return tuple(float(v) for v in values if str(v).strip() != "")
-    except ValueError as e:
-        raise ValueError(f"--{name} must be numbers separated by commas, got {','.join(values)}") from e
 
 
 def _resolve():
@@ -120,9 +112,9 @@ def _resolve():
     if FLAGS.lr is not None:
         overrides["lr"] = FLAGS.lr
     if FLAGS.lr_boundaries is not None:
-        overrides["lr_boundaries"] = _floats(FLAGS.lr_boundaries, "lr_boundaries")
+        overrides["lr_boundaries"] = tuple(FLAGS.lr_boundaries)
     if FLAGS.save_epochs is not None:
-        overrides["save_epochs"] = _floats(FLAGS.save_epochs, "save_epochs")
+        overrides["save_epochs"] = tuple(FLAGS.save_epochs)
     config = preset(
         batch_size=FLAGS.batch_size, lr_factor=FLAGS.lr_factor, momentum=FLAGS.momentum,
         data_mode=FLAGS.data_mode, flip_epoch=FLAGS.flip_epoch, adv_mode=FLAGS.adv_mode,

@@ -15,15 +15,15 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk.cli import common
-from tf_ntk.cli import common_flags
 from tf_ntk import checkpoints
 from tf_ntk import dynamics
-from tf_ntk import eigenimages
-from tf_ntk import figures
 from tf_ntk import ntk
 from tf_ntk import rundir
 from tf_ntk import summaries
+from tf_ntk.cli import common
+from tf_ntk.cli import common_flags
+from tf_ntk.ntk import eigenimages
+from tf_ntk.study import figures
 
 common_flags.define_data_flags()
 common_flags.define_image_flags()
@@ -37,7 +37,6 @@ flags.DEFINE_integer("feature_steps", 600, "Signed-gradient steps per image.", l
 common_flags.define_fraction("feature_step_size", 0.001, "Step size per signed-gradient step "
                              "(pixel units).", lower=0.0)
 flags.DEFINE_integer("png_scale", 8, "Nearest-neighbour upscaling of the PNGs.", lower_bound=1)
-flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("checkpoint",)  # marked required when the binary runs (tf_ntk.cli.common.run)
@@ -55,7 +54,7 @@ def main(argv):
     logit = 0 if FLAGS.logit is None else FLAGS.logit  # eigen-images need one logit's kernel
     common.check_logit(logit, num_classes)
     workdir = FLAGS.workdir or common.default_workdir(FLAGS.checkpoint, "features")
-    out = os.path.join(workdir, "eigen_images.npz")
+    out = os.path.join(workdir, rundir.EIGEN_IMAGES)
     common.check_new_output(out, FLAGS.overwrite)
     x, y, _ = common.checkpoint_probe(FLAGS, meta)
     model, _ = dynamics.load_model(FLAGS.checkpoint)

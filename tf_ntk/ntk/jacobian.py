@@ -15,6 +15,21 @@ All the implementations (`tf_ntk.ntk.structured`, `tf_ntk.ntk.ntvp`) follow thes
 import tensorflow as tf
 
 
+def column_gradients(f, params, xs, cs):
+    """∇θ f_{cs[t]}(xs[t]) for every t, vectorized over t: a list, one per weight tensor of
+    ``params``, of (T, *shape) tensors. ``xs`` (T, ...) inputs, ``cs`` (T,) int32 logit indices; a
+    weight the logit does not depend on gets zeros. The one per-example gradient of the package."""
+
+    def one(args):
+        xi, c = args
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            out = tf.gather(f(params, xi[None])[0], c)
+        return tape.gradient(out, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return tf.vectorized_map(one, (xs, cs))
+
+
 def per_example_jacobians(f, params, x, logits):
     """Per-example, per-logit gradients, vectorized over (example, logit) pairs.
 
@@ -25,17 +40,9 @@ def per_example_jacobians(f, params, x, logits):
     logits = tf.constant(list(logits), tf.int32)
     num_logits = logits.shape[0]
     batch = tf.shape(x)[0]
-
-    def one(args):
-        xi, c = args
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            out = tf.gather(f(params, xi[None])[0], c)
-        return tape.gradient(out, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
     xs = tf.repeat(x, num_logits, axis=0)
     cs = tf.tile(logits, [batch])
-    grads = tf.vectorized_map(one, (xs, cs))
+    grads = column_gradients(f, params, xs, cs)
     return [tf.reshape(g, [batch, num_logits, -1]) for g in grads]
 
 

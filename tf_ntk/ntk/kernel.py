@@ -367,7 +367,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
         devices, TPUStrategy on one TPU VM) whose replicas compute the blocks in parallel, one block
         each per round (eager calls only). The memory budget then holds per replica, divided among
         replicas that share the host's memory (CPU devices). Across hosts, split the blocks with
-        `tf_ntk.kernel_shards` (``compute_kernel --num_shards``) instead.
+        `tf_ntk.ntk.kernel_shards` (``compute_kernel --num_shards``) instead.
 
     Returns:
       A tf.Tensor in ``dtype`` of the shape given by ``kind`` / ``logit``.

@@ -35,6 +35,7 @@ for the trace, (B1, B2).
 import keras
 import tensorflow as tf
 
+from tf_ntk.ntk import jacobian
 from tf_ntk.ntk import keras_graph
 from tf_ntk.ntk import structured
 
@@ -478,19 +479,6 @@ def batched_jvp(f, params, x, weight_tangents):
     return tangent
 
 
-def _column_tangents(f, params, xs, cs):
-    """∇θ f_{cs[t]}(xs[t]) for every t, vectorized: a list of (T, *shape), one per weight."""
-
-    def one(args):
-        xj, c = args
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            out = tf.gather(f(params, xj[None])[0], c)
-        return tape.gradient(out, params, unconnected_gradients=_ZERO)
-
-    return tf.vectorized_map(one, (xs, cs))
-
-
 def _example_tangents(f, params, xe, logits):
     """The tangents of the columns (j, b) of examples xe (E, ...), all L logits, j-major:
     a list of (E·L, *shape), one per weight.
@@ -503,7 +491,7 @@ def _example_tangents(f, params, xe, logits):
         grads = structured.per_example_gradients(f, params, xe, logits)  # (L, E, *shape)
     except keras_graph.UnsupportedModelError:
         logits_t = tf.constant(list(logits), tf.int32)
-        return _column_tangents(f, params, tf.repeat(xe, len(logits), axis=0),
+        return jacobian.column_gradients(f, params, tf.repeat(xe, len(logits), axis=0),
                                 tf.tile(logits_t, [tf.shape(xe)[0]]))
     return [tf.reshape(tf.transpose(g, [1, 0] + list(range(2, len(g.shape)))),
                        [-1] + g.shape[2:].as_list()) for g in grads]
@@ -554,7 +542,7 @@ def _columns(f, params, rows, x2, logits, diagonal, chunk, walkable):
             cs = tf.tile(logits_t, [size])
         else:
             xs, cs = chunk_units
-            tangents = _column_tangents(f, params, xs, cs)
+            tangents = jacobian.column_gradients(f, params, xs, cs)
         jvp = (batched_jvp(f, params, rows, tangents) if walkable
                else generic_jvp(f, params, rows, tangents))  # (columns, R, O)
         if diagonal:

@@ -7,10 +7,10 @@ Three named attacks (`named`):
 - ``strong`` (the default for reported numbers): an ensemble (`strong`) of PGD attacks with
   cross-entropy, CW-margin, DLR and targeted-margin losses, random restarts, a constant and a
   cosine-decaying step, every iterate counted, then APGD-CE, APGD-DLR and Square (compiled
-  TensorFlow loops, `tf_ntk.apgd` and `tf_ntk.square`, or ART's). An example
+  TensorFlow loops, `tf_ntk.robust.apgd` and `tf_ntk.robust.square`, or ART's). An example
   is robust only if no member misclassifies it; members run in turn on the examples still robust,
   as AutoAttack does.
-- ``autoattack``: ART's AutoAttack ensemble (`tf_ntk.autoattack`).
+- ``autoattack``: ART's AutoAttack ensemble (`tf_ntk.robust.autoattack`).
 
 Robust accuracy follows RobustBench: an example counts as robust when its clean image and every
 adversarial image crafted for it are classified correctly. ε is in [0, 1] pixel units (L∞) or L2
@@ -25,8 +25,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk import attacks
-from tf_ntk import autoattack
+from tf_ntk.robust import attacks
+from tf_ntk.robust import autoattack
 
 NAMES = ("protocol", "strong", "autoattack")
 ROBUST, CLEAN_WRONG = -1, -2  # `AttackResult.broken_by` codes
@@ -87,8 +87,8 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     - the Square attack with ``square_queries`` queries (0: none), one start: a black-box
       search that finds what gradient steps miss where the loss surface is obfuscated.
 
-    ``implementation``: APGD and Square as compiled TensorFlow loops (``"tf"``: `tf_ntk.apgd`,
-    `tf_ntk.square`; L2 Square is ART's) or ART's (``"art"``: NumPy, one TensorFlow call per step,
+    ``implementation``: APGD and Square as compiled TensorFlow loops (``"tf"``: `tf_ntk.robust.apgd`,
+    `tf_ntk.robust.square`; L2 Square is ART's) or ART's (``"art"``: NumPy, one TensorFlow call per step,
     7x slower on the quick preset's models; bench/results/evaluation_profile.txt). Either way every
     member is one traced function per family, shared by all of them (`evaluate`).
 
@@ -124,7 +124,7 @@ def protocol(eps, norm="linf", *, steps=100):
 
 def named(name, eps, norm="linf", **options):
     """The attack called ``name`` (one of `NAMES`) at radius ``eps``; ``options`` go to its builder
-    (`protocol`, `strong` or `tf_ntk.autoattack.AutoAttackConfig`)."""
+    (`protocol`, `strong` or `tf_ntk.robust.autoattack.AutoAttackConfig`)."""
     if name == "protocol":
         return protocol(eps, norm, **options)
     if name == "strong":
@@ -285,16 +285,32 @@ def members(attack):
     return [attack]
 
 
+def worst_case(results):
+    """(correct (N,) bool, x_adv (N, ...)) over `AttackResult`s of independent attacks on the same
+    examples: an example is robust only if every attack left it right; its adversarial image is the
+    one of the first attack that broke it, else the last attack's. (`evaluate` with ``start=``
+    attacks only what an earlier result left standing; this combines results already computed.)"""
+    if not results:
+        raise ValueError("worst_case needs at least one attack result")
+    correct = np.ones(len(results[0].correct), bool)
+    x_adv = results[-1].x_adv.copy()
+    for r in results:
+        hit = correct & ~r.correct
+        x_adv[hit] = r.x_adv[hit]
+        correct &= r.correct
+    return correct, x_adv
+
+
 def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=False, progress=None,
              num_classes=None, start=None):
     """Attacks ``x`` (N, H, W, C), labels ``y`` (N,) with ``attack`` and returns an `AttackResult`.
 
     Args:
       model_fn: one stable callable images -> logits (N, O), BN in inference mode
-        (`tf_ntk.evaluation.inference_fn`).
+        (`tf_ntk.robust.evaluation.inference_fn`).
       attack: a `attacks.PGDConfig` (the protocol's kind: every example attacked once), an
         `Ensemble` (members in turn, each on the examples no earlier member broke), or an ART
-        attack (`tf_ntk.autoattack`). PGD random starts depend on (seed, attack configuration,
+        attack (`tf_ntk.robust.autoattack`). PGD random starts depend on (seed, attack configuration,
         example index) only, so an example meets the same starts in an ensemble as in a member alone.
       seed: the same seed gives the same result (ART attacks: NumPy's global generator is seeded).
       progress: ``progress(examples_attacked)`` after each batch.

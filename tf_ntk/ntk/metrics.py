@@ -37,10 +37,17 @@ def kernel_velocity(k_t, k_next, dt):
 
 
 def one_hot(labels, num_classes=None):
-    """(N, C) float64 one-hot matrix of int labels (N,)."""
-    labels = np.asarray(labels, dtype=np.int64)
+    """(N, C) float64 one-hot matrix of int labels (N,): 1 at the label, 0 elsewhere; C is
+    ``num_classes`` or, when None, the largest label + 1. ValueError for labels that are not (N,)
+    integers or lie outside [0, C)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise ValueError(f"labels must be integers of shape (N,), got {labels.dtype} {labels.shape}")
+    labels = labels.astype(np.int64)
     num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-    return np.eye(num_classes)[labels]
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    return np.eye(num_classes, dtype=np.float64)[labels]
 
 
 def target_alignment(k, labels, num_classes=None):

@@ -8,17 +8,17 @@ since; the iterate then restarts from the best point found. Checkpoints come aft
 then after windows that shrink by 3% of the steps down to 6%. Losses: cross-entropy (APGD-CE) or the
 difference-of-logits ratio (APGD-DLR); norms L∞ and L2.
 
-Unlike ART's implementation (`tf_ntk.autoattack.APGDConfig`, one TensorFlow call per step and
+Unlike ART's implementation (`tf_ntk.robust.autoattack.APGDConfig`, one TensorFlow call per step and
 restart from NumPy), the whole attack is one `tf.while_loop` per restart, so it runs under
 ``jit_compile`` at the speed of its forward-backward passes. Random starts are keyed like the PGD
-members' (`tf_ntk.attacks.sample_start`): an example meets the same starts whatever batch it is in.
+members' (`tf_ntk.robust.attacks.sample_start`): an example meets the same starts whatever batch it is in.
 ε is in [0, 1] pixel units (L∞) or L2 units; images float32 NHWC in [0, 1]; labels int (N,).
 """
 
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk import attacks
+from tf_ntk.robust import attacks
 
 MOMENTUM = 0.75
 """α: the weight of the new step against the previous one."""
@@ -64,7 +64,7 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
       x: clean images (N, H, W, C) float32 in [0, 1]; y: true int labels (N,).
       eps: the radius; steps: iterations per start; restarts: random starts.
       norm: "linf" or "l2"; loss: "ce" or "dlr" (needs 3 classes or more).
-      seed: an int or (2,) int key of the random starts (see `tf_ntk.attacks.sample_start`);
+      seed: an int or (2,) int key of the random starts (see `tf_ntk.robust.attacks.sample_start`);
         restart r uses the key folded with r (restart 0: the key itself).
       example_rows: (rows (N,), total): ``x`` holds examples ``rows`` of a set of ``total``.
 

@@ -1,6 +1,6 @@
 """AutoAttack, APGD and the Square black-box attack: the configurations, and ART's implementations.
 
-APGD and Square also run as compiled TensorFlow loops (`tf_ntk.apgd`, `tf_ntk.square`; the strong
+APGD and Square also run as compiled TensorFlow loops (`tf_ntk.robust.apgd`, `tf_ntk.robust.square`; the strong
 ensemble's default, ``implementation="tf"``); ART's stay as the cross-check and for AutoAttack.
 
 ART (``adversarial-robustness-toolbox``) wraps any TensorFlow 2 callable as a classifier, so the
@@ -25,8 +25,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk import apgd
-from tf_ntk import square
+from tf_ntk.robust import apgd
+from tf_ntk.robust import square
 
 
 def _import_art():
@@ -146,16 +146,16 @@ class AutoAttackConfig:
 
 
 IMPLEMENTATIONS = ("tf", "art")
-"""Of the strong ensemble's APGD and Square members: one compiled TensorFlow loop each (`tf_ntk.apgd`,
-`tf_ntk.square`), or ART's (NumPy, one TensorFlow call per step)."""
+"""Of the strong ensemble's APGD and Square members: one compiled TensorFlow loop each (`tf_ntk.robust.apgd`,
+`tf_ntk.robust.square`), or ART's (NumPy, one TensorFlow call per step)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class APGDConfig:
     """APGD alone (Croce & Hein 2020): PGD with momentum and a step size that halves when
     progress stalls, from 2ε; untargeted, on the cross-entropy (``loss="ce"``) or the DLR loss.
-    A member of the strong ensemble (`tf_ntk.robustness.strong`). ``implementation``: ART's
-    (``"art"``) or the TensorFlow loop of `tf_ntk.apgd` (``"tf"``: compiled like the PGD members,
+    A member of the strong ensemble (`tf_ntk.robust.ensembles.strong`). ``implementation``: ART's
+    (``"art"``) or the TensorFlow loop of `tf_ntk.robust.apgd` (``"tf"``: compiled like the PGD members,
     its random starts keyed per example like theirs)."""
 
     eps: float
@@ -197,18 +197,18 @@ class APGDConfig:
         return f"APGD-{self.loss.upper()}{' (TF)' if self.compiled else ''} x{self.restarts}"
 
     def attack(self, model_fn, x, y, seed=None, example_rows=None):
-        """The TensorFlow implementation's adversarial images for a batch (see `tf_ntk.apgd.apgd`)."""
+        """The TensorFlow implementation's adversarial images for a batch (see `tf_ntk.robust.apgd.apgd`)."""
         return apgd.apgd(model_fn, x, y, eps=self.eps, steps=self.steps, norm=self.norm,
                          loss=self.loss, restarts=self.restarts, seed=seed, example_rows=example_rows)
 
     def family(self):
         """(key, run): APGD-CE and APGD-DLR of one norm and number of steps share one traced
-        function ``run(model_fn, x, y, params, seed=, example_rows=)`` (`tf_ntk.apgd.apgd_by_params`)."""
+        function ``run(model_fn, x, y, params, seed=, example_rows=)`` (`tf_ntk.robust.apgd.apgd_by_params`)."""
         return ("apgd", self.norm, self.steps), functools.partial(apgd.apgd_by_params, norm=self.norm,
                                                                   steps=self.steps)
 
     def params(self):
-        """eps, loss and restarts as `tf_ntk.apgd.apgd_by_params` takes them."""
+        """eps, loss and restarts as `tf_ntk.robust.apgd.apgd_by_params` takes them."""
         return apgd.params(eps=self.eps, loss=self.loss, restarts=self.restarts)
 
     def replace(self, **changes):
@@ -233,7 +233,7 @@ class APGDConfig:
 class SquareConfig:
     """The Square attack alone (Andriushchenko et al. 2020): the black-box member of the strong
     ensemble and the black-box check of the sanity report. It never reads a gradient, so a model
-    that masks gradients does not fool it. ``implementation``: the compiled loop of `tf_ntk.square`
+    that masks gradients does not fool it. ``implementation``: the compiled loop of `tf_ntk.robust.square`
     (``"tf"``, L∞ only) or ART's (``"art"``; the one for L2)."""
 
     eps: float
@@ -286,7 +286,7 @@ class SquareConfig:
         return {"name": self.name, **fields}
 
     def attack(self, model_fn, x, y, seed=None, example_rows=None):
-        """The TensorFlow implementation's adversarial images for a batch (`tf_ntk.square.square`)."""
+        """The TensorFlow implementation's adversarial images for a batch (`tf_ntk.robust.square.square`)."""
         return square.square(model_fn, x, y, eps=self.eps, queries=self.queries,
                              restarts=self.restarts, p_init=self.p_init, seed=seed,
                              example_rows=example_rows)
@@ -297,7 +297,7 @@ class SquareConfig:
                                                                       queries=self.queries)
 
     def params(self):
-        """eps, restarts and p_init as `tf_ntk.square.square_by_params` takes them."""
+        """eps, restarts and p_init as `tf_ntk.robust.square.square_by_params` takes them."""
         return square.params(eps=self.eps, restarts=self.restarts, p_init=self.p_init)
 
     def generate(self, model_fn, x, y, num_classes, seed=0):

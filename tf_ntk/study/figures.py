@@ -14,9 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tf_ntk import claims
 from tf_ntk import rundir
-from tf_ntk import study
+from tf_ntk.study import claims
+from tf_ntk.study import plan
+from tf_ntk.study import presets
 
 DPI = 100
 SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
@@ -25,7 +26,7 @@ STYLES = {"clean": "-", "adv": "--"}
 
 
 def _primary(verdicts, claim):
-    """(verdict, the primary `tf_ntk.claims.Test`) of ``claim`` in ``verdicts``, or None."""
+    """(verdict, the primary `tf_ntk.study.claims.Test`) of ``claim`` in ``verdicts``, or None."""
     if not verdicts or claim not in verdicts:
         return None
     verdict, tests, _ = verdicts[claim]
@@ -96,7 +97,7 @@ def _kernel_series(preset, collected, source, metric):
               {float(x) for x in preset.kernel_epochs}]
     series = []
     for s in preset.seed_list():
-        rows = {r["epoch"]: r for r in collected.kernels.get(study.phase1_name(source, s), [])}
+        rows = {r["epoch"]: r for r in collected.kernels.get(plan.phase1_name(source, s), [])}
         series.append([rows[e][metric] if e in rows and metric in rows[e] else np.nan for e in epochs])
     return epochs, series
 
@@ -108,7 +109,7 @@ def _kernel_panels(preset, collected, path, panels, title, log=False):
     for ax, (metric, ylabel, panel_title) in zip(axes[0], panels):
         if log:
             ax.set_yscale("log")
-        for source in study.phase1_sources(preset):
+        for source in plan.phase1_sources(preset):
             epochs, series = _kernel_series(preset, collected, source, metric)
             _band(ax, epochs, series, COLORS[source], f"{source} training")
         _epoch_axis(ax, preset, "phase-1 epoch")
@@ -133,16 +134,16 @@ def standard_vs_adversarial(preset, collected, path, verdicts=None):
     epochs = [float(e) for e in preset.kernel_epochs]
     seeds = preset.seed_list()
     pairs = {"standard vs adversarial (same initialisation)": ("black", "-", [
-        (study.phase1_name("standard", s), study.phase1_name("adversarial", s)) for s in seeds])}
+        (plan.phase1_name("standard", s), plan.phase1_name("adversarial", s)) for s in seeds])}
     if preset.matched_floor:
-        for source in study.SOURCES:
+        for source in presets.SOURCES:
             pairs[f"matched floor, {source} (same initialisation, other data order)"] = (
-                COLORS[source], "--", [(study.phase1_name(source, s), study.replica_name(source, s))
+                COLORS[source], "--", [(plan.phase1_name(source, s), plan.replica_name(source, s))
                                        for s in seeds])
     if preset.flip:
         pairs[f"flip (adversarial from epoch {preset.flip_epoch()}) vs adversarial"] = (
-            COLORS["flip"], "-.", [(study.phase1_name(study.FLIP, s),
-                                    study.phase1_name("adversarial", s)) for s in seeds])
+            COLORS["flip"], "-.", [(plan.phase1_name(presets.FLIP, s),
+                                    plan.phase1_name("adversarial", s)) for s in seeds])
     for label, (color, style, runs) in pairs.items():
         series = []
         for a, b in runs:
@@ -176,19 +177,19 @@ def phase2_vs_spawn(preset, collected, path, verdicts=None):
         for col, metric in enumerate(("robust", "benign")):
             ax = axes[row][col]
             shown = []
-            for source in study.phase1_sources(preset):
+            for source in plan.phase1_sources(preset):
                 for dyn, data_mode in preset.phase2_conditions():
-                    if dyn != dynamics or (source == study.FLIP and (dyn, data_mode) != ("centered", "clean")):
+                    if dyn != dynamics or (source == presets.FLIP and (dyn, data_mode) != ("centered", "clean")):
                         continue
                     series = []
                     for s in preset.seed_list():
                         series.append([
-                            (collected.evals.get(study.child_name(dynamics, data_mode, source, s, e))
+                            (collected.evals.get(plan.child_name(dynamics, data_mode, source, s, e))
                              or {}).get(metric, np.nan) for e in spawns])
                     shown += [v for r in series for v in r]
                     _band(ax, spawns, series, COLORS[source],
                           f"{data_mode} phase 2, {source} spawn", STYLES[data_mode])
-            reference = [(collected.evals.get(study.phase1_name("adversarial", s)) or {}).get(metric)
+            reference = [(collected.evals.get(plan.phase1_name("adversarial", s)) or {}).get(metric)
                          for s in preset.seed_list()]
             reference = [v for v in reference if v is not None]
             if reference:
@@ -217,7 +218,7 @@ def alignment_and_rank(preset, collected, path):
 
 def _eigen_label(name, eigenvalue, cosine, reached, readout=None, other=None):
     """``eig0+`` → "eigenvector 0, + / λ 1.2e+03 / cos +0.81"; a failed search says so, with the
-    output layer's and the other layers' shares of its cosine (`tf_ntk.eigenimages.cosine_parts`)."""
+    output layer's and the other layers' shares of its cosine (`tf_ntk.ntk.eigenimages.cosine_parts`)."""
     head = "w = K⁻¹y" if name == "w" else f"eigvec {name[3:-1]}, {name[-1]}"
     lam = "" if eigenvalue is None or not np.isfinite(eigenvalue) else f"λ {eigenvalue:.3g}\n"
     text = f"{head}\n{lam}cos {cosine:+.2f}{'' if reached else ' NOT REACHED'}"
@@ -227,7 +228,7 @@ def _eigen_label(name, eigenvalue, cosine, reached, readout=None, other=None):
 
 
 def eigen_image_panel(rows, title, figsize=None):
-    """A figure of eigen-images, one row per (row label, arrays of `tf_ntk.eigenimages` results as
+    """A figure of eigen-images, one row per (row label, arrays of `tf_ntk.ntk.eigenimages` results as
     saved by tf-ntk-visualize-features: images, names, cosines, eigenvalues, reached), each image
     labelled with its eigenvector index and sign, eigenvalue and achieved cosine (red when the search
     did not reach the sign sought). ``figsize`` in inches (default: 2.6 inches per row)."""
@@ -274,12 +275,12 @@ def velocity(preset, collected, path, verdicts=None):
     covered, 1 − d(K_e, K_T) / d(K_0, K_T), with the primary's epoch (10% of phase 1) and margin."""
     fig, axes = plt.subplots(1, 2, figsize=SIZE)
     final = float(preset.phase1_epochs)
-    for source in study.phase1_sources(preset):
+    for source in plan.phase1_sources(preset):
         epochs, series = _kernel_series(preset, collected, source, "velocity")
         _band(axes[0], epochs, series, COLORS[source], f"{source} training")
         covered = []
         for s in preset.seed_list():
-            run = study.phase1_name(source, s)
+            run = plan.phase1_name(source, s)
             covered.append([np.nan if claims.remaining(collected, run, e, final) is None
                             else 1.0 - claims.remaining(collected, run, e, final) for e in epochs])
         _band(axes[1], epochs, covered, COLORS[source], f"{source} training")
@@ -306,8 +307,8 @@ def velocity(preset, collected, path, verdicts=None):
 def _final_kernels(preset, collected):
     """{source: eigen_images.npz arrays} of the first seed's final kernels (the features jobs)."""
     first = preset.seed_list()[0]
-    return {source: rundir.read_npz(collected.features[study.phase1_name(source, first)])
-            for source in study.SOURCES if study.phase1_name(source, first) in collected.features}
+    return {source: rundir.read_npz(collected.features[plan.phase1_name(source, first)])
+            for source in presets.SOURCES if plan.phase1_name(source, first) in collected.features}
 
 
 def heat_maps(preset, collected, path):
@@ -364,8 +365,8 @@ def scree(preset, collected, path):
 
 def eigen_images(preset, collected, path):
     first = preset.seed_list()[0]
-    loaded = {source: rundir.read_npz(collected.features[study.phase1_name(source, first)])
-              for source in study.SOURCES if study.phase1_name(source, first) in collected.features}
+    loaded = {source: rundir.read_npz(collected.features[plan.phase1_name(source, first)])
+              for source in presets.SOURCES if plan.phase1_name(source, first) in collected.features}
     if not loaded:
         return False
     rows = [(f"{source}\nlogit {int(arrays['logit'])}", arrays) for source, arrays in loaded.items()]
@@ -383,12 +384,12 @@ def kernel_machine(preset, collected, path):
         return False
     fig, axes = plt.subplots(1, 2, figsize=SIZE)
     for ax, metric in zip(axes, ("robust", "benign")):
-        for source in study.SOURCES:
-            series = [[(collected.machines.get(study.phase1_name(source, s)) or {}).get(e, {}).get(
+        for source in presets.SOURCES:
+            series = [[(collected.machines.get(plan.phase1_name(source, s)) or {}).get(e, {}).get(
                 f"{metric}_accuracy", np.nan) for e in epochs] for s in preset.seed_list()]
             _band(ax, epochs, series, COLORS[source], f"kernel machine, {source} spawn")
             if "centered" in preset.phase2_dynamics and "clean" in preset.phase2_data:
-                series = [[(collected.evals.get(study.child_name("centered", "clean", source, s, e))
+                series = [[(collected.evals.get(plan.child_name("centered", "clean", source, s, e))
                             or {}).get(metric, np.nan) for e in epochs] for s in preset.seed_list()]
                 _band(ax, epochs, series, COLORS[source],
                       f"centered phase 2 ({preset.phase2_epochs} epochs, clean), {source} spawn", "--")
@@ -426,7 +427,7 @@ ANNOTATED = {standard_vs_adversarial, phase2_vs_spawn, velocity}
 
 
 def draw_all(preset, collected, directory, verdicts=None):
-    """Draws every figure into ``directory``; ``verdicts`` (`tf_ntk.claims.claims`) annotate the
+    """Draws every figure into ``directory``; ``verdicts`` (`tf_ntk.study.claims.claims`) annotate the
     claims' figures. Returns [(title, png path)] of those drawn."""
     drawn = []
     for title, name, draw in FIGURES:

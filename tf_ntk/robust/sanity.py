@@ -4,7 +4,7 @@ Carlini et al. (2019), Athalye et al. (2018), and what RobustBench asks of a mod
 its numbers: robust accuracy must not depend on how hard the attacker tries. Each check attacks the
 model again and compares; a check that finds the reported number too high **fails** and says by
 how much. Comparisons with a stronger attack use the worst case per example (the stronger attack
-continues from the first one's result, `tf_ntk.robustness.evaluate`), so they measure how many more
+continues from the first one's result, `tf_ntk.robust.ensembles.evaluate`), so they measure how many more
 examples it breaks, not noise between two independent runs.
 """
 
@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from tf_ntk import attacks
-from tf_ntk import autoattack
-from tf_ntk import robustness
+from tf_ntk.robust import attacks
+from tf_ntk.robust import autoattack
+from tf_ntk.robust import ensembles
 
 
 @dataclasses.dataclass
@@ -81,7 +81,7 @@ class SanityReport:
 def _other_losses(attack, steps, eps, norm):
     """PGD members with the losses and step schedules ``attack`` does not use (and targeted margins
     towards the 3 most likely wrong classes it does not try), one start each, every iterate counted."""
-    members = [m for m in robustness.members(attack) if isinstance(m, attacks.PGDConfig)]
+    members = [m for m in ensembles.members(attack) if isinstance(m, attacks.PGDConfig)]
     used = {(m.loss, m.schedule, m.target_rank) for m in members}
     extra = []
     for loss in ("ce", "margin", "dlr"):
@@ -93,18 +93,18 @@ def _other_losses(attack, steps, eps, norm):
     ranks = [k for k in range(1, 10) if ("margin", "cosine", k) not in used][:3]
     extra += [attacks.PGDConfig(eps=eps, norm=norm, steps=steps, step_size=eps, loss="margin",
                                 schedule="cosine", keep="best", target_rank=k) for k in ranks]
-    return robustness.Ensemble(tuple(extra), "other losses")
+    return ensembles.Ensemble(tuple(extra), "other losses")
 
 
 def _gradient_part(attack, result):
     """``result`` as if the black-box members at the end of ``attack`` had not run: the examples
     they broke count as robust again."""
-    members = robustness.members(attack)
+    members = ensembles.members(attack)
     black = [i for i, m in enumerate(members) if getattr(m, "blackbox", False)]
     if not black or len(black) == len(members):
         return result
-    broken_by = np.where(result.broken_by >= black[0], robustness.ROBUST, result.broken_by)
-    return dataclasses.replace(result, broken_by=broken_by, correct=broken_by == robustness.ROBUST)
+    broken_by = np.where(result.broken_by >= black[0], ensembles.ROBUST, result.broken_by)
+    return dataclasses.replace(result, broken_by=broken_by, correct=broken_by == ensembles.ROBUST)
 
 
 def _stronger_check(name, base, stronger, tol, what):
@@ -120,7 +120,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
                   blackbox_queries=1000, batch_size=256, progress=None):
     """Checks robust accuracy under ``attack`` on images ``x`` (N, H, W, C), labels ``y`` (N,).
 
-    ``attack`` is a `tf_ntk.attacks.PGDConfig` or a `tf_ntk.robustness.Ensemble`. The checks:
+    ``attack`` is a `tf_ntk.robust.attacks.PGDConfig` or a `tf_ntk.robust.ensembles.Ensemble`. The checks:
 
     1. at ε = 0 the attack gives the benign accuracy exactly;
     2. robust accuracy is non-increasing in ε over ``eps_grid`` (default ε·(¼, ½, 1, 2));
@@ -131,7 +131,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     6. ``restarts_factor`` times each member's random restarts (new seeds) likewise;
     7. losses and step schedules the attack does not use (CE, CW margin, DLR, targeted margins)
        likewise;
-    8. black box: the Square attack (``blackbox_queries`` queries, skipped if 0; `tf_ntk.square` for
+    8. black box: the Square attack (``blackbox_queries`` queries, skipped if 0; `tf_ntk.robust.square` for
        L∞, ART's for L2) alone is not below the accuracy under the attack's gradient-based members
        by more than ``tolerance``, and breaks at most ``tolerance`` more examples than they do: a
        model that only masks its gradients fails here.
@@ -143,20 +143,20 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     n = len(y)
     tol = tolerance if tolerance is not None else max(0.01, 1 / n)
     eps, norm = attack.eps, attack.norm
-    steps = robustness.members(attack)[0].steps
+    steps = ensembles.members(attack)[0].steps
 
     def run(a, offset, start=None):
-        return robustness.evaluate(model_fn, x, y, a, seed=seed + offset, batch_size=batch_size,
+        return ensembles.evaluate(model_fn, x, y, a, seed=seed + offset, batch_size=batch_size,
                                    start=start, progress=progress)
 
     base = run(attack, 0)
-    benign = float(np.mean(base.broken_by != robustness.CLEAN_WRONG))
+    benign = float(np.mean(base.broken_by != ensembles.CLEAN_WRONG))
     robust = base.accuracy
     checks = []
 
     # Every check below but the black-box one attacks with the gradient-based part of the attack:
     # the checks are about gradients, and a black-box search at every ε would cost far more.
-    gradient = attack.whitebox() if isinstance(attack, robustness.Ensemble) else attack
+    gradient = attack.whitebox() if isinstance(attack, ensembles.Ensemble) else attack
     gradient = gradient if gradient is not None else attack
     white = _gradient_part(attack, base)
     one_start = gradient.replace(restarts=1)  # enough for the shape of the ε curve, 5x cheaper
@@ -198,8 +198,8 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     checks.append(_stronger_check(f"{steps_factor}x steps break no more examples", base, more_steps,
                                   tol, f"{steps_factor}x steps"))
     more = tuple(m.replace(restarts=m.restarts * restarts_factor)
-                 for m in robustness.members(gradient))
-    more = robustness.Ensemble(more, "more restarts") if len(more) > 1 else more[0]
+                 for m in ensembles.members(gradient))
+    more = ensembles.Ensemble(more, "more restarts") if len(more) > 1 else more[0]
     more_restarts = run(more, 2, start=base)
     checks.append(_stronger_check(f"{restarts_factor}x restarts break no more examples", base,
                                   more_restarts, tol, f"{restarts_factor}x restarts (new seeds)"))

@@ -8,7 +8,7 @@ the binary's flag parsing and main, in-process, its output to its log file). A t
 when the tasks of its dependencies have finished; a job whose dependency failed is not run. A task
 whose worker dies (preempted, killed, out of memory) is retried by Ray, and the job resumes from its
 own state (a training run from its resume checkpoint), so the numbers equal an uninterrupted run's.
-Resources per job family come from the preset (`tf_ntk.study.Preset.resources`: CPUs, GPUs, TPU
+Resources per job family come from the preset (`tf_ntk.study.presets.Preset.resources`: CPUs, GPUs, TPU
 chips, memory). Every job reads and writes the sweep directory through `tf.io.gfile`: with a
 cluster on other machines the sweep directory must be on a shared file system (gs://).
 
@@ -22,7 +22,7 @@ import socket
 import time
 
 from tf_ntk import rundir
-from tf_ntk import sweep
+from tf_ntk.study import sweep
 
 RETRIES = 3  # task retries after its worker process died
 JOBS_PER_WORKER = sweep.JOBS_PER_WORKER  # a Ray worker process is replaced after this many jobs
@@ -90,10 +90,9 @@ def _run_job(execute, module, args, log_path, threads, *dependencies):
     if any(status != "ok" for status, *_ in dependencies):
         return "blocked", None, 0.0, 0.0
     _configure_worker(threads)
-    import tensorflow as tf  # noqa: PLC0415
 
     start = time.time()
-    tf.io.gfile.makedirs(os.path.dirname(log_path))
+    rundir.makedirs(os.path.dirname(log_path))
     error = execute(module, list(args), log_path)
     return ("ok" if error is None else "failed"), error, start, time.time()
 

@@ -7,8 +7,8 @@ All functions take ``model_fn``: one stable callable images (N, H, W, C) in [0, 
 (`inference_fn(model)`: BN in inference mode; a linearized model is attacked under its own
 dynamics), and ``dataset``: batches of (images, int labels). ε is in [0, 1] pixel units (L∞).
 PGD random starts are keyed by (seed, batch index), so the same seed gives the same numbers.
-The named attacks (protocol, strong, AutoAttack) are in `tf_ntk.robustness`; the checks against weak
-attacks and gradient masking in `tf_ntk.sanity`.
+The named attacks (protocol, strong, AutoAttack) are in `tf_ntk.robust.ensembles`; the checks against weak
+attacks and gradient masking in `tf_ntk.robust.sanity`.
 """
 
 import json
@@ -18,9 +18,9 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk import attacks
-from tf_ntk import robustness
 from tf_ntk import rundir
+from tf_ntk.robust import attacks
+from tf_ntk.robust import ensembles
 
 # The protocol's evaluation attacks.
 PROTOCOL_LINF = attacks.PGDConfig(eps=4 / 255, steps=100)  # step 2ε/100, one random start
@@ -32,7 +32,7 @@ PROTOCOL_L2 = attacks.PGDConfig(eps=0.25, steps=100, step_size=0.01, norm="l2")
 def inference_fn(model):
     """A stable callable images (B, H, W, C) float32 in [0, 1] -> logits (B, O), BN in inference mode,
     for attacks and evaluation: the same callable for the same model, so that the attack functions
-    traced on it (`tf_ntk.robustness`) serve every later evaluation of the model, whatever weights
+    traced on it (`tf_ntk.robust.ensembles`) serve every later evaluation of the model, whatever weights
     it then holds."""
     fn = vars(model).get(_INFERENCE)
     if fn is None:
@@ -143,9 +143,9 @@ def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_comp
                     eps=None, norm="linf", **options):
     """Accuracy under an attack crafted against ``model_fn`` (default: the protocol's L∞ 4/255 PGD-100).
 
-    ``attack``: a `tf_ntk.attacks.PGDConfig` (the adversarial images' accuracy, batch b attacked with
-    seed (seed, b)); a `tf_ntk.robustness.Ensemble` or ART attack, or one of the names
-    `tf_ntk.robustness.NAMES` with ``eps``, ``norm`` and the builder's ``options`` (RobustBench's
+    ``attack``: a `tf_ntk.robust.attacks.PGDConfig` (the adversarial images' accuracy, batch b attacked with
+    seed (seed, b)); a `tf_ntk.robust.ensembles.Ensemble` or ART attack, or one of the names
+    `tf_ntk.robust.ensembles.NAMES` with ``eps``, ``norm`` and the builder's ``options`` (RobustBench's
     count: clean and every adversarial image right, the worst case per example over the members).
 
     Args:
@@ -161,10 +161,10 @@ def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_comp
     if isinstance(attack, str):
         if eps is None:
             raise ValueError(f"the {attack!r} attack needs eps")
-        attack = robustness.named(attack, eps, norm, **options)
+        attack = ensembles.named(attack, eps, norm, **options)
     if not isinstance(attack, attacks.PGDConfig):
-        x, y = robustness.arrays(dataset)
-        return robustness.evaluate(model_fn, x, y, attack, seed=seed, jit_compile=jit_compile).accuracy
+        x, y = ensembles.arrays(dataset)
+        return ensembles.evaluate(model_fn, x, y, attack, seed=seed, jit_compile=jit_compile).accuracy
     config = attack
     attack = _attack_fn(model_fn, config, jit_compile)
     count = tf.function(lambda x, y: tf.reduce_sum(tf.cast(_correct(model_fn, x, y), tf.int64)),
@@ -257,9 +257,9 @@ def _check_ball(meta, x, x_adv):
         return ("records no ε-ball (norm and eps), so its images cannot be checked; save it again "
                 "with tf-ntk-evaluate --save_adversarial")
     norm, eps = recorded
-    size = robustness.perturbation_size(x_adv, x, norm)
-    tolerance = robustness.ball_limit(eps) - eps
-    outside = size > robustness.ball_limit(eps)
+    size = ensembles.perturbation_size(x_adv, x, norm)
+    tolerance = ensembles.ball_limit(eps) - eps
+    outside = size > ensembles.ball_limit(eps)
     if not outside.any():
         return None
     i = int(np.flatnonzero(outside)[0])
@@ -301,7 +301,7 @@ def check_adversarial_set(adv_set, *, name, num_classes=None, image_shape=None, 
     `load_adversarial` returns it) is a sound adversarial set: at least one example; x, x_adv
     (N, H, W, C) finite floats in [0, 1] (of ``image_shape`` (H, W, C) when given); labels y (N,)
     integers within ``num_classes`` (default: its recorded number of classes); every x_adv inside its
-    recorded ε-ball around x (L∞ or L2, [0, 1] pixel units, up to `robustness.ball_limit`); and,
+    recorded ε-ball around x (L∞ or L2, [0, 1] pixel units, up to `ensembles.ball_limit`); and,
     with ``split`` = (x_split (M, H, W, C), y_split (M,)), its clean images and labels exactly those
     of the split at its recorded indices (the first N for sets that record none). ``split_name``
     (e.g. "digits/test") names the split in the message."""
@@ -359,7 +359,7 @@ def load_adversarial(path, *, name=None, **expected):
             out["indices"] = arrays["indices"]
         out["meta"] = json.loads(str(arrays["meta"]))
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated file"
+        reason = rundir.one_line(e) if str(e).strip() else "empty or truncated file"
         raise ValueError(f"{name} is not a tf_ntk adversarial set: {reason}") from e
     check_adversarial_set(out, name=name, **expected)
     return out
@@ -401,7 +401,7 @@ def output_terms(model, dataset, config=None, *, seed=0):
 
     The adversarial inputs of batch b are crafted with seed (seed, b) against the model's own output
     (``inference_fn(model)``), exactly as `adversarial_examples` and `robust_accuracy` with a
-    `tf_ntk.attacks.PGDConfig` craft them. `output_term_accuracies` turns the result into accuracies.
+    `tf_ntk.robust.attacks.PGDConfig` craft them. `output_term_accuracies` turns the result into accuracies.
 
     Returns:
       {"spawn_clean", "kernel_clean"[, "spawn_adv", "kernel_adv"]}: (N, O) arrays of f_{θ_s}(x) and

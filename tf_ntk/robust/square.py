@@ -8,7 +8,7 @@ z_y − max_{j≠y} z_j falls; an example stops changing once misclassified. The
 fraction p of the image that halves on the published schedule (ART's: p_init at first, halved after
 0.1%, 0.5%, 2%, 5%, 10%, 20%, 40%, 60% and 80% of the queries).
 
-Unlike ART's implementation (`tf_ntk.autoattack.SquareConfig` with ``implementation="art"``: NumPy,
+Unlike ART's implementation (`tf_ntk.robust.autoattack.SquareConfig` with ``implementation="art"``: NumPy,
 one TensorFlow call per query, one window for the whole batch), the search is one `tf.while_loop`,
 and every example draws its own windows and signs from a key of (seed, example), so its search does
 not depend on the other examples in its batch. ε in [0, 1] pixel units; images float32 NHWC in
@@ -18,7 +18,7 @@ not depend on the other examples in its batch. ε in [0, 1] pixel units; images 
 import numpy as np
 import tensorflow as tf
 
-from tf_ntk import attacks
+from tf_ntk.robust import attacks
 
 SCHEDULE = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 """Fractions of the queries after which the window's share of the image halves."""

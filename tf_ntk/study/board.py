@@ -33,8 +33,9 @@ from tensorboard.plugins.hparams import api as hparams_api
 import tensorflow as tf
 
 from tf_ntk import rundir
-from tf_ntk import study
 from tf_ntk import summaries
+from tf_ntk.study import plan
+from tf_ntk.study import presets
 
 BOARD_DIR = "tensorboard"
 
@@ -85,7 +86,7 @@ def phase1_series(preset, collected, sweep_dir, source):
     the training curves read from each run's own events."""
     by_tag = {}
     for seed in preset.seed_list():
-        name = study.phase1_name(source, seed)
+        name = plan.phase1_name(source, seed)
         for row in collected.kernels.get(name, []):
             for metric in KERNEL_METRICS:
                 if metric in row:
@@ -100,10 +101,10 @@ def phase1_series(preset, collected, sweep_dir, source):
 def distance_series(preset, collected):
     """{pair kind: {step: (mean, min, max)}} of the kernel distances between runs."""
     by_kind = {}
-    for a, b in study.comparison_pairs(preset):
-        if b.endswith(study.REPLICA):
+    for a, b in plan.comparison_pairs(preset):
+        if b.endswith(presets.REPLICA):
             kind = f"matched_floor_{a.split('-s')[0]}"
-        elif a.startswith(study.FLIP):
+        elif a.startswith(presets.FLIP):
             kind = "flip_vs_adversarial"
         else:
             kind = "standard_vs_adversarial"
@@ -116,11 +117,11 @@ def phase2_series(preset, collected):
     """{(source, dynamics, data): {"robust"|"benign": {step: (mean, min, max)}}} against the spawn
     epoch (spawn 0, the shared initialisation, in every source's curve)."""
     by_condition = {}
-    for run, phase, source, _, dynamics, data_mode, spawn in study.evaluated_runs(preset):
+    for run, phase, source, _, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
         r = collected.evals.get(run)
         if phase != "2" or r is None:
             continue
-        sources = study.SOURCES if spawn == 0 else (source,)  # the init is every source's spawn 0
+        sources = presets.SOURCES if spawn == 0 else (source,)  # the init is every source's spawn 0
         for s in sources:
             for key in ("robust", "benign"):
                 by_condition.setdefault((s, dynamics, data_mode), {}).setdefault(key, {}).setdefault(
@@ -131,7 +132,7 @@ def phase2_series(preset, collected):
 def machine_series(preset, collected, source):
     by_key = {}
     for seed in preset.seed_list():
-        for epoch, row in (collected.machines.get(study.phase1_name(source, seed)) or {}).items():
+        for epoch, row in (collected.machines.get(plan.phase1_name(source, seed)) or {}).items():
             for key in ("robust", "benign"):
                 by_key.setdefault(key, {}).setdefault(summaries.epoch_step(epoch), []).append(
                     row[f"{key}_accuracy"])
@@ -179,7 +180,7 @@ def _png_image(tag, path, description):
 
 
 def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
-    """Rewrites ``sweep_dir/tensorboard`` from ``collected`` (`tf_ntk.report.Collected`).
+    """Rewrites ``sweep_dir/tensorboard`` from ``collected`` (`tf_ntk.study.collect.Collected`).
 
     Args:
       figure_paths: [(title, png path)] of the report's figures, logged as images.
@@ -198,7 +199,7 @@ def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
         hparams_api.hparams_config(
             hparams=[hparams_api.HParam(name, display_name=shown) for name, shown in HPARAMS],
             metrics=[hparams_api.Metric(tag, display_name=shown) for tag, shown in HPARAMS_METRICS])
-    for source in study.phase1_sources(preset):
+    for source in plan.phase1_sources(preset):
         writer = run(f"phase1/{source}")
         with writer.as_default():
             for tag, series in phase1_series(preset, collected, sweep_dir, source).items():
@@ -222,7 +223,7 @@ def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
                                  "3_dynamics": dynamics, "4_data": data_mode,
                                  "5_seeds": _seeds_text(preset)}, trial_id=name)
         writer.close()
-    for source in study.SOURCES:
+    for source in presets.SOURCES:
         series = machine_series(preset, collected, source)
         if series:
             writer = run(f"kernel_machine/{source}")

@@ -16,10 +16,10 @@ import dataclasses
 import functools
 import math
 
-import numpy as np
-import tensorflow as tf
 from cleverhans.tf2.utils import clip_eta
 from cleverhans.tf2.utils import optimize_linear
+import numpy as np
+import tensorflow as tf
 
 NORMS = {"linf": np.inf, "l2": 2}
 """The attack norms: L∞ (eps bounds every pixel) and L2 (eps bounds the whole image), pixels in [0, 1]."""

@@ -40,7 +40,9 @@ import tensorflow as tf
 from tf_ntk import data
 from tf_ntk import dynamics
 from tf_ntk import functional
+from tf_ntk.ntk import jacobian
 from tf_ntk.ntk import kernel as ntk_kernel
+from tf_ntk.ntk import metrics
 
 SOLVERS = ("direct", "cg", "auto")
 DEFAULT_RIDGE = 1e-3  # λ = DEFAULT_RIDGE × mean eigenvalue of K
@@ -75,16 +77,6 @@ class Info:
         """The scalars, JSON-ready."""
         return {"solver": self.solver, "ridge": self.ridge, "mean_eigenvalue": self.mean_eigenvalue,
                 "examples": self.examples, "iterations": self.iterations, "residual": self.residual}
-
-
-def one_hot(labels, num_classes):
-    """Targets Y (N, O) float64: 1 at the label, 0 elsewhere; ValueError for labels out of range."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape (N,), got {labels.dtype} {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
-    return np.eye(num_classes, dtype=np.float64)[labels]
 
 
 class Passes:
@@ -124,15 +116,8 @@ class Passes:
         return acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def _squared_norms(self, params, x, c):
-        def one(args):
-            xi, ci = args
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                out = tf.gather(self.f(params, xi[None])[0], ci)
-            grads = tape.gradient(out, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
-
-        return tf.vectorized_map(one, (x, c))
+        grads = jacobian.column_gradients(self.f, params, x, c)  # one (B, *shape) per weight
+        return tf.add_n([tf.reduce_sum(tf.square(g), axis=list(range(1, g.shape.rank))) for g in grads])
 
     def _batches(self, x, size=None):
         """(start, padded batch of ``size`` rows, number of real rows)."""
@@ -265,7 +250,7 @@ def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolu
     num_outputs = passes.num_outputs
     x_train = np.asarray(x_train)
     passes.f.check_inputs(x_train)
-    targets = one_hot(y_train, num_outputs)
+    targets = metrics.one_hot(y_train, num_outputs)
     if len(targets) != len(x_train):
         raise ValueError(f"{len(x_train)} inputs but {len(targets)} labels")
     indices = None
@@ -320,4 +305,4 @@ def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolu
 
 
 __all__ = ["DEFAULT_RIDGE", "DIRECT_MAX_SIZE", "Info", "Passes", "SOLVERS", "conjugate_gradients",
-           "delta_theta", "kernel_machine", "one_hot"]
+           "delta_theta", "kernel_machine"]

@@ -18,7 +18,7 @@ Training*, NeurIPS 2022, split where it makes two statements):
   adversarial training's robust-accuracy gain).
 
 A primary holds when its paired Student-t 95% interval and its bootstrap 95% interval (two levels:
-seeds × test images, `tf_ntk.stats.crossed_bootstrap`; kernel endpoints: seeds) both lie above its
+seeds × test images, `tf_ntk.study.stats.crossed_bootstrap`; kernel endpoints: seeds) both lie above its
 margin; it does not hold at this scale when both lie below; it is inconclusive otherwise. The claim's
 verdict is its primary's. Every other row is descriptive: shown with its t-interval, a p-value
 against its margin, Holm-adjusted within its claim's family (the number of tests stated), and the
@@ -30,8 +30,9 @@ import math
 
 import numpy as np
 
-from tf_ntk import stats
-from tf_ntk import study
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +164,7 @@ def holm_family(tests, alpha=0.05):
     return len(family)
 
 
-# --- reading what the sweep measured (a `tf_ntk.report.Collected`) ---
+# --- reading what the sweep measured (a `tf_ntk.study.collect.Collected`) ---
 
 def distance(collected, a, b, epoch):
     d = collected.comparisons.get((a, b)) or collected.comparisons.get((b, a)) or {}
@@ -238,8 +239,8 @@ def _paired_bootstrap(collected, runs_a, runs_b, seed):
 def floor(collected, seed, epoch):
     """The matched noise floor of a seed at ``epoch``: the larger of each run's distance to its
     replica (None when either is missing)."""
-    both = [distance(collected, study.phase1_name(s, seed), study.replica_name(s, seed), epoch)
-            for s in study.SOURCES]
+    both = [distance(collected, plan.phase1_name(s, seed), plan.replica_name(s, seed), epoch)
+            for s in presets.SOURCES]
     return None if None in both else max(both)
 
 
@@ -248,8 +249,8 @@ def _c1a(preset, collected):
     final = float(preset.phase1_epochs)
     tests = []
     for epoch in [final] + [float(e) for e in preset.kernel_epochs if 0 < e < final]:
-        cross = [distance(collected, study.phase1_name("standard", s),
-                          study.phase1_name("adversarial", s), epoch) for s in seeds]
+        cross = [distance(collected, plan.phase1_name("standard", s),
+                          plan.phase1_name("adversarial", s), epoch) for s in seeds]
         a, b, d = _both(cross, [floor(collected, s, epoch) for s in seeds])
         primary = epoch == final
         boot = None
@@ -260,10 +261,10 @@ def _c1a(preset, collected):
                           d if len(d) == len(seeds) else d + [None], "standard vs adversarial", a,
                           "matched floor", b, primary=primary, bootstrap=boot))
     if preset.flip:
-        adv = [study.phase1_name("adversarial", s) for s in seeds]
-        flip = [distance(collected, study.phase1_name(study.FLIP, s), r, final)
+        adv = [plan.phase1_name("adversarial", s) for s in seeds]
+        flip = [distance(collected, plan.phase1_name(presets.FLIP, s), r, final)
                 for s, r in zip(seeds, adv)]
-        cross = [distance(collected, study.phase1_name("standard", s), r, final)
+        cross = [distance(collected, plan.phase1_name("standard", s), r, final)
                  for s, r in zip(seeds, adv)]
         a, b, d = _both(flip, cross)
         tests.append(Test("C1a", f"epoch {final:g}: d(flip, adversarial) minus d(standard, "
@@ -281,7 +282,7 @@ def _c1b(preset, collected):
     tests = []
     for epoch in [early] + [float(e) for e in preset.kernel_epochs
                             if 0 < e <= preset.phase1_epochs / 4 and e != early]:
-        ahead = [remaining(collected, study.phase1_name("adversarial", s), epoch, final) for s in seeds]
+        ahead = [remaining(collected, plan.phase1_name("adversarial", s), epoch, final) for s in seeds]
         covered = [None if r is None else 1.0 - r for r in ahead]
         primary = epoch == early
         boot = None
@@ -294,8 +295,8 @@ def _c1b(preset, collected):
                      "adversarial kernel's way covered, 1 − d(K_e, K_T) / d(K_0, K_T)")
         tests.append(Test("C1b", label, covered, margin=PRIMARY["C1b"].margin, primary=primary,
                           bootstrap=boot))
-    std = [remaining(collected, study.phase1_name("standard", s), early, final) for s in seeds]
-    adv = [remaining(collected, study.phase1_name("adversarial", s), early, final) for s in seeds]
+    std = [remaining(collected, plan.phase1_name("standard", s), early, final) for s in seeds]
+    adv = [remaining(collected, plan.phase1_name("adversarial", s), early, final) for s in seeds]
     a, b, d = _both(std, adv)
     tests.append(Test("C1b", f"epoch {early:g}: share of the way still ahead, standard minus "
                       "adversarial (> 0: the adversarial kernel is the nearer to its end)",
@@ -317,14 +318,14 @@ def _spawn_rows(preset, collected, claim, data_mode):
             if spawn == 0:
                 if dynamics != "centered":
                     continue  # phase 2 from the initialisation runs centered only
-                runs = [study.phase2_name(dynamics, mode, "standard", s, 0.0) for s in seeds]
+                runs = [plan.phase2_name(dynamics, mode, "standard", s, 0.0) for s in seeds]
                 values = [_eval(collected, r) for r in runs]
                 tests.append(Test(claim, f"{dynamics} phase 2 on {mode} data from the initialisation "
                                   "(spawn epoch 0, the same for both sources): robust accuracy",
                                   values, control=True))
                 continue
-            runs_a = [study.phase2_name(dynamics, mode, "adversarial", s, spawn) for s in seeds]
-            runs_b = [study.phase2_name(dynamics, mode, "standard", s, spawn) for s in seeds]
+            runs_a = [plan.phase2_name(dynamics, mode, "adversarial", s, spawn) for s in seeds]
+            runs_b = [plan.phase2_name(dynamics, mode, "standard", s, spawn) for s in seeds]
             a, b, d = _both([_eval(collected, r) for r in runs_a], [_eval(collected, r) for r in runs_b])
             primary = claim == "C2" and dynamics == "centered" and spawn == last
             tests.append(Test(
@@ -342,8 +343,8 @@ def _c2(preset, collected):
     for epoch in preset.machine_epochs():
         if epoch == 0:
             continue
-        a, b, d = _both(*[[((collected.machines.get(study.phase1_name(src, s)) or {}).get(epoch) or {})
-                           .get("robust_accuracy") for s in seeds] for src in study.SOURCES[::-1]])
+        a, b, d = _both(*[[((collected.machines.get(plan.phase1_name(src, s)) or {}).get(epoch) or {})
+                           .get("robust_accuracy") for s in seeds] for src in presets.SOURCES[::-1]])
         tests.append(Test("C2", f"kernel machine of spawn epoch {epoch:g}: robust accuracy, "
                           "adversarial minus standard spawn", d if len(d) == len(seeds) else d + [None],
                           "adversarial spawn", a, "standard spawn", b))
@@ -359,12 +360,12 @@ def _c3(preset, collected):
     last = preset.last_spawn()
     margin = PRIMARY["C3"].margin
     tests = []
-    std = [study.phase1_name("standard", s) for s in seeds]
-    adv = [study.phase1_name("adversarial", s) for s in seeds]
+    std = [plan.phase1_name("standard", s) for s in seeds]
+    adv = [plan.phase1_name("adversarial", s) for s in seeds]
     for dynamics, mode in preset.phase2_conditions():
         if mode != "adv":
             continue
-        child = [study.phase2_name(dynamics, "adv", "adversarial", s, last) for s in seeds]
+        child = [plan.phase2_name(dynamics, "adv", "adversarial", s, last) for s in seeds]
         ratios = [_ratio(_eval(collected, c), _eval(collected, a), _eval(collected, s))
                   for c, a, s in zip(child, adv, std)]
         primary = dynamics == "centered"

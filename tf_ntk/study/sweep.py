@@ -1,5 +1,5 @@
 """A sweep: a graph of jobs, each one invocation of a tf_ntk binary, run by an `Executor`: the local
-pool of worker processes (`LocalPool`, the default), a Ray cluster (`tf_ntk.ray_sweep.RayExecutor`),
+pool of worker processes (`LocalPool`, the default), a Ray cluster (`tf_ntk.study.ray_sweep.RayExecutor`),
 or printed as shell commands for a scheduler (`PrintCommands`).
 
 A job is done when its output file exists: every binary writes that file last and atomically, so a
@@ -18,6 +18,8 @@ import threading
 import time
 
 import tensorflow as tf
+
+from tf_ntk import rundir
 
 
 class WorkerDiedError(RuntimeError):
@@ -50,7 +52,7 @@ class Job:
         return " ".join(shlex.quote(a) for a in (python, "-m", self.module, *self.args))
 
     def done(self):
-        return self.output is not None and tf.io.gfile.exists(self.output)
+        return self.output is not None and rundir.exists(self.output)
 
 
 def order(jobs):
@@ -122,7 +124,7 @@ def _init_worker(threads, parent):
 def _timed(execute, job, log_path):
     """Runs ``job``; (error or None, start, end) in Unix seconds."""
     start = time.time()
-    tf.io.gfile.makedirs(os.path.dirname(log_path))
+    rundir.makedirs(os.path.dirname(log_path))
     error = execute(job.module, list(job.args), log_path)
     return error, start, time.time()
 

@@ -1,108 +1,27 @@
-"""The study's report: reads what the sweep's jobs wrote (evaluation.json, kernel CSVs, eigen-images,
-kernel machines, transfer sets), decides the claims by their primary endpoints (`tf_ntk.claims`) and
-writes results.csv, report.md, the figures and the summary TensorBoard runs.
+"""The study's report: from what the sweep measured (`tf_ntk.study.collect`) and the claims' verdicts
+(`tf_ntk.study.claims`), writes results.csv, report.md, the figures and the study's TensorBoard runs.
 
 Numbers: every robust accuracy is the worst case per example over the protocol PGD-100 and the strong
 ensemble ("robust"), with the protocol number beside it. The claims, their primary endpoints and the
-rules are in `tf_ntk.claims` (and docs/reproduction.md); every other number is descriptive.
+rules are in `tf_ntk.study.claims` (and docs/reproduction.md); every other number is descriptive.
 """
 
 import csv
-import dataclasses
 import io
-import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
-from tf_ntk import board
-from tf_ntk import claims
 from tf_ntk import data
-from tf_ntk import figures
 from tf_ntk import rundir
-from tf_ntk import stats
 from tf_ntk import summaries
-from tf_ntk import study
-
-def _read_text(path):
-    with tf.io.gfile.GFile(path, "r") as f:
-        return f.read()
-
-
-def _read_csv(path):
-    if not tf.io.gfile.exists(path):
-        return []
-    rows = list(csv.DictReader(io.StringIO(_read_text(path))))
-    for row in rows:
-        for key, value in row.items():
-            if key != "run":
-                row[key] = float(value) if value not in ("", None) else float("nan")
-    return rows
-
-
-@dataclasses.dataclass
-class Collected:
-    """Everything the sweep measured, keyed by run name.
-
-    Attributes:
-      evals: {run: {"benign", "robust", "protocol", "strong", "examples", "path", "per_example"
-        ({"benign", "robust", …}: '0'/'1' strings), "sanity_failed" (names of failed sanity checks),
-        "transfer" ([{"from", "accuracy", …}]: parent's set first, then the sibling's),
-        "output_terms" (linearized runs: {"clean"|"adversarial": {"spawn_term", "kernel_term", "sum"}})}}.
-      kernels: {phase-1 run: [row of kernel_dynamics.csv, by epoch]}.
-      comparisons: {(run a, run b): {epoch: distance}}.
-      features: {phase-1 run: eigen_images.npz path}.
-      missing: outputs not (yet) there.
-      machines: {phase-1 run: {spawn epoch: row of kernel_machine.json}} (tf-ntk-kernel-machine).
-      transfer_sets: {transfer name: the crafting evaluation's record} (the spawn's own accuracy).
-    """
-
-    evals: dict
-    kernels: dict
-    comparisons: dict
-    features: dict
-    missing: list
-    machines: dict = dataclasses.field(default_factory=dict)
-    transfer_sets: dict = dataclasses.field(default_factory=dict)
-
-
-def _eval_record(r, path):
-    sanity = r.get("sanity_checks") or {}
-    return {"benign": r["benign_accuracy"], "robust": r["robust_accuracy"],
-            "protocol": r["robust"]["protocol"]["accuracy"],
-            "strong": (r["robust"].get("strong") or {}).get("accuracy"), "examples": r["examples"],
-            "path": path, "per_example": r.get("per_example"),
-            "sanity_failed": [c["name"] for c in sanity.get("checks", ()) if not c["passed"]],
-            "sanity_run": bool(sanity), "transfer": r.get("transfer") or [],
-            "output_terms": r.get("output_terms")}
-
-
-def collect(preset, sweep_dir):
-    """Reads every output of ``preset``'s plan under ``sweep_dir`` (missing ones are listed)."""
-    out = Collected({}, {}, {}, {}, [])
-    for job in study.plan(preset, sweep_dir):
-        if job.output is None:
-            continue
-        if not tf.io.gfile.exists(job.output):
-            out.missing.append(job.name)
-            continue
-        kind, name = job.name.split("/", 1)
-        if kind == "eval":
-            out.evals[name] = _eval_record(json.loads(_read_text(job.output)), job.output)
-        elif kind == "transfer":
-            out.transfer_sets[name] = _eval_record(json.loads(_read_text(job.output)), job.output)
-        elif kind == "kernels" and "_vs_" in name:
-            a, b = name.split("_vs_")
-            out.comparisons[(a, b)] = {row["epoch"]: row["distance"] for row in _read_csv(job.output)}
-        elif kind == "kernels":
-            out.kernels[name] = sorted(_read_csv(job.output), key=lambda row: row["epoch"])
-        elif kind == "features":
-            out.features[name] = job.output
-        elif kind == "kernel_machine":
-            rows = json.loads(_read_text(job.output))["rows"]
-            out.machines[name] = {float(row["epoch"]): row for row in rows}
-    return out
+from tf_ntk.study import board
+from tf_ntk.study import claims
+from tf_ntk.study import collect
+from tf_ntk.study import figures
+from tf_ntk.study import plan
+from tf_ntk.study import presets
+from tf_ntk.study import stats
 
 
 def _fmt(values):
@@ -161,7 +80,7 @@ def _row(kind, run, metric, value, **fields):
 def results_rows(preset, collected, verdicts):
     """Every number of the study as long-format rows (dicts)."""
     rows = []
-    for run, phase, source, seed, dynamics, data_mode, spawn in study.evaluated_runs(preset):
+    for run, phase, source, seed, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
         r = collected.evals.get(run)
         if r is None:
             continue
@@ -235,7 +154,7 @@ def _num(value):
 
 
 RULES = (
-    "- **One primary endpoint per claim**, declared in `tf_ntk/claims.py` before any run; the "
+    "- **One primary endpoint per claim**, declared in `tf_ntk/study/claims.py` before any run; the "
     "claim's verdict is its primary's.",
     "- **Holds**: the paired Student-t 95% interval over seeds and the two-level bootstrap 95% "
     "interval (seeds × test images) both lie above the margin.",
@@ -256,7 +175,7 @@ TIMES = "sweep_times.json"  # in the sweep directory: one record per sweep invoc
 def record_time(sweep_dir, seconds, ran, workers):
     """Appends one sweep invocation's wall time to ``sweep_dir/sweep_times.json`` (atomically)."""
     path = os.path.join(sweep_dir, TIMES)
-    records = rundir.read_json(path, expect=list) if tf.io.gfile.exists(path) else []
+    records = rundir.read_json(path, expect=list) if rundir.exists(path) else []
     records.append({"seconds": round(float(seconds), 1), "jobs_run": int(ran), "workers": int(workers),
                     "cores": os.cpu_count()})
     rundir.write_json(path, records)
@@ -265,7 +184,7 @@ def record_time(sweep_dir, seconds, ran, workers):
 def wall_time_text(sweep_dir):
     """"Wall time: …" of every recorded sweep invocation that ran jobs ("" when none is recorded)."""
     path = os.path.join(sweep_dir, TIMES)
-    if not tf.io.gfile.exists(path):
+    if not rundir.exists(path):
         return ""
     records = [r for r in rundir.read_json(path, expect=list) if r["jobs_run"]]
     if not records:
@@ -374,7 +293,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
               "| phase | source | spawn | dynamics | data | n | benign | robust (protocol) | "
               "robust |", "|---|---|---|---|---|---|---|---|---|"]
     groups = {}
-    for run, phase, source, _, dynamics, data_mode, spawn in study.evaluated_runs(preset):
+    for run, phase, source, _, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
         if run in collected.evals:
             groups.setdefault((phase, source, spawn, dynamics, data_mode), []).append(
                 collected.evals[run])
@@ -388,7 +307,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
               "the strong ensemble).", "",
               "| run | phase | spawn | seed | dynamics | data | benign | robust (protocol) | "
               "robust (strong) | robust |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for run, phase, source, seed, dynamics, data_mode, spawn in study.evaluated_runs(preset):
+    for run, phase, source, seed, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
         r = collected.evals.get(run, {})
         spawn_text = "" if spawn is None else f"{source} @ {spawn:g}"
         lines.append(f"| {run} | {phase} | {spawn_text} | {seed} | {dynamics} | {data_mode} | "
@@ -438,17 +357,17 @@ def _machine_lines(preset, collected):
              "Next to it: centered phase 2 on clean data from the same spawn (finite time).", "",
              "| source | spawn | n | train | benign | robust (protocol) | robust | centered phase 2 (clean): "
              "robust |", "|---|---|---|---|---|---|---|---|"]
-    for source in study.SOURCES:
+    for source in presets.SOURCES:
         for epoch in preset.machine_epochs():
             found = [collected.machines[r][epoch] for r in
-                     (study.phase1_name(source, s) for s in preset.seed_list())
+                     (plan.phase1_name(source, s) for s in preset.seed_list())
                      if epoch in collected.machines.get(r, {})]
             if not found:
                 continue
             cells = [str(stats.summary([row[k] for row in found])) for k in
                      ("train_accuracy", "benign_accuracy", "robust_accuracy_protocol", "robust_accuracy")]
             phase2 = [collected.evals[n]["robust"] for n in
-                      (study.child_name("centered", "clean", source, s, epoch) for s in preset.seed_list())
+                      (plan.child_name("centered", "clean", source, s, epoch) for s in preset.seed_list())
                       if n in collected.evals]
             lines.append(f"| {source} | {epoch:g} | {len(found)} | " + " | ".join(cells)
                          + f" | {stats.summary(phase2) if phase2 else '–'} |")
@@ -456,7 +375,7 @@ def _machine_lines(preset, collected):
 
 
 def _test_images(preset, primary=False):
-    return (study.eval_examples(preset, primary)
+    return (plan.eval_examples(preset, primary)
             or data.info(preset.dataset).num_examples["test"])
 
 
@@ -509,12 +428,12 @@ def _transfer_lines(preset, collected):
              "flagged ⚠.".format(preset.eval_steps), "",
              "| child | spawn | n | white-box robust | transfer from parent | transfer from sibling | "
              "parent's own robust |", "|---|---|---|---|---|---|---|"]
-    for source in study.SOURCES:
+    for source in presets.SOURCES:
         for spawn in preset.spawn_epochs:
             for dynamics, mode in preset.phase2_conditions():
                 if dynamics != "centered" or spawn == 0:
                     continue
-                runs = [collected.evals.get(study.phase2_name(dynamics, mode, source, s, spawn))
+                runs = [collected.evals.get(plan.phase2_name(dynamics, mode, source, s, spawn))
                         for s in preset.seed_list()]
                 runs = [r for r in runs if r and len(r["transfer"]) >= 2]
                 if not runs:
@@ -522,7 +441,7 @@ def _transfer_lines(preset, collected):
                 white = [r["robust"] for r in runs]
                 parent = [r["transfer"][0]["accuracy"] for r in runs]
                 sibling = [r["transfer"][1]["accuracy"] for r in runs]
-                own = [(collected.transfer_sets.get(study.transfer_name(source, s, spawn)) or {})
+                own = [(collected.transfer_sets.get(plan.transfer_name(source, s, spawn)) or {})
                        .get("protocol") for s in preset.seed_list()]
                 flag = " ⚠" if min(parent + sibling) < min(white) else ""
                 lines.append(f"| {dynamics} {mode}, {source} spawn | {spawn:g} | {len(runs)} | "
@@ -535,14 +454,14 @@ def _terms_lines(preset, collected):
     """The output decomposition of linearized phase 2: accuracy of the spawn term f_s(x) alone, of
     the kernel term J(x)(θ − θ_s) alone and of their sum, on clean and on PGD inputs."""
     rows = []
-    for source in study.SOURCES:
+    for source in presets.SOURCES:
         for spawn in preset.spawn_epochs:
             if spawn == 0 and source != "standard":
                 continue
             for dynamics, mode in preset.phase2_conditions():
                 if dynamics != "linearized":
                     continue
-                found = [collected.evals.get(study.phase2_name(dynamics, mode, source, s, spawn))
+                found = [collected.evals.get(plan.phase2_name(dynamics, mode, source, s, spawn))
                          for s in preset.seed_list()]
                 found = [r["output_terms"] for r in found if r and r.get("output_terms")]
                 if not found:
@@ -562,33 +481,21 @@ def _terms_lines(preset, collected):
             *rows]
 
 
-VELOCITY_RATIO = 0.1  # phase 1 has reached its lazy phase when the final velocity is below 10% of peak
-
-
-def velocity_ratio(collected, run):
-    """The kernel's velocity at the last kernel epoch over its peak velocity (None if unmeasured)."""
-    velocities = [row.get("velocity") for row in collected.kernels.get(run, [])]
-    velocities = [v for v in velocities if v is not None and v == v]
-    if not velocities or not max(velocities):
-        return None
-    return velocities[-1] / max(velocities)
-
-
 def _convergence_lines(preset, collected):
     """Phase 1's convergence check: final kernel velocity over its peak, per source."""
     lines = ["", "## Phase 1: has the kernel converged?", "",
              f"Kernel velocity at the last kernel epoch over its peak (mean ± sd over seeds); phase 1 "
-             f"has reached its lazy phase when it is below {VELOCITY_RATIO:g} (Fig. 7).", "",
+             f"has reached its lazy phase when it is below {collect.VELOCITY_RATIO:g} (Fig. 7).", "",
              "| source | n | final / peak velocity | |", "|---|---|---|---|"]
     any_row = False
-    for source in study.phase1_sources(preset):
-        ratios = [velocity_ratio(collected, study.phase1_name(source, s)) for s in preset.seed_list()]
+    for source in plan.phase1_sources(preset):
+        ratios = [collect.velocity_ratio(collected, plan.phase1_name(source, s)) for s in preset.seed_list()]
         ratios = [r for r in ratios if r is not None]
         if not ratios:
             continue
         any_row = True
         mean = sum(ratios) / len(ratios)
-        flag = "converged" if mean < VELOCITY_RATIO else "⚠ not converged: the kernel still moves"
+        flag = "converged" if mean < collect.VELOCITY_RATIO else "⚠ not converged: the kernel still moves"
         lines.append(f"| {source} | {len(ratios)} | {_fmt(ratios)} | {flag} |")
     return lines if any_row else []
 
@@ -602,7 +509,7 @@ def write(preset, sweep_dir, outcome_line=""):
     """Collects, computes the claims, draws the figures and writes results.csv and report.md
     (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
 
-    collected = collect(preset, sweep_dir)
+    collected = collect.collect(preset, sweep_dir)
     verdicts = claims.claims(preset, collected)
     figure_dir = os.path.join(sweep_dir, "figures")
     drawn = figures.draw_all(preset, collected, figure_dir, verdicts)
