@@ -390,7 +390,7 @@ def test_cifar10_dry_runs_are_offline_and_cost_device_hours(preset, spawns, flip
 @pytest.mark.parametrize("argv, message", [
     (["--preset=smoke", "--phase2_dynamics=kernel"], "phase2_dynamics must be centered"),
     (["--preset=smoke", "--spawn_epochs=0.5,9"], "outside phase 1"),
-    (["--preset=smoke", "--spawn_epochs=a,b"], "--spawn_epochs must be numbers"),
+    (["--preset=smoke", "--spawn_epochs=a,b"], "flag --spawn_epochs=a,b: 'a,b' is not numbers separated by commas"),
     (["--preset=nope"], "--preset"),
     (["--report_only", "--workdir=/nonexistent/sweep"], "not a sweep directory"),
 ])
