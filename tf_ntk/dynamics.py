@@ -220,7 +220,8 @@ def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=N
       batchnorm: phase-2 BN policy for ``linearize`` (``"frozen"`` or ``"batch"``).
       expected_model: a `tf_ntk.models.spec` the checkpoint must hold (e.g. the one the flags ask for).
       reuse: inside `reuse_models`, restore into a free model of the same kind kept from an earlier
-        block (for models that are only evaluated, never trained); elsewhere no effect.
+        block (every variable is restored, so it may be trained: `tf_ntk.training` reuses the steps
+        traced on it); elsewhere no effect.
 
     Returns:
       (model, meta): a Keras model (a `LinearizedModel` for linearized/centered dynamics) and the
@@ -266,6 +267,27 @@ def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=N
         model = linearize(base, centered=dynamics == "centered", batchnorm=batchnorm)
     _give(key, (base, model), reuse)
     return model, meta
+
+
+def build_model(spec, *, reuse=False):
+    """A model of ``spec`` with fresh initial weights (`tf_ntk.models.build`, from the current seed).
+
+    Inside `reuse_models` with ``reuse``, the fresh weights are copied into a model of the same spec
+    kept from an earlier block, where one is free, and that model is returned: the functions traced on
+    it (its train steps, `tf_ntk.training`; its attacks) serve again, with the same numbers as a new
+    model (every variable is assigned: weights and BN statistics). Elsewhere, the fresh model.
+    """
+    fresh = models.build(spec)
+    key = (json.dumps(spec, sort_keys=True), "standard", None, "phase 1")
+    pooled = _take(key, reuse)
+    if pooled is None:
+        _give(key, (fresh,), reuse)
+        return fresh
+    kept = pooled[0]
+    for variable, value in zip(kept.variables, fresh.variables, strict=True):
+        variable.assign(value)
+    _give(key, pooled, reuse)
+    return kept
 
 
 def _take(key, reuse):

@@ -40,6 +40,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 
 import keras
 import tensorflow as tf
@@ -482,6 +483,31 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
                 kernel_tracker=kernel_tracker, stop_requested=stop_requested).run()
 
 
+# The compiled training state of a model, kept for the next `train` call on the same model object:
+# {model: {trace key: _Compiled}}. A sweep worker that reuses its models between jobs
+# (`tf_ntk.dynamics.reuse_models`) then reuses their traced train steps too, with fresh values.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass
+class _Compiled:
+    """The optimizer, counters and traced steps of a model's earlier run (see `_COMPILED`)."""
+
+    optimizer: object
+    step: object
+    epoch: object
+    lr: object
+    steps: object
+    step_fns: dict
+
+
+def _trace_key(config):
+    """What the traced steps bake in besides the model: the attack, the adversarial mode, XLA, the
+    momentum (a constant of the optimizer's update)."""
+    return json.dumps([config.attack.to_dict(), config.adv_mode, bool(config.jit_compile),
+                       float(config.momentum)], sort_keys=True)
+
+
 class _Run:
     """One `train` call: the training state, its checkpoints, and the epoch loop."""
 
@@ -493,19 +519,34 @@ class _Run:
         _check_dynamics(model, config)
         self.model, self.dataset_fn, self.config, self.workdir = model, dataset_fn, config, workdir
         self.callbacks, self.tracker, self.stop_requested = callbacks, kernel_tracker, stop_requested
-        with self.strategy.scope():
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.lr = tf.Variable(config.lr_at(0), dtype=tf.float32, trainable=False, name="lr")
-            optimizer = keras.optimizers.SGD(learning_rate=lambda: self.lr, momentum=config.momentum)
-        self.steps = TrainSteps(model, optimizer, config, self.strategy)  # builds the optimizer's slots
+        # One process, one device: the compiled state of an earlier run on this model object serves
+        # again, reset to a fresh optimizer's values (traces capture variables, not their values).
+        reusable = self.strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
+        cached = _COMPILED.get(model, {}).get(_trace_key(config)) if reusable else None
+        if cached is not None:
+            optimizer, self.step, self.epoch, self.lr = cached.optimizer, cached.step, cached.epoch, cached.lr
+            self.steps, self.step_fns = cached.steps, cached.step_fns
+            self.steps.config = config
+            for v in (self.step, self.epoch, *optimizer.variables):
+                v.assign(tf.zeros_like(v))
+            self.lr.assign(config.lr_at(0))
+        else:
+            with self.strategy.scope():
+                self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+                self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+                self.lr = tf.Variable(config.lr_at(0), dtype=tf.float32, trainable=False, name="lr")
+                optimizer = keras.optimizers.SGD(learning_rate=lambda lr=self.lr: lr, momentum=config.momentum)
+            self.steps = TrainSteps(model, optimizer, config, self.strategy)  # builds the optimizer's slots
+            self.step_fns = {}  # adversarial (bool) -> the compiled step
+            if reusable:
+                _COMPILED.setdefault(model, {})[_trace_key(config)] = _Compiled(
+                    optimizer, self.step, self.epoch, self.lr, self.steps, self.step_fns)
         self.state = dict(model=model, optimizer=optimizer, step=self.step, epoch=self.epoch)
         self.meta = {"config": _normalized(config.to_dict()), "model": config.model}
         self.resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
         self.history = []
         self.partial = None  # the position and running sums of an epoch stopped midway
         self.steps_per_epoch = None
-        self.step_fns = {}  # adversarial (bool) -> the compiled step
 
     def _restore(self):
         """Records the run's configuration before anything else is written (and checks it on every

@@ -258,12 +258,15 @@ def main(argv):
         FLAGS.dataset, "train", batch_size=FLAGS.batch_size, shuffle=True,
         seed=config.effective_data_seed, epoch=epoch, drop_remainder=FLAGS.strategy == "tpu", **opts)
     probe = common.probe_set(FLAGS) if FLAGS.kernel_every or FLAGS.kernel_at_spawns else None
+    # In a sweep worker (`tf_ntk.dynamics.reuse_models`), one device: a model kept from an earlier job
+    # serves again, and its traced train steps with it.
+    reuse = FLAGS.strategy == "default"
     with strategy.scope():
         if config.spawn:
-            model, _ = dynamics.load_model(config.spawn, dynamics=config.dynamics,
-                                              batchnorm=config.batchnorm, expected_model=config.model)
+            model, _ = dynamics.load_model(config.spawn, dynamics=config.dynamics, batchnorm=config.batchnorm,
+                                           expected_model=config.model, reuse=reuse)
         else:
-            model = models.build(config.model)
+            model = dynamics.build_model(config.model, reuse=reuse)
     workdir = FLAGS.workdir
     if not distribute.is_chief(strategy):
         _train_as_worker(strategy, model, train_data, config, workdir)
