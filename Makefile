@@ -29,9 +29,11 @@ RUN_ARGS ?=
 run: $(STAMP)
 	$(PY) -m binaries.reproduce --preset=quick --workdir=$(RUN_DIR) $(RUN_ARGS)
 
-# `make test`: lint (ruff, configured in pyproject.toml), then the suite.
+# `make test`: lint (ruff), type-check (mypy: the exported surface fully annotated; both configured
+# in pyproject.toml), then the suite.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: $(STAMP)

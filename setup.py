@@ -41,10 +41,10 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "gpu": ["tensorflow[and-cuda]>=2.21.0,<3"],
-    # The linter is pinned exactly: its rules change between releases.
     # `make docs`: the API reference generated from the docstrings.
     "docs": ["pdoc>=16.0.0,<17"],
-    "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "packaging>=26.4", "ruff==0.17.6"],
+    # The linter and the type checker are pinned exactly: their rules change between releases.
+    "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "packaging>=26.4", "ruff==0.17.6", "mypy==2.4.1"],
     # `tf-ntk-reproduce --executor=ray`: the study's job graph on a Ray cluster.
     "ray": ["ray>=2.60.0,<3"],
 }

@@ -1,12 +1,15 @@
 """The public API and the tree's own descriptions: `tf_ntk.__all__` resolves and is what the README
-teaches, `import tf_ntk` stays free of TensorFlow, the moved modules keep their old names, and each
-folder's docstring and the README's layout table name exactly the modules that exist."""
+teaches, `import tf_ntk` stays free of TensorFlow, the moved modules keep their old names, each
+folder's docstring and the README's layout table name exactly the modules that exist, and every
+public function of the exported modules is annotated (what mypy checks in `make test`)."""
 
+import ast
 import importlib
 import os
 import re
 import subprocess
 import sys
+import tomllib
 import types
 
 import tf_ntk
@@ -86,3 +89,82 @@ def test_the_layout_table_names_every_module():
             short = os.path.join(os.path.relpath(dirpath, PACKAGE), f).lstrip("./")
             assert f"`{os.path.join(folder, f)}`" in cells or f"`{short}`" in cells or f"`{f}`" in cells, \
                 f"the README's layout table does not name {os.path.join(folder, f)}"
+
+
+# The exported surface: every module of tf_ntk but the commands (tf_ntk/cli/), the package
+# __init__ files (lazy exports) and the kernel engine's internals.
+INTERNAL = ("ntk/cost.py", "ntk/jacobian.py", "ntk/keras_graph.py", "ntk/ntvp.py", "ntk/oracle.py",
+            "ntk/structured.py")
+
+
+def _exported_modules():
+    """Paths (relative to tf_ntk/, with "/") of the modules whose public functions must be annotated."""
+    found = []
+    for dirpath, _, files in os.walk(PACKAGE):
+        folder = os.path.relpath(dirpath, PACKAGE).replace(os.sep, "/")
+        if "__pycache__" in dirpath or folder.split("/")[0] == "cli":
+            continue
+        for f in files:
+            path = f if folder == "." else f"{folder}/{f}"
+            if f.endswith(".py") and f != "__init__.py" and path not in INTERNAL:
+                found.append(path)
+    return sorted(found)
+
+
+def _unannotated(source):
+    """[(line, name, what is missing)] of the public functions and methods in ``source`` (names
+    without a leading underscore, and ``__init__``; methods of public classes) that lack an
+    annotation on a parameter (self and cls aside) or on the return."""
+    out = []
+
+    def visit(body, prefix):
+        for node in body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    not node.name.startswith("_") or node.name == "__init__"):
+                a = node.args
+                params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
+                missing = [p.arg for p in params if p.annotation is None and p.arg not in ("self", "cls")]
+                missing += ["return"] if node.returns is None else []
+                if missing:
+                    out.append((node.lineno, prefix + node.name, ", ".join(missing)))
+
+    visit(ast.parse(source).body, "")
+    return out
+
+
+def test_the_exported_surface_is_annotated():
+    missing = []
+    for path in _exported_modules():
+        with open(os.path.join(PACKAGE, path), encoding="utf-8") as f:
+            missing += [f"tf_ntk/{path}:{line} {name}: {what}" for line, name, what in _unannotated(f.read())]
+    assert not missing, "public functions without annotations:\n" + "\n".join(missing)
+
+
+def test_the_annotation_check_finds_what_is_missing():
+    source = (
+        "def f(x, *args: int, y: int = 0, **kw):\n    pass\n"
+        "def g(a: int) -> None:\n    pass\n"
+        "def _private(b):\n    pass\n"
+        "class C:\n"
+        "    def __init__(self, c):\n        pass\n"
+        "    @classmethod\n    def make(cls) -> 'C':\n        return cls(0)\n"
+        "    def m(self, d: int):\n        pass\n"
+        "class _Hidden:\n    def m(self, e):\n        pass\n"
+    )
+    assert _unannotated(source) == [(1, "f", "x, kw, return"), (8, "C.__init__", "c, return"),
+                                    (13, "C.m", "return")]
+
+
+def test_mypy_holds_every_exported_module_to_full_annotations():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        config = tomllib.load(f)["tool"]["mypy"]
+    strict = [o["module"] for o in config["overrides"]
+              if o.get("disallow_untyped_defs") and o.get("disallow_incomplete_defs")]
+    patterns = [m for group in strict for m in ([group] if isinstance(group, str) else group)]
+    for path in _exported_modules():
+        module = "tf_ntk." + path[:-len(".py")].replace("/", ".")
+        assert any(module == p or (p.endswith(".*") and module.startswith(p[:-1])) for p in patterns), (
+            f"{module} is exported but pyproject.toml's [[tool.mypy.overrides]] does not hold it to "
+            "disallow_untyped_defs and disallow_incomplete_defs")

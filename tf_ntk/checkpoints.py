@@ -9,12 +9,17 @@ half-written checkpoint. Spawn checkpoints of a run live in ``<workdir>/spawn/ep
 the (possibly fractional) epoch, ``epoch_0`` being the initialisation.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import math
 import os
+from typing import Any
+from typing import cast
 import uuid
 
+import numpy as np
 import tensorflow as tf
 
 from tf_ntk import rundir
@@ -29,29 +34,29 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
 
 
-def spawn_name(epoch):
+def spawn_name(epoch: float) -> str:
     """``epoch_0.125`` / ``epoch_3``: the directory name of the spawn checkpoint at ``epoch``."""
     return f"epoch_{float(epoch):g}"
 
 
-def spawn_path(workdir, epoch):
+def spawn_path(workdir: str, epoch: float) -> str:
     return os.path.join(workdir, SPAWN_DIR, spawn_name(epoch))
 
 
 gfile = tf.io.gfile
 
 
-def _abs(directory):
+def _abs(directory: str | os.PathLike) -> str:
     return rundir.abspath(str(directory).rstrip("/"))
 
 
-def _siblings(parent, prefix):
+def _siblings(parent: str, prefix: str) -> list[str]:
     if not gfile.isdir(parent):
         return []
     return [os.path.join(parent, n.rstrip("/")) for n in gfile.listdir(parent) if n.startswith(prefix)]
 
 
-def write(directory, meta, **objects):
+def write(directory: str | os.PathLike, meta: dict[str, Any], **objects: Any) -> None:
     """Writes ``tf.train.Checkpoint(**objects)`` and ``meta`` (a JSON-able dict) to ``directory``.
 
     Atomic on local disks: the directory appears complete or not at all. It is written to a hidden
@@ -99,7 +104,7 @@ def write(directory, meta, **objects):
         raise rundir.WriteError(f"cannot write checkpoint {directory}: {rundir.one_line(e)}") from e
 
 
-def _write_files(directory, meta_text, objects):
+def _write_files(directory: str, meta_text: str, objects: dict[str, Any]) -> None:
     gfile.makedirs(directory)
     tf.train.Checkpoint(**objects).write(os.path.join(directory, _PREFIX))
     with gfile.GFile(os.path.join(directory, _META), "w") as f:
@@ -109,7 +114,7 @@ def _write_files(directory, meta_text, objects):
 _VERSION = "v-"
 
 
-def _versions(directory):
+def _versions(directory: str) -> list[tuple[int, str]]:
     """[(n, path)] of the version directories ``directory/v-<n>`` (object stores), committed or not."""
     if not gfile.isdir(directory):
         return []
@@ -121,7 +126,7 @@ def _versions(directory):
     return sorted(out)
 
 
-def files(directory):
+def files(directory: str | os.PathLike) -> str | None:
     """The directory holding the checkpoint's files (``ckpt.*``, ``meta.json``): ``directory``
     itself on local disks, its newest committed version on object stores (None when none is)."""
     directory = _abs(directory)
@@ -132,12 +137,12 @@ def files(directory):
     return committed[-1] if committed else None
 
 
-def _complete(directory):
+def _complete(directory: str) -> bool:
     return gfile.exists(os.path.join(directory, _META)) and gfile.exists(
         os.path.join(directory, _PREFIX + ".index"))
 
 
-def _recover(directory):
+def _recover(directory: str) -> None:
     """Puts back the previous checkpoint if a writer died between its two renames."""
     if not rundir.is_local(directory) or gfile.exists(directory):
         return
@@ -147,11 +152,11 @@ def _recover(directory):
         gfile.rename(max(olds, key=lambda p: gfile.stat(p).mtime_nsec), directory)
 
 
-def exists(directory):
+def exists(directory: str | os.PathLike) -> bool:
     return files(directory) is not None
 
 
-def read_meta(directory, require_model=False, require_epoch=False):
+def read_meta(directory: str, require_model: bool = False, require_epoch: bool = False) -> dict[str, Any]:
     """The ``meta.json`` record of a checkpoint directory; `CheckpointError` (one line naming the
     file) if missing, corrupt or of another shape: its "model" a complete `tf_ntk.models.spec`
     (name, num_classes, input_shape, options), its "epoch" a finite number and its "config" a JSON
@@ -180,18 +185,18 @@ def read_meta(directory, require_model=False, require_epoch=False):
     return meta
 
 
-def read_spawn_meta(directory):
+def read_spawn_meta(directory: str) -> dict[str, Any]:
     """The record of a spawn checkpoint as every binary that reads one needs it (`read_meta` with
     the model and the epoch required): the one check of train --spawn, evaluate, compute_kernel,
     kernel_dynamics, visualize_features and kernel_machine."""
     return read_meta(directory, require_model=True, require_epoch=True)
 
 
-def _is_int(value, lower=0):
+def _is_int(value: Any, lower: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= lower
 
 
-def _record_problem(meta):
+def _record_problem(meta: dict[str, Any]) -> str | None:
     """What is wrong with the keys a checkpoint record holds (None when nothing is)."""
     for key in ("model", "config"):
         if not isinstance(meta.get(key, {}), dict):
@@ -215,12 +220,13 @@ def _record_problem(meta):
     return None
 
 
-def verify(directory):
+def verify(directory: str) -> None:
     """Reads every tensor of the checkpoint in ``directory``: `CheckpointError` when a file is
     truncated or damaged. Lets a command refuse a corrupt resume checkpoint before it writes anything."""
     read_meta(directory)
     try:
-        reader = tf.compat.v1.train.NewCheckpointReader(os.path.join(files(directory), _PREFIX))
+        where = cast(str, files(directory))  # not None: read_meta raised otherwise
+        reader = tf.compat.v1.train.NewCheckpointReader(os.path.join(where, _PREFIX))
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (IndexError, ValueError, tf.errors.OpError) as e:
@@ -228,7 +234,7 @@ def verify(directory):
                               f"{rundir.one_line(e)})") from e
 
 
-def restore(directory, **objects):
+def restore(directory: str, **objects: Any) -> dict[str, Any]:
     """Restores ``objects`` (e.g. ``model=model``) from ``directory``; returns its meta record.
 
     Raises `CheckpointError` when the checkpoint is missing or corrupt (truncated data or index), or
@@ -236,7 +242,8 @@ def restore(directory, **objects):
     """
     meta = read_meta(directory)
     try:
-        status = tf.train.Checkpoint(**objects).read(os.path.join(files(directory), _PREFIX))
+        status = tf.train.Checkpoint(**objects).read(
+            os.path.join(cast(str, files(directory)), _PREFIX))  # read_meta: not None
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError) as e:
         raise CheckpointError(f"checkpoint {directory} does not fit this model: {rundir.one_line(e)}") from e
@@ -248,7 +255,7 @@ def restore(directory, **objects):
     return meta
 
 
-def fingerprint(directory):
+def fingerprint(directory: str | os.PathLike) -> str:
     """A digest of a checkpoint's record and index (which holds every tensor's checksum): names the
     very checkpoint a derived result (a cached kernel, kernel tiles) was computed from."""
     where = files(directory)
@@ -260,7 +267,7 @@ def fingerprint(directory):
     return digest.hexdigest()[:16]
 
 
-def read_tensors(directory):
+def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """{variable name: array} of every value the checkpoint at ``directory`` saved (its object
     graph left out): what two checkpoints are compared by, bit for bit."""
     where = files(directory)
@@ -271,7 +278,7 @@ def read_tensors(directory):
             if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
-def list_spawns(workdir):
+def list_spawns(workdir: str) -> list[tuple[float, str]]:
     """[(epoch, path)] of the spawn checkpoints of run ``workdir``, in epoch order."""
     root = os.path.join(workdir, SPAWN_DIR)
     found = []

@@ -11,11 +11,15 @@ Every loader accepts ``image_size`` (resize to a square side, bilinear) and ``ch
 grey images are tiled to 3 channels) so that, for instance, CIFAR-shaped models run on digits.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
+from typing import Any
 from typing import Optional
 
 import numpy as np
+import numpy.typing as npt
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 import tensorflow as tf
@@ -69,25 +73,26 @@ _SOURCES = {
 }
 
 
-def names():
+def names() -> list[str]:
     """The known data set names, sorted: ``digits`` (scikit-learn's 8x8 digits, offline, 1,437 train /
     360 test images (8, 8, 1)) and the tensorflow-datasets ones (``mnist``, ``fashion_mnist``,
     ``cifar10``, ``cifar100``), which must be prepared once (`check_prepared`)."""
     return sorted(_SOURCES)
 
 
-def _source(name):
+def _source(name: str) -> _Source:
     if name not in _SOURCES:
         raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(names())}")
     return _SOURCES[name]
 
 
-def _check_split(split):
+def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
 
 
-def _output_shape(image_shape, image_size, channels):
+def _output_shape(image_shape: tuple[int, int, int], image_size: int | None,
+                  channels: int | None) -> tuple[int, int, int]:
     h, w, c = image_shape
     if image_size is not None:
         if int(image_size) < 1:
@@ -102,7 +107,7 @@ def _output_shape(image_shape, image_size, channels):
     return (h, w, c)
 
 
-def info(name, *, image_size=None, channels=None):
+def info(name: str, *, image_size: int | None = None, channels: int | None = None) -> DatasetInfo:
     """`DatasetInfo` of data set ``name`` as the loaders yield it with these options.
 
     Args:
@@ -119,7 +124,7 @@ def info(name, *, image_size=None, channels=None):
     )
 
 
-def _transform(images, image_size, channels):
+def _transform(images: tf.Tensor, image_size: int | None, channels: int | None) -> tf.Tensor:
     """(N, H, W, C) or (H, W, C) float32 in [0, 1] -> resized / channel-tiled, still in [0, 1]."""
     if image_size is not None and tuple(images.shape[-3:-1]) != (image_size, image_size):
         images = tf.image.resize(images, (image_size, image_size), method="bilinear")
@@ -130,7 +135,7 @@ def _transform(images, image_size, channels):
 
 
 @functools.lru_cache(maxsize=None)
-def _digits_arrays():
+def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     bunch = sk_datasets.load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[..., None]  # pixels are 0..16
@@ -147,7 +152,7 @@ def _digits_arrays():
     }
 
 
-def _not_prepared_message(tfds_name, data_dir):
+def _not_prepared_message(tfds_name: str, data_dir: str | None) -> str:
     where = data_dir or "~/tensorflow_datasets"
     dd = f" --data_dir={data_dir}" if data_dir else ""
     return (
@@ -157,7 +162,7 @@ def _not_prepared_message(tfds_name, data_dir):
     )
 
 
-def check_prepared(name, *, data_dir=None, download=False):
+def check_prepared(name: str, *, data_dir: str | None = None, download: bool = False) -> None:
     """Raises `DatasetNotPreparedError` (with instructions) when data set ``name`` would have to be
     downloaded and ``download`` is off; reads no examples and never touches the network."""
     src = _source(name)
@@ -167,7 +172,7 @@ def check_prepared(name, *, data_dir=None, download=False):
         raise DatasetNotPreparedError(_not_prepared_message(src.tfds_name, data_dir))
 
 
-def _tfds_load(tfds_name, split, data_dir, download, **kwargs):
+def _tfds_load(tfds_name: str, split: str, data_dir: str | None, download: bool, **kwargs: Any) -> tf.data.Dataset:
     try:
         return tfds.load(
             tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True, **kwargs
@@ -179,12 +184,13 @@ def _tfds_load(tfds_name, split, data_dir, download, **kwargs):
         raise
 
 
-def _to_float(image, label):
+def _to_float(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
 
 
-def load_arrays(name="digits", split="train", *, data_dir=None, image_size=None, channels=None,
-                download=False):
+def load_arrays(name: str = "digits", split: str = "train", *, data_dir: str | None = None,
+                image_size: int | None = None, channels: int | None = None,
+                download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The whole split as numpy arrays.
 
     Args:
@@ -212,8 +218,8 @@ def load_arrays(name="digits", split="train", *, data_dir=None, image_size=None,
     return np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int32)
 
 
-def batch(dataset, *, batch_size, shuffle=False, seed=0, epoch=0, drop_remainder=False,
-          shuffle_buffer=None):
+def batch(dataset: tf.data.Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+          drop_remainder: bool = False, shuffle_buffer: int | None = None) -> tf.data.Dataset:
     """Shuffles (seeded by ``(seed, epoch)``) and batches a dataset of (image, label) pairs.
 
     The order for a given ``(seed, epoch)`` is always the same, so a resumed run sees the same batches
@@ -242,8 +248,9 @@ def batch(dataset, *, batch_size, shuffle=False, seed=0, epoch=0, drop_remainder
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def load(name="digits", split="train", *, batch_size=128, shuffle=False, seed=0, epoch=0,
-         drop_remainder=False, data_dir=None, image_size=None, channels=None, download=False):
+def load(name: str = "digits", split: str = "train", *, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
+         epoch: int = 0, drop_remainder: bool = False, data_dir: str | None = None, image_size: int | None = None,
+         channels: int | None = None, download: bool = False) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of (images (B, H, W, C) float32 in [0, 1], labels (B,) int32).
 
     Args:
@@ -276,7 +283,8 @@ def load(name="digits", split="train", *, batch_size=128, shuffle=False, seed=0,
                  shuffle_buffer=min(src.num_examples[split], 50_000) if shuffle else None)
 
 
-def class_balanced_indices(labels, per_class, *, seed=0, num_classes=None):
+def class_balanced_indices(labels: npt.ArrayLike, per_class: int, *, seed: int = 0,
+                           num_classes: int | None = None) -> np.ndarray:
     """Indices of ``per_class`` examples of every class, ordered class by class.
 
     Within a class the examples are drawn without replacement with ``seed`` and kept in the order drawn.
@@ -306,7 +314,8 @@ def class_balanced_indices(labels, per_class, *, seed=0, num_classes=None):
     return np.concatenate(out).astype(np.int64)
 
 
-def class_balanced_sample(images, labels, per_class, *, seed=0, num_classes=None):
+def class_balanced_sample(images: np.ndarray, labels: npt.ArrayLike, per_class: int, *, seed: int = 0,
+                          num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images[idx], labels[idx])`` for ``idx = class_balanced_indices(labels, per_class, ...)``.
 
     Args:

@@ -7,13 +7,21 @@ checkpoints; every worker takes part in each collective step, so the others writ
 checkpoint to a temporary directory that they delete (`tf_ntk.training`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+from typing import IO
+from typing import Any
+from typing import cast
 
+import numpy as np
 import tensorflow as tf
 
 from tf_ntk import rundir
@@ -22,7 +30,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RESOLVE_TIMEOUT_S = 5.0  # the longest a TF_CONFIG host name may take to resolve, in seconds
 
 
-def _check_tf_config():
+def _check_tf_config() -> None:
     """Raises ValueError (one line) when TF_CONFIG is set but not a usable cluster description."""
     text = os.environ.get("TF_CONFIG")
     if not text:
@@ -44,14 +52,14 @@ def _check_tf_config():
             _check_address(f"TF_CONFIG {job} {i}", address)
 
 
-def _tasks(addresses):
+def _tasks(addresses: Any) -> list[tuple[Any, Any]]:
     """[(index, address)] of one job of a TF_CONFIG cluster: a list, or a dict {index: address}."""
     if isinstance(addresses, dict):
         return sorted(addresses.items(), key=lambda item: str(item[0]))
     return list(enumerate(addresses if isinstance(addresses, list) else [addresses]))
 
 
-def split_address(address):
+def split_address(address: Any) -> tuple[str, int]:
     """(host, port) of ``host:port`` or ``[ipv6]:port``; ValueError (one line) when it is neither
     or the port is not in 1-65535."""
     if not isinstance(address, str):
@@ -68,12 +76,12 @@ def split_address(address):
     return host, int(port)
 
 
-def _resolve(host, port, timeout):
+def _resolve(host: str, port: int, timeout: float) -> str | None:
     """None when ``host`` resolves within ``timeout`` seconds, else why not (a daemon thread does the
     look-up, so a resolver that never answers cannot hold the process)."""
-    outcome = []
+    outcome: list[str | None] = []
 
-    def look_up():
+    def look_up() -> None:
         try:
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             outcome.append(None)
@@ -86,7 +94,7 @@ def _resolve(host, port, timeout):
     return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
-def _check_address(what, address):
+def _check_address(what: str, address: Any) -> None:
     """Raises ValueError (one line naming ``what``, the task) unless ``address`` is host:port with a
     port in 1-65535 and a host that resolves within `RESOLVE_TIMEOUT_S` seconds."""
     try:
@@ -121,7 +129,7 @@ os.kill(parent, signal.SIGKILL)
 """
 
 
-def _peers():
+def _peers() -> list[str]:
     """["worker 1=host1:12345", …]: the chief and workers of TF_CONFIG's cluster, this one aside."""
     config = json.loads(os.environ["TF_CONFIG"])
     me = (config["task"]["type"], config["task"]["index"])
@@ -130,7 +138,7 @@ def _peers():
             for i, address in _tasks(addresses) if (job, int(i)) != me]
 
 
-def _watchdog(seconds):
+def _watchdog(seconds: float | None) -> Callable[[], None]:
     """Starts a watcher process that, unless the returned function is called within ``seconds``
     (None or 0, or no TF_CONFIG peers: no watcher), writes one line on stderr naming the workers
     that accept no connection and kills this process (SIGKILL: exit status 137). It bounds
@@ -147,14 +155,15 @@ def _watchdog(seconds):
          f" of the multi-worker job did not answer within {seconds:g} s; start every worker with "
          "the same command", *peers], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
-    def done():
-        watcher.stdin.close()
+    def done() -> None:
+        cast(IO[bytes], watcher.stdin).close()  # stdin=PIPE: never None
         watcher.wait()
 
     return done
 
 
-def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
+def get_strategy(name: str = "default", *, tpu: str | None = None,
+                 cluster_timeout: float | None = None) -> tf.distribute.Strategy:
     """A strategy by name.
 
     Args:
@@ -202,14 +211,14 @@ def get_strategy(name="default", *, tpu=None, cluster_timeout=None):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def is_chief(strategy=None):
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether this process writes the run directory: True except on the non-chief workers of a
     multi-worker strategy."""
     strategy = strategy or tf.distribute.get_strategy()
     return bool(strategy.extended.should_checkpoint)
 
 
-def is_multi_worker(strategy=None):
+def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether the strategy spans more than one worker process (steps must then stay in lockstep)."""
     strategy = strategy or tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -219,7 +228,7 @@ def is_multi_worker(strategy=None):
     return sum(spec.num_tasks(job) for job in spec.jobs) > 1
 
 
-def worker_name(strategy=None):
+def worker_name(strategy: tf.distribute.Strategy | None = None) -> str | None:
     """``worker 1`` / ``chief 0``: this process' task in its cluster (``None`` outside one)."""
     strategy = strategy or tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -228,19 +237,19 @@ def worker_name(strategy=None):
     return f"{resolver.task_type} {resolver.task_id}"
 
 
-def _sum_over_replicas(strategy, values):
+def _sum_over_replicas(strategy: tf.distribute.Strategy, values: Sequence[float]) -> np.ndarray:
     """The sums over all replicas of all workers of the float64 vector ``values`` (1-D)."""
     local = tf.constant(values, tf.float64)
 
     @tf.function
-    def total():
+    def total() -> tf.Tensor:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(local)),
                                axis=None)
 
     return total().numpy()
 
 
-def any_worker(strategy, flag):
+def any_worker(strategy: tf.distribute.Strategy | None, flag: Any) -> bool:
     """Whether ``flag`` is true on any worker (one collective; every worker gets the same answer)."""
     strategy = strategy or tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync == 1:
@@ -248,7 +257,7 @@ def any_worker(strategy, flag):
     return bool(_sum_over_replicas(strategy, [float(bool(flag))])[0] > 0)
 
 
-def agree(strategy, value, what):
+def agree(strategy: tf.distribute.Strategy | None, value: float, what: str) -> None:
     """Checks, with one collective, that every replica of every worker holds the same int ``value``
     (0 <= value < 2**24, so the float64 sums are exact); raises ValueError naming ``what`` when they
     do not (every worker raises, none is left waiting). Doubles as a barrier: it returns once all

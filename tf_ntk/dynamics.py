@@ -17,10 +17,18 @@ dL/dx (what PGD needs to attack the model under its own dynamics) is the forward
 along θ − θ_s of the spawn's input gradient; graphs that never ask for it prune it.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 import contextlib
 import json
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_ntk import checkpoints
@@ -32,7 +40,7 @@ BATCHNORM_POLICIES = ("frozen", "batch")
 spawn's running statistics) or "batch" (batch statistics when training)."""
 
 
-def _constant_initializer(value):
+def _constant_initializer(value: tf.Tensor | tf.Variable) -> Callable[..., tf.Tensor]:
     return lambda shape, dtype=None: tf.cast(tf.identity(value), dtype or value.dtype)
 
 
@@ -47,7 +55,8 @@ class LinearizedModel(keras.Model):
       spawn_params: frozen θ_s. spawn_state: frozen BN running statistics (non-trainable state).
     """
 
-    def __init__(self, model, *, centered=False, batchnorm="frozen", name=None):
+    def __init__(self, model: keras.Model, *, centered: bool = False, batchnorm: str = "frozen",
+                 name: str | None = None) -> None:
         if batchnorm not in BATCHNORM_POLICIES:
             raise ValueError(
                 f"unknown batchnorm policy {batchnorm!r}; known: {', '.join(BATCHNORM_POLICIES)}")
@@ -77,25 +86,25 @@ class LinearizedModel(keras.Model):
             spawn_state=[v.value for v in self.spawn_state])
         self.built = True
 
-    def spawn_values(self):
+    def spawn_values(self) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
         """(θ_s, BN state) as tensors."""
         return [v.value for v in self.spawn_params], [v.value for v in self.spawn_state]
 
-    def _f_at(self, params, x, training):
+    def _f_at(self, params: Sequence[tf.Tensor], x: tf.Tensor, training: bool) -> tf.Tensor:
         _, state = self.spawn_values()
         bn_training = bool(training) and self.batchnorm == "batch"
         return self._f(params, x, state=state, training=bn_training)
 
-    def spawn_output(self, x, training=False):
+    def spawn_output(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """f_{θ_s}(x): (N, O), the first term (constant in θ)."""
         spawn, _ = self.spawn_values()
         return self._f_at(spawn, x, training)
 
-    def kernel_term(self, x, training=False):
+    def kernel_term(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """J_{θ_s}(x)(θ − θ_s): (N, O), the second term; differentiable in θ and in x."""
         return self.output_terms(x, training=training)[1]
 
-    def output_terms(self, x, training=False):
+    def output_terms(self, x: tf.Tensor | np.ndarray, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """(f_{θ_s}(x), J_{θ_s}(x)(θ − θ_s)), each (N, O), from one forward-mode pass.
 
         The spawn term is the primal of the forward-mode product, so the linearized output costs no
@@ -108,7 +117,8 @@ class LinearizedModel(keras.Model):
         x = tf.convert_to_tensor(x)
 
         @tf.custom_gradient
-        def terms(x, *theta_values):
+        def terms(x: tf.Tensor,
+                  *theta_values: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], Callable[..., list[tf.Tensor]]]:
             delta = [t - s for t, s in zip(theta_values, spawn)]
             # Persistent: an outer persistent tape (per-class gradients, DeepFool) may call grad
             # more than once.
@@ -118,7 +128,7 @@ class LinearizedModel(keras.Model):
                     y = self._f_at(spawn, x, training)
             jvp = acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-            def grad(up_f, up_j):
+            def grad(up_f: tf.Tensor | None, up_j: tf.Tensor | None) -> list[tf.Tensor]:
                 up_f = tf.zeros_like(y) if up_f is None else up_f
                 up_j = tf.zeros_like(y) if up_j is None else up_j
                 # dL/dθ = J_{θ_s}(x)ᵀ u_J: the VJP of the recorded forward pass at the spawn.
@@ -141,25 +151,25 @@ class LinearizedModel(keras.Model):
 
         return terms(x, *theta)
 
-    def call(self, x, training=False):
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         spawn_term, kernel_term = self.output_terms(x, training=training)
         return kernel_term if self.centered else spawn_term + kernel_term
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, int]:
         return (input_shape[0], self._out_dim)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int | None, ...]:
         """(None, *per-example input shape) of the spawn model."""
         return (None,) + tuple(self._f.input_shape)
 
     @property
-    def output_shape(self):
+    def output_shape(self) -> tuple[None, int]:
         """(None, O)."""
         return (None, self._out_dim)
 
 
-def linearize(model, *, centered=False, batchnorm="frozen"):
+def linearize(model: keras.Model, *, centered: bool = False, batchnorm: str = "frozen") -> LinearizedModel:
     """The linearized (or centered) model around ``model``'s current weights, θ starting at θ_s.
 
     Args:
@@ -177,15 +187,17 @@ class _Pool:
     """Models kept between the jobs of one process (`reuse_models`): {key: [free models]} and the
     models handed out in the current block."""
 
-    def __init__(self):
-        self.free, self.taken, self.active = {}, [], False
+    def __init__(self) -> None:
+        self.free: dict[tuple[Any, ...], list[Any]] = {}
+        self.taken: list[tuple[tuple[Any, ...], Any]] = []
+        self.active = False
 
 
 _POOL = _Pool()
 
 
 @contextlib.contextmanager
-def reuse_models():
+def reuse_models() -> Iterator[None]:
     """Within the block, ``load_model(..., reuse=True)`` restores the checkpoint into a model of the
     same architecture and dynamics that an earlier block of this process built, where one is free,
     instead of building a new one; the block's models are free again when it ends.
@@ -208,7 +220,9 @@ def reuse_models():
         _POOL.taken, _POOL.active = [], False
 
 
-def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=None, reuse=False):
+def load_model(directory: str, *, dynamics: str | None = None, batchnorm: str = "frozen",
+               expected_model: Mapping[str, Any] | None = None,
+               reuse: bool = False) -> tuple[keras.Model, dict[str, Any]]:
     """The model a checkpoint holds, rebuilt from its recorded spec, under its or the given dynamics.
 
     Args:
@@ -269,7 +283,7 @@ def load_model(directory, *, dynamics=None, batchnorm="frozen", expected_model=N
     return model, meta
 
 
-def build_model(spec, *, reuse=False):
+def build_model(spec: dict[str, Any], *, reuse: bool = False) -> keras.Model:
     """A model of ``spec`` with fresh initial weights (`tf_ntk.models.build`, from the current seed).
 
     Inside `reuse_models` with ``reuse``, the fresh weights are copied into a model of the same spec
@@ -290,19 +304,19 @@ def build_model(spec, *, reuse=False):
     return kept
 
 
-def _take(key, reuse):
+def _take(key: tuple[Any, ...], reuse: bool) -> Any:
     """A free pooled model for ``key`` (see `reuse_models`), or None."""
     if reuse and _POOL.active and _POOL.free.get(key):
         return _POOL.free[key].pop()
     return None
 
 
-def _give(key, model, reuse):
+def _give(key: tuple[Any, ...], model: Any, reuse: bool) -> None:
     if reuse and _POOL.active:
         _POOL.taken.append((key, model))
 
 
-def _describe(spec):
+def _describe(spec: Mapping[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in sorted(spec.get("options", {}).items()))
     return (f"{spec.get('name')}({opts}) for {spec.get('num_classes')} classes on "
             f"{tuple(spec.get('input_shape', ()))} inputs")

@@ -11,9 +11,13 @@ assigned, so the view is safe inside ``tf.GradientTape``, ``tf.function``, ``tf.
 ``jit_compile=True`` functions; gradients flow to the ``params`` tensors.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -21,17 +25,18 @@ class ParamsMismatchError(ValueError):
     """A list of weights does not match a model's trainable weights."""
 
 
-def _check_built(model):
+def _check_built(model: keras.Model) -> None:
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built; call it on an input first")
 
 
-def trainable_values(model):
+def trainable_values(model: keras.Model) -> list[tf.Variable]:
     """The model's trainable weights as tf.Variables (the storage behind the Keras variables)."""
     return [v.value for v in model.trainable_variables]
 
 
-def check_params(model, params, dtype=None):
+def check_params(model: keras.Model, params: Iterable[tf.Tensor | np.ndarray],
+                 dtype: tf.DType | str | None = None) -> list[tf.Tensor]:
     """Validates ``params`` against ``model.trainable_variables`` and returns them as tensors.
 
     Args:
@@ -61,10 +66,10 @@ def check_params(model, params, dtype=None):
     return out
 
 
-def _clone_with_dtype(model, dtype):
+def _clone_with_dtype(model: keras.Model, dtype: str | tf.DType) -> keras.Model:
     """A structural copy of ``model`` whose layers compute in ``dtype`` (its own weights unused)."""
 
-    def clone_layer(layer):
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):
             return _clone_with_dtype(layer, dtype)  # clone_model does not enter nested models
         config = layer.get_config()
@@ -85,10 +90,10 @@ def _clone_with_dtype(model, dtype):
     return clone
 
 
-_CLONES = weakref.WeakKeyDictionary()
+_CLONES: weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]] = weakref.WeakKeyDictionary()
 
 
-def _cached_clone(model, dtype):
+def _cached_clone(model: keras.Model, dtype: str) -> keras.Model:
     """`_clone_with_dtype`, built once per (model, dtype) and outside any tf.function trace."""
     clones = _CLONES.setdefault(model, {})
     if dtype not in clones:
@@ -113,7 +118,7 @@ class FunctionalModel:
       network: the Keras model that computes (``model`` or its copy in ``dtype``).
     """
 
-    def __init__(self, model, dtype=None):
+    def __init__(self, model: keras.Model, dtype: tf.DType | str | None = None) -> None:
         _check_built(model)
         self.model = model
         out_shape = getattr(model, "output_shape", None)
@@ -131,11 +136,11 @@ class FunctionalModel:
         self.network = model if self.dtype == own else _cached_clone(model, self.dtype.name)
 
     @property
-    def params(self):
+    def params(self) -> list[tf.Variable]:
         """The model's current trainable weights, as tf.Variables, in ``trainable_variables`` order."""
         return trainable_values(self.model)
 
-    def check_inputs(self, x):
+    def check_inputs(self, x: tf.Tensor | np.ndarray) -> None:
         """Raises ValueError when ``x`` (N, *input_shape) does not fit the model."""
         shape = tuple(x.shape)
         if len(shape) != len(self.input_shape) + 1 or any(
@@ -147,15 +152,16 @@ class FunctionalModel:
                 f"(N, {', '.join(str(d) for d in self.input_shape)})"
             )
 
-    def _cast(self, t):
+    def _cast(self, t: tf.Tensor | tf.Variable | np.ndarray) -> tf.Tensor:
         t = tf.convert_to_tensor(t)
         return tf.cast(t, self.dtype) if t.dtype.is_floating and t.dtype != self.dtype else t
 
-    def non_trainable(self):
+    def non_trainable(self) -> list[tf.Tensor]:
         """The model's current non-trainable state (BN running statistics), in the compute dtype."""
         return [self._cast(v.value) for v in self.model.non_trainable_variables]
 
-    def __call__(self, params, x, state=None, training=False):
+    def __call__(self, params: Iterable[tf.Tensor | np.ndarray], x: tf.Tensor | np.ndarray,
+                 state: Iterable[tf.Tensor | np.ndarray] | None = None, training: bool = False) -> tf.Tensor:
         """Logits (N, O) at weights ``params`` on inputs ``x`` (N, *input_shape), in ``self.dtype``.
 
         Args:
@@ -171,7 +177,7 @@ class FunctionalModel:
         logits, _ = self.network.stateless_call(params, state, self._cast(x), training=training)
         return logits
 
-    def state_mapping(self, params):
+    def state_mapping(self, params: Iterable[tf.Tensor | np.ndarray]) -> list[tuple[keras.Variable, tf.Tensor]]:
         """[(variable of ``self.network``, value)] for ``keras.StatelessScope``: ``params`` for the
         trainable weights, the model's current non-trainable state for the rest."""
         params = [self._cast(p) for p in params]
@@ -179,7 +185,7 @@ class FunctionalModel:
             zip(self.network.non_trainable_variables, self.non_trainable()))
 
 
-def assign(model, params):
+def assign(model: keras.Model, params: Iterable[tf.Tensor | np.ndarray]) -> None:
     """Writes ``params`` (checked against the model) into the model's trainable weights."""
     for v, p in zip(model.trainable_variables, check_params(model, params)):
         v.assign(p)

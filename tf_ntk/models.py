@@ -14,8 +14,14 @@ Models:
 Every model takes images (B, H, W, C) float32 in [0, 1] and returns logits (B, num_classes).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import inspect
 import math
+from typing import Any
 
 import keras
 from keras import layers
@@ -25,25 +31,25 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 """BatchNormalization's variance epsilon in `cnn` and `resnet18`."""
 
-_REGISTRY = {}
+_REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
 
-def register(name):
+def register(name: str) -> Callable[[Callable[..., keras.Model]], Callable[..., keras.Model]]:
     """Decorator: adds ``builder(num_classes, input_shape, **options) -> keras.Model`` to the registry."""
 
-    def wrap(builder):
+    def wrap(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
         _REGISTRY[name] = builder
         return builder
 
     return wrap
 
 
-def names():
+def names() -> list[str]:
     """The registered model names, sorted."""
     return sorted(_REGISTRY)
 
 
-def options(name):
+def options(name: str) -> dict[str, Any]:
     """{option: default} of the keyword options model ``name`` accepts (e.g. ``width``)."""
     _check_name(name)
     sig = inspect.signature(_REGISTRY[name])
@@ -52,12 +58,12 @@ def options(name):
     }
 
 
-def _check_name(name):
+def _check_name(name: str) -> None:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
 
 
-def get(name, num_classes, input_shape, **kwargs):
+def get(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: Any) -> keras.Model:
     """Builds model ``name`` for ``num_classes`` logits on inputs of shape ``input_shape`` (H, W, C).
 
     Args:
@@ -88,7 +94,7 @@ def get(name, num_classes, input_shape, **kwargs):
     return _REGISTRY[name](int(num_classes), input_shape, **kwargs)
 
 
-def spec(name, num_classes, input_shape, **kwargs):
+def spec(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: Any) -> dict[str, Any]:
     """A JSON-able description ``{"name", "num_classes", "input_shape", "options"}`` of a model.
 
     Checkpoints record it so that `build` can rebuild the model they hold.
@@ -98,7 +104,7 @@ def spec(name, num_classes, input_shape, **kwargs):
             "input_shape": [int(d) for d in input_shape], "options": dict(kwargs)}
 
 
-def build(model_spec):
+def build(model_spec: Mapping[str, Any]) -> keras.Model:
     """The model a `spec` describes (fresh weights); ValueError when ``model_spec`` is malformed."""
     try:
         return get(model_spec["name"], model_spec["num_classes"], model_spec["input_shape"],
@@ -107,17 +113,18 @@ def build(model_spec):
         raise ValueError(f"malformed model spec {model_spec!r}: {e}") from e
 
 
-def _head(x, num_classes, zero_head):
+def _head(x: keras.KerasTensor, num_classes: int, zero_head: bool) -> keras.KerasTensor:
     init = "zeros" if zero_head else "glorot_uniform"
     return layers.Dense(num_classes, kernel_initializer=init, bias_initializer="zeros", name="logits")(x)
 
 
-def _bn(name, momentum, epsilon):
+def _bn(name: str, momentum: float, epsilon: float) -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
 
 
 @register("mlp")
-def mlp(num_classes, input_shape, *, width=256, depth=2, zero_head=False):
+def mlp(num_classes: int, input_shape: Sequence[int], *, width: int = 256, depth: int = 2,
+        zero_head: bool = False) -> keras.Model:
     """flatten -> ``depth`` x (Dense(width) -> ReLU) -> Dense(num_classes).
 
     ``width``: units per hidden layer; ``depth``: hidden layers; ``zero_head``: the logit layer starts
@@ -132,8 +139,8 @@ def mlp(num_classes, input_shape, *, width=256, depth=2, zero_head=False):
 
 
 @register("cnn")
-def cnn(num_classes, input_shape, *, width=16, zero_head=False, bn_momentum=BN_MOMENTUM,
-        bn_epsilon=BN_EPSILON):
+def cnn(num_classes: int, input_shape: Sequence[int], *, width: int = 16, zero_head: bool = False,
+        bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON) -> keras.Model:
     """Three 3x3 conv -> BN -> ReLU stages (width, 2*width stride 2, 4*width stride 2), GAP, dense.
 
     ``width``: channels of the first stage; ``bn_momentum``, ``bn_epsilon``: BatchNormalization's;
@@ -151,7 +158,8 @@ def cnn(num_classes, input_shape, *, width=16, zero_head=False, bn_momentum=BN_M
     return keras.Model(inputs, _head(x, num_classes, zero_head), name=f"cnn_w{width}")
 
 
-def _basic_block(x, filters, stride, name, momentum, epsilon):
+def _basic_block(x: keras.KerasTensor, filters: int, stride: int, name: str, momentum: float,
+                 epsilon: float) -> keras.KerasTensor:
     """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus identity or 1x1-conv+BN shortcut, ReLU."""
     conv = lambda f, k, s, n: layers.Conv2D(  # noqa: E731
         f, k, strides=s, padding="same", use_bias=False, kernel_initializer="he_normal", name=n)
@@ -169,8 +177,8 @@ def _basic_block(x, filters, stride, name, momentum, epsilon):
 
 
 @register("resnet18")
-def resnet18(num_classes, input_shape, *, width=64, zero_head=True, bn_momentum=BN_MOMENTUM,
-             bn_epsilon=BN_EPSILON):
+def resnet18(num_classes: int, input_shape: Sequence[int], *, width: int = 64, zero_head: bool = True,
+             bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON) -> keras.Model:
     """CIFAR ResNet-18 (3x3 stem, no max-pool, four stages of two basic blocks, GAP, dense).
 
     ``width``: the stem's channel count (64 in the protocol; stages have width, 2, 4 and 8 x width);
@@ -192,6 +200,6 @@ def resnet18(num_classes, input_shape, *, width=64, zero_head=True, bn_momentum=
     return keras.Model(inputs, _head(x, num_classes, zero_head), name=f"resnet18_w{width}")
 
 
-def num_params(model):
+def num_params(model: keras.Model) -> int:
     """Number of trainable scalars of ``model`` (an int; BN running statistics excluded)."""
     return int(sum(math.prod(v.shape) for v in model.trainable_variables))

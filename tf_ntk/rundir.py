@@ -21,6 +21,10 @@ if the command fails before leaving anything worth keeping; so a refused or fail
 nothing, and two processes never work in one directory.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterator
 import contextlib
 import io
 import json
@@ -28,6 +32,7 @@ import os
 import re
 import socket
 import time
+from typing import Any
 import uuid
 
 import numpy as np
@@ -63,44 +68,44 @@ class RecordError(ValueError):
     """A record file (JSON) of a run that is missing, unreadable, or not the expected shape."""
 
 
-def is_local(path):
+def is_local(path: str | os.PathLike) -> bool:
     """Whether ``path`` is on a local file system (rename is atomic there)."""
     return "://" not in str(path) or str(path).startswith("file://")
 
 
-def join(*parts):
+def join(*parts: str) -> str:
     return os.path.join(*parts)
 
 
-def abspath(path):
+def abspath(path: str | os.PathLike) -> str:
     """``path`` made absolute when local; URLs (gs://, ram://) as they are."""
     return os.path.abspath(path) if is_local(path) and "://" not in str(path) else str(path)
 
 
-def exists(path):
+def exists(path: str | os.PathLike) -> bool:
     return gfile.exists(str(path))
 
 
-def isdir(path):
+def isdir(path: str | os.PathLike) -> bool:
     return gfile.isdir(str(path))
 
 
-def glob(pattern):
+def glob(pattern: str | os.PathLike) -> list[str]:
     """Paths matching ``pattern`` (``*`` within one directory level), on any file system."""
     return sorted(gfile.glob(str(pattern)))
 
 
-def listdir(path):
+def listdir(path: str | os.PathLike) -> list[str]:
     """Names of the entries of the directory ``path`` (sub-directories without a trailing slash)."""
     return sorted(n.rstrip("/") for n in gfile.listdir(str(path)))
 
 
-def remove(path):
+def remove(path: str | os.PathLike) -> None:
     """Deletes the file ``path``."""
     gfile.remove(str(path))
 
 
-def walk_files(root, name):
+def walk_files(root: str | os.PathLike, name: str) -> list[str]:
     """Every file called ``name`` under ``root`` (any depth), sorted."""
     found = []
     for directory, _, files in gfile.walk(str(root)):
@@ -109,22 +114,22 @@ def walk_files(root, name):
     return sorted(found)
 
 
-def mtime(path):
+def mtime(path: str | os.PathLike) -> float:
     """Modification time in seconds."""
     return gfile.stat(str(path)).mtime_nsec / 1e9
 
 
-def read_text(path):
+def read_text(path: str | os.PathLike) -> str:
     with gfile.GFile(str(path), "r") as f:
         return f.read()
 
 
-def read_bytes(path):
+def read_bytes(path: str | os.PathLike) -> bytes:
     with gfile.GFile(str(path), "rb") as f:
         return f.read()
 
 
-def one_line(error):
+def one_line(error: BaseException | str) -> str:
     """The first line of an error's message, without TensorFlow's op decorations."""
     text = str(getattr(error, "message", "") or error).strip()
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
@@ -133,7 +138,7 @@ def one_line(error):
     return text.splitlines()[0].strip() if text else type(error).__name__
 
 
-def check_directory_path(path, what="--workdir"):
+def check_directory_path(path: str | os.PathLike, what: str = "--workdir") -> None:
     """Raises ValueError (one line naming ``what``) when ``path`` cannot be a directory: it is a file,
     or one of its parents is."""
     path = str(path)
@@ -146,12 +151,12 @@ def check_directory_path(path, what="--workdir"):
         raise ValueError(f"{what}={path}: {parent} is a file, not a directory")
 
 
-def makedirs(path):
+def makedirs(path: str) -> None:
     check_directory_path(path, "directory")
     gfile.makedirs(path)
 
 
-def write_bytes(path, data):
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` (bytes) to ``path`` atomically; `WriteError` naming ``path`` when it cannot
     (disk full, permissions)."""
     path = str(path)
@@ -178,11 +183,11 @@ def write_bytes(path, data):
         raise WriteError(f"cannot write {path}: {one_line(e)}") from e
 
 
-def write_text(path, text):
+def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path, obj):
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes ``obj`` as strict JSON (no NaN or ±inf: ValueError naming ``path``) atomically."""
     try:
         text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
@@ -191,7 +196,7 @@ def write_json(path, obj):
     write_text(path, text)
 
 
-def read_json(path, what="run record", expect=dict):
+def read_json(path: str | os.PathLike, what: str = "run record", expect: type | None = dict) -> Any:
     """The JSON value in ``path``, of type ``expect``; `RecordError` naming the file when it is
     missing, unreadable, not JSON, or another shape."""
     try:
@@ -205,7 +210,7 @@ def read_json(path, what="run record", expect=dict):
     return value
 
 
-def write_npz(path, compressed=False, **arrays):
+def write_npz(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> None:
     """Writes NumPy ``arrays`` to ``path`` (.npz) atomically."""
 
     buffer = io.BytesIO()
@@ -213,13 +218,13 @@ def write_npz(path, compressed=False, **arrays):
     write_bytes(path, buffer.getvalue())
 
 
-def read_npz(path):
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """{name: array} of the .npz file at ``path`` (any file system)."""
     with gfile.GFile(str(path), "rb") as f, np.load(io.BytesIO(f.read())) as z:
         return {k: z[k] for k in z.files}
 
 
-def rmtree(path):
+def rmtree(path: str) -> None:
     if gfile.exists(path):
         gfile.rmtree(path)
 
@@ -227,7 +232,7 @@ def rmtree(path):
 # --- the lock ----------------------------------------------------------------------------------
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -237,7 +242,7 @@ def _alive(pid):
     return True
 
 
-def _owner(path):
+def _owner(path: str) -> dict[str, Any] | None:
     try:
         with gfile.GFile(path, "r") as f:
             owner = json.loads(f.read())
@@ -246,7 +251,7 @@ def _owner(path):
         return None
 
 
-def _take(path):
+def _take(path: str) -> None:
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
     if not is_local(path):  # object stores: no exclusive create; check, then write (best effort)
         if gfile.exists(path):
@@ -263,7 +268,7 @@ def _take(path):
         raise WriteError(f"cannot write the lock {path}: {one_line(e)}") from e
 
 
-def _mtime(path):
+def _mtime(path: str) -> float:
     try:
         return mtime(path)
     except (OSError, tf.errors.OpError):
@@ -271,7 +276,7 @@ def _mtime(path):
 
 
 @contextlib.contextmanager
-def lock(workdir):
+def lock(workdir: str) -> Iterator[None]:
     """Holds ``workdir``'s lock for the body (``workdir`` must exist). Raises `LockedError` (one
     line naming the owner) when a live process holds it.
 
@@ -314,31 +319,32 @@ def lock(workdir):
 # --- records and the finished marker ------------------------------------------------------------
 
 
-def is_finished(workdir):
+def is_finished(workdir: str) -> bool:
     """Whether ``workdir`` holds a finished training run (its final record, results.json)."""
     return gfile.exists(join(workdir, RESULTS))
 
 
-def read_record(workdir):
+def read_record(workdir: str) -> dict[str, Any] | None:
     """The run record (run.json) of ``workdir``, or None when there is none."""
     path = join(workdir, RECORD)
     return read_json(path) if gfile.exists(path) else None
 
 
-def write_record(workdir, record):
+def write_record(workdir: str, record: dict[str, Any]) -> None:
     write_json(join(workdir, RECORD), record)
 
 
-def write_flags(workdir, resolved):
+def write_flags(workdir: str, resolved: dict[str, Any]) -> None:
     write_json(join(workdir, FLAGS_FILE), resolved)
 
 
-def _contents(workdir):
+def _contents(workdir: str) -> list[str]:
     return [name for name in gfile.listdir(workdir) if name.rstrip("/") != LOCK]
 
 
 @contextlib.contextmanager
-def open_run(workdir, *, overwrite=False, finished=None, keep_if=None):
+def open_run(workdir: str | os.PathLike, *, overwrite: bool = False, finished: Callable[[str], bool] | None = None,
+             keep_if: Callable[[str], bool] | None = None) -> Iterator[str]:
     """The body's work directory ``workdir``: checked, created, locked; on failure, cleaned up.
 
     Args:

@@ -4,10 +4,17 @@ Every summary of tf_ntk is logged against the epoch in **milli-epochs**: TensorB
 ``round(1000 · epoch)``, so the fractional spawn epoch 0.125 lands at step 125 and epoch 3 at 3000.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Mapping
 import json
+import os
+from typing import Any
 
 from matplotlib import colormaps
 import numpy as np
+import numpy.typing as npt
 from tensorboard.plugins.hparams import api as hparams_api
 import tensorflow as tf
 
@@ -20,7 +27,7 @@ images per tag by default, and since 2.8 ``images=0`` keeps none (tensorflow/ten
 its maintainers' advice: a large number)."""
 
 
-def tensorboard_command(logdir):
+def tensorboard_command(logdir: str | os.PathLike) -> str:
     """The shell command that shows ``logdir`` in TensorBoard with every image kept."""
     return f"tensorboard --logdir {logdir} {TENSORBOARD_FLAGS}"
 
@@ -28,7 +35,7 @@ def tensorboard_command(logdir):
 EPOCH_SCALE = 1000
 
 
-def epoch_step(epoch):
+def epoch_step(epoch: float) -> int:
     """The TensorBoard step of a (fractional) epoch: round(1000 · epoch)."""
     return int(round(float(epoch) * EPOCH_SCALE))
 
@@ -36,12 +43,13 @@ def epoch_step(epoch):
 BOUNDARY = (255, 255, 255)  # class boundaries in heat maps: white lines
 
 
-def colour_scale(kernels):
+def colour_scale(kernels: Iterable[npt.ArrayLike]) -> tuple[float, float]:
     """(lo, hi): one colour scale for several kernels (e.g. a run's epochs), so heat maps compare."""
     return (min(float(np.min(k)) for k in kernels), max(float(np.max(k)) for k in kernels))
 
 
-def heat_map(kernel, *, scale=None, labels=None, min_pixels=256, cmap="viridis"):
+def heat_map(kernel: npt.ArrayLike, *, scale: tuple[float, float] | None = None, labels: npt.ArrayLike | None = None,
+             min_pixels: int = 256, cmap: str = "viridis") -> np.ndarray:
     """A kernel (N, M) as a (1, S·N/max, S·M/max, 3) uint8 image through a matplotlib colour map.
 
     Args:
@@ -69,7 +77,7 @@ def heat_map(kernel, *, scale=None, labels=None, min_pixels=256, cmap="viridis")
     return img[None]
 
 
-def write_config(config, step=0):
+def write_config(config: Mapping[str, Any], step: int = 0) -> None:
     """The resolved configuration as text (a JSON code block) under ``config``."""
     text = "```\n" + json.dumps(config, indent=2, sort_keys=True, default=str) + "\n```"
     tf.summary.text("config", text, step=step)
@@ -97,12 +105,12 @@ HPARAMS_FIRST = ("spawn_source", "spawn_epoch", "dynamics", "data_mode", "seed",
                  "eps", "data_seed")
 
 
-def hparam_name(key):
+def hparam_name(key: str) -> str:
     """The HParams name of a configuration key: ranked ("01_spawn_source") for `HPARAMS_FIRST`."""
     return f"{HPARAMS_FIRST.index(key) + 1:02d}_{key}" if key in HPARAMS_FIRST else key
 
 
-def write_hparams(config, trial_id=None, online_kernel=False):
+def write_hparams(config: Mapping[str, Any], trial_id: str | None = None, online_kernel: bool = False) -> None:
     """HParams for run comparison: the scalar-valued entries (bool, int, float, str) of ``config``,
     as the trial ``trial_id`` (e.g. the run's name; TensorBoard shows a hash otherwise), with the
     `HPARAMS_FIRST` columns first and `HPARAMS_METRICS` (and the online kernel's metrics when the
@@ -116,16 +124,16 @@ def write_hparams(config, trial_id=None, online_kernel=False):
     hparams_api.hparams({hparam_name(k): flat[k] for k in order}, trial_id=trial_id)
 
 
-def event_files(logdir):
+def event_files(logdir: str | os.PathLike) -> list[str]:
     """The TensorBoard event files directly in ``logdir`` (any file system), sorted."""
     return rundir.glob(f"{str(logdir).rstrip('/')}/events.out.tfevents.*")
 
 
-def read_events(logdir):
+def read_events(logdir: str | os.PathLike) -> dict[tuple[str, int], list[float | bytes]]:
     """{(tag, step): [values]} of every summary in the event files directly in ``logdir``, in
     file order; a scalar's value is a float, any other summary's its serialized tensor (bytes). A
     record cut short by a kill ends its file's reading (what came before it counts)."""
-    found = {}
+    found: dict[tuple[str, int], list[float | bytes]] = {}
     for path in event_files(logdir):
         try:
             for event in tf.compat.v1.train.summary_iterator(path):
@@ -148,10 +156,10 @@ class Ledger:
         ledger.scalar("train/loss", 0.31, step=1000)  # skipped if already logged
     """
 
-    def __init__(self, logdir=None):
+    def __init__(self, logdir: str | os.PathLike | None = None) -> None:
         self.logged = set(read_events(logdir)) if logdir is not None else set()
 
-    def new(self, tag, step):
+    def new(self, tag: str, step: int) -> bool:
         """Whether (tag, step) is not logged yet; marks it logged."""
         key = (tag, int(step))
         if key in self.logged:
@@ -159,12 +167,14 @@ class Ledger:
         self.logged.add(key)
         return True
 
-    def scalar(self, tag, value, step, **kwargs):
+    def scalar(self, tag: str, value: float, step: int, **kwargs: Any) -> None:
         if self.new(tag, step):
             tf.summary.scalar(tag, value, step=step, **kwargs)
 
 
-def write_kernel(tag, kernel, epoch, *, top=10, scale=None, labels=None, ledger=None):
+def write_kernel(tag: str, kernel: npt.ArrayLike, epoch: float, *, top: int = 10,
+                 scale: tuple[float, float] | None = None, labels: npt.ArrayLike | None = None,
+                 ledger: Ledger | None = None) -> None:
     """Heat map (`heat_map` with ``scale`` and class ``labels``), spectrum histogram and top
     eigenvalues of a kernel (N, N) at ``epoch``; with a `Ledger`, only what it does not hold yet."""
     step = epoch_step(epoch)

@@ -31,6 +31,11 @@ start is its rows of the global batch's start, so without BN the run equals the 
 up to float rounding; BN normalises with each replica's own batch statistics (Keras' default).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 import json
@@ -40,9 +45,12 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any
+from typing import cast
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_ntk import checkpoints
@@ -63,7 +71,7 @@ FRACTIONAL_SPAWN_EPOCHS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.5, 2.5)
 """The protocol's fractional spawn epochs."""
 
 
-def set_seed(seed):
+def set_seed(seed: int) -> None:
     """Seeds Python, NumPy and TensorFlow and makes TensorFlow's ops deterministic."""
     keras.utils.set_random_seed(int(seed))
     tf.config.experimental.enable_op_determinism()
@@ -105,17 +113,17 @@ class TrainConfig:
     flip_epoch: int = 50
     adv_mode: str = "clean_then_adv"
     attack: attacks.PGDConfig = attacks.PGDConfig(eps=4 / 255, steps=20)
-    save_epochs: tuple = None
+    save_epochs: tuple | None = None
     seed: int = 0
-    data_seed: int = None
+    data_seed: int | None = None
     dynamics: str = "standard"
     batchnorm: str = "frozen"
-    spawn: str = None
+    spawn: str | None = None
     jit_compile: bool = False
-    model: dict = None
-    data: dict = None
+    model: dict | None = None
+    data: dict | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if int(self.epochs) < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if int(self.batch_size) < 1:
@@ -144,36 +152,36 @@ class TrainConfig:
             object.__setattr__(self, "save_epochs", saves)
 
     @classmethod
-    def phase1(cls, **overrides):
+    def phase1(cls, **overrides: Any) -> TrainConfig:
         """The protocol's phase 1: lr 0.1 → 0.01 at 100 → 0.001 at 150, 101 epochs."""
         return cls(**overrides)
 
     @classmethod
-    def phase2(cls, **overrides):
+    def phase2(cls, **overrides: Any) -> TrainConfig:
         """The protocol's phase 2: constant lr 0.01, 100 epochs, fresh optimizer."""
         return cls(**{"epochs": 100, "lr": 0.01, "lr_boundaries": (), **overrides})
 
     @property
-    def effective_data_seed(self):
+    def effective_data_seed(self) -> int:
         """The seed of the data order and of the PGD starts: ``data_seed``, or ``seed`` when None."""
         return self.seed if self.data_seed is None else self.data_seed
 
-    def spawn_epochs(self):
+    def spawn_epochs(self) -> tuple[float, ...]:
         """The spawn checkpoint epochs of this run, sorted."""
         if self.save_epochs is not None:
             return self.save_epochs
         whole = [float(e) for e in range(self.epochs + 1)]
         return tuple(sorted(set(whole) | {f for f in FRACTIONAL_SPAWN_EPOCHS if f < self.epochs}))
 
-    def adversarial_at(self, epoch):
+    def adversarial_at(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based) trains on PGD examples."""
         return self.data_mode == "adv" or (self.data_mode == "flip" and epoch >= self.flip_epoch)
 
-    def lr_at(self, epoch):
+    def lr_at(self, epoch: float) -> float:
         """The learning rate during (0-based) epoch ``epoch``: lr · factor^(#boundaries ≤ epoch)."""
         return self.lr * self.lr_factor ** sum(epoch >= b for b in self.lr_boundaries)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lr_boundaries"] = list(self.lr_boundaries)
         if self.data_seed is None:  # the record of a run without one, as before the field existed
@@ -183,7 +191,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         d = dict(d)
         d["attack"] = attacks.PGDConfig(**d["attack"])
         d["lr_boundaries"] = tuple(d.get("lr_boundaries", ()))
@@ -192,7 +200,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def batches_before(epoch, steps_per_epoch):
+def batches_before(epoch: float, steps_per_epoch: int) -> int:
     """The global step after which the spawn checkpoint of (fractional) ``epoch`` is taken.
 
     Whole epoch e: after its last batch (e·S). Fraction f of epoch e: at the first step that crosses
@@ -208,19 +216,19 @@ def batches_before(epoch, steps_per_epoch):
 class Callback:
     """Hooks into `train`. Every method is optional; the defaults do nothing."""
 
-    def on_epoch_begin(self, epoch, steps_per_epoch):
+    def on_epoch_begin(self, epoch: int, steps_per_epoch: int) -> None:
         """Before (0-based) epoch ``epoch`` of ``steps_per_epoch`` steps."""
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         """After whole epoch ``epoch`` (1-based count of finished epochs); ``logs``: the history row."""
 
-    def on_batch_end(self, step, logs):
+    def on_batch_end(self, step: int, logs: dict[str, float]) -> None:
         """After global step ``step`` (1-based); ``logs``: {"loss", "accuracy"} of the batch."""
 
-    def on_checkpoint(self, epoch, path):
+    def on_checkpoint(self, epoch: float, path: str) -> None:
         """After the spawn checkpoint of ``epoch`` was written to ``path``."""
 
-    def on_kernel(self, epoch, kernel):
+    def on_kernel(self, epoch: float, kernel: tf.Tensor) -> None:
         """The probe-set NTK (a tf.Tensor) of the model at ``epoch`` (see `KernelTracker`)."""
 
 
@@ -235,22 +243,23 @@ class KernelTracker:
         ``tf_ntk.empirical_ntk(model, probe)``.
     """
 
-    def __init__(self, probe, *, every=1, at_spawns=False, kernel_fn=None):
+    def __init__(self, probe: tf.Tensor | np.ndarray, *, every: int = 1, at_spawns: bool = False,
+                 kernel_fn: Callable[[keras.Model, tf.Tensor], tf.Tensor] | None = None) -> None:
         self.probe = tf.convert_to_tensor(probe, tf.float32)
         self.every = int(every)
         self.at_spawns = bool(at_spawns)
         self.kernel_fn = kernel_fn or (lambda model, x: ntk.empirical_ntk(model, x))
 
-    def wants(self, epoch, is_spawn):
+    def wants(self, epoch: float, is_spawn: bool) -> bool:
         whole = float(epoch).is_integer()
         on_schedule = self.every > 0 and whole and int(epoch) % self.every == 0
         return on_schedule or (self.at_spawns and is_spawn)
 
-    def __call__(self, model):
+    def __call__(self, model: keras.Model) -> tf.Tensor:
         return self.kernel_fn(model, self.probe)
 
 
-def _per_example_loss(y, logits):
+def _per_example_loss(y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return attacks.cross_entropy_loss(y, logits)
 
 
@@ -267,7 +276,8 @@ class TrainSteps:
         request), over all replicas, so every worker of a multi-worker job stops at the same step.
     """
 
-    def __init__(self, model, optimizer, config, strategy):
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
+                 strategy: tf.distribute.Strategy) -> None:
         self.model = model
         self.optimizer = optimizer
         self.config = config
@@ -280,7 +290,7 @@ class TrainSteps:
         attack = config.attack
         jit = bool(config.jit_compile)
 
-        def grads(x, y, global_size):
+        def grads(x: tf.Tensor, y: tf.Tensor, global_size: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 per_example = _per_example_loss(y, logits)
@@ -297,25 +307,26 @@ class TrainSteps:
                                                             batch_slice=(offset, total)),
             jit_compile=jit, reduce_retracing=True)
 
-    def _apply(self, x, y, global_size):
+    def _apply(self, x: tf.Tensor, y: tf.Tensor, global_size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         g, loss_sum, correct = self.grads(x, y, global_size)
         self.optimizer.apply_gradients(zip(g, self.variables))
         return loss_sum, correct
 
     @staticmethod
-    def _rows(y):
+    def _rows(y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(offset, global size): this replica's rows of the global batch (in a replica context)."""
         ctx = tf.distribute.get_replica_context()
         sizes = ctx.all_gather(tf.shape(y)[:1], axis=0)
         return tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group]), tf.reduce_sum(sizes)
 
-    def adversarial_examples(self, x, y, seed):
+    def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """PGD examples of this replica's shard (x, y), each started where the one-device attack of
         the global batch starts at that row: the same examples whatever the replica count."""
         offset, total = self._rows(y)
         return tf.stop_gradient(self.attack(x, y, seed, offset, total))
 
-    def replica_step(self, x, y, seed, adversarial):
+    def replica_step(self, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor,
+                     adversarial: bool) -> tuple[tf.Tensor, tf.Tensor]:
         # The loss is a mean over the global batch, whatever the replica count.
         _, total = self._rows(y)
         if not adversarial:
@@ -324,15 +335,16 @@ class TrainSteps:
             self._apply(x, y, total)
         return self._apply(self.adversarial_examples(x, y, seed), y, total)
 
-    def make(self, adversarial):
+    def make(self, adversarial: bool) -> Callable[[Any, tf.Tensor, tf.Tensor], tuple[tf.Tensor, ...]]:
         strategy = self.strategy
 
-        def replica(x, y, seed, stop):
+        def replica(x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor,
+                    stop: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
             loss_sum, correct = self.replica_step(x, y, seed, adversarial)
             return loss_sum, correct, tf.cast(tf.shape(y)[0], tf.float32), tf.identity(stop)
 
         @tf.function
-        def step(batch, seed, stop):
+        def step(batch: Any, seed: tf.Tensor, stop: tf.Tensor) -> tuple[tf.Tensor, ...]:
             x, y = batch
             sums = strategy.run(replica, args=(x, y, seed, stop))
             return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums)
@@ -340,7 +352,7 @@ class TrainSteps:
         return step
 
 
-def _steps_per_epoch(dataset):
+def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
     n = int(dataset.cardinality().numpy())
     if n < 0:  # unknown or infinite: count once
         n = sum(1 for _ in dataset)
@@ -363,7 +375,7 @@ class DivergedError(ValueError):
     written."""
 
 
-def _check_finite(model, epoch, step, loss=None):
+def _check_finite(model: keras.Model, epoch: int, step: int, loss: float | None = None) -> None:
     """Raises `DivergedError` naming the epoch and step when ``loss`` or any weight is not finite."""
     bad = loss is not None and not math.isfinite(loss)
     if not bad:
@@ -375,7 +387,7 @@ def _check_finite(model, epoch, step, loss=None):
                             "(try a lower --lr)")
 
 
-def kept_checkpoints(workdir):
+def kept_checkpoints(workdir: str) -> str | None:
     """What a run directory keeps of a stopped run, in words: its spawn checkpoints and resume state
     ("spawn checkpoints of epochs 0, 0.125 and the resume state after epoch 2"), or None."""
     spawns = [f"{epoch:g}" for epoch, _ in checkpoints.list_spawns(workdir)]
@@ -394,12 +406,12 @@ def kept_checkpoints(workdir):
     return " and ".join(kept) or None
 
 
-def _normalized(obj):
+def _normalized(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons with saved records."""
     return json.loads(json.dumps(obj))
 
 
-def check_run(workdir, config):
+def check_run(workdir: str, config: TrainConfig) -> None:
     """Raises `RunConfigMismatchError` when ``workdir`` holds a run (its record or resume state) of
     another configuration than ``config``; reads only, so a refused command changes nothing."""
     wanted = _normalized(config.to_dict())
@@ -412,7 +424,7 @@ def check_run(workdir, config):
         checkpoints.verify(resume_dir)
 
 
-def _run_identity(config):
+def _run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded configuration (a dict) as compared on resume: with its effective data seed (a record
     without ``data_seed``, from before the field existed, or None: ``seed``), so ``data_seed = seed``
     and no data seed are the same run, and any other data seed is another run."""
@@ -422,7 +434,7 @@ def _run_identity(config):
     return config
 
 
-def _check_same_run(workdir, saved, config):
+def _check_same_run(workdir: str, saved: Mapping[str, Any], config: Mapping[str, Any]) -> None:
     explicit = saved.get("data_seed") is not None or config.get("data_seed") is not None
     saved, config = _run_identity(saved), _run_identity(config)
     if saved != config:
@@ -433,7 +445,7 @@ def _check_same_run(workdir, saved, config):
             f"{workdir} holds a run with another configuration (differs in: {', '.join(diff)})")
 
 
-def _check_dynamics(model, config):
+def _check_dynamics(model: keras.Model, config: TrainConfig) -> None:
     """The model must be what ``config.dynamics`` says, since checkpoints are rebuilt from it."""
     linearized = hasattr(model, "spawn_params")
     if config.dynamics == "standard":
@@ -448,8 +460,10 @@ def _check_dynamics(model, config):
                          f"dynamics={config.dynamics!r}, batchnorm={config.batchnorm!r}")
 
 
-def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), kernel_tracker=None,
-          stop_requested=None):
+def train(model: keras.Model, dataset_fn: Callable[[int], tf.data.Dataset], config: TrainConfig, workdir: str, *,
+          strategy: tf.distribute.Strategy | None = None, callbacks: Sequence[Callback] = (),
+          kernel_tracker: KernelTracker | None = None,
+          stop_requested: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
     """Trains ``model`` per ``config``, writing spawn checkpoints and resume state in ``workdir``.
 
     Args:
@@ -486,22 +500,22 @@ def train(model, dataset_fn, config, workdir, *, strategy=None, callbacks=(), ke
 # The compiled training state of a model, kept for the next `train` call on the same model object:
 # {model: {trace key: _Compiled}}. A sweep worker that reuses its models between jobs
 # (`tf_ntk.dynamics.reuse_models`) then reuses their traced train steps too, with fresh values.
-_COMPILED = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[str, "_Compiled"]] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass
 class _Compiled:
     """The optimizer, counters and traced steps of a model's earlier run (see `_COMPILED`)."""
 
-    optimizer: object
-    step: object
-    epoch: object
-    lr: object
-    steps: object
-    step_fns: dict
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+    epoch: tf.Variable
+    lr: tf.Variable
+    steps: "TrainSteps"
+    step_fns: dict[bool, Callable[..., tuple[tf.Tensor, ...]]]
 
 
-def _trace_key(config):
+def _trace_key(config: TrainConfig) -> str:
     """What the traced steps bake in besides the model: the attack, the adversarial mode, XLA, the
     momentum (a constant of the optimizer's update)."""
     return json.dumps([config.attack.to_dict(), config.adv_mode, bool(config.jit_compile),
@@ -511,8 +525,9 @@ def _trace_key(config):
 class _Run:
     """One `train` call: the training state, its checkpoints, and the epoch loop."""
 
-    def __init__(self, model, dataset_fn, config, workdir, *, strategy, callbacks, kernel_tracker,
-                 stop_requested):
+    def __init__(self, model: keras.Model, dataset_fn: Callable[[int], tf.data.Dataset], config: TrainConfig,
+                 workdir: str, *, strategy: tf.distribute.Strategy | None, callbacks: Sequence[Callback],
+                 kernel_tracker: KernelTracker | None, stop_requested: Callable[[], bool] | None) -> None:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = distribute.is_chief(self.strategy)
         self.multi_worker = distribute.is_multi_worker(self.strategy)
@@ -523,6 +538,7 @@ class _Run:
         # again, reset to a fresh optimizer's values (traces capture variables, not their values).
         reusable = self.strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
         cached = _COMPILED.get(model, {}).get(_trace_key(config)) if reusable else None
+        self.step_fns: dict[bool, Callable[..., tuple[tf.Tensor, ...]]]  # adversarial -> compiled step
         if cached is not None:
             optimizer, self.step, self.epoch, self.lr = cached.optimizer, cached.step, cached.epoch, cached.lr
             self.steps, self.step_fns = cached.steps, cached.step_fns
@@ -537,18 +553,18 @@ class _Run:
                 self.lr = tf.Variable(config.lr_at(0), dtype=tf.float32, trainable=False, name="lr")
                 optimizer = keras.optimizers.SGD(learning_rate=lambda lr=self.lr: lr, momentum=config.momentum)
             self.steps = TrainSteps(model, optimizer, config, self.strategy)  # builds the optimizer's slots
-            self.step_fns = {}  # adversarial (bool) -> the compiled step
+            self.step_fns = {}
             if reusable:
                 _COMPILED.setdefault(model, {})[_trace_key(config)] = _Compiled(
                     optimizer, self.step, self.epoch, self.lr, self.steps, self.step_fns)
         self.state = dict(model=model, optimizer=optimizer, step=self.step, epoch=self.epoch)
         self.meta = {"config": _normalized(config.to_dict()), "model": config.model}
         self.resume_dir = os.path.join(workdir, checkpoints.RESUME_DIR)
-        self.history = []
-        self.partial = None  # the position and running sums of an epoch stopped midway
-        self.steps_per_epoch = None
+        self.history: list[dict[str, Any]] = []
+        self.partial: dict[str, Any] | None = None  # the position and running sums of an epoch stopped midway
+        self.steps_per_epoch: int | None = None
 
-    def _restore(self):
+    def _restore(self) -> None:
         """Records the run's configuration before anything else is written (and checks it on every
         start, so a work directory never mixes checkpoints of two runs); resumes saved state."""
         config_text = json.dumps(self.meta["config"], sort_keys=True).encode()
@@ -571,7 +587,7 @@ class _Run:
         distribute.agree(self.strategy, self._current_step(), "the step to resume from")
         self._repair_records()
 
-    def _write_checkpoint(self, path, meta, **objects):
+    def _write_checkpoint(self, path: str, meta: dict[str, Any], **objects: Any) -> None:
         """`checkpoints.write` on the chief; elsewhere into a temporary directory, then deleted
         (every worker takes part in saving distributed variables, only the chief keeps the files)."""
         if self.chief:
@@ -583,10 +599,10 @@ class _Run:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _current_step(self):
+    def _current_step(self) -> int:
         return int(self.step.numpy())
 
-    def _save_spawn(self, epoch):
+    def _save_spawn(self, epoch: float) -> None:
         path = checkpoints.spawn_path(self.workdir, epoch)
         _check_finite(self.model, int(epoch), self._current_step())
         if not checkpoints.exists(path):  # a replayed partial epoch re-creates identical ones
@@ -597,21 +613,21 @@ class _Run:
         if self.tracker is not None and self.tracker.wants(epoch, True):
             self._emit_kernel(epoch)
 
-    def _emit_kernel(self, epoch):
-        kernel = self.tracker(self.model)
+    def _emit_kernel(self, epoch: float) -> None:
+        kernel = cast(KernelTracker, self.tracker)(self.model)  # called only with a tracker
         for cb in self.callbacks:
             cb.on_kernel(float(epoch), kernel)
 
-    def _write_resume(self, position=None):
+    def _write_resume(self, position: dict[str, Any] | None = None) -> None:
         meta = {**self.meta, "history": self.history, "steps_per_epoch": self.steps_per_epoch}
         if position is not None:
             meta["partial"] = position
         self._write_checkpoint(self.resume_dir, meta, **self.state)
 
-    def _stop_now(self):
+    def _stop_now(self) -> bool:
         return self.stop_requested is not None and self.stop_requested()
 
-    def run(self):
+    def run(self) -> list[dict[str, Any]]:
         self._restore()
         try:
             for epoch in range(int(self.epoch.numpy()), self.config.epochs):
@@ -626,7 +642,7 @@ class _Run:
                                 "kept") from None
         return self.history
 
-    def _repair_records(self):
+    def _repair_records(self) -> None:
         """Brings the records derived from the resume state up to date after a kill between the
         end-of-epoch writes (see `_end_epoch`): the last epoch's ``on_epoch_end`` again (events,
         evaluation: the weights are that epoch's) when ``history.json`` does not hold it yet, then
@@ -647,7 +663,7 @@ class _Run:
                 cb.on_epoch_end(last["epoch"], last)
         rundir.write_json(path, self.history)
 
-    def _run_epoch(self, epoch):
+    def _run_epoch(self, epoch: int) -> None:
         config, spawn_epochs = self.config, self.config.spawn_epochs()
         dataset = self.dataset_fn(epoch)
         self.steps_per_epoch = self.steps_per_epoch or _steps_per_epoch(dataset)
@@ -664,7 +680,8 @@ class _Run:
         self.lr.assign(config.lr_at(epoch))
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, per_epoch)
-        spawns_at = {}  # global step -> fractional spawn epochs taken there (several if epochs are short)
+        # global step -> fractional spawn epochs taken there (several if epochs are short)
+        spawns_at: dict[int, list[float]] = {}
         for spawn in spawn_epochs:
             if epoch < spawn < epoch + 1:
                 spawns_at.setdefault(batches_before(spawn, per_epoch), []).append(spawn)
@@ -713,7 +730,7 @@ class _Run:
             self._emit_kernel(float(epoch + 1))
         self._end_epoch(epoch, row)
 
-    def _end_epoch(self, epoch, row):
+    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """The end-of-epoch writes, in one order: the resume state (the commit point: a kill before
         it replays the epoch, bit for bit), then what derives from it: the callbacks' records
         (events, evaluation), then ``history.json``, last, so that a history.json that lacks the

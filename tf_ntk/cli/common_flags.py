@@ -38,7 +38,7 @@ class FractionParser(flags.FloatParser):
         return value
 
 
-_GROUPS = {}  # define_* function name -> the names of the flags it defined
+_GROUPS: dict[str, list[str]] = {}  # define_* function name -> the names of the flags it defined
 
 
 def _declare(names):

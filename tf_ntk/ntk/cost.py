@@ -93,9 +93,9 @@ class ModelStats:
     forward_macs: float
     activations: float
     has_conv: bool
-    layers: tuple = None
+    layers: tuple | None = None
     largest_activation: float = 0.0
-    backward_macs: float = None
+    backward_macs: float | None = None
 
     def __post_init__(self):
         if self.backward_macs is None:
@@ -246,7 +246,7 @@ class Plan:
     macs: float
     raw_macs: float
     peak_bytes: float
-    chunk: int = None
+    chunk: int | None = None
 
 
 def _blocks(n1, n2, b, symmetric):

@@ -26,11 +26,21 @@ share can. Each search reports both shares at its end point (``readout``, ``othe
 one says which held it (`diagnosis`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 
-def tangent_direction(model, x, weights, logit):
+def tangent_direction(model: keras.Model, x: tf.Tensor | np.ndarray, weights: npt.ArrayLike,
+                      logit: int) -> list[tf.Tensor]:
     """v = Σ_j weights[j] ∇θ f_c(x_j): a list of tensors shaped like ``model.trainable_variables``.
 
     Args:
@@ -47,13 +57,14 @@ def tangent_direction(model, x, weights, logit):
     return tape.gradient(out, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def cosine_fn(model, direction, logit):
+def cosine_fn(model: keras.Model, direction: Sequence[tf.Tensor],
+              logit: int) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """A compiled ``x (1, H, W, C) -> (cos, d cos / dx)`` for the tangent direction ``direction``."""
     variables = model.trainable_variables
     v_norm = tf.sqrt(tf.add_n([tf.reduce_sum(d * d) for d in direction]))
 
     @tf.function
-    def fn(x):
+    def fn(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as outer:
             outer.watch(x)
             with tf.GradientTape() as inner:
@@ -67,7 +78,7 @@ def cosine_fn(model, direction, logit):
     return fn
 
 
-def _readout_count(model):
+def _readout_count(model: keras.Model) -> int:
     """How many of ``model.trainable_variables`` (the last ones) belong to its output layer."""
     for layer in reversed(model.layers):
         if layer.trainable_variables:
@@ -75,7 +86,8 @@ def _readout_count(model):
     return 0
 
 
-def cosine_parts(model, direction, logit, x):
+def cosine_parts(model: keras.Model, direction: Sequence[tf.Tensor], logit: int,
+                 x: tf.Tensor | np.ndarray) -> tuple[float, float]:
     """(readout, other): the output layer's and the other layers' shares of the cosine between
     ∇θ f_c(x) and the tangent direction, at one image ``x`` (H, W, C); they sum to the cosine."""
     variables = model.trainable_variables
@@ -90,7 +102,7 @@ def cosine_parts(model, direction, logit, x):
     return sum(dots[len(dots) - k:]) / scale, sum(dots[:len(dots) - k]) / scale
 
 
-def diagnosis(found, one_signed):
+def diagnosis(found: Mapping[str, Any], one_signed: bool) -> str:
     """Why a search did not reach the sign sought, from its end point's shares ("" when it did)."""
     if found["reached"]:
         return ""
@@ -104,8 +116,9 @@ def diagnosis(found, one_signed):
     return text
 
 
-def optimise_image(model, direction, logit, *, input_shape, sign=1.0, steps=600, step_size=0.001,
-                   start=0.5, fn=None):
+def optimise_image(model: keras.Model, direction: Sequence[tf.Tensor], logit: int, *, input_shape: Sequence[int],
+                   sign: float = 1.0, steps: int = 600, step_size: float = 0.001, start: float | np.ndarray = 0.5,
+                   fn: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None) -> tuple[np.ndarray, float]:
     """The image (H, W, C) in [0, 1] that maximises (sign=+1) or minimises (sign=−1) the cosine,
     by signed-gradient steps from ``start`` (a grey level, or an image (H, W, C)).
 
@@ -124,7 +137,8 @@ def optimise_image(model, direction, logit, *, input_shape, sign=1.0, steps=600,
     return x[0].numpy(), float(cos)
 
 
-def search(model, direction, logit, probe, *, sign=1.0, steps=600, step_size=0.001):
+def search(model: keras.Model, direction: Sequence[tf.Tensor], logit: int, probe: np.ndarray, *, sign: float = 1.0,
+           steps: int = 600, step_size: float = 0.001) -> dict[str, Any]:
     """`optimise_image` from grey and from the probe image whose cosine is best for ``sign``; the
     better end point wins.
 
@@ -136,7 +150,7 @@ def search(model, direction, logit, probe, *, sign=1.0, steps=600, step_size=0.0
     probe = np.asarray(probe, np.float32)
     start_cos = [float(fn(tf.constant(p[None]))[0]) for p in probe]
     j = int(np.argmax(sign * np.asarray(start_cos)))
-    best = None
+    best: Any = None  # the better end point's dict, once the loop has run
     for name, start in (("grey", 0.5), (f"probe {j}", probe[j])):
         image, cos = optimise_image(model, direction, logit, input_shape=probe.shape[1:], sign=sign,
                                     steps=steps, step_size=step_size, start=start, fn=fn)
@@ -147,8 +161,9 @@ def search(model, direction, logit, probe, *, sign=1.0, steps=600, step_size=0.0
     return best
 
 
-def eigen_images(model, probe, kernel, logit, *, labels=None, num_eigen=3, steps=600,
-                 step_size=0.001, ridge=1e-6):
+def eigen_images(model: keras.Model, probe: np.ndarray, kernel: npt.ArrayLike, logit: int, *,
+                 labels: npt.ArrayLike | None = None, num_eigen: int = 3, steps: int = 600, step_size: float = 0.001,
+                 ridge: float = 1e-6) -> list[dict[str, Any]]:
     """Positive and negative eigen-images of the top ``num_eigen`` eigenvectors, and the "w" image.
 
     Args:

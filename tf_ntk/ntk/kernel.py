@@ -13,8 +13,14 @@ the same block functions (`_block_fn`). A trace kernel (or one logit's) is compu
 blocks, contracted over the logits inside the implementations.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 import weakref
 
+import keras
 import numpy as np
 import psutil
 import tensorflow as tf
@@ -41,22 +47,24 @@ _BLOCK_FNS = {
 }
 
 # Compiled block functions per model (eager calls), so repeated kernels do not retrace.
-_COMPILED = weakref.WeakKeyDictionary()
-_STATS = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_STATS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
 
 
-def default_memory_budget():
+def default_memory_budget() -> int:
     """DEFAULT_BUDGET_FRACTION of the host memory available now, in bytes."""
     return int(DEFAULT_BUDGET_FRACTION * psutil.virtual_memory().available)
 
 
-def _stats(model):
+def _stats(model: keras.Model) -> Any:
     if model not in _STATS:
         _STATS[model] = cost.model_stats(model)
     return _STATS[model]
 
 
-def _validate(model, x1, x2, kind, logit, implementation, dtype, memory_budget_bytes):
+def _validate(model: keras.Model, x1: tf.Tensor, x2: tf.Tensor | None, kind: str, logit: int | None,
+              implementation: str, dtype: tf.DType | str | None,
+              memory_budget_bytes: int | None) -> functional.FunctionalModel:
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
     if implementation not in IMPLEMENTATIONS:
@@ -84,13 +92,14 @@ AUTO_TIE = 0.05
 TIE_ORDER = ("structured", "jacobian", "ntvp")
 
 
-def _block_kind(kind, logit):
+def _block_kind(kind: str, logit: int | None) -> str:
     """The kind of blocks that compute a kernel of ``kind`` (or of one ``logit``): a trace kernel
     or a single logit's kernel comes from "trace" blocks (summed over their logits)."""
     return "trace" if logit is not None else kind
 
 
-def _choose(f, implementation, n1, n2, num_logits, kind, symmetric, budget, block_size):
+def _choose(f: functional.FunctionalModel, implementation: str, n1: int, n2: int, num_logits: int, kind: str,
+            symmetric: bool, budget: int, block_size: int | None) -> cost.Plan:
     """The `cost.Plan` to run: the given implementation, or the cheapest that fits."""
     stats = _stats(f.model)
     itemsize = f.dtype.size
@@ -121,8 +130,9 @@ def _choose(f, implementation, n1, n2, num_logits, kind, symmetric, budget, bloc
     return min(tied, key=lambda p: TIE_ORDER.index(p.implementation))
 
 
-def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
-         memory_budget_bytes=None, dtype=None, block_size=None):
+def plan(model: keras.Model, n1: int, n2: int | None = None, *, kind: str = "trace", logit: int | None = None,
+         implementation: str = "auto", memory_budget_bytes: int | None = None, dtype: tf.DType | str | None = None,
+         block_size: int | None = None) -> cost.Plan:
     """The `cost.Plan` that `empirical_ntk` would follow for N1 x N2 inputs (no computation)."""
     f = functional.FunctionalModel(model, dtype=dtype)
     num_logits = 1 if logit is not None else f.num_outputs
@@ -134,12 +144,13 @@ def plan(model, n1, n2=None, *, kind="trace", logit=None, implementation="auto",
 # -- graph assembly: one block, then the blocks of a whole kernel ---------------------------------
 
 
-def _transpose_block(block, kind):
+def _transpose_block(block: tf.Tensor, kind: str) -> tf.Tensor:
     """Block (j, i) of a symmetric kernel from block (i, j)."""
     return tf.transpose(block, {"full": [1, 0, 3, 2], "diagonal": [1, 0, 2], "trace": [1, 0]}[kind])
 
 
-def _block_fn(f, implementation, logits, kind, chunk, symmetric_block, mean):
+def _block_fn(f: functional.FunctionalModel, implementation: str, logits: Sequence[int], kind: str, chunk: int | None,
+              symmetric_block: bool, mean: bool) -> Callable[[Sequence[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]:
     """fn(params, a, b): the ``kind`` kernel block of inputs a against b, computed in ``f.dtype``
     (b ignored for a diagonal block of a symmetric kernel: a against itself, made exactly symmetric);
     divided by the number of logits when ``mean`` (the trace kernel is their mean)."""
@@ -149,7 +160,7 @@ def _block_fn(f, implementation, logits, kind, chunk, symmetric_block, mean):
         block_fn = _BLOCK_FNS[implementation]
         raw = lambda p, a, b: block_fn(f, p, a, b, logits, kind)  # noqa: E731
 
-    def fn(p, a, b):
+    def fn(p: Sequence[tf.Tensor], a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         p = [tf.cast(v, f.dtype) for v in p]
         a = tf.cast(a, f.dtype)
         if symmetric_block:
@@ -167,13 +178,13 @@ class _CompiledBlock:
     """A block function compiled with tf.function, called through its concrete function for the
     arguments' types and shapes (cheaper per call than tf.function's dispatch, ~0.2 ms)."""
 
-    def __init__(self, fn):
+    def __init__(self, fn: Callable[[Sequence[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]) -> None:
         # No autograph: the block functions have no tensor-dependent Python control flow, and
         # converting Keras internals recursively makes tracing several times slower.
         self.function = tf.function(fn, autograph=False)
-        self.concrete = {}
+        self.concrete: dict[tuple, Any] = {}
 
-    def __call__(self, params, a, b):
+    def __call__(self, params: Sequence[tf.Tensor], a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         key = (tuple((isinstance(p, tf.Variable), p.dtype, tuple(p.shape)) for p in params),
                a.dtype, tuple(a.shape), b.dtype, tuple(b.shape))
         fn = self.concrete.get(key)
@@ -182,7 +193,8 @@ class _CompiledBlock:
         return fn(params, a, b)
 
 
-def _compiled_block_fn(f, implementation, logits, kind, chunk, symmetric_block, mean):
+def _compiled_block_fn(f: functional.FunctionalModel, implementation: str, logits: Sequence[int], kind: str,
+                       chunk: int | None, symmetric_block: bool, mean: bool) -> _CompiledBlock:
     """`_block_fn` compiled once per model and configuration (eager calls)."""
     cache = _COMPILED.setdefault(f.model, {})
     key = (f.dtype.name, implementation, tuple(logits), kind, chunk, symmetric_block, mean)
@@ -201,22 +213,23 @@ class _Blocks:
       tail: the trailing shape of a block of ``kind``: (L, L), (L,) or ().
     """
 
-    def __init__(self, n1, n2, size, symmetric, num_logits, kind):
+    def __init__(self, n1: int, n2: int, size: int, symmetric: bool, num_logits: int, kind: str) -> None:
         self.n1, self.n2, self.symmetric, self.kind = n1, n2, symmetric, kind
         self.b1, self.b2 = min(size, n1), min(size, n2)
         self.starts1, self.starts2 = list(range(0, n1, size)), list(range(0, n2, size))
         self.pairs = [(i, j) for i in self.starts1 for j in self.starts2 if not symmetric or j >= i]
         self.tail = {"full": (num_logits, num_logits), "diagonal": (num_logits,), "trace": ()}[kind]
 
-    def is_diagonal_block(self, i, j):
+    def is_diagonal_block(self, i: int, j: int) -> bool:
         return self.symmetric and i == j
 
-    def mirror(self, block):
+    def mirror(self, block: tf.Tensor) -> tf.Tensor:
         """Block (j, i) from block (i, j) of a symmetric kernel."""
         return _transpose_block(block, self.kind)
 
 
-def _kernel_in_graph(f, params, x1, x2, chosen, logits, mean, blocks):
+def _kernel_in_graph(f: functional.FunctionalModel, params: Sequence[tf.Tensor], x1: tf.Tensor, x2: tf.Tensor,
+                     chosen: cost.Plan, logits: Sequence[int], mean: bool, blocks: _Blocks) -> tf.Tensor:
     """The whole kernel inside a tf.function (or under XLA): the block loop unrolled at trace time."""
     out = {}
     for i, j in blocks.pairs:
@@ -233,7 +246,7 @@ def _kernel_in_graph(f, params, x1, x2, chosen, logits, mean, blocks):
 # -- eager orchestration: compiled blocks, progress, the kernel assembled in host memory ----------
 
 
-def _padded(x, start, size):
+def _padded(x: tf.Tensor, start: int, size: int) -> tf.Tensor:
     """Rows start… of x, a short last block padded to ``size`` so that one compiled function serves
     every block (the padding rows are cut from the result)."""
     if start == 0 and x.shape[0] == size:
@@ -244,16 +257,18 @@ def _padded(x, start, size):
     return part
 
 
-def _on_host(strategy):
+def _on_host(strategy: tf.distribute.Strategy) -> bool:
     """Whether the strategy's replicas are CPU devices (sharing the host's memory)."""
     devices = getattr(strategy.extended, "worker_devices", ())
     return all("CPU" in tf.DeviceSpec.from_string(d).device_type.upper() for d in devices if d)
 
 
-def _kernel_eagerly(f, params, x1, x2, chosen, logits, mean, blocks, progress):
+def _kernel_eagerly(f: functional.FunctionalModel, params: Sequence[tf.Tensor], x1: tf.Tensor, x2: tf.Tensor,
+                    chosen: cost.Plan, logits: Sequence[int], mean: bool, blocks: _Blocks,
+                    progress: Callable[[int, int], Any] | None) -> tf.Tensor:
     """The kernel block by block through compiled block functions, assembled in host memory."""
 
-    def compute(i, j):
+    def compute(i: int, j: int) -> tf.Tensor:
         fn = _compiled_block_fn(f, chosen.implementation, logits, blocks.kind, chosen.chunk,
                                 blocks.is_diagonal_block(i, j), mean)
         block = fn(params, _padded(x1, i, blocks.b1), _padded(x2, j, blocks.b2))
@@ -277,16 +292,16 @@ class _Placer:
     """Writes computed blocks into the host kernel (and the mirror of an off-diagonal block of a
     symmetric kernel), reporting progress."""
 
-    def __init__(self, blocks, dtype, progress):
+    def __init__(self, blocks: _Blocks, dtype: tf.DType, progress: Callable[[int, int], Any] | None) -> None:
         self.blocks, self.progress, self.done = blocks, progress, 0
         self.out = np.empty((blocks.n1, blocks.n2) + blocks.tail, dtype.as_numpy_dtype)
 
-    def cut(self, block, i, j):
+    def cut(self, block: tf.Tensor, i: int, j: int) -> tf.Tensor:
         """A computed block without the padding rows/columns of a short last block."""
         rows, cols = min(self.blocks.b1, self.blocks.n1 - i), min(self.blocks.b2, self.blocks.n2 - j)
         return block[:rows, :cols]
 
-    def put(self, i, j, block):
+    def put(self, i: int, j: int, block: tf.Tensor | np.ndarray) -> None:
         blocks = self.blocks
         block = self.cut(np.asarray(block), i, j)
         self.out[i:i + block.shape[0], j:j + block.shape[1]] = block
@@ -298,7 +313,8 @@ class _Placer:
             self.progress(self.done, len(blocks.pairs))
 
 
-def _distributed_round_fn(f, chosen, logits, kind, symmetric_block, mean, strategy):
+def _distributed_round_fn(f: functional.FunctionalModel, chosen: cost.Plan, logits: Sequence[int], kind: str,
+                          symmetric_block: bool, mean: bool, strategy: tf.distribute.Strategy) -> Callable[..., Any]:
     """A tf.function running one block per replica: ``(params, a, b) -> per-replica blocks``, with
     ``a`` and ``b`` distributed values (one padded block of inputs per replica)."""
     cache = _COMPILED.setdefault(f.model, {})
@@ -311,7 +327,9 @@ def _distributed_round_fn(f, chosen, logits, kind, symmetric_block, mean, strate
     return cache[key][1]
 
 
-def _kernel_distributed(f, params, x1, x2, chosen, logits, mean, blocks, progress, strategy):
+def _kernel_distributed(f: functional.FunctionalModel, params: Sequence[tf.Tensor], x1: tf.Tensor, x2: tf.Tensor,
+                        chosen: cost.Plan, logits: Sequence[int], mean: bool, blocks: _Blocks,
+                        progress: Callable[[int, int], Any] | None, strategy: tf.distribute.Strategy) -> tf.Tensor:
     """The kernel's blocks spread over the strategy's local replicas, R blocks per round (a round
     short of blocks repeats its last one); assembled in host memory."""
     replicas = strategy.num_replicas_in_sync
@@ -335,9 +353,11 @@ def _kernel_distributed(f, params, x1, x2, chosen, logits, mean, blocks, progres
     return tf.constant(placer.out)
 
 
-def empirical_ntk(model, x1, x2=None, *, params=None, kind="trace", logit=None,
-                  implementation="auto", memory_budget_bytes=None, dtype=None, progress=None,
-                  block_size=None, strategy=None):
+def empirical_ntk(model: keras.Model, x1: tf.Tensor | np.ndarray, x2: tf.Tensor | np.ndarray | None = None, *,
+                  params: Sequence[tf.Tensor | np.ndarray] | None = None, kind: str = "trace", logit: int | None = None,
+                  implementation: str = "auto", memory_budget_bytes: int | None = None,
+                  dtype: tf.DType | str | None = None, progress: Callable[[int, int], Any] | None = None,
+                  block_size: int | None = None, strategy: tf.distribute.Strategy | None = None) -> tf.Tensor:
     """The empirical NTK of ``model`` between inputs ``x1`` and ``x2``.
 
     Args:

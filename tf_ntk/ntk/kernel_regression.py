@@ -32,9 +32,18 @@ Compiled passes run under ``jit_compile=True`` as well. Precision: the passes co
 θ_s + Δθ in the model's dtype: in float32, Δθ is recovered as (θ_s + Δθ) − θ_s with float32 rounding.
 """
 
-import dataclasses
+from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
+import dataclasses
+from typing import Any
+from typing import cast
+
+import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from tf_ntk import data
@@ -73,7 +82,7 @@ class Info:
     train_indices: np.ndarray | None
     alpha: np.ndarray
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The scalars, JSON-ready."""
         return {"solver": self.solver, "ridge": self.ridge, "mean_eigenvalue": self.mean_eigenvalue,
                 "examples": self.examples, "iterations": self.iterations, "residual": self.residual}
@@ -90,7 +99,8 @@ class Passes:
       jit_compile: compile the passes with XLA.
     """
 
-    def __init__(self, model, params=None, *, dtype=None, batch_size=128, jit_compile=False):
+    def __init__(self, model: keras.Model, params: Sequence[tf.Tensor | np.ndarray] | None = None, *,
+                 dtype: tf.DType | str | None = None, batch_size: int = 128, jit_compile: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.f = functional.FunctionalModel(model, dtype=dtype)
@@ -103,23 +113,23 @@ class Passes:
         self._jvp = compile_(self._jvp_batch)
         self._sq = compile_(self._squared_norms)
 
-    def _vjp_batch(self, params, x, v):
+    def _vjp_batch(self, params: list[tf.Tensor], x: tf.Tensor, v: tf.Tensor) -> list[tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(params)
             y = self.f(params, x)
         return tape.gradient(y, params, output_gradients=tf.cast(v, y.dtype),
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def _jvp_batch(self, params, x, tangents):
+    def _jvp_batch(self, params: list[tf.Tensor], x: tf.Tensor, tangents: list[tf.Tensor]) -> tf.Tensor:
         with tf.autodiff.ForwardAccumulator(params, tangents) as acc:
             y = self.f(params, x)
         return acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def _squared_norms(self, params, x, c):
+    def _squared_norms(self, params: list[tf.Tensor], x: tf.Tensor, c: int | tf.Tensor) -> tf.Tensor:
         grads = jacobian.column_gradients(self.f, params, x, c)  # one (B, *shape) per weight
         return tf.add_n([tf.reduce_sum(tf.square(g), axis=list(range(1, g.shape.rank))) for g in grads])
 
-    def _batches(self, x, size=None):
+    def _batches(self, x: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
         """(start, padded batch of ``size`` rows, number of real rows)."""
         size = size or self.batch_size
         for start in range(0, len(x), size):
@@ -129,20 +139,20 @@ class Passes:
                 part = np.concatenate([part, np.zeros((size - real,) + part.shape[1:], part.dtype)])
             yield start, part, real
 
-    def jt(self, x, v):
+    def jt(self, x: np.ndarray, v: npt.ArrayLike) -> list[tf.Tensor]:
         """J(X)ᵀv = Σ_i J(x_i)ᵀv_i for inputs x (N, ...) and v (N, O): a list of tensors shaped like θ,
         in the compute dtype, summed over batches of VJPs."""
         v = np.asarray(v, self.f.dtype.as_numpy_dtype)
-        total = None
+        total: list[tf.Tensor] | None = None
         for start, part, real in self._batches(x):
             rows = v[start:start + real]
             if len(rows) < len(part):
                 rows = np.concatenate([rows, np.zeros((len(part) - real, v.shape[1]), v.dtype)])
             grads = self._vjp(self.params, tf.constant(part), tf.constant(rows))
             total = list(grads) if total is None else [t + g for t, g in zip(total, grads)]
-        return total
+        return cast(list[tf.Tensor], total)  # None only for zero inputs, which kernel_machine refuses
 
-    def j(self, x, tangents):
+    def j(self, x: np.ndarray, tangents: Sequence[tf.Tensor]) -> np.ndarray:
         """J(X)u for inputs x (N, ...) and a direction u (tensors shaped like θ): (N, O) float64."""
         tangents = [tf.cast(t, self.f.dtype) for t in tangents]
         out = np.empty((len(x), self.num_outputs), np.float64)
@@ -150,7 +160,7 @@ class Passes:
             out[start:start + real] = self._jvp(self.params, tf.constant(part), tangents).numpy()[:real]
         return out
 
-    def trace(self, x, memory_budget_bytes=None):
+    def trace(self, x: np.ndarray, memory_budget_bytes: int | None = None) -> float:
         """tr(K) = Σ_i Σ_c ‖∇θ f_c(x_i)‖² (float): per-(example, logit) gradients, as many pairs at a
         time as fit ``memory_budget_bytes`` (default: `tf_ntk.ntk.default_memory_budget`)."""
         budget = memory_budget_bytes or ntk_kernel.default_memory_budget()
@@ -171,7 +181,8 @@ class Passes:
         return total
 
 
-def conjugate_gradients(matvec, b, *, tol=1e-6, max_iterations=1000):
+def conjugate_gradients(matvec: Callable[[np.ndarray], np.ndarray], b: npt.ArrayLike, *, tol: float = 1e-6,
+                        max_iterations: int = 1000) -> tuple[np.ndarray, int]:
     """Solves A z = b for a symmetric positive definite A given as ``matvec`` (arrays shaped like b).
 
     Stops when ‖r‖ ≤ tol·‖b‖ (r the recursive residual) or after ``max_iterations``.
@@ -197,7 +208,8 @@ def conjugate_gradients(matvec, b, *, tol=1e-6, max_iterations=1000):
     return z, iterations
 
 
-def _full_kernel(model, x, dtype, implementation, memory_budget_bytes, params=None):
+def _full_kernel(model: keras.Model, x: np.ndarray, dtype: tf.DType | str | None, implementation: str,
+                 memory_budget_bytes: int | None, params: Sequence[tf.Tensor] | None = None) -> np.ndarray:
     """K (N·O, N·O) float64, row i·O + a for logit a of example i."""
     k = ntk_kernel.empirical_ntk(model, x, kind="full", dtype=dtype, params=params,
                                  implementation=implementation,
@@ -206,15 +218,17 @@ def _full_kernel(model, x, dtype, implementation, memory_budget_bytes, params=No
     return np.asarray(k, np.float64).transpose(0, 2, 1, 3).reshape(n * o, n * o)
 
 
-def delta_theta(passes, x, alpha):
+def delta_theta(passes: Passes, x: np.ndarray, alpha: npt.ArrayLike) -> list[tf.Tensor]:
     """Δθ = J(X)ᵀα for inputs x (N, ...) and α (N, O): a list of tensors shaped like θ (batched VJPs)."""
     return passes.jt(x, alpha)
 
 
-def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolute_ridge=None,
-                   solver="auto", per_class=None, seed=0, dtype=None, batch_size=128, tol=1e-6,
-                   max_iterations=1000, jit_compile=False, implementation="auto",
-                   memory_budget_bytes=None, model=None):
+def kernel_machine(spawn_model: keras.Model, x_train: np.ndarray, y_train: npt.ArrayLike, *,
+                   ridge: float = DEFAULT_RIDGE, absolute_ridge: float | None = None, solver: str = "auto",
+                   per_class: int | None = None, seed: int = 0, dtype: tf.DType | str | None = None,
+                   batch_size: int = 128, tol: float = 1e-6, max_iterations: int = 1000, jit_compile: bool = False,
+                   implementation: str = "auto", memory_budget_bytes: int | None = None,
+                   model: dynamics.LinearizedModel | None = None) -> dynamics.LinearizedModel:
     """The kernel machine of ``spawn_model``'s empirical NTK, as a centered linearized model.
 
     Args:
@@ -277,7 +291,7 @@ def kernel_machine(spawn_model, x_train, y_train, *, ridge=DEFAULT_RIDGE, absolu
             mean_eigenvalue = passes.trace(x_train, memory_budget_bytes) / size
         lam = float(absolute_ridge) if absolute_ridge is not None else ridge * mean_eigenvalue
 
-        def matvec(v):
+        def matvec(v: np.ndarray) -> np.ndarray:
             return passes.j(x_train, passes.jt(x_train, v)) + lam * v
 
         alpha, iterations = conjugate_gradients(matvec, targets, tol=tol, max_iterations=max_iterations)

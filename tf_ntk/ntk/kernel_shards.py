@@ -9,9 +9,15 @@ loses at most the tile it was computing, and its rerun computes only the missing
 refused, never mixed. Any process can `assemble` once every tile is there.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 import math
 import os
+from typing import Any
+from typing import cast
 
+import keras
 import numpy as np
 
 from tf_ntk import ntk
@@ -24,17 +30,17 @@ class ShardMismatchError(ValueError):
     """The tile directory holds tiles of another kernel (other inputs, model or settings)."""
 
 
-def tiles(n, block_size):
+def tiles(n: int, block_size: int) -> list[tuple[int, int]]:
     """[(i, j)] tile indices with i ≤ j of an (n, n) kernel cut into ``block_size`` squares."""
     k = math.ceil(n / block_size)
     return [(i, j) for i in range(k) for j in range(i, k)]
 
 
-def tile_path(directory, i, j):
+def tile_path(directory: str, i: int, j: int) -> str:
     return os.path.join(directory, f"tile_{i}_{j}.npz")
 
 
-def _check_manifest(directory, manifest):
+def _check_manifest(directory: str, manifest: dict[str, Any]) -> None:
     path = os.path.join(directory, MANIFEST)
     if rundir.exists(path):
         found = rundir.read_json(path, what="tile manifest")
@@ -47,8 +53,9 @@ def _check_manifest(directory, manifest):
         rundir.write_json(path, manifest)
 
 
-def compute_shard(model, x, directory, *, shard, num_shards, block_size, key, progress=None,
-                  **kernel_kwargs):
+def compute_shard(model: keras.Model, x: np.ndarray, directory: str, *, shard: int, num_shards: int,
+                  block_size: int, key: str, progress: Callable[[int, int], Any] | None = None,
+                  **kernel_kwargs: Any) -> tuple[int, int]:
     """Computes the missing tiles of shard ``shard`` (of ``num_shards``) of the kernel of ``x``.
 
     Args:
@@ -88,14 +95,14 @@ def compute_shard(model, x, directory, *, shard, num_shards, block_size, key, pr
     return computed, len(mine)
 
 
-def missing(directory, n, block_size):
+def missing(directory: str, n: int, block_size: int) -> list[tuple[int, int]]:
     """The tiles not (yet) in ``directory``."""
     return [t for t in tiles(n, block_size) if not rundir.exists(tile_path(directory, *t))]
 
 
-def assemble(directory, n, block_size):
+def assemble(directory: str, n: int, block_size: int) -> np.ndarray:
     """The (n, n) kernel from its tiles (upper tiles mirrored below the diagonal)."""
-    kernel = None
+    kernel: np.ndarray | None = None
     for i, j in tiles(n, block_size):
         block = rundir.read_npz(tile_path(directory, i, j))["block"]
         if kernel is None:
@@ -104,4 +111,4 @@ def assemble(directory, n, block_size):
         cols = slice(j * block_size, min((j + 1) * block_size, n))
         kernel[rows, cols] = block
         kernel[cols, rows] = block.T
-    return kernel
+    return cast(np.ndarray, kernel)  # None only when n is 0

@@ -269,7 +269,7 @@ class _Context(typing.NamedTuple):
 
     f: object  # the FunctionalModel
     params: list  # its weights
-    index: dict  # id(variable) -> index in params
+    index: dict  # type: ignore[assignment]  # id(variable) -> index in params (shadows tuple.index)
     values: dict  # id(variable) -> value (weights and BN statistics)
 
 

@@ -15,6 +15,12 @@ members' (`tf_ntk.robust.attacks.sample_start`): an example meets the same start
 ε is in [0, 1] pixel units (L∞) or L2 units; images float32 NHWC in [0, 1]; labels int (N,).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -28,16 +34,16 @@ LOSSES = ("ce", "dlr")
 """APGD's losses: cross-entropy and the difference-of-logits ratio."""
 
 
-def checkpoint_schedule(steps):
+def checkpoint_schedule(steps: int) -> tuple[int, int, int]:
     """(first window, shrink, smallest window) in steps: 22%, 3% and 6% of ``steps``, at least 1."""
     return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
 
 
-def _per_example(v, rank):
+def _per_example(v: tf.Tensor, rank: int) -> tf.Tensor:
     return tf.reshape(v, [-1] + [1] * (rank - 1))
 
 
-def _project(x, candidate, eps, norm):
+def _project(x: tf.Tensor, candidate: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
     """``candidate`` moved into the ε-ball around ``x`` and into [0, 1]."""
     if norm == "linf":
         return tf.clip_by_value(tf.clip_by_value(candidate, x - eps, x + eps), 0.0, 1.0)
@@ -47,7 +53,7 @@ def _project(x, candidate, eps, norm):
     return tf.clip_by_value(x + delta * _per_example(scale, x.shape.rank), 0.0, 1.0)
 
 
-def _direction(grad, norm):
+def _direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
     """The steepest-ascent direction of unit size: sign (L∞) or normalised gradient (L2)."""
     if norm == "linf":
         return tf.sign(grad)
@@ -55,8 +61,9 @@ def _direction(grad, norm):
     return grad / _per_example(tf.maximum(size, 1e-12), grad.shape.rank)
 
 
-def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, seed=None,
-         example_rows=None):
+def apgd(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor, *, eps: float, steps: int = 100,
+         norm: str = "linf", loss: str = "ce", restarts: int = 1, seed: int | tf.Tensor | None = None,
+         example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """APGD adversarial examples.
 
     Args:
@@ -83,13 +90,15 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
                  example_rows=example_rows)
 
 
-def params(*, eps, loss, restarts):
+def params(*, eps: float, loss: str, restarts: int) -> dict[str, np.generic]:
     """An APGD configuration as `apgd_by_params` takes it: {name: NumPy scalar}."""
     return {"eps": np.float32(eps), "loss": np.int32(LOSSES.index(loss)),
             "restarts": np.int32(restarts)}
 
 
-def apgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_rows=None):
+def apgd_by_params(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor, params: Mapping[str, Any], *,
+                   norm: str, steps: int, seed: int | tf.Tensor | None = None,
+                   example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """`apgd` with eps, loss and restarts as tensors (`params`): one traced (and compiled) function
     serves APGD-CE and APGD-DLR of one norm and number of steps. Same results as `apgd`."""
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
@@ -97,7 +106,7 @@ def apgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_ro
     index = tf.cast(params["loss"], tf.int32)
     three = model_fn(x[:1]).shape[-1] >= 3
 
-    def loss_fn(labels, logits):
+    def loss_fn(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         dlr = attacks.dlr_loss(labels, logits) if three else tf.zeros_like(logits[:, 0])
         return tf.gather(tf.stack([attacks.cross_entropy_loss(labels, logits), dlr]), index)
 
@@ -106,7 +115,9 @@ def apgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_ro
                  example_rows=example_rows)
 
 
-def _apgd(model_fn, x, y, loss_fn, *, eps, steps, norm, restarts, seed, example_rows):
+def _apgd(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+          loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], *, eps: float | tf.Tensor, steps: int, norm: str,
+          restarts: int | tf.Tensor, seed: int | tf.Tensor | None, example_rows: tuple[Any, Any] | None) -> tf.Tensor:
     """The attack of `apgd`; ``eps`` and ``restarts`` may be scalar tensors."""
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.cast(tf.convert_to_tensor(y), tf.int32)
@@ -115,7 +126,7 @@ def _apgd(model_fn, x, y, loss_fn, *, eps, steps, norm, restarts, seed, example_
     first, shrink, smallest = checkpoint_schedule(steps)
     inf = tf.constant(np.inf)
 
-    def evaluate(points):
+    def evaluate(points: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(loss (N,), score (N,): ∞ where misclassified, gradient of the loss)."""
         with tf.GradientTape() as tape:
             tape.watch(points)
@@ -125,10 +136,10 @@ def _apgd(model_fn, x, y, loss_fn, *, eps, steps, norm, restarts, seed, example_
         wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
         return value, tf.where(wrong, inf, value), grad
 
-    def pick(better, new, old):
+    def pick(better: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
         return tf.where(_per_example(better, rank), new, old)
 
-    def one_start(start):
+    def one_start(start: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         value, score, grad = evaluate(start)
         step = tf.fill(tf.shape(y), tf.cast(2.0 * eps, tf.float32))
         state = dict(
@@ -138,7 +149,7 @@ def _apgd(model_fn, x, y, loss_fn, *, eps, steps, norm, restarts, seed, example_
             step=step, raised=tf.zeros_like(value), since=tf.constant(0), window=tf.constant(first),
             halved_last=tf.zeros(tf.shape(y), tf.bool), loss_at_last=value)
 
-        def body(s):
+        def body(s: dict[str, tf.Tensor]) -> list[dict[str, tf.Tensor]]:
             momentum = tf.where(s["i"] > 0, MOMENTUM, 1.0)
             z = _project(x, s["adv"] + _per_example(s["step"], rank) * _direction(s["grad"], norm),
                          eps, norm)
@@ -172,7 +183,7 @@ def _apgd(model_fn, x, y, loss_fn, *, eps, steps, norm, restarts, seed, example_
         final = tf.while_loop(lambda s: s["i"] < steps, body, [state])[0]
         return final["found"], final["found_score"]
 
-    def next_start(r, best, best_score):
+    def next_start(r: tf.Tensor, best: tf.Tensor, best_score: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         # Restart 0 starts from the key itself (as a PGD member's single start does).
         k = tf.where(tf.equal(r, 0), key, tf.random.experimental.stateless_fold_in(key, tf.cast(r, tf.int64)))
         candidate, score = one_start(attacks.sample_start(x, eps, norm, k, example_rows=example_rows))

@@ -12,9 +12,14 @@ start is a pure function of (seed, restart): a resumed training run repeats the 
 run it continues. The iterations run in a `tf.while_loop`, so a 100-step attack is one small graph.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
 import dataclasses
 import functools
 import math
+from typing import Any
 
 from cleverhans.tf2.utils import clip_eta
 from cleverhans.tf2.utils import optimize_linear
@@ -31,26 +36,26 @@ KEEP = ("last", "best")
 """Which iterate an attack returns: the last, or the one with the highest loss per example."""
 
 
-def cross_entropy_loss(labels, logits):
+def cross_entropy_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-example softmax cross-entropy (N,) of int labels (N,) and logits (N, O)."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
                                                           logits=logits)
 
 
-def _mask_label(labels, logits):
+def _mask_label(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """``logits`` (N, O) with the entry of each row's label set to −∞."""
     labels = tf.cast(labels, tf.int32)
     return tf.where(tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False),
                     tf.cast(-np.inf, logits.dtype), logits)
 
 
-def margin_loss(labels, logits):
+def margin_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-example CW-style margin (N,): max_{j≠y} z_j − z_y (positive when misclassified)."""
     true = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
     return tf.reduce_max(_mask_label(labels, logits), axis=-1) - true
 
 
-def dlr_loss(labels, logits):
+def dlr_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-example difference-of-logits ratio (N,) of Croce & Hein (2020), untargeted:
     (max_{j≠y} z_j − z_y) / (z_π1 − z_π3 + 1e-12), with z_π the logits sorted in decreasing order.
     Invariant to shifting and scaling the logits, so a model cannot hide behind their scale.
@@ -59,13 +64,13 @@ def dlr_loss(labels, logits):
     return margin_loss(labels, logits) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-def targeted_margin_loss(labels, targets, logits):
+def targeted_margin_loss(labels: tf.Tensor, targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-example targeted CW margin (N,): z_t − z_y for target classes t (N,)."""
     true = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
     return tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1) - true
 
 
-def ranked_targets(labels, logits, rank):
+def ranked_targets(labels: tf.Tensor, logits: tf.Tensor, rank: int) -> tf.Tensor:
     """The ``rank``-th most likely wrong class (N,) int32 of each row of ``logits`` (N, O); rank ≥ 1."""
     return tf.math.top_k(_mask_label(labels, logits), k=rank).indices[:, rank - 1]
 
@@ -73,8 +78,8 @@ def ranked_targets(labels, logits, rank):
 _LOSS_FNS = {"ce": cross_entropy_loss, "margin": margin_loss, "dlr": dlr_loss}
 
 
-def check_config(*, eps, steps, step_size=None, norm="linf", loss="ce", restarts=1,
-                 schedule="constant", keep="last", target_rank=0):
+def check_config(*, eps: float, steps: int, step_size: float | None = None, norm: str = "linf", loss: str = "ce",
+                 restarts: int = 1, schedule: str = "constant", keep: str = "last", target_rank: int = 0) -> float:
     """Validates a PGD configuration (the fields of `PGDConfig`); returns the (initial) step size in
     [0, 1] pixel units (default 2·eps/steps). Raises ValueError on a bad field."""
     if norm not in NORMS:
@@ -106,7 +111,7 @@ def check_config(*, eps, steps, step_size=None, norm="linf", loss="ce", restarts
     return step_size
 
 
-def _seed_key(seed):
+def _seed_key(seed: Any) -> tf.Tensor:
     """A stateless-RNG key (2,) int64 from an int, a (2,) tensor, or None (drawn from the global RNG)."""
     if seed is None:
         return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
@@ -118,7 +123,8 @@ def _seed_key(seed):
     return seed
 
 
-def sample_start(x, eps, norm, seed, batch_slice=None, example_rows=None):
+def sample_start(x: tf.Tensor, eps: float | tf.Tensor, norm: str, seed: tf.Tensor,
+                 batch_slice: tuple[Any, Any] | None = None, example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """A uniform random point of the ε-ball around ``x`` (N, ...), clipped to [0, 1].
 
     L∞: independent uniform offsets in [−ε, ε]. L2: uniform in the ball (Gaussian direction,
@@ -133,12 +139,12 @@ def sample_start(x, eps, norm, seed, batch_slice=None, example_rows=None):
     if example_rows is not None:
         index, total = example_rows
 
-        def rows(t):
+        def rows(t: tf.Tensor) -> tf.Tensor:
             return tf.gather(t, tf.cast(index, tf.int32))
     else:
         offset, total = (0, n) if batch_slice is None else batch_slice
 
-        def rows(t):
+        def rows(t: tf.Tensor) -> tf.Tensor:
             return t[offset:offset + n]
     shape = tf.concat([[total], tf.shape(x)[1:]], 0)
     rank = x.shape.rank
@@ -157,9 +163,11 @@ def sample_start(x, eps, norm, seed, batch_slice=None, example_rows=None):
     return tf.clip_by_value(x + clip_eta(eta, NORMS[norm], eps), 0.0, 1.0)
 
 
-def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start=True, loss="ce",
-        restarts=1, seed=None, batch_slice=None, schedule="constant", keep="last", target_rank=0,
-        example_rows=None):
+def pgd(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor, *, eps: float, steps: int,
+        step_size: float | None = None, norm: str = "linf", random_start: bool = True, loss: str = "ce",
+        restarts: int = 1, seed: int | tf.Tensor | None = None, batch_slice: tuple[Any, Any] | None = None,
+        schedule: str = "constant", keep: str = "last", target_rank: int = 0,
+        example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """PGD adversarial examples.
 
     Args:
@@ -212,7 +220,9 @@ def pgd(model_fn, x, y, *, eps, steps, step_size=None, norm="linf", random_start
                      batch_slice=batch_slice, example_rows=example_rows)
 
 
-def pgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_rows=None):
+def pgd_by_params(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor, params: Mapping[str, Any], *,
+                  norm: str, steps: int, seed: int | tf.Tensor | None = None,
+                  example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """PGD whose configuration is tensors: one traced (and compiled) function of ``params`` serves
     every `PGDConfig` of one norm and number of steps (the protocol attack and the strong ensemble's
     PGD members), where `pgd` traces one graph per configuration.
@@ -236,7 +246,7 @@ def pgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_row
                         tf.maximum(rank - 1, 0), axis=1)
     index = tf.where(rank > 0, len(LOSSES), tf.cast(params["loss"], tf.int32))
 
-    def loss_fn(labels, logits):
+    def loss_fn(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         values = [cross_entropy_loss(labels, logits), margin_loss(labels, logits),
                   dlr_loss(labels, logits) if num_classes >= 3 else tf.zeros_like(logits[:, 0]),
                   targeted_margin_loss(labels, targets, logits)]
@@ -249,8 +259,11 @@ def pgd_by_params(model_fn, x, y, params, *, norm, steps, seed=None, example_row
                      example_rows=example_rows)
 
 
-def _pgd_loop(model_fn, x, y, loss_fn, *, eps, eps_iter, steps, norm, cosine, track, restarts, key,
-              batch_slice=None, example_rows=None):
+def _pgd_loop(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+              loss_fn: Callable[..., tf.Tensor], *, eps: float | tf.Tensor,
+              eps_iter: float | tf.Tensor, steps: int, norm: str, cosine: bool | tf.Tensor, track: bool | tf.Tensor,
+              restarts: int | tf.Tensor, key: tf.Tensor | None, batch_slice: tuple[Any, Any] | None = None,
+              example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """The PGD iterations of `pgd` and `pgd_by_params`. ``cosine``, ``track`` and ``restarts`` are
     Python values (the graph holds only what they select) or scalar tensors (the graph holds every
     branch and picks at run time, with the same arithmetic); ``key`` None means no random start."""
@@ -258,7 +271,7 @@ def _pgd_loop(model_fn, x, y, loss_fn, *, eps, eps_iter, steps, norm, cosine, tr
     static = not tf.is_tensor(track)
     inf = tf.constant(np.inf)
 
-    def score(logits):
+    def score(logits: tf.Tensor) -> tf.Tensor:
         """What restarts (and, with keep="best", iterates) are ranked by, per example."""
         value = loss_fn(y, logits)
         if static and not track:
@@ -268,10 +281,11 @@ def _pgd_loop(model_fn, x, y, loss_fn, *, eps, eps_iter, steps, norm, cosine, tr
             wrong = tf.logical_and(wrong, track)
         return tf.where(wrong, tf.cast(inf, value.dtype), value)
 
-    def pick(better, new, old):
+    def pick(better: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
         return tf.where(tf.reshape(better, [-1] + [1] * (x.shape.rank - 1)), new, old)
 
-    def step(i, adv, best, best_score):
+    def step(i: tf.Tensor, adv: tf.Tensor, best: tf.Tensor,
+             best_score: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         # cleverhans' fast-gradient step (gradient of the summed per-example loss, its
         # optimize_linear direction, clip to [0, 1]), then its clip_eta projection onto the ball.
         with tf.GradientTape() as tape:
@@ -291,7 +305,7 @@ def _pgd_loop(model_fn, x, y, loss_fn, *, eps, eps_iter, steps, norm, cosine, tr
         adv = tf.clip_by_value(x + clip_eta(adv - x, order, eps), 0.0, 1.0)
         return i + 1, adv, best, best_score
 
-    def one_restart(r):
+    def one_restart(r: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         if key is None:
             start = x
         else:  # restart 0 is the single-start attack of the same seed
@@ -323,7 +337,7 @@ def _pgd_loop(model_fn, x, y, loss_fn, *, eps, eps_iter, steps, norm, cosine, tr
             best, best_score = pick(better, cand, best), tf.where(better, cand_score, best_score)
         return best
 
-    def next_restart(r, best, best_score):
+    def next_restart(r: tf.Tensor, best: tf.Tensor, best_score: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         cand, cand_score = one_restart(r)
         better = cand_score > best_score
         return r + 1, pick(better, cand, best), tf.where(better, cand_score, best_score)
@@ -352,7 +366,7 @@ class PGDConfig:
 
     eps: float = 4 / 255
     steps: int = 100
-    step_size: float = None
+    step_size: float | None = None
     norm: str = "linf"
     loss: str = "ce"
     restarts: int = 1
@@ -360,21 +374,23 @@ class PGDConfig:
     keep: str = "last"
     target_rank: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.resolved_step_size  # noqa: B018  (validates)
 
-    def attack(self, model_fn, x, y, seed=None, batch_slice=None, example_rows=None):
+    def attack(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+               seed: int | tf.Tensor | None = None, batch_slice: tuple[Any, Any] | None = None,
+               example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
         """Adversarial versions of ``x`` against ``model_fn`` (see `pgd` for the arguments)."""
         return pgd(model_fn, x, y, seed=seed, batch_slice=batch_slice, example_rows=example_rows,
                    **self.to_dict())
 
-    def family(self):
+    def family(self) -> tuple[tuple[str, str, int], Callable[..., tf.Tensor]]:
         """(key, run): configurations with one key share one traced function ``run(model_fn, x, y,
         params, seed=, example_rows=)`` of their `params` (`pgd_by_params`)."""
         return ("pgd", self.norm, self.steps), functools.partial(pgd_by_params, norm=self.norm,
                                                                  steps=self.steps)
 
-    def params(self):
+    def params(self) -> dict[str, np.generic]:
         """The configuration as `pgd_by_params` takes it: {name: NumPy scalar} (norm and steps are
         the graph's, not parameters)."""
         step = self.resolved_step_size
@@ -383,7 +399,7 @@ class PGDConfig:
                 "cosine": np.bool_(self.schedule == "cosine"), "best": np.bool_(self.keep == "best"),
                 "restarts": np.int32(self.restarts)}
 
-    def describe(self):
+    def describe(self) -> str:
         """A short label such as ``"linf PGD-100 eps=0.01569 step=0.0003137 ce x1"``."""
         text = (f"{self.norm} PGD-{self.steps} eps={self.eps:.4g} step={self.resolved_step_size:.4g} "
                 f"{self.loss}{f' target#{self.target_rank}' if self.target_rank else ''} x{self.restarts}")
@@ -391,18 +407,18 @@ class PGDConfig:
                               "best-iterate" if self.keep == "best" else "") if e]
         return text + (f" ({', '.join(extras)})" if extras else "")
 
-    def short(self):
+    def short(self) -> str:
         """A few words, e.g. ``"PGD-100 margin→#2 cosine x1"``."""
         return (f"PGD-{self.steps} {self.loss}{f'→#{self.target_rank}' if self.target_rank else ''}"
                 f"{' cosine' if self.schedule == 'cosine' else ''} x{self.restarts}")
 
     @property
-    def resolved_step_size(self):
+    def resolved_step_size(self) -> float:
         """The step size in use (2·eps/steps when ``step_size`` is None; the first step's under a
         schedule)."""
         return check_config(**self.to_dict())
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> PGDConfig:
         """A copy with ``changes``; an explicit step size is rescaled with ε and steps (steps·k →
         step/k, ε·k → step·k) unless ``step_size`` is among the changes."""
         fields = {**self.to_dict(), **changes}
@@ -415,5 +431,5 @@ class PGDConfig:
             fields["step_size"] = self.step_size * scale
         return PGDConfig(**fields)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

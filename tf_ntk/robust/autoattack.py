@@ -16,20 +16,26 @@ keeps a perturbation only when it misclassifies within the ε-ball:
 ε is in [0, 1] pixel units (L∞) or L2 units; images are float32 NHWC in [0, 1].
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
 import dataclasses
 import functools
 import logging
 import logging.config
+from typing import Any
 import warnings
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from tf_ntk.robust import apgd
 from tf_ntk.robust import square
 
 
-def _import_art():
+def _import_art() -> None:
     """Imports ART without its side effects on the process. On import ART warns about its
     PyTorch-only modules and calls `logging.config.dictConfig`, which closes every logging handler
     that exists (absl's, a test runner's) and disables every existing logger. Its configuration
@@ -58,7 +64,8 @@ with warnings.catch_warnings():
 _ART_NORMS = {"linf": np.inf, "l2": 2}
 
 
-def classifier(model_fn, input_shape, num_classes):
+def classifier(model_fn: Callable[[tf.Tensor], tf.Tensor], input_shape: Sequence[int],
+               num_classes: int) -> TensorFlowV2Classifier:
     """An ART `TensorFlowV2Classifier` of ``model_fn`` (images (N, *input_shape) -> logits (N, O)).
 
     ART calls ``model(x, training=...)``; the wrapper drops ``training`` (``model_fn`` already fixes
@@ -66,7 +73,7 @@ def classifier(model_fn, input_shape, num_classes):
     """
     compiled = tf.function(model_fn, reduce_retracing=True)
 
-    def model(x, training=False):
+    def model(x: tf.Tensor | np.ndarray, training: bool = False) -> tf.Tensor:
         del training
         return compiled(tf.cast(x, tf.float32))
 
@@ -76,7 +83,7 @@ def classifier(model_fn, input_shape, num_classes):
         clip_values=(0.0, 1.0))
 
 
-def _seeded(seed):
+def _seeded(seed: int) -> None:
     """ART draws its random starts from NumPy's global generator: seed it for repeatable numbers."""
     np.random.seed(int(seed) % 2**32)
 
@@ -101,7 +108,7 @@ class AutoAttackConfig:
 
     name = "autoattack"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.norm not in _ART_NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
         if not np.isfinite(self.eps) or self.eps <= 0:
@@ -110,16 +117,16 @@ class AutoAttackConfig:
             if int(getattr(self, field)) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"{self.norm} AutoAttack (ART) eps={self.eps:.4g}: APGD-CE/APGD-DLR "
                 f"{self.apgd_steps} steps x{self.apgd_restarts}"
                 f"{', DeepFool' if self.deepfool else ''}, Square {self.square_queries} queries "
                 f"x{self.square_restarts}")
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
 
-    def attacks(self, estimator):
+    def attacks(self, estimator: TensorFlowV2Classifier) -> list[Any]:
         norm = _ART_NORMS[self.norm]
         apgd = dict(estimator=estimator, norm=norm, eps=self.eps, eps_step=2 * self.eps,
                     max_iter=self.apgd_steps, targeted=False, nb_random_init=self.apgd_restarts,
@@ -135,7 +142,8 @@ class AutoAttackConfig:
                                     verbose=False))
         return members
 
-    def generate(self, model_fn, x, y, num_classes, seed=0):
+    def generate(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: np.ndarray, y: npt.ArrayLike, num_classes: int,
+                 seed: int = 0) -> np.ndarray:
         """Adversarial images (N, H, W, C) float32 for ``x`` (N, H, W, C), labels ``y`` (N,)."""
         estimator = classifier(model_fn, x.shape[1:], num_classes)
         _seeded(seed)
@@ -169,7 +177,7 @@ class APGDConfig:
     name = "apgd"
     _LOSSES = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.loss not in self._LOSSES:
             raise ValueError(f"unknown APGD loss {self.loss!r}; known: {', '.join(self._LOSSES)}")
         if self.norm not in _ART_NORMS:
@@ -179,45 +187,47 @@ class APGDConfig:
                              f"{', '.join(IMPLEMENTATIONS)}")
 
     @property
-    def compiled(self):
+    def compiled(self) -> bool:
         """Whether it runs as a TensorFlow function of a batch (`attack`), like the PGD members."""
         return self.implementation == "tf"
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"{self.norm} APGD-{self.loss.upper()} ({self.implementation.upper()}) "
                 f"eps={self.eps:.4g} {self.steps} steps x{self.restarts}")
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         if self.implementation == "art":  # records (and random-start keys) of ART's as before
             del fields["implementation"]
         return {"name": self.name, **fields}
 
-    def short(self):
+    def short(self) -> str:
         return f"APGD-{self.loss.upper()}{' (TF)' if self.compiled else ''} x{self.restarts}"
 
-    def attack(self, model_fn, x, y, seed=None, example_rows=None):
+    def attack(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+               seed: int | tf.Tensor | None = None, example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
         """The TensorFlow implementation's adversarial images for a batch (see `tf_ntk.robust.apgd.apgd`)."""
         return apgd.apgd(model_fn, x, y, eps=self.eps, steps=self.steps, norm=self.norm,
                          loss=self.loss, restarts=self.restarts, seed=seed, example_rows=example_rows)
 
-    def family(self):
+    def family(self) -> tuple[tuple[str, str, int], Callable[..., tf.Tensor]]:
         """(key, run): APGD-CE and APGD-DLR of one norm and number of steps share one traced
         function ``run(model_fn, x, y, params, seed=, example_rows=)`` (`tf_ntk.robust.apgd.apgd_by_params`)."""
         return ("apgd", self.norm, self.steps), functools.partial(apgd.apgd_by_params, norm=self.norm,
                                                                   steps=self.steps)
 
-    def params(self):
+    def params(self) -> dict[str, np.generic]:
         """eps, loss and restarts as `tf_ntk.robust.apgd.apgd_by_params` takes them."""
         return apgd.params(eps=self.eps, loss=self.loss, restarts=self.restarts)
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> APGDConfig:
         """A copy with the fields among ``changes`` (eps, steps, restarts, ...) changed; PGD-only
         fields (step size, schedule) do not apply to APGD and are ignored."""
         fields = dataclasses.asdict(self)
         return APGDConfig(**{**fields, **{k: v for k, v in changes.items() if k in fields}})
 
-    def generate(self, model_fn, x, y, num_classes, seed=0):
+    def generate(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: np.ndarray, y: npt.ArrayLike, num_classes: int,
+                 seed: int = 0) -> np.ndarray:
         """Adversarial images (N, H, W, C) float32 for ``x``, true labels ``y`` (N,)."""
         estimator = classifier(model_fn, x.shape[1:], num_classes)
         _seeded(seed)
@@ -247,7 +257,7 @@ class SquareConfig:
     blackbox = True  # the sanity report compares it with the gradient-based members
     p_init = 0.8  # the first window's share of the image (ART's and the paper's default)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.norm not in _ART_NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known norms: {', '.join(_ART_NORMS)}")
         if self.implementation not in IMPLEMENTATIONS:
@@ -258,14 +268,14 @@ class SquareConfig:
                              f"{self.norm}")
 
     @property
-    def compiled(self):
+    def compiled(self) -> bool:
         """Whether it runs as a TensorFlow function of a batch, like the PGD members."""
         return self.implementation == "tf"
 
-    def short(self):
+    def short(self) -> str:
         return f"Square-{self.queries}{' (TF)' if self.compiled else ''} x{self.restarts}"
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> SquareConfig:
         """A copy with the fields among ``changes`` (eps, restarts, ...) changed; gradient-attack
         fields (steps, step size, schedule) do not apply to Square and are ignored. An L2 copy of a
         TensorFlow Square is ART's."""
@@ -275,32 +285,34 @@ class SquareConfig:
             fields["implementation"] = "art"
         return SquareConfig(**fields)
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"{self.norm} Square ({self.implementation.upper()}, black-box) eps={self.eps:.4g} "
                 f"{self.queries} queries x{self.restarts}")
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         if self.implementation == "art":  # records (and random keys) of ART's as before
             del fields["implementation"]
         return {"name": self.name, **fields}
 
-    def attack(self, model_fn, x, y, seed=None, example_rows=None):
+    def attack(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+               seed: int | tf.Tensor | None = None, example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
         """The TensorFlow implementation's adversarial images for a batch (`tf_ntk.robust.square.square`)."""
         return square.square(model_fn, x, y, eps=self.eps, queries=self.queries,
                              restarts=self.restarts, p_init=self.p_init, seed=seed,
                              example_rows=example_rows)
 
-    def family(self):
+    def family(self) -> tuple[tuple[str, str, int], Callable[..., tf.Tensor]]:
         """(key, run): Square attacks with one number of queries share one traced function."""
         return ("square", self.norm, self.queries), functools.partial(square.square_by_params,
                                                                       queries=self.queries)
 
-    def params(self):
+    def params(self) -> dict[str, np.generic]:
         """eps, restarts and p_init as `tf_ntk.robust.square.square_by_params` takes them."""
         return square.params(eps=self.eps, restarts=self.restarts, p_init=self.p_init)
 
-    def generate(self, model_fn, x, y, num_classes, seed=0):
+    def generate(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: np.ndarray, y: npt.ArrayLike, num_classes: int,
+                 seed: int = 0) -> np.ndarray:
         """ART's adversarial images (N, H, W, C) float32 (unsuccessful examples come back unchanged)."""
         estimator = classifier(model_fn, x.shape[1:], num_classes)
         _seeded(seed)

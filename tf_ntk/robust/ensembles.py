@@ -17,12 +17,21 @@ adversarial image crafted for it are classified correctly. ε is in [0, 1] pixel
 units; images are float32 NHWC in [0, 1]; labels int (N,).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 import contextlib
 import dataclasses
 import json
+from typing import Any
 import zlib
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from tf_ntk.robust import attacks
@@ -39,38 +48,42 @@ class Ensemble:
     members: tuple
     name: str = "ensemble"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.members:
             raise ValueError("an attack ensemble needs at least one member")
         object.__setattr__(self, "members", tuple(
             attacks.PGDConfig(**m) if isinstance(m, dict) else m for m in self.members))
 
     @property
-    def eps(self):
+    def eps(self) -> float:
         return self.members[0].eps
 
     @property
-    def norm(self):
+    def norm(self) -> str:
         return self.members[0].norm
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Ensemble:
         """Every member with ``changes`` (see `attacks.PGDConfig.replace`)."""
         return Ensemble(tuple(m.replace(**changes) for m in self.members), self.name)
 
-    def whitebox(self):
+    def whitebox(self) -> Ensemble | None:
         """The ensemble without its black-box members (None if none are left)."""
         members = tuple(m for m in self.members if not getattr(m, "blackbox", False))
         return Ensemble(members, self.name + " (white-box part)") if members else None
 
-    def describe(self):
+    def describe(self) -> str:
         return f"{self.name}: " + "; ".join(m.describe() for m in self.members)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "members": [m.to_dict() for m in self.members]}
 
 
-def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, apgd_restarts=None,
-           square_queries=5000, implementation="tf"):
+# What `evaluate` runs: one attack, or an ensemble of them.
+_Attack = attacks.PGDConfig | Ensemble | autoattack.AutoAttackConfig | autoattack.APGDConfig | autoattack.SquareConfig
+
+
+def strong(eps: float, norm: str = "linf", *, steps: int = 100, restarts: int = 10, targets: int = 3, apgd: bool = True,
+           apgd_restarts: int | None = None, square_queries: int = 5000, implementation: str = "tf") -> Ensemble:
     """The strong evaluation ensemble at radius ``eps``.
 
     Members, each ``steps`` steps from uniform random starts, every iterate counted (keep="best"),
@@ -97,11 +110,11 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     restarts the result equals the worst case of this ensemble and ART's AutoAttack together (5
     restarts left 5 examples to 3x more restarts).
     """
-    constant = dict(eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps, keep="best",
-                    restarts=restarts)
-    cosine = dict(eps=eps, norm=norm, steps=steps, step_size=eps, keep="best", schedule="cosine")
-    members = [attacks.PGDConfig(loss="ce", **constant),
-               attacks.PGDConfig(loss="margin", **constant)]
+    constant: dict[str, Any] = dict(eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps, keep="best",
+                                    restarts=restarts)
+    cosine: dict[str, Any] = dict(eps=eps, norm=norm, steps=steps, step_size=eps, keep="best", schedule="cosine")
+    members: list[Any] = [attacks.PGDConfig(loss="ce", **constant),
+                          attacks.PGDConfig(loss="margin", **constant)]
     members += [attacks.PGDConfig(loss=loss, restarts=restarts, **cosine) for loss in ("ce", "margin", "dlr")]
     members += [attacks.PGDConfig(loss="margin", target_rank=k, **cosine) for k in range(1, targets + 1)]
     if apgd and eps > 0:
@@ -117,12 +130,13 @@ def strong(eps, norm="linf", *, steps=100, restarts=10, targets=3, apgd=True, ap
     return Ensemble(tuple(members), "strong")
 
 
-def protocol(eps, norm="linf", *, steps=100):
+def protocol(eps: float, norm: str = "linf", *, steps: int = 100) -> attacks.PGDConfig:
     """The paper's evaluation PGD: ``steps`` steps of 2ε/steps, one random start, CE, last iterate."""
     return attacks.PGDConfig(eps=eps, norm=norm, steps=steps)
 
 
-def named(name, eps, norm="linf", **options):
+def named(name: str, eps: float, norm: str = "linf",
+          **options: Any) -> attacks.PGDConfig | Ensemble | autoattack.AutoAttackConfig:
     """The attack called ``name`` (one of `NAMES`) at radius ``eps``; ``options`` go to its builder
     (`protocol`, `strong` or `tf_ntk.robust.autoattack.AutoAttackConfig`)."""
     if name == "protocol":
@@ -158,16 +172,16 @@ class AttackResult:
     rejected: int = 0
 
     @property
-    def accuracy(self):
+    def accuracy(self) -> float:
         return float(np.mean(self.correct))
 
     @property
-    def clean_correct(self):
+    def clean_correct(self) -> np.ndarray:
         """(N,) bool: the clean image classified correctly (the clean pass every evaluation starts
         with, or the one of the result it continued from); ``correct`` implies it."""
         return self.broken_by != CLEAN_WRONG
 
-    def breaks(self):
+    def breaks(self) -> dict[str, int]:
         """{member: number of examples it broke first}."""
         return {m: int(np.sum(self.broken_by == i)) for i, m in enumerate(self.members)}
 
@@ -175,7 +189,7 @@ class AttackResult:
 _TRACES = "_tf_ntk_traces"  # the attribute of a model_fn that holds its traced attack functions
 
 
-def _functions(model_fn):
+def _functions(model_fn: Callable[[tf.Tensor], tf.Tensor]) -> dict[tuple, Any]:
     """The traced functions of ``model_fn`` ({key: tf.function}), kept on the callable itself so that
     every evaluation of one model (the protocol attack, each member of an ensemble, a later call)
     reuses them, and they go with it."""
@@ -188,7 +202,8 @@ def _functions(model_fn):
     return table
 
 
-def _predict_fn(model_fn, image_shape, jit_compile):
+def _predict_fn(model_fn: Callable[[tf.Tensor], tf.Tensor], image_shape: tuple[int, ...],
+                jit_compile: bool) -> Callable[[tf.Tensor], tf.Tensor]:
     table = _functions(model_fn)
     key = ("predict", image_shape, jit_compile)
     if key not in table:
@@ -198,7 +213,8 @@ def _predict_fn(model_fn, image_shape, jit_compile):
     return table[key]
 
 
-def _attack_fn(model_fn, family, run, image_shape, params, jit_compile):
+def _attack_fn(model_fn: Callable[[tf.Tensor], tf.Tensor], family: tuple, run: Callable[..., tf.Tensor],
+               image_shape: tuple[int, ...], params: Mapping[str, Any], jit_compile: bool) -> Callable[..., tf.Tensor]:
     """One traced function per attack family (kind, norm, steps) of ``model_fn``: its configuration
     (ε, loss, restarts, ...) comes in as tensors, so the members of an ensemble and the protocol
     attack share one trace. Batches of any size (one trace; under XLA one compilation per size)."""
@@ -216,7 +232,7 @@ def _attack_fn(model_fn, family, run, image_shape, params, jit_compile):
     return table[key]
 
 
-def _batches(indices, batch_size, pad):
+def _batches(indices: np.ndarray, batch_size: int, pad: bool) -> Iterator[tuple[np.ndarray, int]]:
     """Index batches of ``batch_size``; with ``pad`` the last is padded by repeating its first index
     to the next power of two (at most ``batch_size``), so that XLA compiles a few static shapes.
     Yields (indices, number of real ones)."""
@@ -233,21 +249,23 @@ class _Runner:
     """Runs attacks on NumPy arrays, each on the examples still robust; one traced function per
     attack family and one for predictions, shared by every call on the same ``model_fn``."""
 
-    def __init__(self, model_fn, x, y, *, num_classes, batch_size, jit_compile, seed, progress):
+    def __init__(self, model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: npt.ArrayLike, *,
+                 num_classes: int, batch_size: int, jit_compile: bool, seed: int,
+                 progress: Callable[[int], Any] | None) -> None:
         self.model_fn, self.x, self.y = model_fn, np.asarray(x, np.float32), np.asarray(y, np.int32)
         self.num_classes, self.batch_size, self.seed = num_classes, batch_size, int(seed)
         self.jit_compile, self.progress = jit_compile, progress
         self.predict = _predict_fn(model_fn, self.x.shape[1:], jit_compile)
         self.done = 0
 
-    def predictions(self, images, indices=None):
+    def predictions(self, images: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
         indices = np.arange(len(images)) if indices is None else indices
         out = np.empty(len(indices), np.int32)
         for chunk, real in _batches(np.arange(len(indices)), self.batch_size, self.jit_compile):
             out[chunk[:real]] = self.predict(images[indices[chunk]]).numpy()[:real]
         return out
 
-    def craft(self, attack, indices):
+    def craft(self, attack: Any, indices: np.ndarray) -> np.ndarray:
         """Adversarial images for ``self.x[indices]`` (K, ...) from ``attack``."""
         config_key = zlib.crc32(json.dumps(attack.to_dict(), sort_keys=True).encode())
         if not (isinstance(attack, attacks.PGDConfig) or getattr(attack, "compiled", False)):
@@ -272,20 +290,20 @@ class _Runner:
             self._tick(real)
         return out
 
-    def _tick(self, n):
+    def _tick(self, n: int) -> None:
         self.done += n
         if self.progress is not None:
             self.progress(self.done)
 
 
-def members(attack):
+def members(attack: _Attack) -> list[Any]:
     """The attacks an attack stands for: an ensemble's members, or the attack itself."""
     if isinstance(attack, Ensemble):
         return list(attack.members)
     return [attack]
 
 
-def worst_case(results):
+def worst_case(results: Sequence[AttackResult]) -> tuple[np.ndarray, np.ndarray]:
     """(correct (N,) bool, x_adv (N, ...)) over `AttackResult`s of independent attacks on the same
     examples: an example is robust only if every attack left it right; its adversarial image is the
     one of the first attack that broke it, else the last attack's. (`evaluate` with ``start=``
@@ -301,8 +319,11 @@ def worst_case(results):
     return correct, x_adv
 
 
-def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=False, progress=None,
-             num_classes=None, start=None):
+def evaluate(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: npt.ArrayLike,
+             attack: _Attack,
+             *, seed: int = 0, batch_size: int = 256, jit_compile: bool = False,
+             progress: Callable[[int], Any] | None = None, num_classes: int | None = None,
+             start: AttackResult | None = None) -> AttackResult:
     """Attacks ``x`` (N, H, W, C), labels ``y`` (N,) with ``attack`` and returns an `AttackResult`.
 
     Args:
@@ -364,7 +385,7 @@ def evaluate(model_fn, x, y, attack, *, seed=0, batch_size=256, jit_compile=Fals
                         rejected=rejected)
 
 
-def _check_classes(members, num_classes):
+def _check_classes(members: Sequence[Any], num_classes: int) -> None:
     """A one-line error when a loss needs more classes than the model has."""
     for m in members:
         need = 3 if getattr(m, "loss", None) == "dlr" else getattr(m, "target_rank", 0) + 1
@@ -373,13 +394,13 @@ def _check_classes(members, num_classes):
                              f"{num_classes}")
 
 
-def ball_limit(eps):
+def ball_limit(eps: float) -> float:
     """The largest perturbation size that counts as inside an ε-ball of radius ``eps``: ``eps`` plus
     float32 rounding, 1e-5 relative and 1e-6 absolute (pixel units)."""
     return eps * (1 + 1e-5) + 1e-6
 
 
-def perturbation_size(x_adv, x, norm):
+def perturbation_size(x_adv: npt.ArrayLike, x: np.ndarray, norm: str) -> np.ndarray:
     """(K,): the ``norm`` ("linf" or "l2") of each x_adv − x over (K, H, W, C) images, in their
     dtype; inf where a difference is not finite."""
     delta = (np.asarray(x_adv) - np.asarray(x)).reshape(len(x), -1)
@@ -389,7 +410,7 @@ def perturbation_size(x_adv, x, norm):
     return np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
 
 
-def _inside(x_adv, x, eps, norm):
+def _inside(x_adv: np.ndarray, x: np.ndarray, eps: float, norm: str) -> np.ndarray:
     """(K,) bool: finite, inside the ε-ball (up to `ball_limit`) and [0, 1]."""
     finite = np.isfinite(x_adv.reshape(len(x), -1)).all(axis=1)
     size = perturbation_size(x_adv, x, norm)
@@ -398,7 +419,7 @@ def _inside(x_adv, x, eps, norm):
             & (flat.max(axis=1) <= 1.0))
 
 
-def arrays(dataset):
+def arrays(dataset: Iterable[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """(x (N, H, W, C) float32, y (N,) int32) NumPy arrays of a batched ``dataset``."""
     xs, ys = [], []
     for x, y in dataset:

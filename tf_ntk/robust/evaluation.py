@@ -11,11 +11,20 @@ The named attacks (protocol, strong, AutoAttack) are in `tf_ntk.robust.ensembles
 attacks and gradient masking in `tf_ntk.robust.sanity`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import json
 import os
+from typing import Any
 import zipfile
 
+import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from tf_ntk import rundir
@@ -29,7 +38,7 @@ PROTOCOL_L2 = attacks.PGDConfig(eps=0.25, steps=100, step_size=0.01, norm="l2")
 """The protocol's L2 evaluation attack: PGD-100, eps = 0.25, step 0.01 (pixel units, image norm)."""
 
 
-def inference_fn(model):
+def inference_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     """A stable callable images (B, H, W, C) float32 in [0, 1] -> logits (B, O), BN in inference mode,
     for attacks and evaluation: the same callable for the same model, so that the attack functions
     traced on it (`tf_ntk.robust.ensembles`) serve every later evaluation of the model, whatever weights
@@ -44,16 +53,16 @@ def inference_fn(model):
 _INFERENCE = "_tf_ntk_inference_fn"
 
 
-def _correct(model_fn, x, y):
+def _correct(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.equal(tf.argmax(model_fn(x), axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
 
 
-def _check_nonempty(total, what):
+def _check_nonempty(total: int, what: str) -> None:
     if total == 0:
         raise ValueError(f"cannot compute {what} on an empty dataset")
 
 
-def encode_bits(bits):
+def encode_bits(bits: npt.ArrayLike) -> str:
     """The string of '0'/'1' characters of a (N,) bool array (or of 0/1 integers), one per element
     in order, '1' for True: per-example outcomes in JSON. `decode_bits` inverts it.
 
@@ -70,7 +79,7 @@ def encode_bits(bits):
     return (bits.astype(np.uint8) + ord("0")).tobytes().decode("ascii")
 
 
-def decode_bits(text):
+def decode_bits(text: str) -> np.ndarray:
     """(N,) bool array of a string of N '0'/'1' characters (`encode_bits`).
 
     Raises:
@@ -86,7 +95,7 @@ def decode_bits(text):
     return codes == ord("1")
 
 
-def correct_per_example(model_fn, dataset):
+def correct_per_example(model_fn: Callable[[tf.Tensor], tf.Tensor], dataset: Iterable[tuple[Any, Any]]) -> np.ndarray:
     """(N,) bool, in data order: each example of ``dataset`` classified right by ``model_fn``
     (argmax of the logits, ties to the lowest class).
 
@@ -103,7 +112,7 @@ def correct_per_example(model_fn, dataset):
     return np.concatenate(out)
 
 
-def accuracy(model_fn, dataset):
+def accuracy(model_fn: Callable[[tf.Tensor], tf.Tensor], dataset: Iterable[tuple[Any, Any]]) -> float:
     """Fraction in [0, 1] of the examples of ``dataset`` that ``model_fn`` classifies right: the mean
     of `correct_per_example` (same arguments).
 
@@ -114,13 +123,15 @@ def accuracy(model_fn, dataset):
     return int(np.sum(correct)) / len(correct)
 
 
-def _attack_fn(model_fn, config, jit_compile=False):
+def _attack_fn(model_fn: Callable[[tf.Tensor], tf.Tensor], config: attacks.PGDConfig,
+               jit_compile: bool = False) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
     return tf.function(lambda x, y, seed: config.attack(model_fn, x, y, seed=seed),
                        jit_compile=jit_compile, reduce_retracing=True)
 
 
-def adversarial_examples(model_fn, dataset, config=PROTOCOL_LINF, *, seed=0, jit_compile=False,
-                         progress=None):
+def adversarial_examples(model_fn: Callable[[tf.Tensor], tf.Tensor], dataset: Iterable[tuple[Any, Any]],
+                         config: attacks.PGDConfig = PROTOCOL_LINF, *, seed: int = 0, jit_compile: bool = False,
+                         progress: Callable[[int], Any] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PGD examples for a whole dataset; ``progress(batches_done)`` after each batch.
 
     Returns:
@@ -139,8 +150,9 @@ def adversarial_examples(model_fn, dataset, config=PROTOCOL_LINF, *, seed=0, jit
     return np.concatenate(xs), np.concatenate(advs), np.concatenate(ys)
 
 
-def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_compile=False,
-                    eps=None, norm="linf", **options):
+def robust_accuracy(model_fn: Callable[[tf.Tensor], tf.Tensor], dataset: Iterable[tuple[Any, Any]],
+                    attack: Any = PROTOCOL_LINF, *, seed: int = 0, jit_compile: bool = False, eps: float | None = None,
+                    norm: str = "linf", **options: Any) -> float:
     """Accuracy under an attack crafted against ``model_fn`` (default: the protocol's L∞ 4/255 PGD-100).
 
     ``attack``: a `tf_ntk.robust.attacks.PGDConfig` (the adversarial images' accuracy, batch b attacked with
@@ -177,7 +189,7 @@ def robust_accuracy(model_fn, dataset, attack=PROTOCOL_LINF, *, seed=0, jit_comp
     return correct / total
 
 
-def as_dataset(x, y, batch_size):
+def as_dataset(x: npt.ArrayLike, y: npt.ArrayLike, batch_size: int) -> tf.data.Dataset:
     """Arrays x (N, ...), y (N,) as a tf.data.Dataset of (x (B, ...), y (B,)) batches, B = ``batch_size``
     (the last batch smaller), in order."""
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
@@ -188,10 +200,10 @@ FORMAT = 2
 indices records, written before; still loadable where they can be checked)."""
 
 
-def recorded_ball(meta):
+def recorded_ball(meta: Mapping[str, Any]) -> tuple[str, float] | None:
     """(norm, eps) of the ε-ball a set's record states: its own "norm" and "eps", or (sets of format
     1) its attack's. None where it records neither."""
-    attack = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
+    attack: Any = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
     norm, eps = meta.get("norm", attack.get("norm")), meta.get("eps", attack.get("eps"))
     if norm not in attacks.NORMS or isinstance(eps, bool) or not isinstance(eps, (int, float)):
         return None
@@ -200,13 +212,13 @@ def recorded_ball(meta):
     return norm, float(eps)
 
 
-def _count(mask, what, detail):
+def _count(mask: np.ndarray, what: tuple[str, str], detail: str) -> str:
     """"3 adversarial images are not finite (first: image 4)"-style text of a (N,) bool mask."""
     n = int(np.sum(mask))
     return f"{n} {what[0] if n == 1 else what[1]} (first: image {int(np.flatnonzero(mask)[0])}{detail})"
 
 
-def _check_arrays(adv_set, image_shape):
+def _check_arrays(adv_set: Mapping[str, Any], image_shape: Sequence[int] | None) -> str | None:
     """The first problem with the arrays of a set (shapes, emptiness, dtypes, finiteness, range) or None."""
     x, x_adv, y = adv_set["x"], adv_set["x_adv"], adv_set["y"]
     if x.ndim != 4 or x.shape != x_adv.shape or y.shape != x.shape[:1]:
@@ -233,7 +245,7 @@ def _check_arrays(adv_set, image_shape):
     return None
 
 
-def _check_classes(meta, y, num_classes):
+def _check_classes(meta: Mapping[str, Any], y: np.ndarray, num_classes: int | None) -> str | None:
     """The first problem with the labels (N,) against the model's ``num_classes`` (None: the
     recorded number) or None."""
     recorded = meta.get("num_classes")
@@ -250,7 +262,7 @@ def _check_classes(meta, y, num_classes):
     return None
 
 
-def _check_ball(meta, x, x_adv):
+def _check_ball(meta: Mapping[str, Any], x: np.ndarray, x_adv: np.ndarray) -> str | None:
     """The first image outside the recorded ε-ball (up to float32 rounding) or None."""
     recorded = recorded_ball(meta)
     if recorded is None:
@@ -268,7 +280,7 @@ def _check_ball(meta, x, x_adv):
             + (f"; {int(outside.sum())} images lie outside it" if outside.sum() > 1 else ""))
 
 
-def _check_split(adv_set, split, split_name):
+def _check_split(adv_set: Mapping[str, Any], split: tuple[np.ndarray, np.ndarray], split_name: str) -> str | None:
     """The first difference between the set's clean images and labels and the images of ``split``
     (x_split (M, H, W, C), y_split (M,)) at its recorded indices (the first N where none are
     recorded), or None."""
@@ -295,8 +307,9 @@ def _check_split(adv_set, split, split_name):
     return None
 
 
-def check_adversarial_set(adv_set, *, name, num_classes=None, image_shape=None, split=None,
-                          split_name="the split"):
+def check_adversarial_set(adv_set: Mapping[str, Any], *, name: str, num_classes: int | None = None,
+                          image_shape: Sequence[int] | None = None, split: tuple[np.ndarray, np.ndarray] | None = None,
+                          split_name: str = "the split") -> None:
     """Raises ValueError (one line: ``name``, then the first problem) unless ``adv_set`` (as
     `load_adversarial` returns it) is a sound adversarial set: at least one example; x, x_adv
     (N, H, W, C) finite floats in [0, 1] (of ``image_shape`` (H, W, C) when given); labels y (N,)
@@ -305,7 +318,7 @@ def check_adversarial_set(adv_set, *, name, num_classes=None, image_shape=None, 
     with ``split`` = (x_split (M, H, W, C), y_split (M,)), its clean images and labels exactly those
     of the split at its recorded indices (the first N for sets that record none). ``split_name``
     (e.g. "digits/test") names the split in the message."""
-    meta = adv_set.get("meta")
+    meta: Any = adv_set.get("meta")  # a dict whenever problem stays None
     problem = None if isinstance(meta, dict) else "its record is not a JSON object"
     problem = problem or _check_arrays(adv_set, image_shape)
     problem = problem or _check_classes(meta, adv_set["y"], num_classes)
@@ -317,8 +330,9 @@ def check_adversarial_set(adv_set, *, name, num_classes=None, image_shape=None, 
         raise ValueError(f"{name}{' ' if verb else ': '}{problem}")
 
 
-def save_adversarial(path, x, x_adv, y, config, *, num_classes, eps=None, norm=None, data=None,
-                     indices=None, **record):
+def save_adversarial(path: str, x: npt.ArrayLike, x_adv: npt.ArrayLike, y: npt.ArrayLike, config: Any, *,
+                     num_classes: int, eps: float | None = None, norm: str | None = None,
+                     data: dict[str, Any] | None = None, indices: npt.ArrayLike | None = None, **record: Any) -> None:
     """Checks (`check_adversarial_set`) and writes an adversarial set to ``path`` (.npz) atomically.
 
     Stores ``x``, ``x_adv`` (N, H, W, C) float32 in [0, 1], ``y`` (N,) int32 in [0, num_classes),
@@ -344,7 +358,7 @@ def save_adversarial(path, x, x_adv, y, config, *, num_classes, eps=None, norm=N
     rundir.write_npz(path, compressed=True, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
 
-def load_adversarial(path, *, name=None, **expected):
+def load_adversarial(path: str, *, name: str | None = None, **expected: Any) -> dict[str, Any]:
     """{"x", "x_adv", "y", "meta"[, "indices"]} of a set written by `save_adversarial`, checked by
     `check_adversarial_set` with ``expected`` (num_classes, image_shape, split, split_name).
 
@@ -365,7 +379,8 @@ def load_adversarial(path, *, name=None, **expected):
     return out
 
 
-def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
+def transfer_accuracy(model_fn: Callable[[tf.Tensor], tf.Tensor], adversarial_set: str | Mapping[str, Any],
+                      batch_size: int = 256) -> float:
     """Accuracy of ``model_fn`` on a saved adversarial set (a path or `load_adversarial`'s dict):
     a transfer attack when the set was crafted against another model. Returns a fraction in [0, 1] of
     its x_adv images classified as their label y, evaluated ``batch_size`` at a time: the mean of
@@ -379,7 +394,8 @@ def transfer_accuracy(model_fn, adversarial_set, batch_size=256):
     return int(np.sum(correct)) / len(correct)
 
 
-def transfer_correct(model_fn, adversarial_set, batch_size=256):
+def transfer_correct(model_fn: Callable[[tf.Tensor], tf.Tensor], adversarial_set: str | Mapping[str, Any],
+                     batch_size: int = 256) -> np.ndarray:
     """(N,) bool, in the set's order: each x_adv image of a saved adversarial set (a path or
     `load_adversarial`'s dict) classified as its label y by ``model_fn``. Checked as
     `transfer_accuracy` says."""
@@ -395,7 +411,8 @@ def transfer_correct(model_fn, adversarial_set, batch_size=256):
                                                     batch_size))
 
 
-def output_terms(model, dataset, config=None, *, seed=0):
+def output_terms(model: keras.Model, dataset: Iterable[tuple[Any, Any]], config: attacks.PGDConfig | None = None, *,
+                 seed: int = 0) -> dict[str, np.ndarray]:
     """The two output terms of a linearized or centered model, per example, on clean inputs and
     (when ``config`` is given) on PGD inputs crafted against the model under its own dynamics.
 
@@ -412,7 +429,7 @@ def output_terms(model, dataset, config=None, *, seed=0):
     terms = tf.function(lambda x: (model.spawn_output(x), model.kernel_term(x)),
                         reduce_retracing=True)
     attack = _attack_fn(inference_fn(model), config) if config is not None else None
-    out = {"spawn_clean": [], "kernel_clean": [], "y": []}
+    out: dict[str, list[np.ndarray]] = {"spawn_clean": [], "kernel_clean": [], "y": []}
     if attack is not None:
         out.update(spawn_adv=[], kernel_adv=[])
     for b, (x, y) in enumerate(dataset):
@@ -431,7 +448,7 @@ TERM_SPLITS = (("clean", "clean"), ("adversarial", "adv"))
 """(key of `output_term_accuracies`, suffix of the `output_terms` arrays)."""
 
 
-def output_term_accuracies(terms):
+def output_term_accuracies(terms: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Accuracies of the output terms of a linearized or centered model (`output_terms`'s dict).
 
     For the clean inputs and, when ``terms`` holds them, the adversarial ones: the fraction of

@@ -8,10 +8,17 @@ continues from the first one's result, `tf_ntk.robust.ensembles.evaluate`), so t
 examples it breaks, not noise between two independent runs.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
 
 from tf_ntk.robust import attacks
 from tf_ntk.robust import autoattack
@@ -53,24 +60,24 @@ class SanityReport:
     correct: np.ndarray | None = None
 
     @property
-    def worst_case(self):
+    def worst_case(self) -> float:
         """Accuracy under every attack the report ran at the attack's ε (``robust`` if unknown)."""
         return self.robust if self.correct is None else float(np.mean(self.correct))
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
     @property
-    def failures(self):
+    def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"benign": self.benign, "robust": self.robust, "worst_case": self.worst_case,
                 "eps_curve": self.eps_curve, "tolerance": self.tolerance, "passed": self.passed,
                 "attack": self.attack, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
-    def __str__(self):
+    def __str__(self) -> str:
         lines = []
         for c in self.checks:
             by = f"  (by {c.shortfall:.4f})" if not c.passed else ""
@@ -78,7 +85,7 @@ class SanityReport:
         return "\n".join(lines)
 
 
-def _other_losses(attack, steps, eps, norm):
+def _other_losses(attack: Any, steps: int, eps: float, norm: str) -> ensembles.Ensemble:
     """PGD members with the losses and step schedules ``attack`` does not use (and targeted margins
     towards the 3 most likely wrong classes it does not try), one start each, every iterate counted."""
     members = [m for m in ensembles.members(attack) if isinstance(m, attacks.PGDConfig)]
@@ -96,7 +103,7 @@ def _other_losses(attack, steps, eps, norm):
     return ensembles.Ensemble(tuple(extra), "other losses")
 
 
-def _gradient_part(attack, result):
+def _gradient_part(attack: Any, result: ensembles.AttackResult) -> ensembles.AttackResult:
     """``result`` as if the black-box members at the end of ``attack`` had not run: the examples
     they broke count as robust again."""
     members = ensembles.members(attack)
@@ -107,7 +114,8 @@ def _gradient_part(attack, result):
     return dataclasses.replace(result, broken_by=broken_by, correct=broken_by == ensembles.ROBUST)
 
 
-def _stronger_check(name, base, stronger, tol, what):
+def _stronger_check(name: str, base: ensembles.AttackResult, stronger: ensembles.AttackResult, tol: float,
+                    what: str) -> Check:
     more = int(np.sum(base.correct & ~stronger.correct))
     drop = base.accuracy - stronger.accuracy
     return Check(name, drop <= tol,
@@ -115,9 +123,12 @@ def _stronger_check(name, base, stronger, tol, what):
                  f"{stronger.accuracy:.4f}", max(0.0, drop - tol))
 
 
-def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=None,
-                  large_eps_max_accuracy=0.05, steps_factor=2, restarts_factor=3, tolerance=None,
-                  blackbox_queries=1000, batch_size=256, progress=None):
+def sanity_checks(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: npt.ArrayLike,
+                  attack: attacks.PGDConfig | ensembles.Ensemble, *, seed: int = 0,
+                  eps_grid: Sequence[float] | None = None, large_eps: float | None = None,
+                  large_eps_max_accuracy: float = 0.05, steps_factor: int = 2, restarts_factor: int = 3,
+                  tolerance: float | None = None, blackbox_queries: int = 1000, batch_size: int = 256,
+                  progress: Callable[[int], Any] | None = None) -> SanityReport:
     """Checks robust accuracy under ``attack`` on images ``x`` (N, H, W, C), labels ``y`` (N,).
 
     ``attack`` is a `tf_ntk.robust.attacks.PGDConfig` or a `tf_ntk.robust.ensembles.Ensemble`. The checks:
@@ -145,7 +156,7 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     eps, norm = attack.eps, attack.norm
     steps = ensembles.members(attack)[0].steps
 
-    def run(a, offset, start=None):
+    def run(a: Any, offset: int, start: ensembles.AttackResult | None = None) -> ensembles.AttackResult:
         return ensembles.evaluate(model_fn, x, y, a, seed=seed + offset, batch_size=batch_size,
                                    start=start, progress=progress)
 
@@ -197,8 +208,8 @@ def sanity_checks(model_fn, x, y, attack, *, seed=0, eps_grid=None, large_eps=No
     more_steps = run(gradient.replace(steps=steps * steps_factor), 1, start=base)
     checks.append(_stronger_check(f"{steps_factor}x steps break no more examples", base, more_steps,
                                   tol, f"{steps_factor}x steps"))
-    more = tuple(m.replace(restarts=m.restarts * restarts_factor)
-                 for m in ensembles.members(gradient))
+    more: Any = tuple(m.replace(restarts=m.restarts * restarts_factor)  # the members, then one attack
+                      for m in ensembles.members(gradient))
     more = ensembles.Ensemble(more, "more restarts") if len(more) > 1 else more[0]
     more_restarts = run(more, 2, start=base)
     checks.append(_stronger_check(f"{restarts_factor}x restarts break no more examples", base,

@@ -15,6 +15,12 @@ not depend on the other examples in its batch. ε in [0, 1] pixel units; images 
 [0, 1]; labels int (N,).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,12 +30,12 @@ SCHEDULE = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 """Fractions of the queries after which the window's share of the image halves."""
 
 
-def params(*, eps, restarts, p_init=0.8):
+def params(*, eps: float, restarts: int, p_init: float = 0.8) -> dict[str, np.generic]:
     """A configuration as `square_by_params` takes it: {name: NumPy scalar}."""
     return {"eps": np.float32(eps), "restarts": np.int32(restarts), "p_init": np.float32(p_init)}
 
 
-def window_share(i, queries, p_init):
+def window_share(i: tf.Tensor, queries: int, p_init: float | tf.Tensor) -> tf.Tensor:
     """The share of the image a window covers at query ``i`` (of ``queries``): ``p_init`` halved
     once per `SCHEDULE` fraction that i / queries has passed."""
     progress = tf.cast(i, tf.float32) / tf.cast(queries, tf.float32)
@@ -37,8 +43,9 @@ def window_share(i, queries, p_init):
     return p_init * tf.pow(0.5, halvings)
 
 
-def square(model_fn, x, y, *, eps, queries=1000, restarts=1, p_init=0.8, seed=None,
-           example_rows=None):
+def square(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor, *, eps: float, queries: int = 1000,
+           restarts: int = 1, p_init: float = 0.8, seed: int | tf.Tensor | None = None,
+           example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """Square-attack adversarial examples (L∞).
 
     Args:
@@ -59,7 +66,9 @@ def square(model_fn, x, y, *, eps, queries=1000, restarts=1, p_init=0.8, seed=No
                             queries=int(queries), seed=seed, example_rows=example_rows)
 
 
-def square_by_params(model_fn, x, y, params, *, queries, seed=None, example_rows=None):
+def square_by_params(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor, params: Mapping[str, Any],
+                     *, queries: int, seed: int | tf.Tensor | None = None,
+                     example_rows: tuple[Any, Any] | None = None) -> tf.Tensor:
     """`square` with eps, restarts and p_init as tensors (`params`): one traced function per number
     of queries."""
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
@@ -74,27 +83,27 @@ def square_by_params(model_fn, x, y, params, *, queries, seed=None, example_rows
     else:
         rows, total = tf.cast(example_rows[0], tf.int32), example_rows[1]
 
-    def draw(k, size):
+    def draw(k: tf.Tensor, size: int | tf.Tensor) -> tf.Tensor:
         """(N, size) uniform [0, 1) numbers, each example's row of a (total, size) draw."""
         return tf.gather(tf.random.stateless_uniform(tf.stack([total, size]), k), rows)
 
-    def margin(points):
+    def margin(points: tf.Tensor) -> tf.Tensor:
         """(N,) z_y − max_{j≠y} z_j: negative once misclassified."""
         return -attacks.margin_loss(y, model_fn(points))
 
-    def signs(u):
+    def signs(u: tf.Tensor) -> tf.Tensor:
         return tf.where(u < 0.5, -1.0, 1.0)
 
     ys = tf.reshape(tf.range(height), [1, height, 1, 1])
     xs = tf.reshape(tf.range(width), [1, 1, width, 1])
     side = max(min(height, width) - 1, 1)
 
-    def one_start(k):
+    def one_start(k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         stripes = tf.reshape(signs(draw(k, width * channels)), [n, 1, width, channels])
         adv = tf.clip_by_value(x + eps * stripes, 0.0, 1.0)
         state = (tf.constant(1), adv, margin(adv))
 
-        def body(i, adv, best):
+        def body(i: tf.Tensor, adv: tf.Tensor, best: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             u = draw(tf.random.experimental.stateless_fold_in(k, tf.cast(i, tf.int64)), 2 + channels)
             share = window_share(i, queries, p_init)
             size = tf.cast(tf.round(tf.sqrt(share * height * width)), tf.int32)
@@ -113,7 +122,7 @@ def square_by_params(model_fn, x, y, params, *, queries, seed=None, example_rows
         _, adv, best = tf.while_loop(lambda i, *_: i < queries, body, state)
         return adv, best
 
-    def next_start(r, best, best_margin):
+    def next_start(r: tf.Tensor, best: tf.Tensor, best_margin: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         k = tf.where(tf.equal(r, 0), key,
                      tf.random.experimental.stateless_fold_in(key, tf.cast(r, tf.int64)))
         candidate, value = one_start(k)

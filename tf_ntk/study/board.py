@@ -24,6 +24,10 @@ the worst-case robust and the benign accuracy at the last spawn. Every run's own
 ``tensorboard --logdir WORKDIR/phase2`` shows every phase-2 run with its HParams.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
 import os
 
 import numpy as np
@@ -34,6 +38,7 @@ import tensorflow as tf
 
 from tf_ntk import rundir
 from tf_ntk import summaries
+from tf_ntk.study import collect
 from tf_ntk.study import plan
 from tf_ntk.study import presets
 
@@ -58,7 +63,7 @@ URL_HINT = ("open http://localhost:6006/#custom_scalars&_smoothingWeight=0 (Cust
             "series otherwise)")
 
 
-def _spread(values_by_step):
+def _spread(values_by_step: Mapping[int, Sequence[float]]) -> dict[int, tuple[float, float, float]]:
     """{step: [values]} -> {step: (mean, min, max)} over the finite values."""
     out = {}
     for step, values in values_by_step.items():
@@ -68,7 +73,7 @@ def _spread(values_by_step):
     return out
 
 
-def _write_series(tag, series):
+def _write_series(tag: str, series: Mapping[int, tuple[float, float, float]]) -> None:
     """Mean at ``tag``, seed range at spread/``tag``/min|max; ``series`` {step: (mean, lo, hi)}."""
     for step, (mean, lo, hi) in sorted(series.items()):
         tf.summary.scalar(tag, mean, step=step)
@@ -76,15 +81,16 @@ def _write_series(tag, series):
         tf.summary.scalar(f"spread/{tag}/max", hi, step=step)
 
 
-def _seeds_text(preset):
+def _seeds_text(preset: presets.Preset) -> str:
     seeds = preset.seed_list()
     return f"{seeds[0]}–{seeds[-1]} ({len(seeds)})" if len(seeds) > 1 else str(seeds[0])
 
 
-def phase1_series(preset, collected, sweep_dir, source):
+def phase1_series(preset: presets.Preset, collected: collect.Collected, sweep_dir: str,
+                  source: str) -> dict[str, dict[int, tuple[float, float, float]]]:
     """{tag: {step: (mean, min, max)}} of ``source``'s phase-1 runs: the kernel metrics by epoch and
     the training curves read from each run's own events."""
-    by_tag = {}
+    by_tag: dict[str, dict[int, list[float]]] = {}
     for seed in preset.seed_list():
         name = plan.phase1_name(source, seed)
         for row in collected.kernels.get(name, []):
@@ -98,9 +104,10 @@ def phase1_series(preset, collected, sweep_dir, source):
     return {tag: _spread(steps) for tag, steps in by_tag.items()}
 
 
-def distance_series(preset, collected):
+def distance_series(preset: presets.Preset,
+                    collected: collect.Collected) -> dict[str, dict[int, tuple[float, float, float]]]:
     """{pair kind: {step: (mean, min, max)}} of the kernel distances between runs."""
-    by_kind = {}
+    by_kind: dict[str, dict[int, list[float]]] = {}
     for a, b in plan.comparison_pairs(preset):
         if b.endswith(presets.REPLICA):
             kind = f"matched_floor_{a.split('-s')[0]}"
@@ -113,10 +120,12 @@ def distance_series(preset, collected):
     return {kind: _spread(steps) for kind, steps in by_kind.items()}
 
 
-def phase2_series(preset, collected):
+def phase2_series(
+        preset: presets.Preset, collected: collect.Collected,
+) -> dict[tuple[str, str, str], dict[str, dict[int, tuple[float, float, float]]]]:
     """{(source, dynamics, data): {"robust"|"benign": {step: (mean, min, max)}}} against the spawn
     epoch (spawn 0, the shared initialisation, in every source's curve)."""
-    by_condition = {}
+    by_condition: dict[tuple[str, str, str], dict[str, dict[int, list[float]]]] = {}
     for run, phase, source, _, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
         r = collected.evals.get(run)
         if phase != "2" or r is None:
@@ -129,8 +138,9 @@ def phase2_series(preset, collected):
     return {c: {k: _spread(v) for k, v in d.items()} for c, d in by_condition.items()}
 
 
-def machine_series(preset, collected, source):
-    by_key = {}
+def machine_series(preset: presets.Preset, collected: collect.Collected,
+                   source: str) -> dict[str, dict[int, tuple[float, float, float]]]:
+    by_key: dict[str, dict[int, list[float]]] = {}
     for seed in preset.seed_list():
         for epoch, row in (collected.machines.get(plan.phase1_name(source, seed)) or {}).items():
             for key in ("robust", "benign"):
@@ -139,17 +149,17 @@ def machine_series(preset, collected, source):
     return {k: _spread(v) for k, v in by_key.items()}
 
 
-def _margin(title, tag):
+def _margin(title: str, tag: str) -> layout_pb2.Chart:
     return layout_pb2.Chart(title=title, margin=layout_pb2.MarginChartContent(series=[
         layout_pb2.MarginChartContent.Series(value=tag, lower=f"spread/{tag}/min",
                                              upper=f"spread/{tag}/max")]))
 
 
-def _lines(title, tag):
+def _lines(title: str, tag: str) -> layout_pb2.Chart:
     return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[f"^{tag}$"]))
 
 
-def layout():
+def layout() -> layout_pb2.Layout:
     """The Custom Scalars layout: each chart one tag, one line per condition (run), and the same
     tag as a margin chart (mean with the seeds' min–max)."""
     return layout_pb2.Layout(category=[
@@ -174,12 +184,13 @@ def layout():
     ])
 
 
-def _png_image(tag, path, description):
+def _png_image(tag: str, path: str, description: str) -> None:
     image = tf.image.decode_png(rundir.read_bytes(path), channels=3)
     tf.summary.image(tag, image[None], step=0, description=description)
 
 
-def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
+def write(preset: presets.Preset, sweep_dir: str, collected: collect.Collected,
+          figure_paths: Sequence[tuple[str, str]] = (), heat_map_path: str | None = None) -> str:
     """Rewrites ``sweep_dir/tensorboard`` from ``collected`` (`tf_ntk.study.collect.Collected`).
 
     Args:
@@ -191,7 +202,7 @@ def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
     root = os.path.join(sweep_dir, BOARD_DIR)
     rundir.rmtree(root)
 
-    def run(name):
+    def run(name: str) -> tf.summary.SummaryWriter:
         return tf.summary.create_file_writer(os.path.join(root, name))
 
     with run(".").as_default():
@@ -224,12 +235,12 @@ def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
                                  "5_seeds": _seeds_text(preset)}, trial_id=name)
         writer.close()
     for source in presets.SOURCES:
-        series = machine_series(preset, collected, source)
-        if series:
+        machine = machine_series(preset, collected, source)
+        if machine:
             writer = run(f"kernel_machine/{source}")
             with writer.as_default():
-                _write_series(ROBUST, series["robust"])
-                _write_series(BENIGN, series["benign"])
+                _write_series(ROBUST, machine["robust"])
+                _write_series(BENIGN, machine["benign"])
             writer.close()
     images = [(title, path) for title, path in figure_paths]
     if heat_map_path:
@@ -244,6 +255,6 @@ def write(preset, sweep_dir, collected, figure_paths=(), heat_map_path=None):
     return root
 
 
-def command(sweep_dir):
+def command(sweep_dir: str) -> str:
     """The shell command that opens the study's log directory with every image kept."""
     return summaries.tensorboard_command(os.path.join(sweep_dir, BOARD_DIR))

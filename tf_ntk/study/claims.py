@@ -25,11 +25,17 @@ against its margin, Holm-adjusted within its claim's family (the number of tests
 seeds a paired t-test needs for 80% power at the observed effect and sd; it never decides.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 import dataclasses
 import math
+from typing import Any
+from typing import cast
 
 import numpy as np
 
+from tf_ntk.study import collect
 from tf_ntk.study import plan
 from tf_ntk.study import presets
 from tf_ntk.study import stats
@@ -111,9 +117,9 @@ class Test:
     test: str
     values: list
     a_label: str = ""
-    a: list = ()
+    a: Sequence[Any] = ()
     b_label: str = ""
-    b: list = ()
+    b: Sequence[Any] = ()
     margin: float = 0.0
     primary: bool = False
     control: bool = False
@@ -125,7 +131,7 @@ class Test:
     verdict: str = MISSING
     power: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         values = [v for v in self.values if v is not None and math.isfinite(v)]
         if len(values) != len(self.values) or not values:
             self.values = values
@@ -143,7 +149,7 @@ class Test:
             self.verdict = stats.verdict(self.interval, self.margin)
 
 
-def primary_verdict(t, boot, margin):
+def primary_verdict(t: stats.Interval, boot: stats.Interval | None, margin: float) -> str:
     """Both intervals above the margin: holds; both below: does not hold; else inconclusive."""
     if boot is None or t.n < 2:
         return OPEN
@@ -151,7 +157,7 @@ def primary_verdict(t, boot, margin):
     return verdicts.pop() if len(verdicts) == 1 else OPEN
 
 
-def holm_family(tests, alpha=0.05):
+def holm_family(tests: Sequence[Test], alpha: float = 0.05) -> int:
     """Holm-adjusts the p-values of a claim's descriptive rows (in place); returns how many."""
     family = [t for t in tests if not t.primary and not t.control and math.isfinite(t.pvalue)]
     if not family:
@@ -159,19 +165,19 @@ def holm_family(tests, alpha=0.05):
     rejected, adjusted = stats.holm([t.pvalue for t in family], alpha)
     for t, r, p in zip(family, rejected, adjusted):
         t.adjusted = p
-        above = t.interval.mean > t.margin
+        above = cast(stats.Interval, t.interval).mean > t.margin  # set by __post_init__
         t.verdict = ("above " if above else "below ") + f"{t.margin:g} (Holm)" if r else "not resolved"
     return len(family)
 
 
 # --- reading what the sweep measured (a `tf_ntk.study.collect.Collected`) ---
 
-def distance(collected, a, b, epoch):
+def distance(collected: collect.Collected, a: str, b: str, epoch: float) -> float | None:
     d = collected.comparisons.get((a, b)) or collected.comparisons.get((b, a)) or {}
     return d.get(epoch)
 
 
-def kernel_at(collected, run, epoch, metric):
+def kernel_at(collected: collect.Collected, run: str, epoch: float, metric: str) -> float | None:
     for row in collected.kernels.get(run, []):
         if row["epoch"] == epoch:
             value = row.get(metric)
@@ -179,7 +185,7 @@ def kernel_at(collected, run, epoch, metric):
     return None
 
 
-def remaining(collected, run, epoch, final):
+def remaining(collected: collect.Collected, run: str, epoch: float, final: float) -> float | None:
     """d(k_epoch, k_final) / d(k_0, k_final): the share of the kernel's total movement still ahead
     at ``epoch`` (0: it has reached its final kernel)."""
     ahead = kernel_at(collected, run, epoch, "distance_to_final")
@@ -189,12 +195,12 @@ def remaining(collected, run, epoch, final):
     return ahead / total
 
 
-def _eval(collected, run, key="robust"):
+def _eval(collected: collect.Collected, run: str, key: str = "robust") -> Any:
     r = collected.evals.get(run)
     return None if r is None else r.get(key)
 
 
-def _bits(collected, runs, key="robust"):
+def _bits(collected: collect.Collected, runs: Sequence[str], key: str = "robust") -> np.ndarray | None:
     """(seeds, images) 0/1 matrix of ``runs``' per-example outcomes (None when one is missing or
     the runs read different numbers of images)."""
     rows = []
@@ -209,9 +215,9 @@ def _bits(collected, runs, key="robust"):
     return np.stack(rows).astype(np.float64)
 
 
-def _sanity(collected, runs):
+def _sanity(collected: collect.Collected, runs: Sequence[str]) -> str:
     """"k of n runs: <checks> broke more (counted)" for the runs whose sanity report failed."""
-    failed = {}
+    failed: dict[str, list[str]] = {}
     for run in runs:
         for name in (collected.evals.get(run) or {}).get("sanity_failed", ()):
             failed.setdefault(run, []).append(name.split(" break")[0].split(" not ")[0])
@@ -222,29 +228,30 @@ def _sanity(collected, runs):
             "more examples); the robust accuracies count those breaks")
 
 
-def _both(a, b):
+def _both(a: Sequence[Any], b: Sequence[Any]) -> tuple[list[float], list[float], list[float]]:
     """Keeps the seeds where both sides were measured: (a, b, a − b)."""
     keep = [i for i, (x, y) in enumerate(zip(a, b)) if x is not None and y is not None]
     a, b = [a[i] for i in keep], [b[i] for i in keep]
     return a, b, [x - y for x, y in zip(a, b)]
 
 
-def _paired_bootstrap(collected, runs_a, runs_b, seed):
+def _paired_bootstrap(collected: collect.Collected, runs_a: Sequence[str], runs_b: Sequence[str],
+                      seed: int) -> stats.Interval | None:
     ma, mb = _bits(collected, runs_a), _bits(collected, runs_b)
     if ma is None or mb is None or ma.shape != mb.shape:
         return None
     return stats.crossed_bootstrap([ma, mb], lambda m: m[0] - m[1], seed=seed)
 
 
-def floor(collected, seed, epoch):
+def floor(collected: collect.Collected, seed: int, epoch: float) -> float | None:
     """The matched noise floor of a seed at ``epoch``: the larger of each run's distance to its
     replica (None when either is missing)."""
-    both = [distance(collected, plan.phase1_name(s, seed), plan.replica_name(s, seed), epoch)
+    both: list[Any] = [distance(collected, plan.phase1_name(s, seed), plan.replica_name(s, seed), epoch)
             for s in presets.SOURCES]
     return None if None in both else max(both)
 
 
-def _c1a(preset, collected):
+def _c1a(preset: presets.Preset, collected: collect.Collected) -> list[Test]:
     seeds = preset.seed_list()
     final = float(preset.phase1_epochs)
     tests = []
@@ -274,7 +281,7 @@ def _c1a(preset, collected):
     return tests
 
 
-def _c1b(preset, collected):
+def _c1b(preset: presets.Preset, collected: collect.Collected) -> list[Test]:
     seeds = preset.seed_list()
     final = float(preset.phase1_epochs)
     early = preset.early_epoch()
@@ -304,7 +311,7 @@ def _c1b(preset, collected):
     return tests
 
 
-def _spawn_rows(preset, collected, claim, data_mode):
+def _spawn_rows(preset: presets.Preset, collected: collect.Collected, claim: str, data_mode: str) -> list[Test]:
     """Adversarial minus standard spawn per spawn epoch and dynamics on ``data_mode`` data; the
     primary (C2) at the last spawn, centered; the spawn-epoch-0 control (phase 2 from the
     initialisation, absolute robust accuracy)."""
@@ -337,7 +344,7 @@ def _spawn_rows(preset, collected, claim, data_mode):
     return tests
 
 
-def _c2(preset, collected):
+def _c2(preset: presets.Preset, collected: collect.Collected) -> list[Test]:
     tests = _spawn_rows(preset, collected, "C2", "clean")
     seeds = preset.seed_list()
     for epoch in preset.machine_epochs():
@@ -351,11 +358,11 @@ def _c2(preset, collected):
     return tests
 
 
-def _ratio(c, a, s):
+def _ratio(c: Any, a: Any, s: Any) -> float | None:
     return None if None in (c, a, s) or a == s else (c - s) / (a - s)
 
 
-def _c3(preset, collected):
+def _c3(preset: presets.Preset, collected: collect.Collected) -> list[Test]:
     seeds = preset.seed_list()
     last = preset.last_spawn()
     margin = PRIMARY["C3"].margin
@@ -371,7 +378,7 @@ def _c3(preset, collected):
         primary = dynamics == "centered"
         boot = None
         if primary:
-            m = [_bits(collected, runs) for runs in (child, adv, std)]
+            m: list[Any] = [_bits(collected, runs) for runs in (child, adv, std)]
             if all(x is not None for x in m) and len({x.shape for x in m}) == 1:
                 boot = stats.crossed_bootstrap(m, lambda g: (g[0] - g[2]) / (g[1] - g[2]), seed=4)
         tests.append(Test(
@@ -391,7 +398,7 @@ def _c3(preset, collected):
     return tests
 
 
-def claims(preset, collected):
+def claims(preset: presets.Preset, collected: collect.Collected) -> dict[str, tuple[str, list[Test], int]]:
     """{claim: (verdict, [Test, ...], descriptive tests in the Holm family)} for C1a, C1b, C2, C3;
     the verdict is the primary's (inconclusive, missing runs, when it could not be computed)."""
     out = {}

@@ -3,16 +3,21 @@ kernel machines, transfer sets) under the sweep directory, keyed by run name (`C
 claims (`tf_ntk.study.claims`), the report and the board.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
 import csv
 import dataclasses
 import io
 import json
+from typing import Any
 
 from tf_ntk import rundir
 from tf_ntk.study import plan
+from tf_ntk.study import presets
 
 
-def read_csv(path):
+def read_csv(path: str) -> list[dict[str, Any]]:
     """Rows of a CSV a job wrote, numbers as floats (NaN for empty cells; the run column as text)."""
     if not rundir.exists(path):
         return []
@@ -50,7 +55,7 @@ class Collected:
     transfer_sets: dict = dataclasses.field(default_factory=dict)
 
 
-def _eval_record(r, path):
+def _eval_record(r: Mapping[str, Any], path: str) -> dict[str, Any]:
     sanity = r.get("sanity_checks") or {}
     return {"benign": r["benign_accuracy"], "robust": r["robust_accuracy"],
             "protocol": r["robust"]["protocol"]["accuracy"],
@@ -61,7 +66,7 @@ def _eval_record(r, path):
             "output_terms": r.get("output_terms")}
 
 
-def collect(preset, sweep_dir):
+def collect(preset: presets.Preset, sweep_dir: str) -> Collected:
     """Reads every output of ``preset``'s plan under ``sweep_dir`` (missing ones are listed)."""
     out = Collected({}, {}, {}, {}, [])
     for job in plan.plan(preset, sweep_dir):
@@ -91,7 +96,7 @@ def collect(preset, sweep_dir):
 VELOCITY_RATIO = 0.1  # phase 1 has reached its lazy phase when the final velocity is below 10% of peak
 
 
-def velocity_ratio(collected, run):
+def velocity_ratio(collected: Collected, run: str) -> float | None:
     """The kernel's velocity at the last kernel epoch over its peak velocity (None if unmeasured)."""
     velocities = [row.get("velocity") for row in collected.kernels.get(run, [])]
     velocities = [v for v in velocities if v is not None and v == v]

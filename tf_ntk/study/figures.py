@@ -4,11 +4,18 @@ eigen-images, the kernel machine against the spawn epoch, the kernel velocity. L
 seeds, bands ± one sample standard deviation. Each figure is written as PNG (fixed size, `SIZE` inches at `DPI`) and PDF
 through tf.io.gfile."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
 import io
 import os
+from typing import Any
 import warnings
 
 import matplotlib
+
+from tf_ntk.study import collect
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -25,7 +32,8 @@ COLORS = {"standard": "tab:blue", "adversarial": "tab:red", "flip": "tab:green"}
 STYLES = {"clean": "-", "adv": "--"}
 
 
-def _primary(verdicts, claim):
+def _primary(verdicts: dict[str, tuple[str, list[claims.Test], int]] | None,
+             claim: str) -> tuple[str, claims.Test] | None:
     """(verdict, the primary `tf_ntk.study.claims.Test`) of ``claim`` in ``verdicts``, or None."""
     if not verdicts or claim not in verdicts:
         return None
@@ -34,7 +42,8 @@ def _primary(verdicts, claim):
     return None if primary is None or primary.interval is None else (verdict, primary)
 
 
-def _annotate(ax, verdicts, claims, loc=(0.01, 0.98)):
+def _annotate(ax: plt.Axes, verdicts: dict[str, tuple[str, list[claims.Test], int]] | None, claims: Sequence[str],
+              loc: tuple[float, float] = (0.01, 0.98)) -> None:
     """Writes each claim's primary endpoint on ``ax`` (two lines per claim: its mean, t-interval and
     bootstrap interval; its margin and verdict), and raises the top of a linear y axis to make room."""
     lines = []
@@ -43,7 +52,8 @@ def _annotate(ax, verdicts, claims, loc=(0.01, 0.98)):
         if found is None:
             continue
         verdict, t = found
-        text = f"{claim} primary: {t.interval.mean:+.3f} [{t.interval.low:+.3f}, {t.interval.high:+.3f}]"
+        interval: Any = t.interval  # not None: _primary checked it
+        text = f"{claim} primary: {interval.mean:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
         if t.bootstrap is not None:
             text += f", bootstrap [{t.bootstrap.low:+.3f}, {t.bootstrap.high:+.3f}]"
         lines += [text, f"    margin {t.margin:g} → {verdict}"]
@@ -57,7 +67,7 @@ def _annotate(ax, verdicts, claims, loc=(0.01, 0.98)):
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9, "edgecolor": "0.6"})
 
 
-def _save(fig, path_png):
+def _save(fig: plt.Figure, path_png: str) -> None:
     for path, fmt in ((path_png, "png"), (path_png[:-4] + ".pdf", "pdf")):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=DPI)
@@ -65,7 +75,7 @@ def _save(fig, path_png):
     plt.close(fig)
 
 
-def _epoch_axis(ax, preset, label="epoch"):
+def _epoch_axis(ax: plt.Axes, preset: presets.Preset, label: str = "epoch") -> None:
     """Symmetric-log x axis: linear below the first fractional spawn, so 0 and 0.125 both show."""
     epochs = preset.save_epochs()
     positive = [e for e in epochs if e > 0]
@@ -78,7 +88,8 @@ def _epoch_axis(ax, preset, label="epoch"):
     ax.grid(True, alpha=0.3)
 
 
-def _band(ax, epochs, series, color, label, style="-"):
+def _band(ax: plt.Axes, epochs: Sequence[float], series: Sequence[Sequence[float]], color: str, label: str,
+          style: str = "-") -> None:
     """Mean over seeds with a ± std band; ``series`` (seeds, epochs), NaN where missing."""
     values = np.asarray(series, np.float64)
     if values.size == 0 or np.all(np.isnan(values)):
@@ -92,7 +103,8 @@ def _band(ax, epochs, series, color, label, style="-"):
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
-def _kernel_series(preset, collected, source, metric):
+def _kernel_series(preset: presets.Preset, collected: collect.Collected, source: str,
+                   metric: str) -> tuple[list[float], list[list[float]]]:
     epochs = [float(e) for e in preset.save_epochs() if float(e) in
               {float(x) for x in preset.kernel_epochs}]
     series = []
@@ -102,7 +114,8 @@ def _kernel_series(preset, collected, source, metric):
     return epochs, series
 
 
-def _kernel_panels(preset, collected, path, panels, title, log=False):
+def _kernel_panels(preset: presets.Preset, collected: collect.Collected, path: str,
+                   panels: Sequence[tuple[str, str, str]], title: str, log: bool = False) -> None:
     """One panel per (metric, y label, panel title) of the phase-1 kernel metrics, standard vs
     adversarial (and flip) training."""
     fig, axes = plt.subplots(1, len(panels), figsize=SIZE, squeeze=False)
@@ -121,7 +134,7 @@ def _kernel_panels(preset, collected, path, panels, title, log=False):
     _save(fig, path)
 
 
-def kernel_distance(preset, collected, path):
+def kernel_distance(preset: presets.Preset, collected: collect.Collected, path: str) -> None:
     distance = "kernel distance 1 − cos(K, K')"
     _kernel_panels(preset, collected, path,
                    [("distance_to_init", distance, "distance to the initial kernel"),
@@ -129,7 +142,8 @@ def kernel_distance(preset, collected, path):
                    "Fig. 1: how far the kernel moves (mean ± sd over seeds)")
 
 
-def standard_vs_adversarial(preset, collected, path, verdicts=None):
+def standard_vs_adversarial(preset: presets.Preset, collected: collect.Collected, path: str,
+                            verdicts: dict[str, tuple[str, list[claims.Test], int]] | None = None) -> None:
     fig, ax = plt.subplots(figsize=SIZE)
     epochs = [float(e) for e in preset.kernel_epochs]
     seeds = preset.seed_list()
@@ -160,7 +174,7 @@ def standard_vs_adversarial(preset, collected, path, verdicts=None):
     _save(fig, path)
 
 
-def _accuracy_axis(ax, values):
+def _accuracy_axis(ax: plt.Axes, values: Sequence[float]) -> None:
     """y around the values shown (robust accuracies are often ≤ 0.2, benign ones ≥ 0.8), within
     [0, 1]."""
     values = [v for v in values if v is not None and v == v]
@@ -169,7 +183,8 @@ def _accuracy_axis(ax, values):
     ax.set_ylim(max(-0.01, lo - pad), min(1.01, hi + pad))
 
 
-def phase2_vs_spawn(preset, collected, path, verdicts=None):
+def phase2_vs_spawn(preset: presets.Preset, collected: collect.Collected, path: str,
+                    verdicts: dict[str, tuple[str, list[claims.Test], int]] | None = None) -> None:
     rows = len(preset.phase2_dynamics)
     fig, axes = plt.subplots(rows, 2, figsize=(SIZE[0], SIZE[1] * rows), squeeze=False)
     spawns = [float(e) for e in preset.spawn_epochs]
@@ -189,7 +204,7 @@ def phase2_vs_spawn(preset, collected, path, verdicts=None):
                     shown += [v for r in series for v in r]
                     _band(ax, spawns, series, COLORS[source],
                           f"{data_mode} phase 2, {source} spawn", STYLES[data_mode])
-            reference = [(collected.evals.get(plan.phase1_name("adversarial", s)) or {}).get(metric)
+            reference: list[Any] = [(collected.evals.get(plan.phase1_name("adversarial", s)) or {}).get(metric)
                          for s in preset.seed_list()]
             reference = [v for v in reference if v is not None]
             if reference:
@@ -209,14 +224,15 @@ def phase2_vs_spawn(preset, collected, path, verdicts=None):
     _save(fig, path)
 
 
-def alignment_and_rank(preset, collected, path):
+def alignment_and_rank(preset: presets.Preset, collected: collect.Collected, path: str) -> None:
     _kernel_panels(preset, collected, path,
                    [("target_alignment", "kernel-target alignment", "alignment with the labels"),
                     ("effective_rank", "effective rank", "effective rank of the spectrum")],
                    "Fig. 4: kernel-target alignment and effective rank (mean ± sd over seeds)")
 
 
-def _eigen_label(name, eigenvalue, cosine, reached, readout=None, other=None):
+def _eigen_label(name: str, eigenvalue: float | None, cosine: float, reached: bool, readout: float | None = None,
+                 other: float | None = None) -> str:
     """``eig0+`` → "eigenvector 0, + / λ 1.2e+03 / cos +0.81"; a failed search says so, with the
     output layer's and the other layers' shares of its cosine (`tf_ntk.ntk.eigenimages.cosine_parts`)."""
     head = "w = K⁻¹y" if name == "w" else f"eigvec {name[3:-1]}, {name[-1]}"
@@ -227,7 +243,8 @@ def _eigen_label(name, eigenvalue, cosine, reached, readout=None, other=None):
     return text
 
 
-def eigen_image_panel(rows, title, figsize=None):
+def eigen_image_panel(rows: Sequence[tuple[str, Mapping[str, np.ndarray]]], title: str,
+                      figsize: tuple[float, float] | None = None) -> plt.Figure:
     """A figure of eigen-images, one row per (row label, arrays of `tf_ntk.ntk.eigenimages` results as
     saved by tf-ntk-visualize-features: images, names, cosines, eigenvalues, reached), each image
     labelled with its eigenvector index and sign, eigenvalue and achieved cosine (red when the search
@@ -262,7 +279,7 @@ def eigen_image_panel(rows, title, figsize=None):
     return fig
 
 
-def png_bytes(fig):
+def png_bytes(fig: plt.Figure) -> bytes:
     """The figure as PNG bytes (then closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -270,7 +287,8 @@ def png_bytes(fig):
     return buf.getvalue()
 
 
-def velocity(preset, collected, path, verdicts=None):
+def velocity(preset: presets.Preset, collected: collect.Collected, path: str,
+             verdicts: dict[str, tuple[str, list[claims.Test], int]] | None = None) -> None:
     """Kernel velocity (log scale) and the C1b measure: the share of the way to the final kernel
     covered, 1 − d(K_e, K_T) / d(K_0, K_T), with the primary's epoch (10% of phase 1) and margin."""
     fig, axes = plt.subplots(1, 2, figsize=SIZE)
@@ -282,7 +300,8 @@ def velocity(preset, collected, path, verdicts=None):
         for s in preset.seed_list():
             run = plan.phase1_name(source, s)
             covered.append([np.nan if claims.remaining(collected, run, e, final) is None
-                            else 1.0 - claims.remaining(collected, run, e, final) for e in epochs])
+                            else 1.0 - claims.remaining(collected, run, e, final)  # type: ignore[operator]
+                            for e in epochs])  # (not None: checked just before)
         _band(axes[1], epochs, covered, COLORS[source], f"{source} training")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("kernel velocity (distance per epoch)")
@@ -304,14 +323,14 @@ def velocity(preset, collected, path, verdicts=None):
     _save(fig, path)
 
 
-def _final_kernels(preset, collected):
+def _final_kernels(preset: presets.Preset, collected: collect.Collected) -> dict[str, dict[str, np.ndarray]]:
     """{source: eigen_images.npz arrays} of the first seed's final kernels (the features jobs)."""
     first = preset.seed_list()[0]
     return {source: rundir.read_npz(collected.features[plan.phase1_name(source, first)])
             for source in presets.SOURCES if plan.phase1_name(source, first) in collected.features}
 
 
-def heat_maps(preset, collected, path):
+def heat_maps(preset: presets.Preset, collected: collect.Collected, path: str) -> bool:
     """The standard and the adversarial final kernel (first seed, the logit of the eigen-images) on
     one colour scale, with a colour bar; examples class by class."""
     loaded = _final_kernels(preset, collected)
@@ -338,7 +357,7 @@ def heat_maps(preset, collected, path):
     return True
 
 
-def scree(preset, collected, path):
+def scree(preset: presets.Preset, collected: collect.Collected, path: str) -> bool:
     """Normalised spectra λ_i / Σλ of the final kernels (first seed), log scale: how concentrated
     each kernel is, independent of its scale."""
     loaded = _final_kernels(preset, collected)
@@ -352,7 +371,8 @@ def scree(preset, collected, path):
                 label=f"{source} training (top eigenvalue {100 * share[0]:.0f}% of the trace)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylim(bottom=0.5 * min(float(np.min(line.get_ydata()[line.get_ydata() > 0])) for line in ax.get_lines()))
+    ax.set_ylim(bottom=0.5 * min(float(np.min(line.get_ydata()[line.get_ydata() > 0]))  # type: ignore[index, operator]
+                                 for line in ax.get_lines()))  # (get_ydata: an array here)
     ax.set_xlabel("eigenvalue index i")
     ax.set_ylabel("λ_i / Σ λ")
     ax.grid(True, alpha=0.3)
@@ -363,7 +383,7 @@ def scree(preset, collected, path):
     return True
 
 
-def eigen_images(preset, collected, path):
+def eigen_images(preset: presets.Preset, collected: collect.Collected, path: str) -> bool:
     first = preset.seed_list()[0]
     loaded = {source: rundir.read_npz(collected.features[plan.phase1_name(source, first)])
               for source in presets.SOURCES if plan.phase1_name(source, first) in collected.features}
@@ -376,7 +396,7 @@ def eigen_images(preset, collected, path):
     return True
 
 
-def kernel_machine(preset, collected, path):
+def kernel_machine(preset: presets.Preset, collected: collect.Collected, path: str) -> bool:
     """Kernel-machine accuracy against the spawn epoch, standard vs adversarial spawns, next to the
     finite-time centered phase-2 curve on clean data from the same spawns (when the study has it)."""
     epochs = list(preset.machine_epochs())
@@ -426,7 +446,8 @@ FIGURES = (
 ANNOTATED = {standard_vs_adversarial, phase2_vs_spawn, velocity}
 
 
-def draw_all(preset, collected, directory, verdicts=None):
+def draw_all(preset: presets.Preset, collected: collect.Collected, directory: str,
+             verdicts: dict[str, tuple[str, list[claims.Test], int]] | None = None) -> list[tuple[str, str]]:
     """Draws every figure into ``directory``; ``verdicts`` (`tf_ntk.study.claims.claims`) annotate the
     claims' figures. Returns [(title, png path)] of those drawn."""
     drawn = []

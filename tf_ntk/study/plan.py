@@ -23,8 +23,13 @@ Sweep directory layout (every path relative to it):
   logs/<job>.log, sweep.json, report.md, results.csv, figures/
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Sequence
 import json
 import os
+from typing import Any
 
 from tf_ntk import data
 from tf_ntk import rundir
@@ -39,46 +44,46 @@ ATTACK_STEP_COST = 0.65
 FORWARD_COST = 1 / 3
 
 
-def epoch_name(epoch):
+def epoch_name(epoch: float) -> str:
     """"0.25", "2": how an epoch appears in run names."""
     return f"{float(epoch):g}"
 
 
-def phase1_name(source, seed):
+def phase1_name(source: str, seed: int) -> str:
     return f"{source}-s{seed}"
 
 
-def replica_name(source, seed):
+def replica_name(source: str, seed: int) -> str:
     """The matched-floor run of ``phase1_name(source, seed)``."""
     return f"{source}-s{seed}-{presets.REPLICA}"
 
 
-def phase2_name(dynamics, data_mode, source, seed, spawn):
+def phase2_name(dynamics: str, data_mode: str, source: str, seed: int, spawn: float) -> str:
     return f"{dynamics}-{data_mode}-from-{source}-s{seed}-e{epoch_name(spawn)}"
 
 
-def child_name(dynamics, data_mode, source, seed, spawn):
+def child_name(dynamics: str, data_mode: str, source: str, seed: int, spawn: float) -> str:
     """The phase-2 run of ``source``'s spawn (at epoch 0, the initialisation: the standard one's)."""
     return phase2_name(dynamics, data_mode, "standard" if spawn == 0 else source, seed, spawn)
 
 
-def transfer_name(source, seed, spawn):
+def transfer_name(source: str, seed: int, spawn: float) -> str:
     return f"{source}-s{seed}-e{epoch_name(spawn)}"
 
 
 TRANSFER_SET = "adversarial.npz"  # in transfer/<name>/: the spawn's protocol PGD examples
 
 
-def _other(source):
+def _other(source: str) -> str:
     return presets.SOURCES[1 - presets.SOURCES.index(source)]
 
 
-def phase1_sources(preset):
+def phase1_sources(preset: presets.Preset) -> tuple[str, ...]:
     """The phase-1 trainings of ``preset``: standard, adversarial (and flip)."""
     return presets.SOURCES + ((presets.FLIP,) if preset.flip else ())
 
 
-def phase1_runs(preset):
+def phase1_runs(preset: presets.Preset) -> list[str]:
     """Every phase-1 run name: each source and seed, and the matched-floor replicas."""
     names = [phase1_name(s, seed) for s in phase1_sources(preset) for seed in preset.seed_list()]
     if preset.matched_floor:
@@ -86,10 +91,10 @@ def phase1_runs(preset):
     return names
 
 
-def evaluated_runs(preset):
+def evaluated_runs(preset: presets.Preset) -> list[tuple[Any, ...]]:
     """[(run, phase, source, seed, dynamics, data, spawn epoch)] of every evaluated run, in plan
     order."""
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for source in phase1_sources(preset):
         for s in preset.seed_list():
             data_mode = {"standard": "clean", "adversarial": "adv", presets.FLIP: "flip"}[source]
@@ -110,11 +115,11 @@ def evaluated_runs(preset):
     return rows
 
 
-def _epochs_arg(epochs):
+def _epochs_arg(epochs: Iterable[float]) -> str:
     return ",".join(epoch_name(e) for e in epochs)
 
 
-def _train_step_cost(preset, dynamics, adversarial):
+def _train_step_cost(preset: presets.Preset, dynamics: str, adversarial: bool) -> float:
     cost = DYNAMICS_STEP_COST[dynamics]
     if not adversarial:
         return cost
@@ -128,12 +133,13 @@ def _train_step_cost(preset, dynamics, adversarial):
 SURVIVING_SHARE = 0.5
 
 
-def eval_examples(preset, primary=False):
+def eval_examples(preset: presets.Preset, primary: bool = False) -> int | None:
     """Test examples an evaluation reads (None: the whole test set)."""
     return preset.primary_examples if primary else preset.eval_examples
 
 
-def _eval_cost(preset, dynamics, examples=None, restarts=None, queries=None):
+def _eval_cost(preset: presets.Preset, dynamics: str, examples: int | None = None, restarts: int | None = None,
+               queries: int | None = None) -> float:
     """Benign + protocol PGD + the strong ensemble (tf_ntk.robust.ensembles.strong: PGD-CE and PGD-margin,
     cosine PGD with CE, margin and DLR, each × restarts; 3 targeted runs; APGD-CE and APGD-DLR ×
     restarts; Square), its first member on every image and the rest on `SURVIVING_SHARE` of them."""
@@ -148,14 +154,14 @@ def _eval_cost(preset, dynamics, examples=None, restarts=None, queries=None):
                              + SURVIVING_SHARE * queries * FORWARD_COST)
 
 
-def _kernel_cost(preset, epochs):
+def _kernel_cost(preset: presets.Preset, epochs: Sequence[float]) -> float:
     """Per-example gradients of every logit on the probe sets, ~ one step per batch of gradients."""
     num_classes = data.info(preset.dataset).num_classes
     probe = num_classes * (preset.per_class + preset.test_per_class)
     return len(epochs) * 2 * probe * num_classes / preset.batch_size
 
 
-def _kernel_machine_cost(preset):
+def _kernel_machine_cost(preset: presets.Preset) -> float:
     """Per spawn: the kernel on the training subset (as `_kernel_cost`), the JVP pass of Δθ, and a
     centered model's evaluation."""
     num_classes = data.info(preset.dataset).num_classes
@@ -167,10 +173,10 @@ def _kernel_machine_cost(preset):
 class _Planner:
     """Builds `plan`'s jobs family by family (each method adds one family's jobs)."""
 
-    def __init__(self, preset, sweep_dir):
+    def __init__(self, preset: presets.Preset, sweep_dir: str) -> None:
         self.preset = preset
         self.sweep_dir = sweep_dir
-        self.jobs = []
+        self.jobs: list[sweep.Job] = []
         self.common = [f"--dataset={preset.dataset}", f"--model={preset.model}",
                        f"--eps={preset.eps!r}", f"--batch_size={preset.batch_size}"]
         if preset.width is not None:
@@ -180,17 +186,19 @@ class _Planner:
         self.common += preset.strategy_args()
         self.steps = preset.steps_per_epoch()
 
-    def path(self, *parts):
+    def path(self, *parts: str) -> str:
         return os.path.join(self.sweep_dir, *parts)
 
-    def add(self, name, module, args, output, deps=(), cost=0.0):
+    def add(self, name: str, module: str, args: Sequence[str], output: str | None, deps: Sequence[str] = (),
+            cost: float = 0.0) -> str:
         self.jobs.append(sweep.Job(name, module, tuple(args), output, tuple(deps), cost=cost))
         return name
 
-    def spawn(self, run, epoch):
+    def spawn(self, run: str, epoch: float) -> str:
         return self.path("phase1", run, "spawn", f"epoch_{epoch_name(epoch)}")
 
-    def evaluate(self, run_name, run_dir, epoch, dynamics, deps, primary=False, extra=()):
+    def evaluate(self, run_name: str, run_dir: str, epoch: float, dynamics: str, deps: Sequence[str],
+                 primary: bool = False, extra: Sequence[str] = ()) -> str:
         """An evaluation job of ``run_dir``'s checkpoint at ``epoch``: the protocol PGD and the strong
         ensemble; the primary endpoints' checkpoints at full strength with the sanity report."""
         p = self.preset
@@ -209,7 +217,7 @@ class _Planner:
         cost = _eval_cost(p, dynamics, examples, restarts, queries) * (2.5 if primary else 1.0)
         return self.add(f"eval/{run_name}", "tf_ntk.cli.evaluate", args, output, deps, cost)
 
-    def phase1(self):
+    def phase1(self) -> None:
         p = self.preset
         final = float(p.phase1_epochs)
         primary = set(presets.SOURCES)
@@ -217,7 +225,7 @@ class _Planner:
             for seed in p.seed_list():
                 adversarial = source != "standard"
                 data_mode = {"standard": "clean", "adversarial": "adv", presets.FLIP: "flip"}[source]
-                runs = [(phase1_name(source, seed), None)]
+                runs: list[tuple[str, int | None]] = [(phase1_name(source, seed), None)]
                 if p.matched_floor and source in presets.SOURCES:
                     runs.append((replica_name(source, seed), seed + presets.REPLICA_DATA_SEED))
                 for name, data_seed in runs:
@@ -242,7 +250,7 @@ class _Planner:
                         self.evaluate(name, run, final, "standard", [f"phase1/{name}"],
                                       primary=source in primary)
 
-    def transfer(self):
+    def transfer(self) -> None:
         """Per spawn > 0 of each source and seed: the protocol PGD's examples of that spawn (standard
         dynamics), saved for its centered children and its sibling's."""
         p = self.preset
@@ -270,7 +278,7 @@ class _Planner:
                              os.path.join(out, rundir.EVALUATION),
                              (f"phase1/{phase1_name(source, seed)}",), cost)
 
-    def phase2(self):
+    def phase2(self) -> None:
         p = self.preset
         last = p.last_spawn()
         flip = p.flip_epoch()
@@ -315,7 +323,7 @@ class _Planner:
                         primary = (dynamics == "centered" and spawn == last and source in presets.SOURCES)
                         self.evaluate(name, run, p.phase2_epochs, dynamics, deps, primary, extra)
 
-    def kernels(self):
+    def kernels(self) -> None:
         p = self.preset
         kernel_args = [f"--per_class={p.per_class}", f"--test_per_class={p.test_per_class}",
                        f"--kernel_cache={self.path('kernels', 'cache')}", f"--dataset={p.dataset}",
@@ -333,7 +341,7 @@ class _Planner:
                       f"--workdir={out}", "--compare_only", *kernel_args),
                      os.path.join(out, rundir.COMPARISON), (f"kernels/{a}", f"kernels/{b}"))
 
-    def features(self):
+    def features(self) -> None:
         p = self.preset
         if not p.eigen_images:
             return
@@ -349,7 +357,7 @@ class _Planner:
                      _kernel_cost(p, [final]) + 2 * p.eigen_images * p.eigen_steps
                      / p.batch_size * p.per_class)
 
-    def kernel_machines(self):
+    def kernel_machines(self) -> None:
         p = self.preset
         machine_epochs = p.machine_epochs()
         for source in presets.SOURCES if machine_epochs else ():
@@ -369,7 +377,7 @@ class _Planner:
                          _kernel_machine_cost(p))
 
 
-def plan(preset, sweep_dir, report_args=None):
+def plan(preset: presets.Preset, sweep_dir: str, report_args: Sequence[str] | None = None) -> list[sweep.Job]:
     """The study's `sweep.Job`s for ``preset`` under ``sweep_dir``, in dependency order; the last
     job writes the report (tf-ntk-reproduce with ``report_args``, default: the sweep directory and
     --report_only)."""
@@ -395,7 +403,7 @@ BENCH_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.
                              "results")
 
 
-def step_seconds(preset, results_dir=BENCH_RESULTS):
+def step_seconds(preset: presets.Preset, results_dir: str = BENCH_RESULTS) -> dict[str, tuple[float, str]] | None:
     """{device kind: (seconds per train-step equivalent, where the number comes from)}, or None when
     ``preset``'s standard step is not the benchmarked ResNet-18 step (its cost has no device table)."""
     if (preset.model, preset.width, preset.batch_size, data.info(preset.dataset).image_shape) != (
@@ -416,9 +424,9 @@ def step_seconds(preset, results_dir=BENCH_RESULTS):
     return out
 
 
-def cost_table(jobs):
+def cost_table(jobs: Iterable[sweep.Job]) -> list[tuple[str, int, float]]:
     """[(kind, number of jobs, cost in train-step equivalents)] by the first part of job names."""
-    groups = {}
+    groups: dict[str, tuple[int, float]] = {}
     for job in jobs:
         kind = job.name.split("/", 1)[0]
         count, cost = groups.get(kind, (0, 0.0))
@@ -426,7 +434,7 @@ def cost_table(jobs):
     return [(kind, count, cost) for kind, (count, cost) in groups.items()]
 
 
-def comparison_pairs(preset):
+def comparison_pairs(preset: presets.Preset) -> list[tuple[str, str]]:
     """(run a, run b) name pairs whose kernels are compared: standard vs adversarial for every seed
     (C1); each run against its matched-floor replica (the same initialisation, another data seed:
     independent pairs, no run in two of them); the flip run against the adversarial one."""

@@ -5,8 +5,13 @@ the resources its jobs ask a cluster for), and the names of the compared phase-1
 `tf_ntk.study.plan` turns a preset into the sweep's job graph.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
 import dataclasses
 import math
+from typing import Any
+from typing import cast
 
 from tf_ntk import data
 
@@ -110,7 +115,7 @@ class Preset:
     RUN_ONLY = ("resources", "job_strategy")
     JOB_STRATEGIES = ("default", "mirrored", "tpu")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         info = data.info(self.dataset)  # raises on an unknown data set
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
@@ -160,7 +165,7 @@ class Preset:
         if self.adv_mode not in ("clean_then_adv", "madry"):
             raise ValueError(f"adv_mode must be clean_then_adv or madry, got {self.adv_mode}")
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Preset:
         """A copy with ``changes``; a shorter phase 1 (``phase1_epochs``) without new grids keeps
         the grids' epochs below it and ends both at its last epoch (the final kernel and spawn)."""
         last = changes.get("phase1_epochs")
@@ -170,51 +175,52 @@ class Preset:
                     changes[grid] = tuple(e for e in getattr(self, grid) if e < last) + (float(last),)
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def numbers_dict(self):
+    def numbers_dict(self) -> dict[str, Any]:
         """`to_dict` without the `RUN_ONLY` settings: what a sweep's numbers depend on."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY}
 
-    def strategy_args(self):
+    def strategy_args(self) -> tuple[str, ...]:
         """The command-line flags that put a training or kernel job on `job_strategy`."""
         if self.job_strategy == "default":
             return ()
         return (f"--strategy={self.job_strategy}",) + (("--tpu=local",) if self.job_strategy == "tpu" else ())
 
-    def job_resources(self):
+    def job_resources(self) -> dict[str, dict[str, Any]]:
         """{job family or "*": Ray task options} (num_cpus, num_gpus, memory in bytes, resources:
         e.g. {"TPU": 4}); default one CPU per job."""
         return self.resources or {"*": {"num_cpus": 1}}
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> Preset:
         """The inverse of `to_dict` (after a JSON round trip: lists become tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
-    def seed_list(self):
+    def seed_list(self) -> tuple[int, ...]:
         """The seeds, in order."""
         return tuple(range(self.seed_base, self.seed_base + self.seeds))
 
-    def phase2_conditions(self):
+    def phase2_conditions(self) -> list[tuple[str, str]]:
         """[(dynamics, data)] of phase 2 (standard dynamics on clean data only)."""
         return [(d, m) for d in self.phase2_dynamics for m in self.phase2_data
                 if (d != "standard" or m == "clean") and f"{d}-{m}" not in self.phase2_skip]
 
-    def flip_epoch(self):
+    def flip_epoch(self) -> int | None:
         """The flip source's first adversarial epoch (None without it)."""
         return self.phase1_epochs // 2 if self.flip else None
 
-    def last_spawn(self):
+    def last_spawn(self) -> float:
         return float(max(self.spawn_epochs))
 
-    def early_epoch(self):
+    def early_epoch(self) -> float:
         """The kernel epoch nearest 10% of phase 1 (C1b's "rapidly")."""
         target = self.phase1_epochs / 10
         return min((e for e in self.kernel_epochs if e > 0), key=lambda e: (abs(e - target), e))
 
-    def optimizer_steps(self, epoch, source="adversarial"):
+    def optimizer_steps(self, epoch: float, source: str = "adversarial") -> float:
         """SGD updates a phase-1 run of ``source`` has taken by ``epoch`` (clean-then-adversarial
         training takes two per batch)."""
         steps = epoch * self.steps_per_epoch()
@@ -222,20 +228,20 @@ class Preset:
         if source == "adversarial" and double:
             return 2 * steps
         if source == FLIP and double:
-            flip = self.flip_epoch()
+            flip = cast(int, self.flip_epoch())  # the flip source exists only with flip
             return steps + max(0.0, epoch - flip) * self.steps_per_epoch()
         return steps
 
-    def steps_per_epoch(self):
+    def steps_per_epoch(self) -> int:
         """SGD steps in one epoch of phase 1 or 2 (the last batch may be short)."""
         return math.ceil(data.info(self.dataset).num_examples["train"] / self.batch_size)
 
-    def save_epochs(self):
+    def save_epochs(self) -> tuple[float, ...]:
         """Phase-1 checkpoint epochs: the spawn, kernel and kernel-machine grids, sorted."""
         return tuple(sorted({float(e) for e in self.spawn_epochs + self.kernel_epochs
                              + (self.kernel_machine_epochs or ())}))
 
-    def machine_epochs(self):
+    def machine_epochs(self) -> tuple[float, ...]:
         """The spawn epochs whose kernel machine is evaluated (none without kernel-machine jobs)."""
         if not self.kernel_machine_per_class:
             return ()

@@ -16,10 +16,15 @@ Ray is an optional dependency (``pip install "tf_ntk[ray]"``); nothing here impo
 sweep runs on it.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
 import importlib.util
 import os
 import socket
 import time
+from typing import Any
 
 from tf_ntk import rundir
 from tf_ntk.study import sweep
@@ -29,7 +34,7 @@ JOBS_PER_WORKER = sweep.JOBS_PER_WORKER  # a Ray worker process is replaced afte
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
-def _split_address(address):
+def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--ray_address={address} is not host:port (the head's GCS address, e.g. "
@@ -37,13 +42,13 @@ def _split_address(address):
     return host.strip("[]"), int(port)
 
 
-def is_local_address(address):
+def is_local_address(address: str) -> bool:
     """Whether ``address`` (host:port) is this machine."""
     host, _ = _split_address(address)
     return host in LOCAL_HOSTS or host in {socket.gethostname(), socket.getfqdn()}
 
 
-def check(address, sweep_dir):
+def check(address: str | None, sweep_dir: str) -> None:
     """Refuses, with one line each, what cannot work, before anything is written: Ray not
     installed, an address that is not host:port or does not answer within 2 s, a local sweep
     directory with a cluster on other machines."""
@@ -63,7 +68,7 @@ def check(address, sweep_dir):
                               "start one with `ray start --head` or correct the address") from None
 
 
-def _token_auth_for(address):
+def _token_auth_for(address: str | None) -> None:
     """Ray's own rule for a cluster it finds by itself, applied to an explicit address: with
     RAY_AUTH_MODE unset and an authentication token at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
     or ~/.ray/auth_token, where `ray start` keeps it), connect with token authentication."""
@@ -74,7 +79,7 @@ def _token_auth_for(address):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _configure_worker(threads):
+def _configure_worker(threads: int) -> None:
     """A Ray worker's TensorFlow threads, once, before its runtime starts (as the local pool's)."""
     import tensorflow as tf  # noqa: PLC0415  (in the worker process)
 
@@ -85,7 +90,8 @@ def _configure_worker(threads):
         pass
 
 
-def _run_job(execute, module, args, log_path, threads, *dependencies):
+def _run_job(execute: Callable[[str, list[str], str], str | None], module: str, args: Sequence[str], log_path: str,
+             threads: int, *dependencies: tuple[Any, ...]) -> tuple[str, str | None, float, float]:
     """The Ray task of one job: ("ok" | "failed" | "blocked", error, start, end)."""
     if any(status != "ok" for status, *_ in dependencies):
         return "blocked", None, 0.0, 0.0
@@ -111,21 +117,23 @@ class RayExecutor(sweep.Executor):
 
     name = "ray"
 
-    def __init__(self, address=None, workers=None, resources=None):
+    def __init__(self, address: str | None = None, workers: int | None = None,
+                 resources: dict[str, dict[str, Any]] | None = None) -> None:
         self.address = address
         self.workers = workers or os.cpu_count() or 1
         self.resources = resources or {"*": {"num_cpus": 1}}
 
-    def describe(self):
+    def describe(self) -> str:
         return f"Ray at {self.address}" if self.address else f"a local Ray with {self.workers} CPUs"
 
-    def _options(self, job):
+    def _options(self, job: sweep.Job) -> dict[str, Any]:
         family = job.name.split("/", 1)[0]
         options = dict(self.resources.get(family, self.resources.get("*", {"num_cpus": 1})))
         options.setdefault("num_cpus", 1)
         return options
 
-    def run(self, jobs, execute, *, log_dir, report=None):
+    def run(self, jobs: Sequence[sweep.Job], execute: Callable[[str, list[str], str], str | None], *, log_dir: str,
+            report: Callable[[str, sweep.Job, Any], Any] | None = None) -> sweep.Outcome:
         _token_auth_for(self.address)  # before Ray is imported: it reads RAY_AUTH_MODE once
         import ray  # noqa: PLC0415  (optional dependency)
 
@@ -138,13 +146,16 @@ class RayExecutor(sweep.Executor):
         started_here = not ray.is_initialized()
         if started_here:
             if self.address:
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+                ray.init(address=self.address, logging_level="ERROR",  # type: ignore[arg-type]  # a level name
+                         log_to_driver=False)
             else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, logging_level="ERROR",
+                ray.init(num_cpus=self.workers, include_dashboard=False,
+                         logging_level="ERROR",  # type: ignore[arg-type]  # a level name, as logging takes
                          log_to_driver=False)
         try:
             remote = ray.remote(max_calls=JOBS_PER_WORKER)(_run_job)
-            refs, by_ref = {}, {}
+            refs: dict[str, Any] = {}
+            by_ref: dict[Any, sweep.Job] = {}
             for job in pending:
                 options = self._options(job)
                 threads = max(1, int(options.get("num_cpus", 1)))

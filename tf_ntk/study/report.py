@@ -6,9 +6,15 @@ ensemble ("robust"), with the protocol number beside it. The claims, their prima
 rules are in `tf_ntk.study.claims` (and docs/reproduction.md); every other number is descriptive.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
 import csv
 import io
 import os
+from typing import Any
+from typing import cast
 
 import numpy as np
 
@@ -24,12 +30,12 @@ from tf_ntk.study import presets
 from tf_ntk.study import stats
 
 
-def _fmt(values):
+def _fmt(values: Sequence[Any]) -> str:
     values = [v for v in values if v is not None]
     return str(stats.summary(values)) if values else "–"
 
 
-def _interval_text(t):
+def _interval_text(t: claims.Test) -> str:
     if t.interval is None:
         return "–"
     text = str(t.interval)
@@ -38,13 +44,13 @@ def _interval_text(t):
     return text
 
 
-def _power_text(t):
+def _power_text(t: claims.Test) -> str:
     if t.control or t.interval is None or t.interval.n < 2:
         return "–"
     return "–" if t.power is None else f"{t.power}"
 
 
-def _verdict_text(t):
+def _verdict_text(t: claims.Test) -> str:
     if not t.primary:
         if t.control or t.interval is None:
             return t.verdict
@@ -53,7 +59,7 @@ def _verdict_text(t):
     return f"**{t.verdict}**" + (f" ⚠ sanity: {t.sanity}" if t.sanity else "")
 
 
-def claims_table(preset, verdicts):
+def claims_table(preset: presets.Preset, verdicts: dict[str, tuple[str, list[claims.Test], int]]) -> str:
     """The claims table as Markdown: per claim its primary endpoint (deciding), then its
     descriptive rows (never deciding; Holm-adjusted within the claim)."""
     lines = ["| claim | row | A (mean ± sd) | B (mean ± sd) | value [95% CI] | seeds for 80% power | "
@@ -71,13 +77,14 @@ def claims_table(preset, verdicts):
     return "\n".join(lines)
 
 
-def _row(kind, run, metric, value, **fields):
+def _row(kind: str, run: str, metric: str, value: Any, **fields: Any) -> dict[str, Any]:
     base = dict.fromkeys(COLUMNS, "")
     base.update(kind=kind, run=run, metric=metric, value=value, **fields)
     return base
 
 
-def results_rows(preset, collected, verdicts):
+def results_rows(preset: presets.Preset, collected: collect.Collected,
+                 verdicts: dict[str, tuple[str, list[claims.Test], int]]) -> list[dict[str, Any]]:
     """Every number of the study as long-format rows (dicts)."""
     rows = []
     for run, phase, source, seed, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
@@ -140,7 +147,7 @@ COLUMNS = ("kind", "run", "phase", "source", "seed", "dynamics", "data", "spawn_
            "metric", "value")
 
 
-def _csv_text(rows):
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -149,7 +156,7 @@ def _csv_text(rows):
     return buf.getvalue()
 
 
-def _num(value):
+def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
@@ -172,7 +179,7 @@ RULES = (
 TIMES = "sweep_times.json"  # in the sweep directory: one record per sweep invocation
 
 
-def record_time(sweep_dir, seconds, ran, workers):
+def record_time(sweep_dir: str, seconds: float, ran: int, workers: int) -> None:
     """Appends one sweep invocation's wall time to ``sweep_dir/sweep_times.json`` (atomically)."""
     path = os.path.join(sweep_dir, TIMES)
     records = rundir.read_json(path, expect=list) if rundir.exists(path) else []
@@ -181,7 +188,7 @@ def record_time(sweep_dir, seconds, ran, workers):
     rundir.write_json(path, records)
 
 
-def wall_time_text(sweep_dir):
+def wall_time_text(sweep_dir: str) -> str:
     """"Wall time: …" of every recorded sweep invocation that ran jobs ("" when none is recorded)."""
     path = os.path.join(sweep_dir, TIMES)
     if not rundir.exists(path):
@@ -196,8 +203,9 @@ def wall_time_text(sweep_dir):
             f"jobs, {where}.")
 
 
-def _verdict_reason(t, margin):
-    low, high = t.interval.low, t.interval.high
+def _verdict_reason(t: claims.Test, margin: float) -> str:
+    interval = cast(stats.Interval, t.interval)  # called only for a measured primary
+    low, high = interval.low, interval.high
     boot = t.bootstrap
     if t.verdict == claims.HOLDS:
         return f"both intervals lie above {margin:g}"
@@ -211,7 +219,7 @@ def _verdict_reason(t, margin):
     return "the t and the bootstrap intervals fall on different sides of the margin"
 
 
-def claim_paragraphs(preset, verdicts):
+def claim_paragraphs(preset: presets.Preset, verdicts: dict[str, tuple[str, list[claims.Test], int]]) -> list[str]:
     """A paragraph per claim: its primary endpoint, which sign supports it, what was measured, why
     the verdict, and where its descriptive rows point."""
     out = []
@@ -243,7 +251,7 @@ def claim_paragraphs(preset, verdicts):
     return out[:-1]
 
 
-def _resolution_lines(preset, collected):
+def _resolution_lines(preset: presets.Preset, collected: collect.Collected) -> list[str]:
     """The test-set resolution, and the gap between the protocol PGD and the worst case."""
     n = _test_images(preset, True)
     lines = [f"Primary checkpoints are evaluated on {n} test images: one image is {1 / n:.4f} of an "
@@ -266,7 +274,9 @@ def _resolution_lines(preset, collected):
     return lines
 
 
-def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
+def markdown(preset: presets.Preset, sweep_dir: str, collected: collect.Collected,
+             verdicts: dict[str, tuple[str, list[claims.Test], int]], drawn: Sequence[tuple[str, str]],
+             outcome_line: str = "") -> str:
     """report.md's text."""
     n = preset.seeds
     lines = [f"# Reproduction report: preset `{preset.name}`", "",
@@ -292,7 +302,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
               "Mean ± sample standard deviation over the seeds measured (n).", "",
               "| phase | source | spawn | dynamics | data | n | benign | robust (protocol) | "
               "robust |", "|---|---|---|---|---|---|---|---|---|"]
-    groups = {}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for run, phase, source, _, dynamics, data_mode, spawn in plan.evaluated_runs(preset):
         if run in collected.evals:
             groups.setdefault((phase, source, spawn, dynamics, data_mode), []).append(
@@ -346,7 +356,7 @@ def markdown(preset, sweep_dir, collected, verdicts, drawn, outcome_line=""):
     return "\n".join(lines)
 
 
-def _machine_lines(preset, collected):
+def _machine_lines(preset: presets.Preset, collected: collect.Collected) -> list[str]:
     """The kernel machines' table: mean ± sd over seeds per source and spawn epoch."""
     if not collected.machines:
         return []
@@ -374,16 +384,16 @@ def _machine_lines(preset, collected):
     return lines
 
 
-def _test_images(preset, primary=False):
+def _test_images(preset: presets.Preset, primary: bool = False) -> int:
     return (plan.eval_examples(preset, primary)
             or data.info(preset.dataset).num_examples["test"])
 
 
-def _binomial_sd(preset, accuracy=0.3):
+def _binomial_sd(preset: presets.Preset, accuracy: float = 0.3) -> float:
     return (accuracy * (1 - accuracy) / _test_images(preset, True)) ** 0.5
 
 
-def _glossary(preset):
+def _glossary(preset: presets.Preset) -> list[str]:
     adv = "used here" if preset.adv_mode == "clean_then_adv" else "not used here"
     return [
         "- *Phase 1*: training from the initialisation (standard: clean data; adversarial: PGD data).",
@@ -410,12 +420,12 @@ def _glossary(preset):
     ]
 
 
-def _mean_of(values):
+def _mean_of(values: Sequence[Any]) -> str:
     values = [v for v in values if v is not None]
     return _fmt(values) if values else "–"
 
 
-def _transfer_lines(preset, collected):
+def _transfer_lines(preset: presets.Preset, collected: collect.Collected) -> list[str]:
     """Transfer attacks on the centered children: white-box robust accuracy beside the accuracy on
     the PGD examples of the parent spawn and of the sibling spawn (mean ± sd over seeds)."""
     if not preset.transfer or not any(r["transfer"] for r in collected.evals.values()):
@@ -433,7 +443,7 @@ def _transfer_lines(preset, collected):
             for dynamics, mode in preset.phase2_conditions():
                 if dynamics != "centered" or spawn == 0:
                     continue
-                runs = [collected.evals.get(plan.phase2_name(dynamics, mode, source, s, spawn))
+                runs: list[Any] = [collected.evals.get(plan.phase2_name(dynamics, mode, source, s, spawn))
                         for s in preset.seed_list()]
                 runs = [r for r in runs if r and len(r["transfer"]) >= 2]
                 if not runs:
@@ -450,7 +460,7 @@ def _transfer_lines(preset, collected):
     return lines
 
 
-def _terms_lines(preset, collected):
+def _terms_lines(preset: presets.Preset, collected: collect.Collected) -> list[str]:
     """The output decomposition of linearized phase 2: accuracy of the spawn term f_s(x) alone, of
     the kernel term J(x)(θ − θ_s) alone and of their sum, on clean and on PGD inputs."""
     rows = []
@@ -461,7 +471,7 @@ def _terms_lines(preset, collected):
             for dynamics, mode in preset.phase2_conditions():
                 if dynamics != "linearized":
                     continue
-                found = [collected.evals.get(plan.phase2_name(dynamics, mode, source, s, spawn))
+                found: list[Any] = [collected.evals.get(plan.phase2_name(dynamics, mode, source, s, spawn))
                          for s in preset.seed_list()]
                 found = [r["output_terms"] for r in found if r and r.get("output_terms")]
                 if not found:
@@ -481,7 +491,7 @@ def _terms_lines(preset, collected):
             *rows]
 
 
-def _convergence_lines(preset, collected):
+def _convergence_lines(preset: presets.Preset, collected: collect.Collected) -> list[str]:
     """Phase 1's convergence check: final kernel velocity over its peak, per source."""
     lines = ["", "## Phase 1: has the kernel converged?", "",
              f"Kernel velocity at the last kernel epoch over its peak (mean ± sd over seeds); phase 1 "
@@ -489,7 +499,7 @@ def _convergence_lines(preset, collected):
              "| source | n | final / peak velocity | |", "|---|---|---|---|"]
     any_row = False
     for source in plan.phase1_sources(preset):
-        ratios = [collect.velocity_ratio(collected, plan.phase1_name(source, s)) for s in preset.seed_list()]
+        ratios: list[Any] = [collect.velocity_ratio(collected, plan.phase1_name(source, s)) for s in preset.seed_list()]
         ratios = [r for r in ratios if r is not None]
         if not ratios:
             continue
@@ -500,12 +510,13 @@ def _convergence_lines(preset, collected):
     return lines if any_row else []
 
 
-def _examples_text(preset):
+def _examples_text(preset: presets.Preset) -> str:
     return (f"the first {preset.eval_examples} test images" if preset.eval_examples
             else "the whole test set")
 
 
-def write(preset, sweep_dir, outcome_line=""):
+def write(preset: presets.Preset, sweep_dir: str,
+          outcome_line: str = "") -> tuple[dict[str, tuple[str, list[claims.Test], int]], dict[str, Any]]:
     """Collects, computes the claims, draws the figures and writes results.csv and report.md
     (atomically). Returns (verdicts, paths {"report", "results", "figures": [...]})."""
 
@@ -522,7 +533,7 @@ def write(preset, sweep_dir, outcome_line=""):
                       "figures": [p for _, p in drawn]}
 
 
-def summary_lines(verdicts):
+def summary_lines(verdicts: dict[str, tuple[str, list[claims.Test], int]]) -> list[str]:
     """The claims table for a terminal: per claim its verdict and its primary endpoint, and how many
     descriptive rows the report shows."""
     lines = []

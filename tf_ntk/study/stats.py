@@ -12,10 +12,18 @@ differences and ratios of grand means. `t_pvalue` and `holm` turn a family of pe
 decisions controlling the family-wise error, and `seeds_for_power` sizes a study.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
 import dataclasses
 import math
+from typing import Any
+from typing import Literal
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats as _scipy_stats
 
 
@@ -27,7 +35,7 @@ class Summary:
     std: float
     n: int
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.mean:.3f} ± {self.std:.3f}" if self.n > 1 else f"{self.mean:.3f}"
 
 
@@ -43,10 +51,10 @@ class Interval:
     confidence: float
     method: str = "t"
 
-    def excludes_zero(self):
+    def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.n < 2:
             if self.method == "bootstrap" and math.isfinite(self.low) and math.isfinite(self.high):
                 return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] (one seed: images only)"
@@ -54,7 +62,7 @@ class Interval:
         return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
-def summary(values):
+def summary(values: npt.ArrayLike) -> Summary:
     """`Summary` of ``values`` (a sequence of floats, NaNs not allowed)."""
     values = np.asarray(values, np.float64)
     if values.size == 0:
@@ -65,7 +73,7 @@ def summary(values):
     return Summary(float(np.mean(values)), std, int(values.size))
 
 
-def t_interval(values, confidence=0.95):
+def t_interval(values: npt.ArrayLike, confidence: float = 0.95) -> Interval:
     """The Student-t `Interval` of the mean of ``values`` (n ≥ 2 for finite bounds)."""
     s = summary(values)
     if s.n < 2:
@@ -74,7 +82,7 @@ def t_interval(values, confidence=0.95):
     return Interval(s.mean, s.mean - half, s.mean + half, s.n, confidence)
 
 
-def paired_difference(a, b, confidence=0.95):
+def paired_difference(a: npt.ArrayLike, b: npt.ArrayLike, confidence: float = 0.95) -> Interval:
     """`Interval` of the mean of a − b over paired values (the same seeds, in the same order)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -83,7 +91,7 @@ def paired_difference(a, b, confidence=0.95):
     return t_interval(a - b, confidence)
 
 
-def verdict(interval, margin=0.0):
+def verdict(interval: Interval, margin: float = 0.0) -> str:
     """"holds" if the interval lies above ``margin``, "does not hold at this scale" if it lies
     below it, "inconclusive" otherwise (or with fewer than 2 seeds)."""
     if interval.n < 2:
@@ -103,7 +111,7 @@ _CHUNK_ELEMENTS = 2_500_000
 _MIN_FINITE = 0.95
 
 
-def _draw_counts(rng, k, size):
+def _draw_counts(rng: np.random.Generator, k: int, size: int) -> np.ndarray:
     """Counts, shape (k, size) float64, of ``size`` draws with replacement from ``size`` indices, one
     row per replicate."""
     idx = rng.integers(0, size, size=(k, size))
@@ -113,7 +121,7 @@ def _draw_counts(rng, k, size):
     return counts.reshape(k, size).astype(np.float64)
 
 
-def _crossed_shapes(matrices):
+def _crossed_shapes(matrices: Sequence[npt.ArrayLike]) -> tuple[list[np.ndarray], int, int]:
     """The matrices as float64 arrays with the common number of seeds n and images m (1 if none
     has columns)."""
     if len(matrices) == 0:
@@ -133,7 +141,21 @@ def _crossed_shapes(matrices):
     return arrays, n, m
 
 
-def crossed_bootstrap(matrices, statistic, *, replicates=4000, seed=0, confidence=0.95, return_replicates=False):
+@overload
+def crossed_bootstrap(matrices: Sequence[npt.ArrayLike], statistic: Callable[[list[Any]], Any], *,
+                      replicates: int = ..., seed: int = ..., confidence: float = ...,
+                      return_replicates: Literal[False] = ...) -> Interval: ...
+
+
+@overload
+def crossed_bootstrap(matrices: Sequence[npt.ArrayLike], statistic: Callable[[list[Any]], Any], *,
+                      replicates: int = ..., seed: int = ..., confidence: float = ...,
+                      return_replicates: Literal[True]) -> tuple[Interval, np.ndarray]: ...
+
+
+def crossed_bootstrap(matrices: Sequence[npt.ArrayLike], statistic: Callable[[list[Any]], Any], *,
+                      replicates: int = 4000, seed: int = 0, confidence: float = 0.95,
+                      return_replicates: bool = False) -> Interval | tuple[Interval, np.ndarray]:
     """Percentile-bootstrap `Interval` (method "bootstrap") of ``statistic`` of grand means over a
     crossed design of seeds × test images (Owen's pigeonhole bootstrap).
 
@@ -182,7 +204,7 @@ def crossed_bootstrap(matrices, statistic, *, replicates=4000, seed=0, confidenc
     return (interval, values) if return_replicates else interval
 
 
-def t_pvalue(differences, margin=0.0):
+def t_pvalue(differences: npt.ArrayLike, margin: float = 0.0) -> float:
     """Two-sided p-value of the one-sample t-test of mean(``differences``) (per-seed, shape (n,))
     against ``margin``: NaN for n < 2; with all values equal 0.0 if they differ from the margin,
     1.0 if they equal it."""
@@ -197,7 +219,7 @@ def t_pvalue(differences, margin=0.0):
     return float(2 * _scipy_stats.t.sf(abs(t), d.size - 1))
 
 
-def holm(pvalues, alpha=0.05):
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
     """Holm–Bonferroni step-down over a family of p-values: ``(rejected, adjusted)``, two lists in
     the input's order. adjusted_(k) = min(1, max_{j ≤ k} (m − j + 1) p_(j)) over the m non-NaN
     p-values sorted ascending; rejected = adjusted ≤ alpha. NaN p-values: never rejected, not
@@ -215,7 +237,7 @@ def holm(pvalues, alpha=0.05):
     return rejected, [float(a) for a in adjusted]
 
 
-def _t_power(n, effect, alpha):
+def _t_power(n: np.ndarray, effect: float, alpha: float) -> np.ndarray:
     """Power, shape like ``n``, of the two-sided one-sample t-test at level ``alpha`` with n values
     and standardised effect mean/sd."""
     df = n - 1
@@ -224,7 +246,8 @@ def _t_power(n, effect, alpha):
     return _scipy_stats.nct.sf(critical, df, nc) + _scipy_stats.nct.cdf(-critical, df, nc)
 
 
-def seeds_for_power(mean, sd, *, power=0.8, alpha=0.05, max_seeds=10000):
+def seeds_for_power(mean: float, sd: float, *, power: float = 0.8, alpha: float = 0.05,
+                    max_seeds: int = 10000) -> int | None:
     """Smallest number of seeds n ≥ 2 at which the two-sided paired (one-sample) t-test at level
     ``alpha`` detects a true mean difference ``mean`` with per-seed standard deviation ``sd`` (same
     units) with at least ``power`` (exact, noncentral t with df n − 1, noncentrality mean/sd·√n).

@@ -9,6 +9,11 @@ long-lived processes that import TensorFlow once and run job after job in-proces
 parsing and main as the shell command), each with its share of the cores.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
 import concurrent.futures
 import dataclasses
 import multiprocessing
@@ -16,6 +21,8 @@ import os
 import shlex
 import threading
 import time
+from typing import Any
+from typing import TextIO
 
 import tensorflow as tf
 
@@ -47,15 +54,15 @@ class Job:
     deps: tuple = ()
     cost: float = 0.0
 
-    def command(self, python="python"):
+    def command(self, python: str = "python") -> str:
         """The job as one shell command line."""
         return " ".join(shlex.quote(a) for a in (python, "-m", self.module, *self.args))
 
-    def done(self):
+    def done(self) -> bool:
         return self.output is not None and rundir.exists(self.output)
 
 
-def order(jobs):
+def order(jobs: Iterable[Job]) -> list[Job]:
     """``jobs`` in dependency order (stable: a job keeps its place unless a dependency comes later).
     Raises ValueError on a duplicate name, an unknown dependency or a cycle."""
     by_name = {}
@@ -69,7 +76,7 @@ def order(jobs):
                 raise ValueError(f"job {job.name} depends on unknown job {dep}")
     ordered, placed, visiting = [], set(), set()
 
-    def visit(job):
+    def visit(job: Job) -> None:
         if job.name in placed:
             return
         if job.name in visiting:
@@ -99,11 +106,11 @@ class Outcome:
     times: dict = dataclasses.field(default_factory=dict)  # {job name: (start, end)} of the jobs run
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.failed and not self.blocked
 
 
-def _exit_with(parent):
+def _exit_with(parent: int) -> None:
     """Ends this worker as soon as the sweep process ``parent`` is gone (killed, or crashed), so that
     no orphan keeps running jobs into the sweep directory."""
     while os.getppid() == parent:
@@ -111,7 +118,7 @@ def _exit_with(parent):
     os._exit(1)
 
 
-def _init_worker(threads, parent):
+def _init_worker(threads: int, parent: int) -> None:
     """Gives a worker process its share of the cores (before TensorFlow's runtime starts) and a
     watchdog that ends it with its parent."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -121,7 +128,8 @@ def _init_worker(threads, parent):
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
-def _timed(execute, job, log_path):
+def _timed(execute: Callable[[str, list[str], str], str | None], job: Job,
+           log_path: str) -> tuple[str | None, float, float]:
     """Runs ``job``; (error or None, start, end) in Unix seconds."""
     start = time.time()
     rundir.makedirs(os.path.dirname(log_path))
@@ -137,13 +145,14 @@ def _timed(execute, job, log_path):
 JOBS_PER_WORKER = 40
 
 
-def threads_per_worker(workers, cores=None):
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """TensorFlow threads for each of ``workers`` processes so that together they fill ``cores``."""
     cores = cores or os.cpu_count() or 1
     return max(1, cores // max(1, workers))
 
 
-def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=JOBS_PER_WORKER):
+def run_local(jobs: Sequence[Job], execute: Callable[[str, list[str], str], str | None], *, workers: int, log_dir: str,
+              report: Callable[[str, Job, Any], Any] | None = None, jobs_per_worker: int = JOBS_PER_WORKER) -> Outcome:
     """Runs the unfinished ``jobs`` on a pool of ``workers`` processes, each job once its
     dependencies are done; a failed job blocks only the jobs that depend on it.
 
@@ -174,7 +183,7 @@ def run_local(jobs, execute, *, workers, log_dir, report=None, jobs_per_worker=J
                                                   initargs=(threads, os.getpid()),
                                                   max_tasks_per_child=jobs_per_worker)
     try:
-        running = {}
+        running: dict[concurrent.futures.Future, Job] = {}
         while pending or running:
             for job in list(pending):
                 if any(d in failed or d in blocked for d in job.deps):
@@ -231,10 +240,11 @@ class Executor:
     name = ""
     workers = 1
 
-    def run(self, jobs, execute, *, log_dir, report=None):
+    def run(self, jobs: Sequence[Job], execute: Callable[[str, list[str], str], str | None], *, log_dir: str,
+            report: Callable[[str, Job, Any], Any] | None = None) -> Outcome:
         raise NotImplementedError
 
-    def describe(self):
+    def describe(self) -> str:
         """One line for the sweep's first message."""
         return self.name
 
@@ -245,15 +255,16 @@ class LocalPool(Executor):
 
     name = "local"
 
-    def __init__(self, workers, jobs_per_worker=JOBS_PER_WORKER):
+    def __init__(self, workers: int, jobs_per_worker: int = JOBS_PER_WORKER) -> None:
         self.workers = workers
         self.jobs_per_worker = jobs_per_worker
 
-    def run(self, jobs, execute, *, log_dir, report=None):
+    def run(self, jobs: Sequence[Job], execute: Callable[[str, list[str], str], str | None], *, log_dir: str,
+            report: Callable[[str, Job, Any], Any] | None = None) -> Outcome:
         return run_local(jobs, execute, workers=self.workers, log_dir=log_dir, report=report,
                          jobs_per_worker=self.jobs_per_worker)
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"{self.workers} worker{'s' if self.workers > 1 else ''} × "
                 f"{threads_per_worker(self.workers)} thread(s)")
 
@@ -263,11 +274,12 @@ class PrintCommands(Executor):
 
     name = "print"
 
-    def __init__(self, python="python", out=None):
+    def __init__(self, python: str = "python", out: TextIO | None = None) -> None:
         self.python = python
         self.out = out
 
-    def run(self, jobs, execute=None, *, log_dir=None, report=None):
+    def run(self, jobs: Sequence[Job], execute: Callable[[str, list[str], str], str | None] | None = None, *,
+            log_dir: str | None = None, report: Callable[[str, Job, Any], Any] | None = None) -> Outcome:
         import sys  # noqa: PLC0415  (stdout at call time: tests capture it)
 
         out = self.out or sys.stdout
