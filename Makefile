@@ -18,7 +18,7 @@ $(STAMP): setup.py constraints.txt pyproject.toml
 	$(PY) -m pip check
 	@touch $(STAMP)
 
-# `make run`: the reproduction study's quick preset on the bundled digits, offline (~7½ min on 2 cores):
+# `make run`: the reproduction study's quick preset on the bundled digits, offline (~7 min on 2 cores):
 # 3 seeds of standard and adversarial training, centered phase 2 from their spawns, kernel dynamics
 # and seed-to-seed baselines, strong evaluations; ends with the claims table and where the report,
 # figures and TensorBoard logs are. A second `make run` only rewrites the report (finished jobs are

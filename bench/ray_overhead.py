@@ -28,6 +28,8 @@ flags.DEFINE_list("presets", ["smoke", "quick"], "Presets to time.")
 flags.DEFINE_integer("workers", 2, "Pool workers, and the local Ray's CPUs.", lower_bound=1)
 flags.DEFINE_integer("repeats", 1, "Sweeps per executor and preset.", lower_bound=1)
 flags.DEFINE_string("output", None, "JSON path (default bench/results/ray_overhead.json).")
+flags.DEFINE_string("keep_results", None, "Also copy each preset's results.csv (the pool's, equal to Ray's) "
+                    "into this directory as <preset>.csv, e.g. to compare with an earlier sweep.")
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +65,10 @@ def main(argv):
                 times[executor].append(seconds)
         if outputs["local"] != outputs["ray"]:
             raise AssertionError(f"{preset}: Ray's results.csv differs from the pool's")
+        if FLAGS.keep_results:
+            os.makedirs(FLAGS.keep_results, exist_ok=True)
+            with open(os.path.join(FLAGS.keep_results, f"{preset}.csv"), "wb") as f:
+                f.write(outputs["local"])
         pool, ray = statistics.median(times["local"]), statistics.median(times["ray"])
         result["presets"][preset] = {"pool_seconds": times["local"], "ray_seconds": times["ray"],
                                      "ratio": ray / pool, "same_results": True}

@@ -155,6 +155,14 @@ def robust_accuracy(model_fn: Callable[[tf.Tensor], tf.Tensor], dataset: Iterabl
                     norm: str = "linf", **options: Any) -> float:
     """Accuracy under an attack crafted against ``model_fn`` (default: the protocol's L∞ 4/255 PGD-100).
 
+    Two engines, on purpose. A `PGDConfig` streams: each batch of the ``dataset`` pipeline is attacked
+    as it comes (random starts keyed by (seed, batch index)), nothing is kept, no array of the whole
+    set exists; that serves the training loop's quick estimate on any pipeline, inside a strategy.
+    Every other attack goes through `tf_ntk.robust.ensembles.evaluate` on the whole set in memory
+    (starts keyed by (seed, attack, example), per-example bookkeeping: which member broke which
+    example, the adversarial images kept): the reported robust accuracies, and the worst case over
+    attacks, come only from there.
+
     ``attack``: a `tf_ntk.robust.attacks.PGDConfig` (the adversarial images' accuracy, batch b attacked with
     seed (seed, b)); a `tf_ntk.robust.ensembles.Ensemble` or ART attack, or one of the names
     `tf_ntk.robust.ensembles.NAMES` with ``eps``, ``norm`` and the builder's ``options`` (RobustBench's
