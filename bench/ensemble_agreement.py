@@ -66,7 +66,7 @@ def main(argv):
         raise ValueError(f"no evaluation.json under {FLAGS.sweep}/*/*/eval/: not a finished sweep")
     rows = []
     for path in paths:
-        row = _compare(rundir.read_json(path))
+        row = _compare(evaluation.read_evaluation(path))
         row["model"] = os.path.relpath(path, FLAGS.sweep).split(os.sep + "eval" + os.sep)[0]
         rows.append(row)
         print(f"  {row['model']:<48} now {row['now']:.3f} before {row['before']:.3f} "

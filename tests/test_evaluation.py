@@ -7,6 +7,7 @@ import pytest
 import tf_ntk
 from tf_ntk import data
 from tf_ntk import models
+from tf_ntk import rundir
 from tf_ntk import training
 from tf_ntk.robust import attacks
 from tf_ntk.robust import evaluation
@@ -263,3 +264,17 @@ def test_a_previous_format_set_of_the_first_examples_passes_and_unsound_sets_are
     assert not path.exists()
     evaluation.save_adversarial(path, adv["x"], adv["x_adv"], adv["y"], config, num_classes=3)
     assert evaluation.load_adversarial(path)["meta"]["eps"] == 0.1
+
+
+def test_an_evaluation_record_is_read_back_checked(tmp_path):
+    record = evaluation.evaluation_record("/ckpt", 2.0, "centered", 3, {"eps": 0.2})
+    record.update(benign_accuracy=1.0, robust_accuracy=2 / 3)
+    rundir.write_json(str(tmp_path / "evaluation.json"), record)
+    assert evaluation.read_evaluation(str(tmp_path / "evaluation.json")) == record
+    del record["robust_accuracy"]
+    rundir.write_json(str(tmp_path / "old.json"), record)
+    with pytest.raises(rundir.RecordError, match=r"corrupt evaluation file .*old.json: no robust_accuracy$"):
+        evaluation.read_evaluation(str(tmp_path / "old.json"))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(rundir.RecordError, match="corrupt evaluation file"):
+        evaluation.read_evaluation(str(tmp_path / "bad.json"))

@@ -255,8 +255,8 @@ def main(argv):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {kind} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
-        results = {"checkpoint": rundir.abspath(FLAGS.checkpoint), "epoch": meta.get("epoch"),
-                   "dynamics": kind, "examples": len(y), "flags": resolved, "robust": {}}
+        results = evaluation.evaluation_record(rundir.abspath(FLAGS.checkpoint), meta.get("epoch"), kind,
+                                               len(y), resolved)
         outcomes = []
         for name, attack in chosen.items():
             members = getattr(attack, "members", None)

@@ -12,6 +12,7 @@ from absl import flags
 
 from tf_ntk import rundir
 from tf_ntk.cli import common
+from tf_ntk.robust import evaluation
 
 flags.DEFINE_string("root", "runs", "Directory holding the run directories.")
 
@@ -33,7 +34,7 @@ def evaluations(run_dir, epoch, skipped):
     paths = rundir.glob(os.path.join(run_dir, "eval", "*", rundir.EVALUATION))
     for path in sorted(paths, key=rundir.mtime, reverse=True):
         try:
-            r = rundir.read_json(path, what="evaluation file")
+            r = evaluation.read_evaluation(path)
         except rundir.RecordError as e:
             skipped.append(str(e))
             continue

@@ -52,6 +52,33 @@ def inference_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
 
 _INFERENCE = "_tf_ntk_inference_fn"
 
+# The record tf-ntk-evaluate writes (`tf_ntk.rundir.EVALUATION`, evaluation.json) and the study, tf-ntk-results
+# and the benchmarks read: `evaluation_record` starts it, `read_evaluation` reads it back, checked.
+EVALUATION_FIELDS = ("checkpoint", "epoch", "dynamics", "examples", "flags", "robust", "benign_accuracy",
+                     "robust_accuracy")
+
+
+def evaluation_record(checkpoint: str, epoch: float | None, dynamics: str, examples: int,
+                      flags: dict[str, Any]) -> dict[str, Any]:
+    """The start of an evaluation.json record: the checkpoint (absolute path), its epoch, the dynamics it
+    was evaluated under, the number of test examples and the command's flags; ``robust`` {attack name:
+    {"accuracy", "attack", "description", "breaks", "rejected"}} to fill. tf-ntk-evaluate then adds
+    ``benign_accuracy`` and ``robust_accuracy`` (the worst case per example over the attacks), ``per_example``
+    (`encode_bits` strings: "benign", "robust", one per attack), ``attack`` ({name, eps, norm}) and, when
+    asked, ``sanity_checks``, ``transfer``, ``saved_adversarial`` and ``output_terms``."""
+    return {"checkpoint": checkpoint, "epoch": epoch, "dynamics": dynamics, "examples": examples,
+            "flags": flags, "robust": {}}
+
+
+def read_evaluation(path: str) -> dict[str, Any]:
+    """An evaluation.json record (see `evaluation_record`); `tf_ntk.rundir.RecordError` naming the file when
+    it is unreadable or lacks one of `EVALUATION_FIELDS`."""
+    record = rundir.read_json(path, what="evaluation file")
+    missing = [k for k in EVALUATION_FIELDS if k not in record]
+    if missing:
+        raise rundir.RecordError(f"corrupt evaluation file {path}: no {', '.join(missing)}")
+    return record
+
 
 def _correct(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.equal(tf.argmax(model_fn(x), axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from tf_ntk import rundir
+from tf_ntk.robust import evaluation
 from tf_ntk.study import plan
 from tf_ntk.study import presets
 
@@ -77,9 +78,9 @@ def collect(preset: presets.Preset, sweep_dir: str) -> Collected:
             continue
         kind, name = job.name.split("/", 1)
         if kind == "eval":
-            out.evals[name] = _eval_record(json.loads(rundir.read_text(job.output)), job.output)
+            out.evals[name] = _eval_record(evaluation.read_evaluation(job.output), job.output)
         elif kind == "transfer":
-            out.transfer_sets[name] = _eval_record(json.loads(rundir.read_text(job.output)), job.output)
+            out.transfer_sets[name] = _eval_record(evaluation.read_evaluation(job.output), job.output)
         elif kind == "kernels" and "_vs_" in name:
             a, b = name.split("_vs_")
             out.comparisons[(a, b)] = {row["epoch"]: row["distance"] for row in read_csv(job.output)}
