@@ -43,7 +43,10 @@ def spawn_path(workdir: str, epoch: float) -> str:
     return os.path.join(workdir, SPAWN_DIR, spawn_name(epoch))
 
 
-gfile = tf.io.gfile
+# Checkpoint directories are the other half of a run's storage: written whole into a temporary
+# directory, then renamed into place. They use the run directory's file-system handle (local disks,
+# gs://, ram://), the one place `tf.io.gfile` is named.
+gfile = rundir.gfile
 
 
 def _abs(directory: str | os.PathLike) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Sequence
-import json
 import os
 from typing import Any
 
@@ -413,9 +412,8 @@ def step_seconds(preset: presets.Preset, results_dir: str = BENCH_RESULTS) -> di
     for kind, estimate in STEP_SECONDS_ESTIMATE.items():
         path = os.path.join(results_dir, f"accelerator_{kind}.json")
         out[kind] = estimate
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
+        if rundir.exists(path):
+            record = rundir.read_json(path, what="accelerator benchmark record")
             key = "standard_xla" if preset.jit_compile else "standard_tf"
             seconds = record.get("steps_seconds", {}).get(key)
             if seconds and not record.get("smoke"):

@@ -346,7 +346,9 @@ def markdown(preset: presets.Preset, sweep_dir: str, collected: collect.Collecte
               "`<run>/eval/`: evaluation.json.",
               "- `kernels/`: kernel metrics per run and distances per pair; `features/`: eigen-images; "
               "`transfer/`: each spawn's PGD examples; `kernel_machine/`: the kernel machines.",
-              "- `logs/`: each job's output.", "",
+              "- `figures/`: the figures above (PNG); `sweep.json`: the preset this sweep ran; "
+              f"`{TIMES}`: the wall time of each invocation.",
+              "- `logs/`: each job's output; `logs/job_times.json`: each job's start and end.", "",
               f"- `{board.BOARD_DIR}/`: the study's TensorBoard log directory, one run per condition "
               "(means over seeds, the seeds' range in Custom Scalars' margin charts, the figures as "
               "images, HParams of the phase-2 conditions).", "",
