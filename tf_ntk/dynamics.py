@@ -220,6 +220,11 @@ def reuse_models() -> Iterator[None]:
         _POOL.taken, _POOL.active = [], False
 
 
+def reusing() -> bool:
+    """Whether this process is inside a `reuse_models` block (a sweep worker's job)."""
+    return _POOL.active
+
+
 def load_model(directory: str, *, dynamics: str | None = None, batchnorm: str = "frozen",
                expected_model: Mapping[str, Any] | None = None,
                reuse: bool = False) -> tuple[keras.Model, dict[str, Any]]:

@@ -55,6 +55,7 @@ import tensorflow as tf
 
 from tf_ntk import checkpoints
 from tf_ntk import distribute
+from tf_ntk import dynamics
 from tf_ntk import ntk
 from tf_ntk import rundir
 from tf_ntk.robust import attacks
@@ -534,9 +535,11 @@ class _Run:
         _check_dynamics(model, config)
         self.model, self.dataset_fn, self.config, self.workdir = model, dataset_fn, config, workdir
         self.callbacks, self.tracker, self.stop_requested = callbacks, kernel_tracker, stop_requested
-        # One process, one device: the compiled state of an earlier run on this model object serves
-        # again, reset to a fresh optimizer's values (traces capture variables, not their values).
-        reusable = self.strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
+        # In a sweep worker's job (`tf_ntk.dynamics.reuse_models`, whose pool keeps the models), on one
+        # device: the compiled state of an earlier run on this model object serves again, reset to a fresh
+        # optimizer's values (traces capture variables, not their values). Elsewhere nothing is kept.
+        reusable = (dynamics.reusing() and self.strategy is tf.distribute.get_strategy()
+                    and not tf.distribute.has_strategy())
         cached = _COMPILED.get(model, {}).get(_trace_key(config)) if reusable else None
         self.step_fns: dict[bool, Callable[..., tuple[tf.Tensor, ...]]]  # adversarial -> compiled step
         if cached is not None:
