@@ -4,6 +4,8 @@ an uninterrupted run, each summary once (bench/soak.py does the same with real S
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from tests import helpers
 from tf_ntk import checkpoints
 from tf_ntk import summaries
 from tf_ntk.cli import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ARGS = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256",
         "--epochs=2", "--save_epochs=0,0.5,1,2", "--eval_every=1", "--kernel_every=1",
@@ -106,15 +110,37 @@ def test_history_json_lags_the_resume_state_only_inside_the_window(tmp_path):
     assert json.loads((workdir / "history.json").read_text()) == resume
 
 
-def test_a_binarys_recorded_flags_are_the_ones_it_defines():
-    # Every binary imported into one process (as in a sweep worker): each records only its own flags.
-    from tf_ntk.cli import common  # noqa: PLC0415 - after train, on purpose
-    from tf_ntk.cli import evaluate  # noqa: PLC0415
-    from tf_ntk.cli import reproduce  # noqa: PLC0415
+_RECORDED = """
+import json, sys
+from tf_ntk.cli import common
+for name in sys.argv[1].split(","):
+    __import__(f"tf_ntk.cli.{name}")
+print(json.dumps({n: sorted(common.resolved_flags(f"tf_ntk.cli.{n}")) for n in sys.argv[1].split(",")}))
+"""
 
-    recorded = {m.__name__: set(common.resolved_flags(m.__name__)) for m in (train, evaluate, reproduce)}
-    assert {"model", "lr", "save_epochs", "eps", "workdir"} <= recorded["tf_ntk.cli.train"]
-    assert {"checkpoint", "eps", "strong_restarts", "workdir"} <= recorded["tf_ntk.cli.evaluate"]
-    assert not {"model", "width", "lr", "save_epochs", "jit_compile"} & recorded["tf_ntk.cli.evaluate"]
-    assert {"preset", "spawn_epochs", "model", "jit_compile"} <= recorded["tf_ntk.cli.reproduce"]
-    assert not {"checkpoint", "lr", "attack_steps"} & recorded["tf_ntk.cli.reproduce"]
+
+@pytest.mark.parametrize("order", ["train,evaluate,reproduce", "reproduce,train,evaluate"])
+def test_a_binarys_recorded_flags_are_the_ones_it_defines(order):
+    # Binaries imported into one process in either order (a sweep worker imports the command first):
+    # each records the flags it defines, nested groups included (--eps through the attack flags), and
+    # no other binary's.
+    out = subprocess.run([sys.executable, "-c", _RECORDED, order], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    recorded = {k: set(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    assert {"model", "lr", "save_epochs", "eps", "workdir"} <= recorded["train"]
+    assert {"checkpoint", "eps", "strong_restarts", "workdir", "dataset", "seed"} <= recorded["evaluate"]
+    assert not {"model", "width", "lr", "save_epochs", "jit_compile"} & recorded["evaluate"]
+    assert {"preset", "spawn_epochs", "model", "jit_compile", "eps"} <= recorded["reproduce"]
+    assert not {"checkpoint", "lr", "attack_steps"} & recorded["reproduce"]
+
+
+def test_a_binary_run_as_a_module_records_its_shared_flags(tmp_path):
+    # python -m tf_ntk.cli.train: the module is __main__, whose key flags absl files under sys.argv[0].
+    subprocess.run([sys.executable, "-m", "tf_ntk.cli.train", f"--workdir={tmp_path}/run", "--model=mlp",
+                    "--width=4", "--epochs=1", "--save_epochs=1", "--eval_every=0", "--eval_attack_steps=1",
+                    "--batch_size=512", "--lr=1/20"],
+                   capture_output=True, text=True, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    with open(tmp_path / "run" / "flags.json", encoding="utf-8") as f:
+        recorded = json.load(f)
+    assert recorded["model"] == "mlp" and recorded["lr"] == 0.05 and recorded["save_epochs"] == [1.0]
+    assert {"dataset", "eps", "seed", "attack_steps", "strategy", "jit_compile", "per_class"} <= set(recorded)

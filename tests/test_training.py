@@ -474,15 +474,15 @@ def test_resume_refuses_another_data_seed_and_takes_an_old_record(tmp_path):
     assert _same(_weights(straight), _weights(resumed))
 
 
-def test_a_sweep_worker_reuses_its_models_and_train_steps_with_the_numbers_of_fresh_runs(tmp_path):
+def test_a_sweep_worker_reuses_its_models_and_train_steps_with_the_numbers_of_fresh_runs(tmp_path, monkeypatch):
     """Train jobs one after another in one process, as a sweep worker runs them (each in its own
-    `reuse_models` block): the second phase-1 and phase-2 jobs train the first ones' model objects
-    with the steps traced for them, and every weight and recorded number equals the same job run on
-    fresh objects."""
+    `reuse_models` block): the second phase-1 and phase-2 jobs train the first ones' model objects (a
+    CNN with BatchNorm: its moving statistics too) with the steps traced for them, and every variable
+    and recorded number equals the same job run on new objects."""
     from tf_ntk.cli import common  # noqa: PLC0415 - imports the binaries' flags
 
-    tiny = ["--width=7", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256",
-            "--model=mlp", "--data_mode=adv", "--eval_every=0"]
+    tiny = ["--width=3", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256",
+            "--model=cnn", "--data_mode=adv", "--eval_every=0"]
 
     def phase1(name, seed):
         return [f"--workdir={tmp_path / name}", f"--seed={seed}", "--epochs=2", "--save_epochs=1,2", *tiny]
@@ -491,26 +491,32 @@ def test_a_sweep_worker_reuses_its_models_and_train_steps_with_the_numbers_of_fr
         return [f"--workdir={tmp_path / name}", f"--spawn={tmp_path / parent / 'spawn' / 'epoch_1'}",
                 "--dynamics=centered", "--epochs=1", "--save_epochs=1", "--lr=0.01", *tiny]
 
+    def pooled():
+        return [m for models_ in dynamics._POOL.free.values() for entry in models_  # noqa: SLF001
+                for m in (entry if isinstance(entry, tuple) else (entry,))]
+
+    monkeypatch.setattr(dynamics, "_POOL", dynamics._Pool())  # noqa: SLF001 - this test's own worker
     jobs = [("a", phase1("a", 0)), ("b", phase1("b", 1)), ("ca", phase2("ca", "a")), ("cb", phase2("cb", "b"))]
-    for name, args in jobs:  # a worker: every job in its own block, models kept in between
-        with dynamics.reuse_models():
-            assert common.execute("tf_ntk.cli.train", args, str(tmp_path / f"{name}.log")) is None
-    # Reuse happened: b trained a's model with the steps traced for a, cb ca's: one model and one
-    # compiled state per kind, where fresh objects would leave two.
+    for name, args in jobs:  # a worker: every job in its own block (execute's), models kept in between
+        assert common.execute("tf_ntk.cli.train", args, str(tmp_path / f"{name}.log")) is None
+    # Reuse happened: b trained a's model with the steps traced for a, cb ca's: one model per kind in
+    # the pool and one compiled state each, where new objects would leave two.
     compiled = training._COMPILED  # noqa: SLF001 - the cache under test
-    kept = {kind: [m for m in list(compiled) if m.name == f"{kind}mlp_w7"] for kind in ("", "centered_")}
-    assert {kind: len(models_) for kind, models_ in kept.items()} == {"": 1, "centered_": 1}
-    assert all(len(compiled[m]) == 1 for models_ in kept.values() for m in models_)
+    kept = [m for m in pooled() if m in compiled]
+    assert sorted(m.name for m in kept) == ["centered_cnn_w3", "cnn_w3"]
+    assert all(len(compiled[m]) == 1 for m in kept)
     assert "resuming" not in (tmp_path / "b.log").read_text()
-    for name, args in jobs[1::2]:  # b and cb again on fresh objects (no reuse block: nothing pooled)
+    monkeypatch.setattr(dynamics, "_POOL", dynamics._Pool())  # noqa: SLF001 - a new worker: nothing kept
+    for name, args in jobs[1::2]:  # b and cb again on new objects
         fresh = [a.replace(f"/{name}", f"/{name}-fresh") if a.startswith("--workdir") else a for a in args]
         assert common.execute("tf_ntk.cli.train", fresh, str(tmp_path / f"{name}-fresh.log")) is None
         for epoch in ("1",) if name == "cb" else ("1", "2"):
             got, _ = dynamics.load_model(str(tmp_path / name / "spawn" / f"epoch_{epoch}"))
             want, _ = dynamics.load_model(str(tmp_path / f"{name}-fresh" / "spawn" / f"epoch_{epoch}"))
-            for g, w in zip(_weights(got), _weights(want), strict=True):
-                np.testing.assert_array_equal(g, w)
+            for g, w in zip(got.variables, want.variables, strict=True):
+                np.testing.assert_array_equal(g.numpy(), w.numpy())
         got = rundir.read_json(str(tmp_path / name / "results.json"))
         want = rundir.read_json(str(tmp_path / f"{name}-fresh" / "results.json"))
         for key in ("benign_accuracy", "robust_accuracy_quick", "final_train_loss"):
             assert got[key] == want[key], key
+    assert not set(map(id, pooled())) & set(map(id, kept))  # the second runs had new objects

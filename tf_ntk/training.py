@@ -537,7 +537,8 @@ class _Run:
         self.callbacks, self.tracker, self.stop_requested = callbacks, kernel_tracker, stop_requested
         # In a sweep worker's job (`tf_ntk.dynamics.reuse_models`, whose pool keeps the models), on one
         # device: the compiled state of an earlier run on this model object serves again, reset to a fresh
-        # optimizer's values (traces capture variables, not their values). Elsewhere nothing is kept.
+        # optimizer's values (traces capture variables, not their values). It lives as long as the worker
+        # (replaced after its share of jobs), one per model and trace key. Elsewhere nothing is kept.
         reusable = (dynamics.reusing() and self.strategy is tf.distribute.get_strategy()
                     and not tf.distribute.has_strategy())
         cached = _COMPILED.get(model, {}).get(_trace_key(config)) if reusable else None

@@ -11,6 +11,7 @@ import fractions
 import functools
 import inspect
 import math
+import sys
 
 from absl import flags
 
@@ -38,18 +39,24 @@ class FractionParser(flags.FloatParser):
         return value
 
 
-_GROUPS: dict[str, list[str]] = {}  # define_* function name -> the names of the flags it defined
+_GROUPS: dict[str, list[str]] = {}  # define_* function name -> the names of the flags it declares
+_RECORDING: list[set[str]] = []  # the names declared while a define_* function runs for the first time
 
 
 def _declare(names):
-    """Registers ``names`` as key flags of the module that called into this one (the binary)."""
+    """Registers ``names`` as key flags of the module that called into this one (the binary). A binary
+    run as ``python -m`` is ``__main__``, which absl files under ``sys.argv[0]`` (its own flags too)."""
+    for recording in _RECORDING:
+        recording.update(names)
     frame = inspect.currentframe()
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back
     if frame is None:
         return
+    module = frame.f_globals["__name__"]
+    module = sys.argv[0] if module == "__main__" else module
     for name in names:
-        flags.FLAGS.register_key_flag_for_module(frame.f_globals["__name__"], flags.FLAGS[name])
+        flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
 
 
 def define_fraction(name, default, help_text, lower=None, upper=None):
@@ -90,9 +97,15 @@ def _once(first_flag):
         @functools.wraps(fn)
         def define(*args, **kwargs):
             if first_flag not in flags.FLAGS:
+                # The group: the flags it defines and those it declares through other define_* calls
+                # (define_attack_flags declares --eps even where define_eps_flag ran first).
                 before = set(flags.FLAGS)
-                fn(*args, **kwargs)
-                _GROUPS[fn.__name__] = sorted(set(flags.FLAGS) - before)
+                _RECORDING.append(set())
+                try:
+                    fn(*args, **kwargs)
+                finally:
+                    declared = _RECORDING.pop()
+                _GROUPS[fn.__name__] = sorted((set(flags.FLAGS) - before) | declared)
             _declare(_GROUPS.get(fn.__name__, ()))
 
         return define
