@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
-# Two workers: most of the suite's time is single-threaded graph tracing.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+# Two workers: most of the suite's time is single-threaded graph tracing. The 20 slowest tests are
+# listed at the end, so that every CI log shows where the suite's time goes.
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=20
 
 .PHONY: run test bench docs install clean build-file
 
