@@ -1,12 +1,11 @@
 # Two commands do all the set-up: `make run` and `make test`.
-# Both (re)install into .venv only when setup.py or constraints.txt changed since the last install.
+# Both (re)install into .venv only when setup.py, constraints.txt or pyproject.toml changed since the last install.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
-# Two workers: most of the suite's time is single-threaded graph tracing. The 20 slowest tests are
-# listed at the end, so that every CI log shows where the suite's time goes.
-PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=20
+# Two workers: most of the suite's time is single-threaded graph tracing.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: run test bench docs install clean build-file
 

@@ -16,7 +16,7 @@ settings. Jobs run on a pool of --jobs worker processes (default: one per core),
 of the cores, or with --executor=ray as Ray tasks (tf_ntk/study/ray_sweep.py); a rerun skips finished jobs
 and resumes interrupted ones. Writes WORKDIR/report.md, results.csv, figures/*.png|pdf, the
 TensorBoard log directory WORKDIR/tensorboard, and every run, kernel walk and evaluation under
-WORKDIR (see tf_ntk/jobs.py for the layout); each job's output goes to WORKDIR/logs/.
+WORKDIR (see tf_ntk/study/plan.py for the layout); each job's output goes to WORKDIR/logs/.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""The reproduction study: the paper's three claims tested end to end by one command
+"""The reproduction study: the paper's three claims (C1 as C1a and C1b, C2, C3) tested end to end by one command
 (`tf-ntk-reproduce`).
 
 Modules, in dependency order:

@@ -1,6 +1,6 @@
 """The reproduction study as a job graph: presets, and the plan of phase-1 runs, phase-2 runs from
 their spawns, kernel walks, matched noise floors, transfer attacks, eigen-images, kernel machines and
-evaluations that tests the paper's three claims (decided by `tf_ntk.study.report`'s primary endpoints).
+evaluations that tests the paper's claims (C1a, C1b, C2, C3; decided by `tf_ntk.study.claims`' primary endpoints).
 
 Sweep directory layout (every path relative to it):
   phase1/<source>-s<seed>/                      tf-ntk-train runs; <source> = standard | adversarial |

@@ -55,7 +55,7 @@ class Preset:
       eval_examples: test examples evaluated (None: the whole test set).
       eval_steps: steps of the protocol PGD and of the strong ensemble's PGD members.
       strong_restarts, square_queries: restarts of the strong PGD members; Square's queries.
-      eigen_images: eigenvectors visualised per final phase-1 kernel (seed 0; 0: none).
+      eigen_images: eigenvectors visualised per final phase-1 kernel (the preset's first seed; 0: none).
       eigen_steps: signed-gradient steps per eigen-image.
       kernel_machine_per_class: training images per class of the kernel machine (tf-ntk-kernel-machine,
         class-balanced; 0: no kernel-machine jobs).
