@@ -164,6 +164,9 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     assert set(robust) == {"protocol", "strong", "sanity"} and robust["strong"]["attack"]["name"] == "strong"
     assert cen_eval["robust_accuracy"] <= min(r["accuracy"] for r in robust.values())
     assert cen_eval["sanity_checks"]["attack"].startswith("strong")
+    # The report starts from the evaluation's own strong outcome (not a second run of it).
+    assert cen_eval["sanity_checks"]["robust"] == robust["strong"]["accuracy"]
+    assert cen_eval["sanity_checks"]["benign"] == cen_eval["benign_accuracy"]
     # The sanity report's stronger attacks count: robust = every attack's bits and the report's.
     bits = {k: evaluation.decode_bits(v) for k, v in cen_eval["per_example"].items()}
     assert np.array_equal(bits["robust"], bits["protocol"] & bits["strong"] & bits["sanity"])

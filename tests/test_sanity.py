@@ -87,3 +87,29 @@ def test_random_noise_fails_the_restarts_check(trained):
     assert "3x restarts break no more examples" in failed, str(report)
     assert failed["3x restarts break no more examples"].shortfall > 0
     assert "breaks" in failed["3x restarts break no more examples"].detail
+
+
+def test_a_base_result_from_the_caller_gives_the_same_report_without_rerunning_the_attack(trained, monkeypatch):
+    model, x, y = trained
+    x, y = x[:60], y[:60]
+    fn = evaluation.inference_fn(model)
+    attack = ensembles.strong(EPS, steps=5, restarts=2, square_queries=0, apgd=False, targets=0)
+    fresh = sanity.sanity_checks(fn, x, y, attack, seed=3, batch_size=32, blackbox_queries=0)
+    base = ensembles.evaluate(fn, x, y, attack, seed=3, batch_size=32)
+    ran = []
+    real = ensembles.evaluate
+
+    def counting(model_fn, images, labels, a, **kw):
+        ran.append(a)
+        return real(model_fn, images, labels, a, **kw)
+
+    monkeypatch.setattr(ensembles, "evaluate", counting)
+    reused = sanity.sanity_checks(fn, x, y, attack, seed=3, batch_size=32, blackbox_queries=0, base=base)
+    assert attack not in ran  # the attack itself ran once, by the caller
+    assert reused.to_dict() == fresh.to_dict()
+    assert (reused.correct == fresh.correct).all() and reused.robust == base.accuracy
+    # The ε = 0 check runs one start per member: every image runs every start to its last step there.
+    at_zero = [a for a in ran if a.eps == 0.0]
+    assert len(at_zero) == 1 and all(m.restarts == 1 for m in ensembles.members(at_zero[0]))
+    with pytest.raises(ValueError, match="base holds 60 examples"):
+        sanity.sanity_checks(fn, x[:50], y[:50], attack, blackbox_queries=0, base=base)

@@ -307,8 +307,9 @@ def main(argv):
             white = [n for n in ("strong", "protocol") if n in chosen] or ["strong"]
             target = chosen.get(white[0]) or common_flags.strong_ensemble(FLAGS)
             print(f"sanity checks of the {white[0]} attack")
+            ran = dict(zip(chosen, outcomes)).get(white[0])  # the same attack, seed and batches
             report = sanity.sanity_checks(fn, x, y, target, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-                                          blackbox_queries=FLAGS.blackbox_queries)
+                                          blackbox_queries=FLAGS.blackbox_queries, base=ran)
             results["sanity_checks"] = report.to_dict()
             print(report)
             # Its stronger attacks count: an example any of them broke is not robust.
