@@ -18,6 +18,7 @@ from tf_ntk import data
 from tf_ntk import models
 from tf_ntk import training
 from tf_ntk.cli import common
+from tf_ntk.robust import ensembles
 
 
 def randomize_bn_statistics(model, seed=0):
@@ -208,3 +209,19 @@ def ray_head(cpus=2):
                 p.kill()
         head.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def record_crafts(monkeypatch, stop_after=None):
+    """Wraps every attack `tf_ntk.robust.ensembles.evaluate` crafts: returns the list the attacks go
+    into, in order; with ``stop_after``, the next craft raises KeyboardInterrupt (a killed process)."""
+    crafted = []
+    craft = ensembles._Runner.craft  # noqa: SLF001 - the one place every attack passes
+
+    def recording(self, attack, indices):
+        if stop_after is not None and len(crafted) == stop_after:
+            raise KeyboardInterrupt
+        crafted.append(attack)
+        return craft(self, attack, indices)
+
+    monkeypatch.setattr(ensembles._Runner, "craft", recording)  # noqa: SLF001
+    return crafted

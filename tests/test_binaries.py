@@ -123,7 +123,7 @@ def test_train_writes_checkpoints_results_and_tensorboard(runs, capsys):
         "another --workdir")
 
 
-def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
+def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs, monkeypatch):
     adv, std = os.path.join(runs, "adv"), os.path.join(runs, "std")
     cen = os.path.join(runs, "adv-centered")
     _run(train, [f"--workdir={cen}", f"--spawn={adv}/spawn/epoch_0.5", "--dynamics=centered",
@@ -144,9 +144,11 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     # Replaying a set against the model that made it reproduces its robust accuracy.
     assert self_transfer["transfer_accuracy"] == pytest.approx(std_eval["robust_accuracy"])
     # Protocol and strong side by side (a shortened strong ensemble), and the sanity report on it.
+    full = helpers.record_crafts(monkeypatch)
     _run(evaluate, [f"--checkpoint={cen}/spawn/epoch_1", "--eps=0.2", "--attack_steps=3",
                     "--max_examples=64", "--output_terms", "--sanity_checks", "--strong_restarts=1",
                     "--square_queries=20", "--blackbox_queries=20"])
+    monkeypatch.undo()
     cen_eval = helpers.read_json(os.path.join(cen, "eval", "epoch_1", "evaluation.json"))
     assert cen_eval["dynamics"] == "centered" and "checks" in cen_eval["sanity_checks"]
     # The headline numbers are in the evaluated run's own events (its scalars and HParams row), at
@@ -179,6 +181,25 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs):
     assert cen_eval["output_terms"]["clean"]["kernel_term"] == cen_eval["benign_accuracy"]
     values, _ = _events(os.path.join(cen, "eval", "epoch_1"))
     assert "eval/robust_accuracy" in values and "eval/robust_accuracy_strong" in values
+    assert not os.path.exists(os.path.join(cen, "eval", "epoch_1", "partial"))
+    # Killed inside its sanity report, the same evaluation resumes and gives the same record.
+    args = [f"--checkpoint={cen}/spawn/epoch_1", "--eps=0.2", "--attack_steps=3", "--max_examples=64",
+            "--output_terms", "--sanity_checks", "--strong_restarts=1", "--square_queries=20",
+            "--blackbox_queries=20", f"--workdir={runs}/resumed_eval"]
+    helpers.record_crafts(monkeypatch, stop_after=12)
+    with pytest.raises(KeyboardInterrupt):
+        _run(evaluate, args)
+    assert os.listdir(os.path.join(runs, "resumed_eval", "partial"))
+    assert not os.path.exists(os.path.join(runs, "resumed_eval", "evaluation.json"))
+    monkeypatch.undo()
+    rerun = helpers.record_crafts(monkeypatch)
+    _run(evaluate, args)
+    resumed = helpers.read_json(os.path.join(runs, "resumed_eval", "evaluation.json"))
+    for key in ("benign_accuracy", "robust_accuracy", "robust", "per_example", "sanity_checks", "output_terms"):
+        assert resumed[key] == cen_eval[key], key
+    # The twelve attacks crafted before the kill were not crafted again.
+    assert len(full) > 20 and len(rerun) == len(full) - 12
+    assert not os.path.exists(os.path.join(runs, "resumed_eval", "partial"))
 
 
 def _bits(text):

@@ -122,3 +122,31 @@ def test_worst_case_takes_the_first_breaking_attacks_image():
     np.testing.assert_array_equal(x_adv.ravel(), [2.0, 1.0, 3.0, 3.0])  # first breaker; else the last
     with pytest.raises(ValueError, match="at least one"):
         ensembles.worst_case([])
+
+
+def test_an_interrupted_ensemble_resumes_after_its_last_saved_member_with_the_same_result(trained_mlp, tmp_path,
+                                                                                       monkeypatch):
+    model, x, y = trained_mlp
+    fn = evaluation.inference_fn(model)
+    ensemble = ensembles.strong(0.1, steps=5, restarts=2, targets=1, apgd=False, square_queries=0)
+    protocol = ensembles.evaluate(fn, x, y, ensembles.protocol(0.1, steps=5), seed=2)
+    whole = ensembles.evaluate(fn, x, y, ensemble, seed=2, batch_size=64, start=protocol)
+    helpers.record_crafts(monkeypatch, stop_after=3)  # killed as the fourth member starts
+    resume = {"resume_dir": str(tmp_path / "partial"), "resume_tag": "model-a"}
+    with pytest.raises(KeyboardInterrupt):
+        ensembles.evaluate(fn, x, y, ensemble, seed=2, batch_size=64, start=protocol, **resume)
+    assert len(list((tmp_path / "partial").iterdir())) == 1
+    monkeypatch.undo()
+    counted = helpers.record_crafts(monkeypatch)
+    resumed = ensembles.evaluate(fn, x, y, ensemble, seed=2, batch_size=64, start=protocol, **resume)
+    # Only the members after the third ran again, and the result is the uninterrupted one.
+    assert [a.describe() for a in counted] == [m.describe() for m in ensemble.members[3:]]
+    assert np.array_equal(resumed.broken_by, whole.broken_by) and np.array_equal(resumed.x_adv, whole.x_adv)
+    assert resumed.members == whole.members and resumed.rejected == whole.rejected
+    # A finished call returns at once; another tag (another model) or seed starts afresh.
+    counted.clear()
+    again = ensembles.evaluate(fn, x, y, ensemble, seed=2, batch_size=64, start=protocol, **resume)
+    assert counted == [] and np.array_equal(again.broken_by, whole.broken_by)
+    ensembles.evaluate(fn, x, y, ensemble, seed=2, batch_size=64, start=protocol,
+                       resume_dir=resume["resume_dir"], resume_tag="model-b")
+    assert len(counted) == len(ensemble.members)

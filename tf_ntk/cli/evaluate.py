@@ -29,7 +29,10 @@ runs or anything is written, and reports the model's accuracy on each set's own 
 Square attack break more examples; every example one of its attacks broke counts as broken in the
 robust accuracy (robust["sanity"]: the report's own worst case). A phase-1 checkpoint can be
 evaluated under another dynamics (--eval_dynamics). Results go to --workdir (default
-RUN/eval/<checkpoint name>): flags.json, evaluation.json and TensorBoard events.
+RUN/eval/<checkpoint name>): flags.json, evaluation.json and TensorBoard events. Every attack saves
+its progress under <workdir>/partial after each member of an ensemble: an evaluation that was killed
+(a preempted machine, a stopped sweep) continues where it stopped when run again, with the same
+numbers; the directory goes once evaluation.json is written.
 
 evaluation.json holds, besides the checkpoint, its epoch and dynamics, the number of examples and the
 resolved flags:
@@ -57,6 +60,7 @@ TensorBoard gets eval/benign_accuracy, eval/robust_accuracy, eval/robust_accurac
 --transfer_from set in the order given, eval/transfer_accuracy/<i> (i from 0).
 """
 
+import hashlib
 import os
 
 from absl import flags
@@ -251,7 +255,12 @@ def main(argv):
     common.check_new_output(results_path, FLAGS.overwrite)
     fn = evaluation.inference_fn(model)
     x, y = ensembles.arrays(dataset)
-    with rundir.open_run(workdir):
+    # Each attack saves its progress here after every member: a killed evaluation, rerun, continues
+    # where it stopped (the key names the attack and inputs; the tag names these weights and dynamics).
+    partial = rundir.join(workdir, "partial")
+    tag = hashlib.sha256(kind.encode() + b"".join(np.asarray(w).tobytes() for w in model.weights)).hexdigest()
+    resume = {"resume_dir": partial, "resume_tag": tag}
+    with rundir.open_run(workdir, keep_if=lambda _: rundir.exists(partial)):
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {kind} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")
@@ -265,7 +274,7 @@ def main(argv):
                                         + ", ".join(m.short() for m in members)))
             bar = common.progress(len(y), unit="image") if name == "protocol" else None
             outcome = ensembles.evaluate(fn, x, y, attack, seed=FLAGS.seed,
-                                          batch_size=FLAGS.batch_size, progress=bar)
+                                          batch_size=FLAGS.batch_size, progress=bar, **resume)
             outcomes.append(outcome)
             results["robust"][name] = {"accuracy": outcome.accuracy, "attack": attack.to_dict(),
                                        "description": attack.describe(), "breaks": outcome.breaks(),
@@ -309,7 +318,7 @@ def main(argv):
             print(f"sanity checks of the {white[0]} attack")
             ran = dict(zip(chosen, outcomes)).get(white[0])  # the same attack, seed and batches
             report = sanity.sanity_checks(fn, x, y, target, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-                                          blackbox_queries=FLAGS.blackbox_queries, base=ran)
+                                          blackbox_queries=FLAGS.blackbox_queries, base=ran, **resume)
             results["sanity_checks"] = report.to_dict()
             print(report)
             # Its stronger attacks count: an example any of them broke is not robust.
@@ -338,6 +347,7 @@ def main(argv):
         writer.flush()
         _log_into_run(FLAGS.checkpoint, results, meta, own_dynamics=FLAGS.eval_dynamics is None)
         rundir.write_json(results_path, results)
+        rundir.rmtree(partial)
     print(f"benign accuracy {results['benign_accuracy']:.4f}")
     for name, r in results["robust"].items():
         print(f"robust accuracy {r['accuracy']:.4f}  ({name})")

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 import contextlib
 import dataclasses
+import hashlib
 import json
 from typing import Any
 import zlib
@@ -34,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from tf_ntk import rundir
 from tf_ntk.robust import attacks
 from tf_ntk.robust import autoattack
 
@@ -323,7 +325,8 @@ def evaluate(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: np
              attack: _Attack,
              *, seed: int = 0, batch_size: int = 256, jit_compile: bool = False,
              progress: Callable[[int], Any] | None = None, num_classes: int | None = None,
-             start: AttackResult | None = None) -> AttackResult:
+             start: AttackResult | None = None, resume_dir: str | None = None,
+             resume_tag: str = "") -> AttackResult:
     """Attacks ``x`` (N, H, W, C), labels ``y`` (N,) with ``attack`` and returns an `AttackResult`.
 
     Args:
@@ -339,6 +342,11 @@ def evaluate(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: np
       start: an earlier `AttackResult` on the same inputs to continue: only the examples it left
         robust are attacked, and its members come first. Continuing with attack B from the result
         of attack A gives the worst case of A and B.
+      resume_dir: a directory (any `tf.io.gfile` file system) where the outcome is saved after each
+        member, under a key of the attack, seed, batch size, inputs, ``start`` and ``resume_tag``;
+        a later call with the same key continues after the last member saved (a finished call
+        returns at once), with the same result as one uninterrupted call. The key does not see
+        the model: give each model its own directory, or its fingerprint as ``resume_tag``.
 
     The traced attack functions are kept on ``model_fn`` (an attribute) and serve every later call
     with it, whatever weights its variables then hold; a ``model_fn`` must compute from variables,
@@ -352,18 +360,28 @@ def evaluate(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: np
         num_classes = int(model_fn(tf.constant(x[:1])).shape[-1])
     runner = _Runner(model_fn, x, y, num_classes=num_classes, batch_size=batch_size,
                      jit_compile=jit_compile, seed=seed, progress=progress)
-    if start is None:
-        x_adv = x.copy()
-        broken_by = np.where(runner.predictions(x) == y, ROBUST, CLEAN_WRONG)
-        names = []
-    else:
-        x_adv, broken_by, names = start.x_adv.copy(), start.broken_by.copy(), list(start.members)
-    rejected = 0 if start is None else start.rejected
-    offset = len(names)
     attack_members = members(attack)
     _check_classes(attack_members, num_classes)
+    offset = 0 if start is None else len(start.members)
+    saved_path = None
+    if resume_dir is not None:
+        key = _resume_key(attack, seed, batch_size, jit_compile, x, y, start, resume_tag)
+        saved_path = rundir.join(resume_dir, f"attack-{key}.npz")
+    saved = rundir.read_npz(saved_path) if saved_path is not None and rundir.exists(saved_path) else None
+    if saved is not None:
+        x_adv, broken_by = saved["x_adv"].copy(), saved["broken_by"].copy()
+        names, rejected = json.loads(str(saved["names"])), int(saved["rejected"])
+    elif start is None:
+        x_adv = x.copy()
+        broken_by = np.where(runner.predictions(x) == y, ROBUST, CLEAN_WRONG)
+        names, rejected = [], 0
+    else:
+        x_adv, broken_by, names = start.x_adv.copy(), start.broken_by.copy(), list(start.members)
+        rejected = start.rejected
     for i, member in enumerate(attack_members):
         index = offset + i
+        if index < len(names):
+            continue  # saved by an earlier, interrupted call
         names.append(member.describe())
         everyone = isinstance(attack, attacks.PGDConfig)  # the protocol attacks all examples
         indices = np.arange(len(y)) if everyone else np.flatnonzero(broken_by == ROBUST)
@@ -381,8 +399,27 @@ def evaluate(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: np
         keep = open_ & inside
         x_adv[indices[keep]] = crafted[keep]
         broken_by[indices[hit]] = index
+        if saved_path is not None:
+            rundir.write_npz(saved_path, x_adv=x_adv, broken_by=broken_by, rejected=np.int64(rejected),
+                             names=np.array(json.dumps(names)))
     return AttackResult(x_adv=x_adv, correct=broken_by == ROBUST, broken_by=broken_by, members=names,
                         rejected=rejected)
+
+
+def _resume_key(attack: Any, seed: int, batch_size: int, jit_compile: bool, x: np.ndarray, y: np.ndarray,
+                start: AttackResult | None, tag: str) -> str:
+    """The name under which `evaluate` saves its progress: a hash of everything its result depends on
+    but the model."""
+    digest = hashlib.sha256()
+    header = {"attack": attack.to_dict(), "seed": int(seed), "batch_size": int(batch_size),
+              "jit_compile": bool(jit_compile), "shape": list(x.shape), "tag": tag}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    arrays = [x, y] if start is None else [x, y, start.x_adv, start.broken_by]
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+    if start is not None:
+        digest.update(json.dumps([list(start.members), int(start.rejected)]).encode())
+    return digest.hexdigest()[:24]
 
 
 def _check_classes(members: Sequence[Any], num_classes: int) -> None:

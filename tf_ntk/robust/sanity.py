@@ -129,7 +129,8 @@ def sanity_checks(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, 
                   large_eps_max_accuracy: float = 0.05, steps_factor: int = 2, restarts_factor: int = 3,
                   tolerance: float | None = None, blackbox_queries: int = 1000, batch_size: int = 256,
                   progress: Callable[[int], Any] | None = None,
-                  base: ensembles.AttackResult | None = None) -> SanityReport:
+                  base: ensembles.AttackResult | None = None, resume_dir: str | None = None,
+                  resume_tag: str = "") -> SanityReport:
     """Checks robust accuracy under ``attack`` on images ``x`` (N, H, W, C), labels ``y`` (N,).
 
     ``attack`` is a `tf_ntk.robust.attacks.PGDConfig` or a `tf_ntk.robust.ensembles.Ensemble`. The checks:
@@ -151,7 +152,8 @@ def sanity_checks(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, 
     ``tolerance`` defaults to max(0.01, 1/N). ``base`` is the outcome of
     ``ensembles.evaluate(model_fn, x, y, attack, seed=seed, batch_size=batch_size)`` where the caller
     already has it (`tf_ntk.cli.evaluate` does): the report then does not run the attack a second
-    time. Returns a `SanityReport`.
+    time. ``resume_dir`` and ``resume_tag`` go to every `tf_ntk.robust.ensembles.evaluate` the
+    report runs, so an interrupted report continues where it stopped. Returns a `SanityReport`.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
@@ -162,7 +164,8 @@ def sanity_checks(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, 
 
     def run(a: Any, offset: int, start: ensembles.AttackResult | None = None) -> ensembles.AttackResult:
         return ensembles.evaluate(model_fn, x, y, a, seed=seed + offset, batch_size=batch_size,
-                                   start=start, progress=progress)
+                                   start=start, progress=progress, resume_dir=resume_dir,
+                                   resume_tag=resume_tag)
 
     if base is None:
         base = run(attack, 0)
