@@ -28,6 +28,7 @@ from tf_ntk.cli import results
 from tf_ntk.cli import train
 from tf_ntk.cli import visualize_features
 from tf_ntk.robust import evaluation
+from tf_ntk.robust import sanity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=4", "--eps=0.2", "--attack_steps=2", "--eval_attack_steps=2", "--batch_size=256"]
@@ -145,6 +146,8 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs, monkeypat
     assert self_transfer["transfer_accuracy"] == pytest.approx(std_eval["robust_accuracy"])
     # Protocol and strong side by side (a shortened strong ensemble), and the sanity report on it.
     full = helpers.record_crafts(monkeypatch)
+    bases, report = [], sanity.sanity_checks
+    monkeypatch.setattr(sanity, "sanity_checks", lambda *a, **kw: bases.append(kw.get("base")) or report(*a, **kw))
     _run(evaluate, [f"--checkpoint={cen}/spawn/epoch_1", "--eps=0.2", "--attack_steps=3",
                     "--max_examples=64", "--output_terms", "--sanity_checks", "--strong_restarts=1",
                     "--square_queries=20", "--blackbox_queries=20"])
@@ -167,6 +170,8 @@ def test_phase2_centered_from_a_spawn_then_evaluate_and_transfer(runs, monkeypat
     assert cen_eval["robust_accuracy"] <= min(r["accuracy"] for r in robust.values())
     assert cen_eval["sanity_checks"]["attack"].startswith("strong")
     # The report starts from the evaluation's own strong outcome (not a second run of it).
+    assert len(bases) == 1 and bases[0] is not None
+    assert bases[0].accuracy == robust["strong"]["accuracy"] and len(bases[0].members) == 11
     assert cen_eval["sanity_checks"]["robust"] == robust["strong"]["accuracy"]
     assert cen_eval["sanity_checks"]["benign"] == cen_eval["benign_accuracy"]
     # The sanity report's stronger attacks count: robust = every attack's bits and the report's.

@@ -150,3 +150,11 @@ def test_an_interrupted_ensemble_resumes_after_its_last_saved_member_with_the_sa
     ensembles.evaluate(fn, x, y, ensemble, seed=2, batch_size=64, start=protocol,
                        resume_dir=resume["resume_dir"], resume_tag="model-b")
     assert len(counted) == len(ensemble.members)
+    # Without a start, and where every example falls to the first member (the others are skipped):
+    # the saved progress after that member gives the same result again, crafting nothing.
+    counted.clear()
+    large = ensembles.strong(0.6, steps=5, restarts=1, targets=1, apgd=False, square_queries=0)
+    first = ensembles.evaluate(fn, x, y, large, seed=2, **resume)
+    assert first.accuracy == 0.0 and len(counted) == 1 and first.members == [m.describe() for m in large.members]
+    assert np.array_equal(ensembles.evaluate(fn, x, y, large, seed=2, **resume).broken_by, first.broken_by)
+    assert len(counted) == 1

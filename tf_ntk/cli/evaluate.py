@@ -61,12 +61,14 @@ TensorBoard gets eval/benign_accuracy, eval/robust_accuracy, eval/robust_accurac
 """
 
 import hashlib
+import json
 import os
 
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import tf_ntk
 from tf_ntk import checkpoints
 from tf_ntk import data
 from tf_ntk import dynamics
@@ -258,9 +260,12 @@ def main(argv):
     # Each attack saves its progress here after every member: a killed evaluation, rerun, continues
     # where it stopped (the key names the attack and inputs; the tag names these weights and dynamics).
     partial = rundir.join(workdir, "partial")
-    tag = hashlib.sha256(kind.encode() + b"".join(np.asarray(w).tobytes() for w in model.weights)).hexdigest()
-    resume = {"resume_dir": partial, "resume_tag": tag}
+    model_record = json.dumps([kind, meta.get("model"), tf_ntk.__version__], sort_keys=True, default=str)
+    tag = hashlib.sha256(model_record.encode() + b"".join(np.asarray(w).tobytes() for w in model.weights))
+    resume = {"resume_dir": partial, "resume_tag": tag.hexdigest()}
     with rundir.open_run(workdir, keep_if=lambda _: rundir.exists(partial)):
+        if FLAGS.overwrite:
+            rundir.rmtree(partial)  # start over
         resolved = common.write_flags(workdir, __name__)
         print(f"{FLAGS.checkpoint} (epoch {meta.get('epoch')}, {kind} dynamics) on "
               f"{FLAGS.dataset}/{FLAGS.split}, {len(y)} examples")

@@ -378,6 +378,9 @@ def evaluate(model_fn: Callable[[tf.Tensor], tf.Tensor], x: npt.ArrayLike, y: np
     else:
         x_adv, broken_by, names = start.x_adv.copy(), start.broken_by.copy(), list(start.members)
         rejected = start.rejected
+    if saved is not None and names[offset:] != [m.describe() for m in attack_members][:len(names) - offset]:
+        raise ValueError(f"{saved_path} holds the progress of other attacks ({', '.join(names[offset:])}); "
+                         "remove it")
     for i, member in enumerate(attack_members):
         index = offset + i
         if index < len(names):
@@ -411,7 +414,7 @@ def _resume_key(attack: Any, seed: int, batch_size: int, jit_compile: bool, x: n
     """The name under which `evaluate` saves its progress: a hash of everything its result depends on
     but the model."""
     digest = hashlib.sha256()
-    header = {"attack": attack.to_dict(), "seed": int(seed), "batch_size": int(batch_size),
+    header = {"format": 1, "attack": attack.to_dict(), "seed": int(seed), "batch_size": int(batch_size),
               "jit_compile": bool(jit_compile), "shape": list(x.shape), "tag": tag}
     digest.update(json.dumps(header, sort_keys=True).encode())
     arrays = [x, y] if start is None else [x, y, start.x_adv, start.broken_by]
